@@ -1,0 +1,1 @@
+"""p2ptorrent: BitTorrent-style file distribution over UDP, on Twisted."""

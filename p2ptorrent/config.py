@@ -1,0 +1,276 @@
+"""Settings: the original project's configuration with its defaults, plus ours.
+
+The original kept one JSON-like dict with three sections (``directory``,
+``constants``, ``tracker_requests_mode``).  We keep every key and default, read
+the same structure (or a flat one) from a JSON file, take overrides as
+``NAME=VALUE`` strings from the command line, and refuse values that make no
+sense before anything starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+#: The largest UDP payload IPv4 can carry (65535 - 20 IP - 8 UDP header).
+IPV4_MAX_UDP_PAYLOAD = 65507
+
+#: Bytes of our datagram header in front of a block's payload (see wire.py).
+BLOCK_HEADER_SIZE = 32
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+class ConfigError(ValueError):
+    """A setting is missing, of the wrong type, or makes no sense."""
+
+
+def _modes() -> dict[str, int]:
+    return {"REGISTER": 0, "OWN": 1, "NEED": 2, "UPDATE": 3, "EXIT": 4}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of a tracker or a node.  Names of the original keep its spelling."""
+
+    # -- the original "directory" section
+    logs_dir: str = "logs/"
+    node_files_dir: str = "node_files/"
+    tracker_db_dir: str = "tracker_db/"
+
+    # -- the original "constants" section
+    AVAILABLE_PORTS_RANGE: tuple[int, int] = (1024, 65535)
+    TRACKER_ADDR: tuple[str, int] = ("localhost", 12345)
+    MAX_UDP_SEGMENT_DATA_SIZE: int = 65527
+    BUFFER_SIZE: int = 9216
+    CHUNK_PIECES_SIZE: int = 7216
+    MAX_SPLITTNES_RATE: int = 3
+    NODE_TIME_INTERVAL: float = 20.0
+    TRACKER_TIME_INTERVAL: float = 22.0
+
+    # -- the original "tracker_requests_mode" section
+    tracker_requests_mode: dict[str, int] = field(default_factory=_modes)
+
+    # -- ours
+    #: A node is dropped once it has sent no REGISTER across this many
+    #: consecutive liveness checks (1 is the original rule: "since the previous
+    #: check").  2 tolerates a heartbeat that arrives late.
+    TRACKER_MISSED_CHECKS: int = 2
+    #: Torrent piece length in bytes; 0 picks one from the file's size.
+    PIECE_LENGTH: int = 0
+    #: Largest HTTP body the tracker reads.
+    TRACKER_MAX_BODY: int = 64 * KIB
+    #: First retransmission timeout of a block request, before any RTT sample.
+    REQUEST_TIMEOUT: float = 1.0
+    #: A peer that delivered nothing for this long while we waited is dropped.
+    PEER_TIMEOUT: float = 10.0
+    #: Most block requests outstanding towards one peer.
+    MAX_REQUESTS_IN_FLIGHT: int = 512
+    #: SO_RCVBUF / SO_SNDBUF asked for on a node's UDP socket.
+    SOCKET_BUFFER: int = 8 * MIB
+
+    # ---- derived values
+    @property
+    def tracker_url(self) -> str:
+        host, port = self.TRACKER_ADDR
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{port}"
+
+    def mode(self, name: str) -> int:
+        return self.tracker_requests_mode[name]
+
+    def mode_name(self, code: int) -> str | None:
+        for name, value in self.tracker_requests_mode.items():
+            if value == code:
+                return name
+        return None
+
+    def node_dir(self, node_id: int) -> Path:
+        return Path(self.node_files_dir) / str(node_id)
+
+    # ---- building
+    def replace(self, **changes: Any) -> "Config":
+        """A validated copy with some settings changed (values already typed)."""
+        return dataclasses.replace(self, **changes).validated()
+
+    def validated(self) -> "Config":
+        errors = _problems(self)
+        if errors:
+            raise ConfigError("; ".join(errors))
+        return self
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_ALIASES = {name.lower(): name for name in _FIELDS}
+
+
+def _problems(c: Config) -> list[str]:
+    errs: list[str] = []
+    lo, hi = c.AVAILABLE_PORTS_RANGE
+    if not (0 < lo <= hi <= 65535):
+        errs.append(f"AVAILABLE_PORTS_RANGE must satisfy 0 < low <= high <= 65535, got {lo}-{hi}")
+    host, port = c.TRACKER_ADDR
+    if not host:
+        errs.append("TRACKER_ADDR needs a host")
+    if not (0 < port <= 65535):
+        errs.append(f"TRACKER_ADDR port must be 1-65535, got {port}")
+    if not (0 < c.MAX_UDP_SEGMENT_DATA_SIZE <= 65527):
+        errs.append(f"MAX_UDP_SEGMENT_DATA_SIZE must be 1-65527, got {c.MAX_UDP_SEGMENT_DATA_SIZE}")
+    biggest = min(c.MAX_UDP_SEGMENT_DATA_SIZE, IPV4_MAX_UDP_PAYLOAD)
+    if not (512 <= c.BUFFER_SIZE <= biggest):
+        errs.append(
+            f"BUFFER_SIZE must be between 512 and {biggest} (the largest UDP payload allowed),"
+            f" got {c.BUFFER_SIZE}"
+        )
+    room = c.BUFFER_SIZE - BLOCK_HEADER_SIZE
+    if not (1 <= c.CHUNK_PIECES_SIZE <= room):
+        errs.append(
+            f"CHUNK_PIECES_SIZE must be 1-{room}: a chunk plus its {BLOCK_HEADER_SIZE}-byte header"
+            f" must fit in one BUFFER_SIZE ({c.BUFFER_SIZE}) datagram, got {c.CHUNK_PIECES_SIZE}"
+        )
+    if c.MAX_SPLITTNES_RATE < 1:
+        errs.append(f"MAX_SPLITTNES_RATE must be at least 1, got {c.MAX_SPLITTNES_RATE}")
+    for name in ("NODE_TIME_INTERVAL", "TRACKER_TIME_INTERVAL", "REQUEST_TIMEOUT", "PEER_TIMEOUT"):
+        if not getattr(c, name) > 0:
+            errs.append(f"{name} must be a positive number of seconds, got {getattr(c, name)}")
+    if c.TRACKER_MISSED_CHECKS < 1:
+        errs.append(f"TRACKER_MISSED_CHECKS must be at least 1, got {c.TRACKER_MISSED_CHECKS}")
+    if c.PIECE_LENGTH and not (16 * KIB <= c.PIECE_LENGTH <= 64 * MIB and c.PIECE_LENGTH & (c.PIECE_LENGTH - 1) == 0):
+        errs.append(f"PIECE_LENGTH must be 0 (automatic) or a power of two from 16 KiB to 64 MiB, got {c.PIECE_LENGTH}")
+    if c.PIECE_LENGTH < 0:
+        errs.append(f"PIECE_LENGTH must not be negative, got {c.PIECE_LENGTH}")
+    if c.TRACKER_MAX_BODY < 1024:
+        errs.append(f"TRACKER_MAX_BODY must be at least 1024, got {c.TRACKER_MAX_BODY}")
+    if not (1 <= c.MAX_REQUESTS_IN_FLIGHT <= 65536):
+        errs.append(f"MAX_REQUESTS_IN_FLIGHT must be 1-65536, got {c.MAX_REQUESTS_IN_FLIGHT}")
+    if c.SOCKET_BUFFER < 0:
+        errs.append(f"SOCKET_BUFFER must not be negative, got {c.SOCKET_BUFFER}")
+    modes = c.tracker_requests_mode
+    want = set(_modes())
+    if set(modes) != want:
+        errs.append(f"tracker_requests_mode must name exactly {sorted(want)}, got {sorted(modes)}")
+    elif len(set(modes.values())) != len(modes) or not all(isinstance(v, int) for v in modes.values()):
+        errs.append(f"tracker_requests_mode codes must be distinct integers, got {modes}")
+    for name in ("logs_dir", "node_files_dir", "tracker_db_dir"):
+        if not getattr(c, name):
+            errs.append(f"{name} must not be empty")
+    return errs
+
+
+# ---- typing values from JSON and from strings
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a JSON value or a command-line string into the setting's type."""
+    f = _FIELDS[name]
+    kind = f.type if isinstance(f.type, str) else str(f.type)
+    try:
+        if kind.startswith("tuple[str"):
+            if isinstance(value, str):
+                host, _, port = value.rpartition(":")
+                value = (host.strip("[]"), port)
+            host, port = value
+            return (str(host), _int(port))
+        if kind.startswith("tuple[int"):
+            if isinstance(value, str):
+                value = value.replace(",", "-").split("-")
+            lo, hi = value
+            return (_int(lo), _int(hi))
+        if kind.startswith("dict"):
+            if isinstance(value, str):
+                value = json.loads(value)
+            if not isinstance(value, Mapping):
+                raise TypeError("expected an object")
+            return {str(k): _int(v) for k, v in value.items()}
+        if kind == "int":
+            return _int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise TypeError("expected a number")
+            return float(value)
+        if kind == "str":
+            if not isinstance(value, str):
+                raise TypeError("expected a string")
+            return value
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"bad value for {name}: {value!r} ({e})") from None
+    raise ConfigError(f"cannot set {name}")  # pragma: no cover - every field is covered above
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError("expected an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("expected an integer")
+        return int(value)
+    return int(value)
+
+
+def _canonical(name: str) -> str:
+    real = _ALIASES.get(name.strip().lower().replace("-", "_"))
+    if real is None:
+        raise ConfigError(f"unknown setting {name!r}; known: {', '.join(sorted(_FIELDS))}")
+    return real
+
+
+def flatten(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Accept the original nested layout or a flat one; return flat {setting: value}."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("directory", "constants") and isinstance(value, Mapping):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def load(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    base: Config | None = None,
+) -> Config:
+    """Defaults, then the JSON file at *path*, then *overrides*; validated."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config file {path} must hold a JSON object")
+        for key, value in flatten(data).items():
+            name = _canonical(key)
+            values[name] = _coerce(name, value)
+    for key, value in (overrides or {}).items():
+        name = _canonical(key)
+        values[name] = _coerce(name, value)
+    return dataclasses.replace(base or Config(), **values).validated()
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    """``NAME=VALUE`` from the command line."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise ConfigError(f"expected NAME=VALUE, got {text!r}")
+    return _canonical(name), value
+
+
+def as_dict(c: Config) -> dict[str, Any]:
+    """The settings in the original nested layout (for docs and `--print-config`)."""
+    flat = dataclasses.asdict(c)
+    directory = {k: flat.pop(k) for k in ("logs_dir", "node_files_dir", "tracker_db_dir")}
+    modes = flat.pop("tracker_requests_mode")
+    return {
+        "directory": directory,
+        "constants": {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()},
+        "tracker_requests_mode": modes,
+    }

@@ -1,0 +1,1 @@
+"""A peer node: serving, downloading, the tracker client, control and the twistd service."""
