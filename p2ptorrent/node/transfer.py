@@ -1,0 +1,336 @@
+"""Block scheduling for one download: what to ask whom, what timed out, who is gone.
+
+Pure: it takes blocks, peers and the time, and returns decisions (requests to
+send, pieces that verified, peers to drop).  The I/O around it lives in
+download.py.  Work is handed out on demand, a window's worth at a time, so a
+fast peer takes more blocks and a slow one fewer; a lost request times out
+and its block goes back to the front of the queue for whoever has room; near
+the end, blocks still outstanding at one peer may also be asked of a second
+(endgame).  Every request window grows while data flows and halves on loss,
+and timeouts back off, so a dead or congested path gets few datagrams.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Hashable, Iterable
+
+Addr = Hashable
+
+#: Bounds of the retransmission timeout (seconds).
+MIN_RTO = 0.2
+MAX_RTO = 8.0
+#: A window starts here (blocks) and never falls below MIN_WINDOW.
+INITIAL_WINDOW = 32
+MIN_WINDOW = 2
+#: A block is asked of at most this many peers at once (endgame).
+MAX_REQUESTERS = 2
+#: A peer whose blocks failed verification this many times is dropped.
+MAX_STRIKES = 3
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a file divides into pieces (hashed) and blocks (one datagram each)."""
+
+    length: int
+    piece_length: int
+    chunk: int
+
+    @property
+    def num_pieces(self) -> int:
+        return -(-self.length // self.piece_length)
+
+    @property
+    def blocks_per_piece(self) -> int:
+        return -(-self.piece_length // self.chunk)
+
+    def piece_size(self, piece: int) -> int:
+        return min(self.piece_length, self.length - piece * self.piece_length)
+
+    def blocks_in_piece(self, piece: int) -> int:
+        return -(-self.piece_size(piece) // self.chunk)
+
+    def block(self, bid: int) -> tuple[int, int, int]:
+        """Block id -> (piece, offset in piece, length)."""
+        piece, k = divmod(bid, self.blocks_per_piece)
+        offset = k * self.chunk
+        return piece, offset, min(self.chunk, self.piece_size(piece) - offset)
+
+    def block_ids(self, piece: int) -> range:
+        first = piece * self.blocks_per_piece
+        return range(first, first + self.blocks_in_piece(piece))
+
+
+@dataclass
+class PeerState:
+    """What we know of one peer's path: its window, its round-trip time, its record."""
+
+    addr: Addr
+    node_id: int
+    cookie: bytes
+    since: float
+    window: float = INITIAL_WINDOW
+    threshold: float = float("inf")
+    srtt: float | None = None
+    rttvar: float = 0.0
+    rto: float = 1.0
+    inflight: dict[int, float] = field(default_factory=dict)
+    sent: deque[tuple[float, int]] = field(default_factory=deque)
+    last_data: float = 0.0
+    last_loss: float = -1.0
+    blocks: int = 0
+    bytes: int = 0
+    timeouts: int = 0
+    strikes: int = 0
+
+    def free(self) -> int:
+        return int(self.window) - len(self.inflight)
+
+
+@dataclass
+class _Piece:
+    data: bytearray
+    missing: int
+    sources: dict[int, Addr] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PieceVerified:
+    piece: int
+    data: bytes
+    sources: frozenset[Addr]
+
+
+@dataclass(frozen=True)
+class PieceFailed:
+    piece: int
+    sources: frozenset[Addr]
+
+
+@dataclass(frozen=True)
+class PeerDropped:
+    addr: Addr
+    reason: str
+
+
+class Transfer:
+    """The scheduling state of one download (see the module docstring)."""
+
+    def __init__(
+        self,
+        geometry: Geometry,
+        piece_hashes: bytes,
+        *,
+        have: Iterable[int] = (),
+        first_timeout: float = 1.0,
+        peer_timeout: float = 10.0,
+        max_window: int = 512,
+        max_batch: int = 64,
+    ) -> None:
+        self.geo = geometry
+        self.hashes = piece_hashes
+        self.first_timeout = first_timeout
+        self.peer_timeout = peer_timeout
+        self.max_window = max_window
+        self.max_batch = max_batch
+        self.peers: dict[Addr, PeerState] = {}
+        self.verified = bytearray(geometry.num_pieces)
+        for p in have:
+            self.verified[p] = 1
+        self.remaining = geometry.num_pieces - sum(self.verified)
+        self.received = bytearray(geometry.num_pieces * geometry.blocks_per_piece)
+        self.asked = bytearray(len(self.received))
+        self.requesters: dict[int, list[Addr]] = {}
+        self.pending: deque[int] = deque(
+            bid for p in range(geometry.num_pieces) if not self.verified[p] for bid in geometry.block_ids(p)
+        )
+        self.pieces: dict[int, _Piece] = {}
+        self.duplicates = 0
+        self.retransmits = 0
+        self.rejected = 0
+
+    # ---- peers
+    @property
+    def done(self) -> bool:
+        return self.remaining == 0
+
+    def add_peer(self, addr: Addr, node_id: int, cookie: bytes, now: float) -> PeerState:
+        peer = PeerState(addr, node_id, cookie, since=now, rto=self.first_timeout, last_data=now)
+        self.peers[addr] = peer
+        return peer
+
+    def set_cookie(self, addr: Addr, cookie: bytes) -> None:
+        if addr in self.peers:
+            self.peers[addr].cookie = cookie
+
+    def remove_peer(self, addr: Addr) -> PeerState | None:
+        """Forget a peer; its outstanding blocks go back to the queue."""
+        peer = self.peers.pop(addr, None)
+        if peer is not None:
+            for bid in peer.inflight:
+                self._release(bid, addr)
+        return peer
+
+    def _release(self, bid: int, addr: Addr) -> None:
+        holders = self.requesters.get(bid)
+        if holders is not None:
+            if addr in holders:
+                holders.remove(addr)
+            if not holders:
+                del self.requesters[bid]
+                if not self.received[bid]:
+                    self.pending.appendleft(bid)
+
+    # ---- data in
+    def on_block(self, addr: Addr, piece: int, offset: int, data: bytes, now: float) -> PieceVerified | PieceFailed | None:
+        """Take one block's data; say when it completed a piece, and how that piece checked."""
+        peer = self.peers.get(addr)
+        geo = self.geo
+        if peer is None or piece >= geo.num_pieces or offset % geo.chunk:
+            self.rejected += 1
+            return None
+        k = offset // geo.chunk
+        if k >= geo.blocks_in_piece(piece) or len(data) != min(geo.chunk, geo.piece_size(piece) - offset):
+            self.rejected += 1
+            return None
+        bid = piece * geo.blocks_per_piece + k
+        sent_at = peer.inflight.pop(bid, None)
+        if sent_at is not None:
+            self._on_delivery(peer, sent_at, now)
+        if self.received[bid] or self.verified[piece]:
+            self.duplicates += 1
+            return None
+        # Whoever else was asked for this block need not answer any more.
+        for other in self.requesters.pop(bid, ()):
+            if other != addr and other in self.peers:
+                self.peers[other].inflight.pop(bid, None)
+        self.received[bid] = 1
+        peer.last_data = now
+        peer.blocks += 1
+        peer.bytes += len(data)
+        buf = self.pieces.get(piece)
+        if buf is None:
+            buf = self.pieces[piece] = _Piece(bytearray(geo.piece_size(piece)), geo.blocks_in_piece(piece))
+        buf.data[offset : offset + len(data)] = data
+        buf.missing -= 1
+        buf.sources[k] = addr
+        if buf.missing:
+            return None
+        del self.pieces[piece]
+        sources = frozenset(buf.sources.values())
+        if hashlib.sha1(buf.data).digest() == self.hashes[piece * 20 : piece * 20 + 20]:
+            self.verified[piece] = 1
+            self.remaining -= 1
+            return PieceVerified(piece, bytes(buf.data), sources)
+        for bid in geo.block_ids(piece):
+            self.received[bid] = 0
+            self.pending.appendleft(bid)
+        for a in sources:
+            if a in self.peers:
+                self.peers[a].strikes += 1
+        return PieceFailed(piece, sources)
+
+    def _on_delivery(self, peer: PeerState, sent_at: float, now: float) -> None:
+        if sent_at >= 0:  # negative marks a retransmission: no RTT sample (Karn)
+            sample = now - sent_at
+            if peer.srtt is None:
+                peer.srtt, peer.rttvar = sample, sample / 2
+            else:
+                peer.rttvar = 0.75 * peer.rttvar + 0.25 * abs(peer.srtt - sample)
+                peer.srtt = 0.875 * peer.srtt + 0.125 * sample
+            peer.rto = min(MAX_RTO, max(MIN_RTO, peer.srtt + 4 * peer.rttvar))
+        if peer.window < peer.threshold:
+            peer.window += 1
+        else:
+            peer.window += 1 / peer.window
+        peer.window = min(peer.window, self.max_window)
+
+    def on_refused(self, addr: Addr) -> None:
+        """The peer answered that it no longer serves the file."""
+        self.remove_peer(addr)
+
+    # ---- requests out
+    def requests(self, now: float, only: Addr | None = None) -> list[tuple[PeerState, list[tuple[int, int, int]]]]:
+        """Fill the peers' windows; return the batches of (piece, offset, length) to send."""
+        out = []
+        peers = [self.peers[only]] if only is not None and only in self.peers else list(self.peers.values())
+        for peer in peers:
+            free = peer.free()
+            if free <= 0 or (peer.inflight and free < min(self.max_batch, max(1, int(peer.window) // 4))):
+                continue
+            batch: list[tuple[int, int, int]] = []
+            while free > 0:
+                bid = self._next_block(peer)
+                if bid is None:
+                    break
+                free -= 1
+                retrans = self.asked[bid] > 0
+                self.asked[bid] = 1
+                self.requesters.setdefault(bid, []).append(peer.addr)
+                stamp = -now if retrans else now
+                peer.inflight[bid] = stamp
+                peer.sent.append((stamp, bid))
+                batch.append(self.geo.block(bid))
+                if len(batch) == self.max_batch:
+                    out.append((peer, batch))
+                    batch = []
+            if batch:
+                out.append((peer, batch))
+        return out
+
+    def _next_block(self, peer: PeerState) -> int | None:
+        pending = self.pending
+        while pending:
+            bid = pending.popleft()
+            if self.received[bid] or bid in self.requesters:
+                continue  # stale entry: already here or already asked
+            return bid
+        # Endgame: everything is asked for; help with what others still owe.
+        for bid, holders in self.requesters.items():
+            if len(holders) < MAX_REQUESTERS and peer.addr not in holders and not self.received[bid]:
+                self.retransmits += 1
+                return bid
+        return None
+
+    # ---- time
+    def tick(self, now: float) -> list[PeerDropped]:
+        """Expire requests past their timeout and drop peers that went silent or lied."""
+        dropped = []
+        for peer in list(self.peers.values()):
+            lost = 0
+            sent = peer.sent
+            while sent:
+                stamp, bid = sent[0]
+                if peer.inflight.get(bid) != stamp:
+                    sent.popleft()  # answered, or superseded
+                    continue
+                if abs(stamp) + peer.rto > now:
+                    break
+                sent.popleft()
+                del peer.inflight[bid]
+                self._release(bid, peer.addr)
+                lost += 1
+            if lost:
+                peer.timeouts += lost
+                self.retransmits += lost
+                if peer.last_loss < 0 or now - peer.last_loss >= (peer.srtt or peer.rto):
+                    # One multiplicative decrease per round trip, and back off the timer.
+                    peer.threshold = max(MIN_WINDOW, peer.window / 2)
+                    peer.window = peer.threshold
+                    peer.rto = min(MAX_RTO, peer.rto * 2)
+                    peer.last_loss = now
+            reason = None
+            if peer.strikes >= MAX_STRIKES:
+                reason = f"sent data for {peer.strikes} pieces that failed verification"
+            elif now - peer.last_data > self.peer_timeout and (peer.inflight or lost):
+                reason = f"sent nothing for {now - peer.last_data:.1f} s"
+            if reason is not None:
+                self.remove_peer(peer.addr)
+                dropped.append(PeerDropped(peer.addr, reason))
+        return dropped
+
+    def outstanding(self) -> int:
+        return sum(len(p.inflight) for p in self.peers.values())

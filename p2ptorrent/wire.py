@@ -1,0 +1,194 @@
+"""The datagram format spoken between nodes: encode and decode, bounds-checked, pure.
+
+Every datagram starts with a 4-byte header: the magic ``b"PT"``, a version
+byte and a type byte.  All integers are big-endian.  Nothing from the wire is
+trusted: lengths and counts are checked against the datagram's real size and
+against fixed limits before use; anything that does not fit raises
+:class:`WireError`, which the protocol counts and drops.
+
+    INFO_REQ   req_id u32, info_hash 20                               "what is this file?"
+    INFO_RESP  req_id u32, info_hash 20, status u8, length u64,
+               piece_length u32, cookie 8                             size, piece length, cookie
+    BLOCK_REQ  info_hash 20, cookie 8, count u16,
+               count x (piece u32, offset u32, length u32)            ask for blocks
+    BLOCK      info_hash 20, piece u32, offset u32, data...           one block (data = the rest)
+    ERROR      info_hash 20, code u8, message (UTF-8, the rest)       refusal
+
+The cookie is a keyed hash of the asker's address that the seeder hands out
+in INFO_RESP and checks on every BLOCK_REQ, so that a forged source address
+cannot make a node send file data to a victim (no amplification: an
+INFO_RESP is less than twice the size of the INFO_REQ that caused it).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Union
+
+MAGIC = b"PT"
+VERSION = 1
+
+INFO_REQ = 1
+INFO_RESP = 2
+BLOCK_REQ = 3
+BLOCK = 4
+ERROR = 5
+
+# INFO_RESP status
+OK = 0
+NOT_FOUND = 1
+
+# ERROR codes
+E_NOT_FOUND = 1  # the file is not (or no longer) served here
+E_BAD_COOKIE = 2  # ask INFO again for a fresh cookie
+E_BAD_REQUEST = 3  # a block outside the file, or a malformed request
+
+COOKIE_SIZE = 8
+HASH_SIZE = 20
+MAX_BLOCKS_PER_REQUEST = 256
+MAX_ERROR_MESSAGE = 200
+
+_HEADER = struct.Struct("!2sBB")
+_INFO_REQ = struct.Struct("!I20s")
+_INFO_RESP = struct.Struct("!I20sBQI8s")
+_BLOCK_REQ = struct.Struct("!20s8sH")
+_TRIPLE = struct.Struct("!III")
+_BLOCK = struct.Struct("!20sII")
+_ERROR = struct.Struct("!20sB")
+
+HEADER_SIZE = _HEADER.size
+#: Bytes in front of a block's data: must equal config.BLOCK_HEADER_SIZE.
+BLOCK_OVERHEAD = HEADER_SIZE + _BLOCK.size
+#: Bytes of a BLOCK_REQ before its triples, and of each triple.
+BLOCK_REQ_OVERHEAD = HEADER_SIZE + _BLOCK_REQ.size
+TRIPLE_SIZE = _TRIPLE.size
+
+
+class WireError(ValueError):
+    """A datagram that is not a well-formed message of our protocol."""
+
+
+@dataclass(frozen=True, slots=True)
+class InfoRequest:
+    req_id: int
+    info_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class InfoResponse:
+    req_id: int
+    info_hash: bytes
+    status: int
+    length: int
+    piece_length: int
+    cookie: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRequest:
+    info_hash: bytes
+    cookie: bytes
+    blocks: tuple[tuple[int, int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    info_hash: bytes
+    piece: int
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    info_hash: bytes
+    code: int
+    message: str
+
+
+Message = Union[InfoRequest, InfoResponse, BlockRequest, Block, Error]
+
+
+def _head(kind: int) -> bytes:
+    return _HEADER.pack(MAGIC, VERSION, kind)
+
+
+_BLOCK_HEAD = _head(BLOCK)
+
+
+def encode_info_request(req_id: int, info_hash: bytes) -> bytes:
+    return _head(INFO_REQ) + _INFO_REQ.pack(req_id, info_hash)
+
+
+def encode_info_response(
+    req_id: int, info_hash: bytes, status: int, length: int, piece_length: int, cookie: bytes
+) -> bytes:
+    return _head(INFO_RESP) + _INFO_RESP.pack(req_id, info_hash, status, length, piece_length, cookie)
+
+
+def encode_block_request(info_hash: bytes, cookie: bytes, blocks: list[tuple[int, int, int]]) -> bytes:
+    if not 1 <= len(blocks) <= MAX_BLOCKS_PER_REQUEST:
+        raise ValueError(f"a block request carries 1-{MAX_BLOCKS_PER_REQUEST} blocks, not {len(blocks)}")
+    parts = [_head(BLOCK_REQ), _BLOCK_REQ.pack(info_hash, cookie, len(blocks))]
+    parts.extend(_TRIPLE.pack(*b) for b in blocks)
+    return b"".join(parts)
+
+
+def encode_block(info_hash: bytes, piece: int, offset: int, data: bytes) -> bytes:
+    return b"".join((_BLOCK_HEAD, _BLOCK.pack(info_hash, piece, offset), data))
+
+
+def encode_error(info_hash: bytes, code: int, message: str = "") -> bytes:
+    text = message.encode("utf-8")[:MAX_ERROR_MESSAGE]
+    return _head(ERROR) + _ERROR.pack(info_hash, code) + text
+
+
+def max_blocks_per_request(buffer_size: int) -> int:
+    """How many block triples fit in one request datagram of *buffer_size* bytes."""
+    return max(1, min(MAX_BLOCKS_PER_REQUEST, (buffer_size - BLOCK_REQ_OVERHEAD) // TRIPLE_SIZE))
+
+
+def decode(data: bytes, max_size: int = 65507) -> Message:
+    """Parse one datagram; raise WireError if it is not exactly one valid message."""
+    size = len(data)
+    if size > max_size:
+        raise WireError(f"datagram of {size} bytes exceeds the limit of {max_size}")
+    if size < HEADER_SIZE:
+        raise WireError(f"datagram of {size} bytes is shorter than the header")
+    magic, version, kind = _HEADER.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise WireError("not a p2ptorrent datagram (bad magic)")
+    if version != VERSION:
+        raise WireError(f"unsupported protocol version {version}")
+    body = size - HEADER_SIZE
+    if kind == BLOCK:
+        if body < _BLOCK.size:
+            raise WireError("truncated BLOCK")
+        info_hash, piece, offset = _BLOCK.unpack_from(data, HEADER_SIZE)
+        return Block(info_hash, piece, offset, data[BLOCK_OVERHEAD:])
+    if kind == BLOCK_REQ:
+        if body < _BLOCK_REQ.size:
+            raise WireError("truncated BLOCK_REQ")
+        info_hash, cookie, count = _BLOCK_REQ.unpack_from(data, HEADER_SIZE)
+        if not 1 <= count <= MAX_BLOCKS_PER_REQUEST:
+            raise WireError(f"BLOCK_REQ with {count} blocks")
+        if body != _BLOCK_REQ.size + count * TRIPLE_SIZE:
+            raise WireError("BLOCK_REQ size does not match its block count")
+        blocks = tuple(_TRIPLE.iter_unpack(data[BLOCK_REQ_OVERHEAD:]))
+        return BlockRequest(info_hash, cookie, blocks)
+    if kind == INFO_REQ:
+        if body != _INFO_REQ.size:
+            raise WireError("INFO_REQ of the wrong size")
+        return InfoRequest(*_INFO_REQ.unpack_from(data, HEADER_SIZE))
+    if kind == INFO_RESP:
+        if body != _INFO_RESP.size:
+            raise WireError("INFO_RESP of the wrong size")
+        return InfoResponse(*_INFO_RESP.unpack_from(data, HEADER_SIZE))
+    if kind == ERROR:
+        if body < _ERROR.size or body > _ERROR.size + MAX_ERROR_MESSAGE:
+            raise WireError("ERROR of the wrong size")
+        info_hash, code = _ERROR.unpack_from(data, HEADER_SIZE)
+        message = data[HEADER_SIZE + _ERROR.size :].decode("utf-8", "replace")
+        return Error(info_hash, code, message)
+    raise WireError(f"unknown message type {kind}")
