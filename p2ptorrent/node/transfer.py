@@ -25,6 +25,10 @@ MAX_RTO = 8.0
 #: A window starts here (blocks) and never falls below MIN_WINDOW.
 INITIAL_WINDOW = 32
 MIN_WINDOW = 2
+#: Queueing delay (seconds of round trip above the path's minimum) that a window
+#: may build before it shrinks: the delay-based half of the control (as LEDBAT),
+#: which keeps a burst from overflowing the kernel's receive buffer.
+QUEUE_TARGET = 0.05
 #: A block is asked of at most this many peers at once (endgame).
 MAX_REQUESTERS = 2
 #: A peer whose blocks failed verification this many times is dropped.
@@ -75,6 +79,7 @@ class PeerState:
     window: float = INITIAL_WINDOW
     threshold: float = float("inf")
     srtt: float | None = None
+    min_rtt: float = float("inf")
     rttvar: float = 0.0
     rto: float = 1.0
     inflight: dict[int, float] = field(default_factory=dict)
@@ -112,7 +117,7 @@ class PieceFailed:
 
 @dataclass(frozen=True)
 class PeerDropped:
-    addr: Addr
+    peer: PeerState
     reason: str
 
 
@@ -197,6 +202,7 @@ class Transfer:
             self.rejected += 1
             return None
         bid = piece * geo.blocks_per_piece + k
+        peer.last_data = now  # even a duplicate shows the peer is alive
         sent_at = peer.inflight.pop(bid, None)
         if sent_at is not None:
             self._on_delivery(peer, sent_at, now)
@@ -208,7 +214,6 @@ class Transfer:
             if other != addr and other in self.peers:
                 self.peers[other].inflight.pop(bid, None)
         self.received[bid] = 1
-        peer.last_data = now
         peer.blocks += 1
         peer.bytes += len(data)
         buf = self.pieces.get(piece)
@@ -242,6 +247,10 @@ class Transfer:
                 peer.rttvar = 0.75 * peer.rttvar + 0.25 * abs(peer.srtt - sample)
                 peer.srtt = 0.875 * peer.srtt + 0.125 * sample
             peer.rto = min(MAX_RTO, max(MIN_RTO, peer.srtt + 4 * peer.rttvar))
+            peer.min_rtt = min(peer.min_rtt, sample)
+            if sample - peer.min_rtt > QUEUE_TARGET:
+                peer.window = max(MIN_WINDOW, peer.window - 1)
+                return
         if peer.window < peer.threshold:
             peer.window += 1
         else:
@@ -329,7 +338,7 @@ class Transfer:
                 reason = f"sent nothing for {now - peer.last_data:.1f} s"
             if reason is not None:
                 self.remove_peer(peer.addr)
-                dropped.append(PeerDropped(peer.addr, reason))
+                dropped.append(PeerDropped(peer, reason))
         return dropped
 
     def outstanding(self) -> int:

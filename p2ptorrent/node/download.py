@@ -1,0 +1,422 @@
+"""One download, from the tracker's answer to a verified file in the node's folder.
+
+It asks the tracker who owns the file, greets up to MAX_SPLITTNES_RATE owners
+(INFO: size, piece length, cookie), then lets the :class:`Transfer` hand out
+blocks.  Each greeted owner's share of the work is a Deferred: it fires with
+what that owner delivered when the download completes, or fails when the
+owner is dropped (silent, lying, or gone), and a spare owner is greeted in
+its place.  The download completes when every piece verified and the whole
+file hash matched; it fails, with a message that says why, when no owner is
+left.  Nothing unverified is ever written, and a failed download leaves no
+file under its real name.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from p2ptorrent import wire
+from p2ptorrent.config import Config
+from p2ptorrent.metainfo import Metainfo
+from p2ptorrent.node.storage import PartFile, StorageError
+from p2ptorrent.node.transfer import Geometry, PeerDropped, PieceFailed, PieceVerified, Transfer
+
+#: How often timeouts are checked (seconds).
+TICK = 0.02
+#: INFO requests per owner before it counts as unreachable.
+INFO_TRIES = 3
+
+
+class DownloadError(Exception):
+    """A download could not finish; str() is the reason, for people."""
+
+
+class PeerLost(Exception):
+    """One owner's share ended early; the others take over its work."""
+
+
+class Owner(Protocol):
+    node_id: int
+    host: str
+    port: int
+
+
+class Network(Protocol):
+    def send(self, datagram: bytes, addr: Any) -> None: ...
+    def ask_info(self, addr: Any, info_hash: bytes, timeout: float) -> Deferred[wire.InfoResponse]: ...
+
+
+@dataclass
+class ShareReport:
+    """What one owner delivered."""
+
+    node_id: int
+    addr: Any
+    bytes: int
+    blocks: int
+    pieces: int
+    status: str
+
+
+@dataclass
+class DownloadResult:
+    path: Any
+    length: int
+    seconds: float
+    shares: list[ShareReport] = field(default_factory=list)
+    retransmits: int = 0
+    duplicates: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.length / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def credited(self) -> list[int]:
+        """Owners that sent at least one block of a piece that verified."""
+        return sorted({s.node_id for s in self.shares if s.pieces > 0})
+
+
+class Download:
+    log = Logger()
+
+    def __init__(
+        self,
+        meta: Metainfo,
+        part: PartFile,
+        network: Network,
+        need: Callable[[], Deferred[list[Any]]],
+        clock: IReactorTime,
+        settings: Config,
+        node_id: int,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+        wallclock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.meta = meta
+        self.part = part
+        self.network = network
+        self.need = need
+        self.clock = clock
+        self.settings = settings
+        self.node_id = node_id
+        self.progress = progress
+        self.wallclock = wallclock
+        geo = Geometry(meta.length, meta.piece_length, settings.CHUNK_PIECES_SIZE)
+        self.transfer = Transfer(
+            geo,
+            meta.pieces,
+            first_timeout=settings.REQUEST_TIMEOUT,
+            peer_timeout=settings.PEER_TIMEOUT,
+            max_window=settings.MAX_REQUESTS_IN_FLIGHT,
+            max_batch=wire.max_blocks_per_request(settings.BUFFER_SIZE),
+        )
+        self.shares: dict[Any, Deferred[ShareReport]] = {}
+        self.ended: list[Deferred[ShareReport]] = []
+        self.pieces_from: dict[Any, int] = {}
+        self.candidates: deque[Any] = deque()
+        self.tried: set[Any] = set()
+        self.greeting: set[Any] = set()
+        self.asked_tracker = 0
+        self.asking = False
+        self.result: Deferred[DownloadResult] = Deferred()
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = clock
+        self._started = 0.0
+        self._wall_started = 0.0
+        self._last_progress = -1.0
+        self._finished = False
+
+    # ---- public
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def done_bytes(self) -> int:
+        return sum(self.meta.piece_size(p) for p, ok in enumerate(self.transfer.verified) if ok)
+
+    def start(self) -> Deferred[DownloadResult]:
+        self._started = self.clock.seconds()
+        self._wall_started = self.wallclock()
+        try:
+            self.part.open()
+        except StorageError as e:
+            self._fail(str(e))
+            return self.result
+        if self.transfer.done:  # an empty file, or every piece already here
+            self._complete()
+            return self.result
+        self._loop.start(TICK, now=False).addErrback(self._loop_died)
+        self._ask_tracker()
+        return self.result
+
+    def stop(self, reason: str) -> None:
+        self._fail(reason)
+
+    def on_message(self, msg: wire.Block | wire.Error, addr: Any) -> None:
+        if self._finished:
+            return
+        if isinstance(msg, wire.Error):
+            self._on_error(msg, addr)
+            return
+        outcome = self.transfer.on_block(addr, msg.piece, msg.offset, msg.data, self.clock.seconds())
+        if isinstance(outcome, PieceVerified):
+            self._on_piece(outcome)
+            if self._finished:
+                return
+        elif isinstance(outcome, PieceFailed):
+            self.log.warn(
+                "{name}: piece {piece} failed verification (data from {peers}); fetching it again",
+                name=self.name, piece=outcome.piece, peers=self._ids(outcome.sources),
+            )
+        self._send_requests(only=addr)
+
+    # ---- owners
+    def _ask_tracker(self) -> None:
+        self.asked_tracker += 1
+        self.asking = True
+        d = self.need()
+        d.addCallbacks(self._got_owners, self._tracker_failed)
+
+    def _tracker_failed(self, f: Failure) -> None:
+        self.asking = False
+        if self.transfer.peers or self.greeting:
+            self.log.warn("{name}: the tracker did not answer ({why}); going on with the owners known", name=self.name, why=f.getErrorMessage())
+            return
+        self._fail(f"cannot ask the tracker for owners of {self.name}: {f.getErrorMessage()}")
+
+    def _got_owners(self, owners: list[Any]) -> None:
+        self.asking = False
+        if self._finished:
+            return
+        fresh = [
+            (o.host, o.port, o.node_id)
+            for o in owners
+            if o.node_id != self.node_id and (o.host, o.port) not in self.tried
+        ]
+        self.log.info(
+            "{name}: tracker ranked owners {ranking}",
+            name=self.name, ranking=[o.node_id for o in owners],
+        )
+        self.candidates.extend(fresh)
+        if not fresh and not self.transfer.peers and not self.greeting:
+            if self.asked_tracker == 1:
+                self._fail(f"no node is sharing {self.name}: the tracker knows no live owner")
+            else:
+                self._fail(f"every owner of {self.name} is gone ({len(self.tried)} tried); {self._progress_text()}")
+            return
+        self._recruit()
+
+    def _recruit(self) -> None:
+        want = self.settings.MAX_SPLITTNES_RATE - len(self.transfer.peers) - len(self.greeting)
+        while want > 0 and self.candidates:
+            host, port, node_id = self.candidates.popleft()
+            addr = (host, port)
+            if addr in self.tried:
+                continue
+            self.tried.add(addr)
+            self.greeting.add(addr)
+            want -= 1
+            self._greet(addr, node_id, INFO_TRIES)
+
+    def _greet(self, addr: Any, node_id: int, tries: int, rejoin: bool = False) -> None:
+        timeout = self.settings.REQUEST_TIMEOUT * 2 ** (INFO_TRIES - tries)
+        d = self.network.ask_info(addr, self.meta.info_hash, timeout)
+
+        def answered(resp: wire.InfoResponse) -> None:
+            self.greeting.discard(addr)
+            if self._finished:
+                return
+            if resp.status != wire.OK:
+                self.log.info("{name}: node {node} at {addr} does not have it", name=self.name, node=node_id, addr=addr)
+                self._replace()
+            elif resp.length != self.meta.length or resp.piece_length != self.meta.piece_length:
+                self.log.warn("{name}: node {node} describes a different file; ignoring it", name=self.name, node=node_id)
+                self._replace()
+            elif rejoin:
+                self.transfer.set_cookie(addr, resp.cookie)
+            else:
+                self.transfer.add_peer(addr, node_id, resp.cookie, self.clock.seconds())
+                share: Deferred[ShareReport] = Deferred()
+                self.shares[addr] = share
+                self.log.info("{name}: fetching from node {node} at {host}:{port}", name=self.name, node=node_id, host=addr[0], port=addr[1])
+                self._send_requests(only=addr)
+
+        def unanswered(f: Failure) -> None:
+            if self._finished:
+                self.greeting.discard(addr)
+                return
+            if tries > 1:
+                self.log.info("{name}: no INFO answer from node {node}, retrying", name=self.name, node=node_id)
+                self._greet(addr, node_id, tries - 1, rejoin)
+                return
+            self.greeting.discard(addr)
+            self.log.warn("{name}: node {node} at {addr} is unreachable: {why}", name=self.name, node=node_id, addr=addr, why=f.getErrorMessage())
+            if rejoin:
+                self._drop(addr, "stopped answering")
+            self._replace()
+
+        d.addCallbacks(answered, unanswered)
+
+    def _replace(self) -> None:
+        """An owner left or never answered: greet a spare, or ask the tracker, or give up."""
+        if self._finished or self.asking:
+            return
+        self._recruit()
+        if not self.transfer.peers and not self.greeting:
+            if self.asked_tracker < 2:
+                self._ask_tracker()
+            else:
+                self._fail(f"every owner of {self.name} is gone ({len(self.tried)} tried); {self._progress_text()}")
+
+    def _drop(self, addr: Any, reason: str) -> None:
+        self._share_ended(addr, self.transfer.remove_peer(addr), reason)
+
+    def _share_ended(self, addr: Any, peer: Any, reason: str) -> None:
+        share = self.shares.pop(addr, None)
+        node = peer.node_id if peer else "?"
+        self.log.warn("{name}: dropped node {node} at {addr}: {reason}", name=self.name, node=node, addr=addr, reason=reason)
+        if share is not None:
+            self.ended.append(share)
+            share.errback(PeerLost(self._report(addr, peer, f"dropped: {reason}")))
+
+    def _on_error(self, msg: wire.Error, addr: Any) -> None:
+        if addr not in self.transfer.peers:
+            return
+        if msg.code == wire.E_BAD_COOKIE and addr not in self.greeting:
+            self.greeting.add(addr)
+            self._greet(addr, self.transfer.peers[addr].node_id, INFO_TRIES, rejoin=True)
+        elif msg.code != wire.E_BAD_COOKIE:
+            self._drop(addr, f"refused: {msg.message or msg.code}")
+            self._replace()
+
+    # ---- pieces
+    def _on_piece(self, ok: PieceVerified) -> None:
+        try:
+            self.part.write_piece(ok.piece, ok.data)
+        except StorageError as e:
+            self._fail(str(e))
+            return
+        for addr in ok.sources:
+            self.pieces_from[addr] = self.pieces_from.get(addr, 0) + 1
+        self.log.debug("{name}: piece {piece} verified (from {peers})", name=self.name, piece=ok.piece, peers=self._ids(ok.sources))
+        if self.transfer.done:
+            self._complete()
+        else:
+            self._report_progress()
+
+    def _complete(self) -> None:
+        if not self.part.whole_hash_ok():
+            self._fail(f"{self.name}: every piece verified but the whole-file SHA-256 does not match the torrent")
+            return
+        try:
+            path = self.part.finish()
+        except StorageError as e:
+            self._fail(str(e))
+            return
+        self._finished = True
+        self._stop_loop()
+        seconds = self.wallclock() - self._wall_started
+        reports = []
+        for addr, share in list(self.shares.items()):
+            report = self._report(addr, self.transfer.peers.get(addr), "finished")
+            reports.append(report)
+            share.callback(report)
+        self.ended.extend(self.shares.values())
+        self.shares.clear()
+        self._report_progress(force=True)
+
+        def joined(results: list[tuple[bool, Any]]) -> DownloadResult:
+            shares = []
+            for ok, value in results:
+                if ok:
+                    shares.append(value)
+                else:
+                    shares.append(value.value.args[0])
+            result = DownloadResult(path, self.meta.length, seconds, shares, self.transfer.retransmits, self.transfer.duplicates)
+            self.log.info(
+                "{name}: complete, {size} bytes in {seconds:.2f} s ({rate:.1f} MB/s) from {shares}",
+                name=self.name, size=self.meta.length, seconds=seconds, rate=result.rate / 1e6,
+                shares=[(s.node_id, s.bytes) for s in shares],
+            )
+            return result
+
+        DeferredList(self.ended, consumeErrors=True).addCallback(joined).chainDeferred(self.result)
+
+    def _report(self, addr: Any, peer: Any, status: str) -> ShareReport:
+        return ShareReport(
+            node_id=peer.node_id if peer else -1,
+            addr=addr,
+            bytes=peer.bytes if peer else 0,
+            blocks=peer.blocks if peer else 0,
+            pieces=self.pieces_from.get(addr, 0),
+            status=status,
+        )
+
+    # ---- time
+    def _tick(self) -> None:
+        now = self.clock.seconds()
+        dropped = self.transfer.tick(now)
+        for d in dropped:
+            self._share_ended(d.peer.addr, d.peer, d.reason)
+        if dropped or (not self.transfer.peers and not self.greeting):
+            self._replace()
+        if self._finished:
+            return
+        self._send_requests()
+        self._report_progress()
+
+    def _send_requests(self, only: Any = None) -> None:
+        info_hash = self.meta.info_hash
+        for peer, batch in self.transfer.requests(self.clock.seconds(), only):
+            self.network.send(wire.encode_block_request(info_hash, peer.cookie, batch), peer.addr)
+
+    def _report_progress(self, force: bool = False) -> None:
+        if self.progress is None:
+            return
+        now = self.clock.seconds()
+        if not force and now - self._last_progress < 0.2:
+            return
+        self._last_progress = now
+        done = self.done_bytes
+        elapsed = max(1e-9, self.wallclock() - self._wall_started)
+        self.progress({"done": done, "total": self.meta.length, "rate": done / elapsed, "peers": len(self.transfer.peers)})
+
+    def _progress_text(self) -> str:
+        return f"{self.done_bytes} of {self.meta.length} bytes verified"
+
+    def _ids(self, addrs: Any) -> list[int]:
+        return sorted(self.transfer.peers[a].node_id if a in self.transfer.peers else -1 for a in addrs)
+
+    # ---- ending
+    def _fail(self, reason: str) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._stop_loop()
+        self.part.discard()
+        for addr, share in list(self.shares.items()):
+            share.errback(PeerLost(self._report(addr, self.transfer.peers.get(addr), "download failed")))
+            self.ended.append(share)
+        self.shares.clear()
+        for d in self.ended:
+            d.addErrback(lambda _: None)
+        self.log.error("{name}: download failed: {reason}", name=self.name, reason=reason)
+        self.result.errback(DownloadError(reason))
+
+    def _stop_loop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def _loop_died(self, f: Failure) -> None:
+        self.log.failure("download timer failed", f)
+        self._fail(f"internal error: {f.getErrorMessage()}")
