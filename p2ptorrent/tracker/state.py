@@ -1,0 +1,577 @@
+"""The tracker's decisions: who is in the swarm, who owns what, who is ranked first.
+
+Everything here is pure: no sockets, no files, no clock and no logging.  Time
+comes in as ``now`` and randomness from an injected :class:`random.Random`, so
+the rules of ``docs/tracker-http.md`` are tested directly, without HTTP.
+
+:func:`parse_request` turns a request body into one of the typed requests
+below or raises :class:`TrackerError` (400); :class:`SwarmState` applies a
+request or raises :class:`TrackerError` with the status the spec names, and a
+refused request changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import random
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Union
+
+from p2ptorrent.config import Config
+
+#: Largest node id (ids are signed 32-bit integers in the original).
+MAX_NODE_ID = 2**31 - 1
+#: Largest file length: the largest integer a JSON double holds exactly.
+MAX_LENGTH = 2**53
+#: Most uploaders one UPDATE may list.
+MAX_UPLOADERS = 1000
+#: Longest file name, in UTF-8 bytes (the usual file-system limit).
+MAX_NAME_BYTES = 255
+#: Version of the database documents written by :meth:`SwarmState.snapshot`.
+DB_VERSION = 1
+
+_HEX = frozenset("0123456789abcdef")
+
+
+class TrackerError(Exception):
+    """A refused request: the HTTP status to answer and a reason a person can read."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"TrackerError({self.status}, {self.message!r})"
+
+
+# ---------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class Register:
+    """REGISTER: join (no token or an unknown node) or heartbeat (known node and its token)."""
+
+    node_id: int
+    port: int
+    token: str | None
+
+
+@dataclass(frozen=True)
+class Own:
+    node_id: int
+    token: str | None
+    info_hash: str
+    name: str
+    length: int
+
+
+@dataclass(frozen=True)
+class Need:
+    node_id: int
+    token: str | None
+    info_hash: str
+
+
+@dataclass(frozen=True)
+class Update:
+    node_id: int
+    token: str | None
+    info_hash: str
+    uploaders: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Exit:
+    node_id: int
+    token: str | None
+
+
+Request = Union[Register, Own, Need, Update, Exit]
+
+
+def parse_request(body: bytes, settings: Config) -> Request:
+    """Decode and validate one request body, or raise ``TrackerError(400, why)``.
+
+    Only types and ranges are checked here; whether the node exists or the
+    token is right is :class:`SwarmState`'s business.  A missing token is not a
+    400: the spec answers it with 403 once the node is known, so it parses as
+    ``None``.  Unknown extra fields are ignored so that newer nodes can talk to
+    this tracker.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TrackerError(400, "body is not UTF-8 text") from None
+    try:
+        doc = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise TrackerError(400, "body is not valid JSON: nested too deeply") from None
+    except ValueError as e:
+        raise TrackerError(400, f"body is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise TrackerError(400, f"body must be a JSON object, got {_json_kind(doc)}")
+
+    code = _integer(doc, "mode", -(2**63), 2**63)
+    mode = settings.mode_name(code)
+    if mode is None:
+        known = ", ".join(f"{v} {k}" for k, v in sorted(settings.tracker_requests_mode.items(), key=lambda kv: kv[1]))
+        raise TrackerError(400, f"unknown mode {code} (known: {known})")
+
+    node_id = _integer(doc, "node_id", 0, MAX_NODE_ID)
+    token = _token(doc)
+    if mode == "REGISTER":
+        return Register(node_id, _integer(doc, "port", 1, 65535), token)
+    if mode == "EXIT":
+        return Exit(node_id, token)
+    info_hash = _info_hash(doc)
+    if mode == "OWN":
+        return Own(node_id, token, info_hash, _name(doc), _integer(doc, "length", 0, MAX_LENGTH))
+    if mode == "NEED":
+        return Need(node_id, token, info_hash)
+    assert mode == "UPDATE", mode
+    return Update(node_id, token, info_hash, _uploaders(doc))
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity, which are not JSON.
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _field(doc: Mapping[str, Any], name: str) -> Any:
+    if name not in doc:
+        raise TrackerError(400, f"missing field {name!r}")
+    return doc[name]
+
+
+def _is_int(value: Any) -> bool:
+    # bool is a subclass of int in Python but true/false are not numbers in JSON.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _integer(doc: Mapping[str, Any], name: str, low: int, high: int) -> int:
+    value = _field(doc, name)
+    if not _is_int(value):
+        raise TrackerError(400, f"field {name!r} must be an integer, got {_json_kind(value)}")
+    if not low <= value <= high:
+        raise TrackerError(400, f"field {name!r} must be {low}..{high}, got {value}")
+    return int(value)
+
+
+def _token(doc: Mapping[str, Any]) -> str | None:
+    token = doc.get("token")
+    if token is None:
+        return None
+    if not isinstance(token, str):
+        raise TrackerError(400, f"field 'token' must be a string, got {_json_kind(token)}")
+    return token
+
+
+def _info_hash(doc: Mapping[str, Any]) -> str:
+    value = _field(doc, "info_hash")
+    if not isinstance(value, str):
+        raise TrackerError(400, f"field 'info_hash' must be a string, got {_json_kind(value)}")
+    if len(value) != 40 or not _HEX.issuperset(value):
+        raise TrackerError(400, "field 'info_hash' must be 40 lowercase hexadecimal digits")
+    return value
+
+
+def _name(doc: Mapping[str, Any]) -> str:
+    value = _field(doc, "name")
+    if not isinstance(value, str):
+        raise TrackerError(400, f"field 'name' must be a string, got {_json_kind(value)}")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        # JSON can spell lone surrogates (\ud800) that no file name can hold.
+        raise TrackerError(400, "field 'name' is not valid Unicode text") from None
+    if not 1 <= size <= MAX_NAME_BYTES:
+        raise TrackerError(400, f"field 'name' must be 1..{MAX_NAME_BYTES} UTF-8 bytes, got {size}")
+    return value
+
+
+def _uploaders(doc: Mapping[str, Any]) -> tuple[int, ...]:
+    value = _field(doc, "uploaders")
+    if not isinstance(value, list):
+        raise TrackerError(400, f"field 'uploaders' must be an array of node ids, got {_json_kind(value)}")
+    if len(value) > MAX_UPLOADERS:
+        raise TrackerError(400, f"field 'uploaders' lists {len(value)} nodes, at most {MAX_UPLOADERS} allowed")
+    seen: dict[int, None] = {}
+    for item in value:
+        if not _is_int(item) or not 0 <= item <= MAX_NODE_ID:
+            raise TrackerError(400, f"field 'uploaders' must hold node ids 0..{MAX_NODE_ID}, got {item!r}")
+        seen[int(item)] = None
+    return tuple(seen)  # duplicates removed, order kept
+
+
+# ---------------------------------------------------------------- answers
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What REGISTER answers.  ``token`` is the node's secret: never log it."""
+
+    node_id: int
+    token: str
+    new: bool
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class OwnerInfo:
+    node_id: int
+    host: str
+    port: int
+    frequency: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "host": self.host, "port": self.port, "frequency": self.frequency}
+
+
+@dataclass(frozen=True)
+class NeedResult:
+    info_hash: str
+    name: str | None
+    owners: list[OwnerInfo]
+
+    @property
+    def ranking(self) -> list[int]:
+        return [o.node_id for o in self.owners]
+
+
+# ---------------------------------------------------------------- the state
+
+
+@dataclass
+class _Node:
+    node_id: int
+    host: str
+    port: int
+    frequency: int
+    token_sha256: str
+    last_seen: float
+    #: Sent a REGISTER since the previous liveness check.
+    seen: bool = True
+    #: Consecutive liveness checks without a REGISTER.
+    missed: int = 0
+
+
+@dataclass
+class _File:
+    info_hash: str
+    name: str
+    length: int
+    owners: set[int] = field(default_factory=set)
+    #: downloader -> uploaders it has credited for this file (each at most once).
+    credits: dict[int, set[int]] = field(default_factory=dict)
+
+
+def _digest(token: str) -> str:
+    # surrogatepass: a token is whatever string the node sent; hashing must not fail on it.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class SwarmState:
+    """Swarm membership, ownerships and upload frequencies, with the spec's rules.
+
+    ``revision`` grows whenever something that is persisted changes, so the I/O
+    layer saves exactly when needed (not on a heartbeat that changes nothing).
+    """
+
+    def __init__(self, settings: Config, rng: random.Random) -> None:
+        self.settings = settings
+        self._rng = rng
+        self._nodes: dict[int, _Node] = {}
+        self._files: dict[str, _File] = {}
+        self.revision = 0
+
+    # ---- reading
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._nodes
+
+    def node_ids(self) -> list[int]:
+        return sorted(self._nodes)
+
+    def owner_info(self, node_id: int) -> OwnerInfo | None:
+        node = self._nodes.get(node_id)
+        return None if node is None else OwnerInfo(node.node_id, node.host, node.port, node.frequency)
+
+    def owners(self, info_hash: str) -> frozenset[int]:
+        file = self._files.get(info_hash)
+        return frozenset() if file is None else frozenset(file.owners)
+
+    def summary(self) -> dict[str, int]:
+        return {"nodes": len(self._nodes), "files": len(self._files)}
+
+    # ---- requests
+
+    def register(self, node_id: int, host: str, port: int, token: str | None, now: float) -> Registration:
+        """Join afresh (unknown node) or heartbeat (known node, right token)."""
+        node = self._nodes.get(node_id)
+        if node is None:
+            fresh = secrets.token_hex(16)
+            self._nodes[node_id] = _Node(node_id, host, port, 0, _digest(fresh), last_seen=now)
+            self.revision += 1
+            return Registration(node_id, fresh, True, host, port)
+        self._authenticate(node, token)
+        node.seen = True
+        node.last_seen = now
+        if (node.host, node.port) != (host, port):
+            # The node moved (new UDP port, new address behind a NAT): peers must learn it.
+            node.host, node.port = host, port
+            self.revision += 1
+        assert token is not None
+        return Registration(node_id, token, False, host, port)
+
+    def own(self, node_id: int, token: str | None, info_hash: str, name: str, length: int) -> bool:
+        """Record that the node seeds a file; True if that is news."""
+        node = self._known(node_id, token)
+        file = self._files.get(info_hash)
+        if file is not None and file.length != length:
+            # An info hash pins the content, so a different length is a bug or a lie.
+            raise TrackerError(409, f"info_hash {info_hash} is known with length {file.length}, not {length}")
+        if file is None:
+            file = self._files[info_hash] = _File(info_hash, name, length)
+        if node.node_id in file.owners:
+            return False
+        file.owners.add(node.node_id)
+        self.revision += 1
+        return True
+
+    def need(self, node_id: int, token: str | None, info_hash: str) -> NeedResult:
+        """Every live owner except the asker, in a weighted random order."""
+        self._known(node_id, token)
+        file = self._files.get(info_hash)
+        if file is None:
+            return NeedResult(info_hash, None, [])
+        candidates = [self._nodes[i] for i in sorted(file.owners) if i != node_id and i in self._nodes]
+        ranked = self._rank(candidates)
+        return NeedResult(info_hash, file.name, [OwnerInfo(n.node_id, n.host, n.port, n.frequency) for n in ranked])
+
+    def update(self, node_id: int, token: str | None, info_hash: str, uploaders: Iterable[int]) -> list[int]:
+        """Credit live owners that uploaded to the node, once per (downloader, file, uploader)."""
+        self._known(node_id, token)
+        listed = list(dict.fromkeys(uploaders))
+        if node_id in listed:
+            raise TrackerError(400, "a node cannot credit itself")
+        file = self._files.get(info_hash)
+        if file is None:
+            return []
+        given = file.credits.get(node_id, set())
+        credited: list[int] = []
+        for uploader in listed:
+            if uploader in given or uploader not in file.owners or uploader not in self._nodes:
+                continue
+            given.add(uploader)
+            self._nodes[uploader].frequency += 1
+            credited.append(uploader)
+        if credited:
+            file.credits[node_id] = given
+            self.revision += 1
+        return credited
+
+    def exit(self, node_id: int, token: str | None) -> None:
+        """Forget the node, its ownerships and credits, as liveness would."""
+        self._known(node_id, token)
+        self._drop(node_id)
+
+    def check_liveness(self, now: float) -> list[int]:
+        """One liveness check: drop nodes silent across TRACKER_MISSED_CHECKS checks."""
+        limit = self.settings.TRACKER_MISSED_CHECKS
+        dropped: list[int] = []
+        for node in list(self._nodes.values()):
+            if node.seen:
+                node.seen = False
+                node.missed = 0
+                continue
+            node.missed += 1
+            if node.missed >= limit:
+                dropped.append(node.node_id)
+        for node_id in dropped:
+            self._drop(node_id)
+        return sorted(dropped)
+
+    def silent_for(self, node_id: int, now: float) -> float | None:
+        """Seconds since the node's last REGISTER (None for an unknown node)."""
+        node = self._nodes.get(node_id)
+        return None if node is None else now - node.last_seen
+
+    # ---- persistence
+
+    def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The persisted part of the state as (nodes.json, files.json) documents."""
+        nodes = [
+            {
+                "node_id": n.node_id,
+                "host": n.host,
+                "port": n.port,
+                "frequency": n.frequency,
+                "token_sha256": n.token_sha256,
+            }
+            for n in sorted(self._nodes.values(), key=lambda n: n.node_id)
+        ]
+        files = [
+            {
+                "info_hash": f.info_hash,
+                "name": f.name,
+                "length": f.length,
+                "owners": sorted(f.owners),
+                "credits": [
+                    {"downloader": d, "uploaders": sorted(u)} for d, u in sorted(f.credits.items()) if u
+                ],
+            }
+            for f in sorted(self._files.values(), key=lambda f: f.info_hash)
+        ]
+        return {"version": DB_VERSION, "nodes": nodes}, {"version": DB_VERSION, "files": files}
+
+    def restore(self, nodes_doc: Mapping[str, Any], files_doc: Mapping[str, Any], now: float) -> list[str]:
+        """Replace the state with saved documents; every node counts as seen at ``now``.
+
+        Entries that do not make sense (hand edits, a newer format) are skipped
+        and described in the returned list so the caller can log them; an
+        empty document means an empty part.
+        """
+        problems: list[str] = []
+        nodes: dict[int, _Node] = {}
+        for entry in _entries(nodes_doc, "nodes", problems):
+            try:
+                node = _Node(
+                    _checked_int(entry["node_id"], 0, MAX_NODE_ID),
+                    _checked_str(entry["host"]),
+                    _checked_int(entry["port"], 1, 65535),
+                    _checked_int(entry["frequency"], 0, None),
+                    _checked_sha256(entry["token_sha256"]),
+                    last_seen=now,
+                )
+            except (KeyError, TypeError, ValueError) as e:
+                problems.append(f"skipped node entry {_short(entry)}: {_why(e)}")
+                continue
+            nodes[node.node_id] = node
+        files: dict[str, _File] = {}
+        for entry in _entries(files_doc, "files", problems):
+            try:
+                info_hash = _checked_str(entry["info_hash"])
+                if len(info_hash) != 40 or not _HEX.issuperset(info_hash):
+                    raise ValueError("bad info_hash")
+                file = _File(info_hash, _checked_str(entry["name"]), _checked_int(entry["length"], 0, MAX_LENGTH))
+                for owner in entry["owners"]:
+                    if _checked_int(owner, 0, MAX_NODE_ID) in nodes:
+                        file.owners.add(owner)
+                for credit in entry.get("credits", []):
+                    downloader = _checked_int(credit["downloader"], 0, MAX_NODE_ID)
+                    given = {_checked_int(u, 0, MAX_NODE_ID) for u in credit["uploaders"]} & nodes.keys()
+                    if downloader in nodes and given:
+                        file.credits[downloader] = given
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                problems.append(f"skipped file entry {_short(entry)}: {_why(e)}")
+                continue
+            if file.owners or file.credits:
+                files[info_hash] = file
+        self._nodes = nodes
+        self._files = files
+        return problems
+
+    # ---- internals
+
+    def _authenticate(self, node: _Node, token: str | None) -> None:
+        if token is None:
+            raise TrackerError(403, f"node {node.node_id} is registered: its token is required")
+        if not hmac.compare_digest(_digest(token), node.token_sha256):
+            raise TrackerError(403, f"wrong token for node {node.node_id}")
+
+    def _known(self, node_id: int, token: str | None) -> _Node:
+        node = self._nodes.get(node_id)
+        if node is None:
+            raise TrackerError(404, f"unknown node {node_id}: REGISTER first")
+        self._authenticate(node, token)
+        return node
+
+    def _rank(self, candidates: list[_Node]) -> list[_Node]:
+        # Efraimidis-Spirakis weighted sampling without replacement: sort by
+        # u ** (1 / w), compared here as log(u) / w, which orders the same and
+        # stays exact for large weights.  1 - random() lies in (0, 1].
+        keyed = [(math.log(1.0 - self._rng.random()) / (1 + n.frequency), n) for n in candidates]
+        keyed.sort(key=lambda kn: kn[0], reverse=True)
+        return [n for _, n in keyed]
+
+    def _drop(self, node_id: int) -> None:
+        del self._nodes[node_id]
+        for info_hash in list(self._files):
+            file = self._files[info_hash]
+            file.owners.discard(node_id)
+            file.credits.pop(node_id, None)
+            for downloader in list(file.credits):
+                file.credits[downloader].discard(node_id)
+                if not file.credits[downloader]:
+                    del file.credits[downloader]
+            if not file.owners and not file.credits:
+                del self._files[info_hash]
+        self.revision += 1
+
+
+def _entries(doc: Mapping[str, Any], key: str, problems: list[str]) -> list[Any]:
+    if not doc:
+        return []
+    if not isinstance(doc, Mapping) or not isinstance(doc.get(key), list):
+        problems.append(f"ignored a {key} document without a {key!r} list")
+        return []
+    if doc.get("version", DB_VERSION) != DB_VERSION:
+        problems.append(f"ignored a {key} document of version {doc.get('version')!r} (this tracker reads {DB_VERSION})")
+        return []
+    entries = []
+    for entry in doc[key]:
+        if isinstance(entry, Mapping):
+            entries.append(entry)
+        else:
+            problems.append(f"skipped {key} entry {_short(entry)}: not an object")
+    return entries
+
+
+def _checked_int(value: Any, low: int, high: int | None) -> int:
+    if not _is_int(value):
+        raise TypeError(f"{value!r} is not an integer")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{value} is out of range")
+    return int(value)
+
+
+def _checked_str(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{value!r} is not a non-empty string")
+    return value
+
+
+def _checked_sha256(value: Any) -> str:
+    text = _checked_str(value)
+    if len(text) != 64 or not _HEX.issuperset(text):
+        raise ValueError("token_sha256 is not 64 lowercase hexadecimal digits")
+    return text
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _why(e: Exception) -> str:
+    return f"missing {e}" if isinstance(e, KeyError) else str(e)
