@@ -1,0 +1,270 @@
+"""The tracker's HTTP face: Klein routes over a :class:`SwarmState`.
+
+This layer only reads bounded bodies, hands decoded requests to the state,
+saves the state when it changed, writes JSON answers and logs what happened.
+Every refusal is a 4xx JSON answer ``{"ok": false, "error": ...}``; an
+unexpected exception is logged and answered 500 JSON, and bad input never
+gets that far.  See docs/tracker-http.md.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+from typing import Any
+
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from twisted.web.server import Site
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from p2ptorrent.config import Config
+from p2ptorrent.tracker.state import (
+    Exit,
+    Need,
+    Own,
+    Register,
+    Request,
+    SwarmState,
+    TrackerError,
+    Update,
+    parse_request,
+)
+from p2ptorrent.tracker.store import JsonStore
+
+
+class TrackerHTTP:
+    """``POST /`` runs one tracker request, ``GET /`` answers a summary."""
+
+    app = Klein()
+    log = Logger()
+
+    def __init__(self, state: SwarmState, store: JsonStore, reactor: IReactorTime, settings: Config) -> None:
+        self.state = state
+        self.store = store
+        self.reactor = reactor
+        self.settings = settings
+        self._saved_revision = state.revision
+
+    def resource(self) -> IResource:
+        return self.app.resource()
+
+    # ---- life cycle (called by the service in tap.py)
+
+    def load(self) -> None:
+        """Read the database back; its nodes count as seen now."""
+        nodes_doc, files_doc = self.store.load()
+        problems = self.state.restore(nodes_doc, files_doc, self.reactor.seconds())
+        for problem in problems:
+            self.log.warn("database: {problem}", problem=problem)
+        self._saved_revision = self.state.revision
+        summary = self.state.summary()
+        self.log.info(
+            "loaded {nodes} nodes and {files} files from {folder}",
+            nodes=summary["nodes"], files=summary["files"], folder=str(self.store.folder),
+        )
+
+    def persist(self) -> None:
+        """Save if the state changed since the last save.  Never raises.
+
+        A failed save is logged and retried at the next change or liveness
+        check: the state in memory stays right, and answering 500 for a
+        request that did take effect would mislead the node.
+        """
+        revision = self.state.revision
+        if revision == self._saved_revision:
+            return
+        try:
+            nodes_doc, files_doc = self.state.snapshot()
+            self.store.save(nodes_doc, files_doc)
+        except Exception:
+            self.log.failure("could not save the tracker database in {folder}", folder=str(self.store.folder))
+            return
+        self._saved_revision = revision
+
+    def check_liveness(self) -> None:
+        """One liveness check (the TimerService body).  Never raises: a LoopingCall stops on its first error."""
+        try:
+            now = self.reactor.seconds()
+            dropped = self.state.check_liveness(now)
+            for node_id in dropped:
+                self.log.info(
+                    "dropped node {node_id}: no REGISTER across {checks} liveness checks",
+                    node_id=node_id, checks=self.settings.TRACKER_MISSED_CHECKS,
+                )
+            self.persist()
+        except Exception:
+            self.log.failure("liveness check failed")
+
+    # ---- routes
+
+    @app.route("/", methods=["POST"])
+    def post(self, request: IRequest) -> bytes:
+        host = _client_host(request)
+        parsed: Request | None = None
+        try:
+            body = self._read_body(request)
+            parsed = parse_request(body, self.settings)
+            answer = self._dispatch(parsed, host)
+        except TrackerError as e:
+            self._log_refusal(parsed, host, e)
+            return _json(request, e.status, {"ok": False, "error": e.message})
+        except Exception:
+            self.log.failure("failed on a request from {host}", host=host)
+            return _json(request, 500, {"ok": False, "error": "internal error in the tracker"})
+        self.persist()
+        return _json(request, 200, {"ok": True, **answer})
+
+    @app.route("/", methods=["GET"])
+    def get(self, request: IRequest) -> bytes:
+        return _json(request, 200, {"ok": True, **self.state.summary()})
+
+    @app.handle_errors(MethodNotAllowed)
+    def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
+        request.setHeader(b"allow", b"GET, HEAD, POST")
+        method = request.method.decode("ascii", "replace")
+        return _json(request, 405, {"ok": False, "error": f"method {method} not allowed: use POST / or GET /"})
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: IRequest, failure: Failure) -> bytes:
+        path = request.path.decode("ascii", "replace")
+        return _json(request, 404, {"ok": False, "error": f"no such resource {path}: the tracker answers at /"})
+
+    # ---- internals
+
+    def _read_body(self, request: IRequest) -> bytes:
+        limit = self.settings.TRACKER_MAX_BODY
+        declared = request.getHeader(b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                raise TrackerError(400, "bad Content-Length header") from None
+            if size > limit:
+                raise TrackerError(413, f"body of {size} bytes is larger than the {limit} bytes allowed")
+        # Also check what actually arrived: chunked bodies declare no length.
+        body = request.content.read(limit + 1) if request.content is not None else b""
+        if len(body) > limit:
+            raise TrackerError(413, f"body is larger than the {limit} bytes allowed")
+        return body
+
+    def _dispatch(self, req: Request, host: str | None) -> dict[str, Any]:
+        state = self.state
+        if isinstance(req, Register):
+            if host is None:
+                raise TrackerError(400, "cannot tell the address of this connection")
+            reg = state.register(req.node_id, host, req.port, req.token, self.reactor.seconds())
+            if reg.new:
+                self.log.info("node {node_id} joined from {host}:{port}", node_id=reg.node_id, host=host, port=reg.port)
+            else:
+                self.log.debug("heartbeat from node {node_id} at {host}:{port}", node_id=reg.node_id, host=host, port=reg.port)
+            return {
+                "node_id": reg.node_id,
+                "token": reg.token,
+                "new": reg.new,
+                "host": reg.host,
+                "port": reg.port,
+                "interval": self.settings.NODE_TIME_INTERVAL,
+            }
+        if isinstance(req, Own):
+            news = state.own(req.node_id, req.token, req.info_hash, req.name, req.length)
+            self.log.info(
+                "node {node_id} owns {info_hash} ({name}, {length} bytes){already}",
+                node_id=req.node_id, info_hash=req.info_hash, name=req.name, length=req.length,
+                already="" if news else " (already known)",
+            )
+            return {}
+        if isinstance(req, Need):
+            result = state.need(req.node_id, req.token, req.info_hash)
+            self.log.info(
+                "node {node_id} needs {info_hash}: ranking {ranking}",
+                node_id=req.node_id, info_hash=req.info_hash, ranking=result.ranking,
+            )
+            return {
+                "info_hash": result.info_hash,
+                "name": result.name,
+                "owners": [o.as_json() for o in result.owners],
+            }
+        if isinstance(req, Update):
+            credited = state.update(req.node_id, req.token, req.info_hash, req.uploaders)
+            not_credited = [u for u in req.uploaders if u not in credited]
+            self.log.info(
+                "node {node_id} downloaded {info_hash}: credited {credited}, not credited {not_credited}",
+                node_id=req.node_id, info_hash=req.info_hash, credited=credited, not_credited=not_credited,
+            )
+            return {"credited": credited}
+        assert isinstance(req, Exit), req
+        state.exit(req.node_id, req.token)
+        self.log.info("node {node_id} left", node_id=req.node_id)
+        return {}
+
+    def _log_refusal(self, req: Request | None, host: str | None, error: TrackerError) -> None:
+        # Never the body itself: it may carry a token.
+        mode = type(req).__name__.upper() if req is not None else "request"
+        node = f" node {req.node_id}" if req is not None else ""
+        self.log.warn(
+            "refused {mode} from {host}{node}: {status} {reason}",
+            mode=mode, host=host, node=node, status=error.status, reason=error.message,
+        )
+
+
+def _client_host(request: IRequest) -> str | None:
+    address = request.getClientAddress()
+    host = getattr(address, "host", None)
+    if not isinstance(host, str):
+        return None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    # A dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d; peers need the plain form.
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped) if mapped is not None else str(ip)
+
+
+def _json(request: IRequest, status: int, doc: dict[str, Any]) -> bytes:
+    body = json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"content-length", b"%d" % len(body))
+    return body
+
+
+class _CappedBody(io.BytesIO):
+    """A request body buffer that keeps at most ``cap`` bytes and drops the rest.
+
+    twisted.web buffers a whole body before the route runs; without a cap a
+    client could make the tracker hold gigabytes.  Keeping one byte more than
+    allowed lets the route see that the body was too large and answer 413.
+    """
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self._room = cap
+
+    def write(self, data: Any) -> int:
+        n = len(data)
+        if self._room > 0:
+            kept = bytes(data[: self._room])
+            super().write(kept)
+            self._room -= len(kept)
+        return n
+
+
+class TrackerSite(Site):
+    """A Site with bounded request bodies and no per-request access log (events are logged instead)."""
+
+    def __init__(self, resource: IResource, max_body: int, **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+        self.max_body = max_body
+
+    def getContentFile(self, length: int | None) -> io.BytesIO:
+        return _CappedBody(self.max_body + 1)
+
+    def log(self, request: Any) -> None:
+        pass
