@@ -169,7 +169,7 @@ def test_dispatch(node: RecordingNode) -> None:
 
     d = dispatch(node, Command("exit"), seen.append)
     node.pending[2].callback(None)
-    assert "stopping" in d.result
+    assert "stopping" in str(d.result)
     assert node.calls == [("send", "/a b"), ("download", "/t.torrent"), ("status",), ("exit",)]
 
 
@@ -497,9 +497,17 @@ def test_factory_defaults_to_the_reactor(node: RecordingNode) -> None:
 
 def test_dispatch_results_from_plain_values(node: RecordingNode) -> None:
     node.send = lambda path: succeed(f"seeding {path}")  # type: ignore[method-assign]
-    node.download = lambda path, progress: fail(ValueError("bad torrent"))  # type: ignore[method-assign]
+    node.download = lambda path, progress: fail(ValueError("bad torrent"))  # type: ignore[method-assign, assignment]
     assert dispatch(node, Command("send", "a"), lambda p: None).result == "seeding a"
     d = dispatch(node, Command("download", "t"), lambda p: None)
     errors: list[str] = []
     d.addErrback(lambda f: errors.append(str(f.value)))
     assert errors == ["bad torrent"]
+
+
+def test_dispatch_refuses_malformed_commands(node: RecordingNode) -> None:
+    errors: list[str] = []
+    dispatch(node, Command("send"), lambda p: None).addErrback(lambda f: errors.append(str(f.value)))
+    dispatch(node, Command("fly", "x"), lambda p: None).addErrback(lambda f: errors.append(str(f.value)))
+    assert [e.split(";")[0] for e in errors] == ["send needs a path", "unknown mode 'fly'"]
+    assert node.calls == []

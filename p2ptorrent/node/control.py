@@ -25,7 +25,7 @@ import stat
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
@@ -174,15 +174,18 @@ def dispatch(commands: INodeCommands, command: Command, progress: Progress) -> D
     Exceptions raised synchronously by the node become failures, so callers
     have one error path.
     """
-    if command.verb == "send":
-        return maybeDeferred(commands.send, command.argument)
-    if command.verb == "download":
-        return maybeDeferred(commands.download, command.argument, progress)
+    argument = command.argument
+    if command.verb in ("send", "download") and not argument:
+        return fail(CommandError(f"{command.verb} needs a path; {USAGE}"))
+    if command.verb == "send" and argument:
+        return maybeDeferred(commands.send, argument)
+    if command.verb == "download" and argument:
+        return maybeDeferred(commands.download, argument, progress)
     if command.verb == "status":
         return maybeDeferred(commands.status)
     if command.verb == "exit":
         return maybeDeferred(commands.exit).addCallback(lambda _: "EXIT sent to the tracker; the node is stopping")
-    raise CommandError(f"unknown mode {command.verb!r}; {USAGE}")
+    return fail(CommandError(f"unknown mode {command.verb!r}; {USAGE}"))
 
 
 def reason(failure: Failure) -> str:

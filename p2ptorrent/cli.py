@@ -1,0 +1,397 @@
+"""``p2ptorrent``: tell a running node what to do, over its control socket.
+
+    p2ptorrent --node 1 send big.bin
+    p2ptorrent --node 2 download big.bin.torrent
+    p2ptorrent --node 1 torrent -setMode exit      (the original grammar)
+
+The node (``twistd p2pnode --id N``) listens on ``node_files/N/.control.sock``
+by default.  We send one command line, draw a progress bar from the JSON
+progress lines, and print the node's answer.  Exit status: 0 done, 1 the node
+refused or failed, 2 no such node running (or a usage error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence, TextIO
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+
+from p2ptorrent.config import Config, ConfigError, load
+from p2ptorrent.node.control import (
+    VERBS,
+    Command,
+    CommandError,
+    ControlError,
+    client_endpoint,
+    control_socket_path,
+    default_control_endpoint,
+    parse_command,
+)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_NO_NODE = 2
+#: What a shell reports for a process stopped by Ctrl-C (128 + SIGINT).
+EXIT_INTERRUPTED = 130
+
+#: Longest reply line we accept: a status listing many files stays well under.
+MAX_REPLY_LINE = 16 * 1024 * 1024
+
+COMMANDS_HELP = """\
+commands:
+  send FILE          seed FILE: write FILE.torrent next to it and announce it
+  download TORRENT   fetch the file TORRENT describes, with a progress bar
+  status             show the node's id, address, seeded files and downloads
+  exit               tell the tracker the node leaves, and stop the node
+  torrent -setMode send FILE | download TORRENT | status | exit
+                     the same commands in the original grammar
+
+Options go before the command.  Exit status: 0 done, 1 the node refused or
+failed (the reason is printed), 2 no such node is running or bad usage.
+"""
+
+
+class ControlReplyError(Exception):
+    """The node answered something that does not follow the control protocol."""
+
+
+class ConnectionClosedEarly(Exception):
+    """The node closed the connection before sending its answer."""
+
+
+# ---- command line
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p2ptorrent",
+        usage="%(prog)s [-h] [--node N] [--node-files-dir DIR] [--config FILE] [--control ENDPOINT] COMMAND ...",
+        description="Command a running p2ptorrent node (started with: twistd p2pnode --id N).",
+        epilog=COMMANDS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-n", "--node", type=int, default=1, metavar="N", help="id of the node to command (default: 1)")
+    parser.add_argument(
+        "--node-files-dir",
+        metavar="DIR",
+        help="folder holding each node's files, as given to the node (default: node_files/)",
+    )
+    parser.add_argument(
+        "-c", "--config", metavar="FILE", help="the node's JSON settings file, to find its node_files_dir"
+    )
+    parser.add_argument(
+        "--control",
+        metavar="ENDPOINT",
+        help="the node's control endpoint if it was started with --control,"
+        " e.g. unix:path=/tmp/p2pnode-1.sock (default: DIR/N/.control.sock)",
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND ...", help=argparse.SUPPRESS)
+    return parser
+
+
+def command_from_words(words: Sequence[str]) -> Command:
+    """The command named by the words after the options, in either grammar.
+
+    The original grammar takes the rest of the line as the path (words are
+    joined with spaces, as the node's terminal would read them); the short
+    form wants exactly one FILE, so a forgotten pair of quotes is caught.
+    """
+    words = list(words)
+    original = bool(words) and words[0].lower() == "torrent"
+    if original:
+        if len(words) < 3 or words[1].lower() != "-setmode":
+            parse_command(" ".join(words))  # raises with the precise reason
+        words = words[2:]
+    if not words:
+        raise CommandError("missing command: send FILE, download TORRENT, status or exit")
+    verb, args = words[0].lower(), words[1:]
+    if verb not in VERBS:
+        raise CommandError(f"unknown command {words[0]!r}: use send FILE, download TORRENT, status or exit")
+    if verb in ("status", "exit"):
+        if args:
+            raise CommandError(f"{verb} takes no argument, got {' '.join(args)!r}")
+        return Command(verb)
+    what = "FILE" if verb == "send" else "TORRENT"
+    if not args or not "".join(args):
+        raise CommandError(f"{verb} needs a {what}")
+    if len(args) > 1 and not original:
+        raise CommandError(f"{verb} takes one {what}, got {len(args)}: quote a path that contains spaces")
+    return Command(verb, " ".join(args))
+
+
+@dataclass(frozen=True)
+class Request:
+    """Everything needed to talk to the node, decided before any I/O."""
+
+    command: Command
+    #: Client endpoint description (``unix:path=...``).
+    endpoint: str
+    #: Where we connect, for messages: the socket path, or the endpoint.
+    where: str
+    #: The node's id; None when --control chose the endpoint.
+    node: int | None
+
+
+def prepare(argv: Sequence[str] | None = None) -> Request:
+    """Parse *argv*; usage errors exit through argparse (status 2) with a message."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.node < 0:
+        parser.error(f"--node must be a node id (0 or more), got {args.node}")
+    if args.command[1:2] in (["-h"], ["--help"]) or args.command[:1] in (["-h"], ["--help"]):
+        parser.print_help()
+        parser.exit(0)
+    try:
+        command = command_from_words(args.command)
+    except CommandError as e:
+        parser.error(str(e))
+    if command.argument is not None:
+        # The node's working folder may differ from ours.
+        command = Command(command.verb, os.path.abspath(command.argument))
+    try:
+        command.line()
+    except CommandError as e:
+        parser.error(str(e))
+
+    if args.control:
+        try:
+            endpoint = client_endpoint(args.control)
+        except ControlError as e:
+            parser.error(str(e))
+        return Request(command, endpoint, control_socket_path(endpoint) or args.control, None)
+
+    try:
+        overrides = {"node_files_dir": args.node_files_dir} if args.node_files_dir else {}
+        settings = load(args.config, overrides) if (args.config or overrides) else Config()
+        server = default_control_endpoint(settings, args.node)
+    except (ConfigError, ControlError) as e:
+        parser.error(str(e))
+    endpoint = client_endpoint(server)
+    return Request(command, endpoint, control_socket_path(endpoint) or endpoint, args.node)
+
+
+# ---- the wire
+
+class ControlClient(LineReceiver):
+    """Sends one command line; reads JSON progress lines, then the answer."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = MAX_REPLY_LINE
+    log = Logger()
+
+    def __init__(self, line: str, progress: Callable[[dict[str, Any]], None]) -> None:
+        self._line = line
+        self._progress = progress
+        #: Fires with the final reply, {"ok": true, "result": ...} or {"ok": false, "error": ...}.
+        self.finished: Deferred[dict[str, Any]] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.sendLine(self._line.encode("utf-8", "surrogateescape"))
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.finished.called:
+            return
+        try:
+            message = json.loads(line)
+        except ValueError:
+            self._fail(ControlReplyError(f"the node sent a line that is not JSON: {line[:80]!r}"))
+            return
+        if not isinstance(message, dict):
+            self._fail(ControlReplyError(f"the node sent a line that is not a JSON object: {line[:80]!r}"))
+            return
+        if "progress" in message:
+            if isinstance(message["progress"], dict):
+                try:
+                    self._progress(message["progress"])
+                except Exception:
+                    self.log.failure("drawing progress failed")
+            return
+        if message.get("ok") is True and "result" in message:
+            self._answer(message)
+        elif message.get("ok") is False:
+            self._answer({"ok": False, "error": str(message.get("error") or "the node gave no reason")})
+        else:
+            self._fail(ControlReplyError(f"the node sent an unexpected message: {line[:80]!r}"))
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._fail(ControlReplyError(f"the node sent a line over {self.MAX_LENGTH} bytes"))
+
+    def _answer(self, reply: dict[str, Any]) -> None:
+        self.finished.callback(reply)
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _fail(self, error: Exception) -> None:
+        self.finished.errback(error)
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if not self.finished.called:
+            self.finished.errback(ConnectionClosedEarly("the node closed the connection without answering"))
+
+
+async def request(reactor: Any, endpoint: str, line: str, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Send *line* to the control *endpoint*; the node's final reply.
+
+    Connection failures raise twisted's ``ConnectError`` (or DNSLookupError).
+    """
+    client = ControlClient(line, progress)
+    await connectProtocol(clientFromString(reactor, endpoint), client)
+    return await client.finished
+
+
+# ---- showing progress
+
+class ProgressBar:
+    """A tqdm bar in bytes on *file*, created on the first report.
+
+    *enabled* None means "only if *file* is a terminal", so scripts and logs
+    get the result line without bar debris.
+    """
+
+    def __init__(self, file: TextIO, description: str, enabled: bool | None = None) -> None:
+        self._file = file
+        self._description = description
+        self._enabled = enabled
+        self._bar: Any = None
+
+    def update(self, progress: dict[str, Any]) -> None:
+        done = progress.get("done")
+        total = progress.get("total")
+        if not isinstance(done, int) or isinstance(done, bool):
+            return
+        if self._bar is None:
+            from tqdm import tqdm  # only clients that show progress pay the import
+
+            disable = None if self._enabled is None else not self._enabled
+            self._bar = tqdm(
+                total=total if isinstance(total, int) and total > 0 else None,
+                desc=self._description,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=self._file,
+                disable=disable,
+                dynamic_ncols=True,
+                leave=True,
+            )
+        if isinstance(total, int) and total > 0 and self._bar.total != total:
+            self._bar.total = total
+        peers = progress.get("peers")
+        if isinstance(peers, int) and not isinstance(peers, bool):
+            self._bar.set_postfix(peers=peers, refresh=False)
+        self._bar.update(done - self._bar.n)
+
+    def close(self, complete: bool) -> None:
+        if self._bar is None:
+            return
+        if complete and self._bar.total:
+            self._bar.update(self._bar.total - self._bar.n)
+        self._bar.close()
+        self._bar = None
+
+
+# ---- running
+
+def _cannot_connect(req: Request, error: BaseException) -> str:
+    """Why we could not reach the node, phrased for what most likely happened."""
+    code = getattr(error, "osError", None)
+    reason = os.strerror(code) if isinstance(code, int) else (str(error) or type(error).__name__)
+    if code == errno.ECONNREFUSED and control_socket_path(req.endpoint):
+        reason += "; a node that stopped uncleanly left the socket behind"
+    if code in (errno.ENOENT, errno.ECONNREFUSED):
+        who = "no node is listening" if req.node is None else f"no node {req.node} is running"
+    else:
+        who = "cannot reach the node" if req.node is None else f"cannot reach node {req.node}"
+    return f"{who}: cannot connect to {req.where} ({reason})"
+
+
+async def run(
+    reactor: Any,
+    req: Request,
+    out: TextIO,
+    err: TextIO,
+    show_progress: bool | None = None,
+) -> int:
+    """Carry out *req* against the node; print the answer; the exit status."""
+    command = req.command
+    bar = ProgressBar(err, os.path.basename(command.argument or "") or command.verb, show_progress)
+    try:
+        reply = await request(reactor, req.endpoint, command.line(), bar.update)
+    except (ConnectError, DNSLookupError) as e:
+        bar.close(False)
+        print(_cannot_connect(req, e), file=err)
+        return EXIT_NO_NODE
+    except ConnectionClosedEarly as e:
+        bar.close(False)
+        if command.verb == "exit":
+            # The node stopped before its goodbye got out: that is what we asked.
+            print("the node has stopped", file=out)
+            return EXIT_OK
+        print(f"error: {e}", file=err)
+        return EXIT_FAILED
+    except ControlReplyError as e:
+        bar.close(False)
+        print(f"error: {e}", file=err)
+        return EXIT_FAILED
+    if reply["ok"]:
+        bar.close(True)
+        result = reply["result"]
+        if isinstance(result, (dict, list)):
+            result = json.dumps(result, indent=2, sort_keys=True)
+        print(result, file=out)
+        return EXIT_OK
+    bar.close(False)
+    print(f"error: {reply['error']}", file=err)
+    return EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: ``p2ptorrent [options] COMMAND ...``; returns the exit status."""
+    try:
+        req = prepare(argv)
+    except SystemExit as e:  # argparse: -h, or a usage error
+        return e.code if isinstance(e.code, int) else EXIT_NO_NODE
+
+    from twisted.internet import task
+
+    interrupted = False
+
+    async def react_main(reactor: Any) -> None:
+        nonlocal interrupted
+        done = False
+
+        def on_shutdown() -> None:
+            nonlocal interrupted
+            if not done:  # Ctrl-C while waiting for the node
+                interrupted = True
+                if req.command.verb == "download":
+                    print("\ninterrupted: the node keeps downloading", file=sys.stderr)
+
+        reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)
+        code = await run(reactor, req, sys.stdout, sys.stderr)
+        done = True
+        if code:
+            raise SystemExit(code)
+
+    try:
+        task.react(react_main)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else EXIT_FAILED
+        return EXIT_INTERRUPTED if interrupted and code == 0 else code
+    return EXIT_OK  # pragma: no cover - react always exits
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""Tests for the p2ptorrent command: argument handling, and end to end through a real UNIX socket."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted  # type: ignore[import-untyped]
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.utils import getProcessOutputAndValue
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from p2ptorrent.cli import (
+    EXIT_FAILED,
+    EXIT_NO_NODE,
+    EXIT_OK,
+    ProgressBar,
+    command_from_words,
+    main,
+    prepare,
+    run,
+)
+from p2ptorrent.config import Config
+from p2ptorrent.node.control import Command, CommandError, ControlFactory, INodeCommands, default_control_endpoint
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@implementer(INodeCommands)
+class ScriptedNode:
+    """A fake node on the real reactor: records commands, answers as scripted."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.calls: list[tuple[Any, ...]] = []
+        self.download_error: str | None = None
+
+    def send(self, path: str) -> Deferred[str]:
+        self.calls.append(("send", path))
+        if not os.path.exists(path):
+            return fail(ValueError(f"cannot read {path}: No such file or directory"))
+        return succeed(f"seeding {os.path.basename(path)} ({os.path.getsize(path)} bytes)")
+
+    def download(self, torrent_path: str, progress: Any) -> Deferred[str]:
+        self.calls.append(("download", torrent_path))
+        d: Deferred[str] = Deferred()
+        total = 4 * 1024 * 1024
+
+        def step(i: int) -> None:
+            progress({"done": i * total // 4, "total": total, "rate": 1e6, "peers": 2})
+            if i < 4:
+                self.reactor.callLater(0.05, step, i + 1)
+            elif self.download_error:
+                d.errback(RuntimeError(self.download_error))
+            else:
+                d.callback(f"downloaded {os.path.basename(torrent_path)[:-8]} ({total} bytes)")
+
+        self.reactor.callLater(0, step, 0)
+        return d
+
+    def status(self) -> dict[str, Any]:
+        self.calls.append(("status",))
+        return {"node_id": 1, "seeding": [{"name": "a.bin"}], "downloads": []}
+
+    def exit(self) -> Deferred[None]:
+        self.calls.append(("exit",))
+        return succeed(None)
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A short folder: pytest's tmp_path can be longer than a UNIX socket path allows."""
+    path = Path(tempfile.mkdtemp(prefix="p2pcli", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def listening(short_dir: Path) -> Iterator[tuple[ScriptedNode, Path]]:
+    """A ControlFactory for node 1 on the real reactor, at its default socket under *short_dir*."""
+    from twisted.internet import reactor
+
+    (short_dir / "1").mkdir()
+    node = ScriptedNode(reactor)
+    verifyObject(INodeCommands, node)
+    description = default_control_endpoint(Config(node_files_dir=str(short_dir)), 1)
+    port = pytest_twisted.blockon(serverFromString(reactor, description).listen(ControlFactory(node, reactor)))
+    yield node, short_dir
+    pytest_twisted.blockon(port.stopListening())
+
+
+def run_cli(argv: list[str]) -> Deferred[tuple[int, str, str]]:
+    """Run prepare + run in this process, against whatever listens."""
+    from twisted.internet import reactor
+
+    out, err = io.StringIO(), io.StringIO()
+    req = prepare(argv)
+    d = Deferred.fromCoroutine(run(reactor, req, out, err))
+    return d.addCallback(lambda code: (code, out.getvalue(), err.getvalue()))
+
+
+# ---- argument handling
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        (["send", "a.bin"], Command("send", "a.bin")),
+        (["download", "a.bin.torrent"], Command("download", "a.bin.torrent")),
+        (["status"], Command("status")),
+        (["EXIT"], Command("exit")),
+        (["torrent", "-setMode", "send", "my", "file.bin"], Command("send", "my file.bin")),
+        (["torrent", "-setMode", "send", "my file.bin"], Command("send", "my file.bin")),
+        (["torrent", "-setMode", "exit"], Command("exit")),
+    ],
+)
+def test_command_from_words(words: list[str], expected: Command) -> None:
+    assert command_from_words(words) == expected
+
+
+@pytest.mark.parametrize(
+    ("words", "why"),
+    [
+        ([], "missing command"),
+        (["fly"], "unknown command 'fly'"),
+        (["send"], "send needs a FILE"),
+        (["download", ""], "download needs a TORRENT"),
+        (["send", "a", "b"], "quote a path"),
+        (["status", "x"], "takes no argument"),
+        (["torrent", "send", "x"], '"-setMode"'),
+        (["torrent", "-setMode"], "missing mode"),
+        (["torrent", "-setMode", "fly"], "unknown command 'fly'"),
+    ],
+)
+def test_command_from_words_refuses(words: list[str], why: str) -> None:
+    with pytest.raises(CommandError) as e:
+        command_from_words(words)
+    assert why in str(e.value)
+
+
+def test_prepare_makes_paths_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    req = prepare(["--node", "3", "send", "sub/a b.bin"])
+    assert req.command == Command("send", str(tmp_path / "sub" / "a b.bin"))
+    assert req.endpoint == "unix:path=node_files/3/.control.sock"
+    assert req.where == "node_files/3/.control.sock"
+    assert req.node == 3
+
+
+def test_prepare_options(tmp_path: Path) -> None:
+    req = prepare(["--node-files-dir", "/srv/p2p", "-n", "2", "status"])
+    assert req.endpoint == "unix:path=/srv/p2p/2/.control.sock"
+    req = prepare(["--control", "unix:path=/tmp/x.sock:mode=600:lockfile=0", "exit"])
+    assert (req.endpoint, req.where, req.node) == ("unix:path=/tmp/x.sock", "/tmp/x.sock", None)
+    config = tmp_path / "p2p.json"
+    config.write_text(json.dumps({"directory": {"node_files_dir": "/data/nodes/"}}))
+    req = prepare(["--config", str(config), "status"])
+    assert req.endpoint == "unix:path=/data/nodes/1/.control.sock"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "missing command"),
+        (["send", "a", "b"], "quote a path that contains spaces"),
+        (["--node", "x", "status"], "invalid int value"),
+        (["--node", "-1", "status"], "--node must be a node id"),
+        (["--node-files-dir", "/" + "d" * 120, "status"], "--control"),
+        (["--config", "/nonexistent.json", "status"], "cannot read config file"),
+        (["send", "a\nb"], "line breaks"),
+    ],
+)
+def test_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "usage: p2ptorrent" in err
+    assert message in err
+
+
+def test_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-h"]) == 0
+    out = capsys.readouterr().out
+    for text in ("--node N", "--control ENDPOINT", "send FILE", "download TORRENT", "torrent -setMode", "Exit status"):
+        assert text in out
+    assert main(["send", "--help"]) == 0
+
+
+def test_progress_bar() -> None:
+    stream = io.StringIO()
+    bar = ProgressBar(stream, "big.bin", enabled=True)
+    bar.update({"done": 0, "total": 2 * 1024 * 1024, "rate": 0, "peers": 1})
+    bar.update({"done": 1024 * 1024, "total": 2 * 1024 * 1024, "rate": 1e6, "peers": 3})
+    bar.update({"done": "junk"})
+    bar.close(True)
+    text = stream.getvalue()
+    assert "big.bin" in text and "2.00M" in text and "peers=3" in text and "100%" in text
+    quiet = io.StringIO()
+    bar = ProgressBar(quiet, "x")  # not a terminal: no bar
+    bar.update({"done": 1, "total": 2})
+    bar.close(False)
+    assert quiet.getvalue() == ""
+
+
+# ---- end to end, in process, through a real UNIX socket
+
+@pytest_twisted.ensureDeferred
+async def test_send(listening: tuple[ScriptedNode, Path], tmp_path: Path) -> None:
+    node, folder = listening
+    data = tmp_path / "my file.bin"
+    data.write_bytes(b"x" * 1234)
+    code, out, err = await run_cli(["--node-files-dir", str(folder), "send", str(data)])
+    assert (code, out, err) == (EXIT_OK, "seeding my file.bin (1234 bytes)\n", "")
+    assert node.calls == [("send", str(data))]
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_refused(listening: tuple[ScriptedNode, Path], tmp_path: Path) -> None:
+    _, folder = listening
+    missing = tmp_path / "missing.bin"
+    code, out, err = await run_cli(["--node-files-dir", str(folder), "torrent", "-setMode", "send", str(missing)])
+    assert code == EXIT_FAILED
+    assert out == ""
+    assert err == f"error: cannot read {missing}: No such file or directory\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_download_with_progress(listening: tuple[ScriptedNode, Path]) -> None:
+    from twisted.internet import reactor
+
+    node, folder = listening
+    out, err = io.StringIO(), io.StringIO()
+    req = prepare(["--node-files-dir", str(folder), "download", "/t/big.bin.torrent"])
+    code = await Deferred.fromCoroutine(run(reactor, req, out, err, show_progress=True))
+    assert code == EXIT_OK
+    assert out.getvalue() == "downloaded big.bin (4194304 bytes)\n"
+    bar = err.getvalue()
+    assert "big.bin.torrent" in bar and "4.00M" in bar and "100%" in bar and "peers=2" in bar
+    assert node.calls == [("download", "/t/big.bin.torrent")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_download_fails(listening: tuple[ScriptedNode, Path]) -> None:
+    node, folder = listening
+    node.download_error = "no peer has big.bin"
+    code, out, err = await run_cli(["--node-files-dir", str(folder), "download", "/t/big.bin.torrent"])
+    assert (code, out, err) == (EXIT_FAILED, "", "error: no peer has big.bin\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_and_exit(listening: tuple[ScriptedNode, Path]) -> None:
+    node, folder = listening
+    code, out, _ = await run_cli(["--node-files-dir", str(folder), "status"])
+    assert code == EXIT_OK
+    assert json.loads(out) == {"node_id": 1, "seeding": [{"name": "a.bin"}], "downloads": []}
+    code, out, _ = await run_cli(["--node-files-dir", str(folder), "torrent", "-setMode", "exit"])
+    assert code == EXIT_OK and "stopping" in out
+    assert node.calls == [("status",), ("exit",)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_node_running(short_dir: Path) -> None:
+    code, out, err = await run_cli(["--node-files-dir", str(short_dir), "--node", "7", "status"])
+    assert code == EXIT_NO_NODE
+    assert out == ""
+    assert err == f"no node 7 is running: cannot connect to {short_dir}/7/.control.sock (No such file or directory)\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_stale_socket(short_dir: Path) -> None:
+    (short_dir / "1").mkdir()
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(short_dir / "1" / ".control.sock"))
+    stale.close()
+    code, _, err = await run_cli(["--node-files-dir", str(short_dir), "status"])
+    assert code == EXIT_NO_NODE
+    assert err.startswith("no node 1 is running:") and "Connection refused" in err and "left the socket behind" in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_node_speaking_nonsense(short_dir: Path) -> None:
+    """A server that is not a p2ptorrent node: a clear error, not a traceback."""
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory, Protocol
+
+    class Nonsense(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            assert self.transport is not None
+            self.transport.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            self.transport.loseConnection()
+
+    class Silent(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            assert self.transport is not None
+            self.transport.loseConnection()
+
+    path = short_dir / "n.sock"
+    for proto, message in ((Nonsense, "not JSON"), (Silent, "closed the connection without answering")):
+        port = await serverFromString(reactor, f"unix:address={path}").listen(Factory.forProtocol(proto))
+        try:
+            code, _, err = await run_cli(["--control", f"unix:path={path}", "status"])
+        finally:
+            await port.stopListening()
+        assert code == EXIT_FAILED
+        assert err.startswith("error: ") and message in err
+
+
+# ---- end to end, the real console script in a subprocess
+
+def cli_process(argv: list[str], cwd: Path) -> Deferred[tuple[bytes, bytes, int]]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return getProcessOutputAndValue(sys.executable, ["-m", "p2ptorrent.cli", *argv], env=env, path=str(cwd))
+
+
+@pytest_twisted.ensureDeferred
+async def test_subprocess_send_relative_path(listening: tuple[ScriptedNode, Path], tmp_path: Path) -> None:
+    node, folder = listening
+    (tmp_path / "a b.bin").write_bytes(b"12345")
+    out, err, code = await cli_process(["--node-files-dir", str(folder), "--node", "1", "send", "a b.bin"], tmp_path)
+    assert (code, out, err) == (0, b"seeding a b.bin (5 bytes)\n", b"")
+    assert node.calls == [("send", str(tmp_path / "a b.bin"))]
+
+
+@pytest_twisted.ensureDeferred
+async def test_subprocess_failing_download(listening: tuple[ScriptedNode, Path], tmp_path: Path) -> None:
+    node, folder = listening
+    node.download_error = "piece 3 failed its hash check 5 times"
+    argv = ["--node-files-dir", str(folder), "torrent", "-setMode", "download", "x.bin.torrent"]
+    out, err, code = await cli_process(argv, tmp_path)
+    assert (code, out, err) == (1, b"", b"error: piece 3 failed its hash check 5 times\n")
+    assert node.calls == [("download", str(tmp_path / "x.bin.torrent"))]
+
+
+@pytest_twisted.ensureDeferred
+async def test_subprocess_no_node(short_dir: Path) -> None:
+    out, err, code = await cli_process(["--node", "1", "status"], short_dir)
+    assert code == 2
+    assert out == b""
+    assert err == b"no node 1 is running: cannot connect to node_files/1/.control.sock (No such file or directory)\n"
