@@ -1,0 +1,375 @@
+"""A node's side of the tracker protocol (docs/tracker-http.md), over an injected treq.
+
+:class:`TrackerClient` speaks the five messages and keeps the node's token;
+:class:`HeartbeatService` sends REGISTER every NODE_TIME_INTERVAL and tells
+the node when the tracker has forgotten it, so the node announces its files
+again.  Real code passes the ``treq`` module as ``http``; tests pass
+``treq.testing.StubTreq(TrackerHTTP(...).resource())`` and a ``Clock``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred, succeed
+from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError
+from twisted.internet.error import TimeoutError as ConnectTimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web._newclient import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
+
+from p2ptorrent.config import Config
+
+_HEX = frozenset("0123456789abcdef")
+_JSON_HEADERS = {b"Content-Type": [b"application/json"], b"Accept": [b"application/json"]}
+
+
+class TrackerClientError(Exception):
+    """Talking to the tracker did not work out."""
+
+
+class TrackerUnavailable(TrackerClientError):
+    """The tracker could not be reached, did not answer in time, or failed (5xx)."""
+
+
+class TrackerRefused(TrackerClientError):
+    """The tracker answered with a 4xx refusal."""
+
+    def __init__(self, status: int, message: str, mode: str = "request") -> None:
+        super().__init__(f"tracker refused {mode}: {status} {message}")
+        self.status = status
+        self.message = message
+        self.mode = mode
+
+
+class TrackerProtocolError(TrackerClientError):
+    """The tracker answered something that is not the protocol (wrong URL? different software?)."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """A node that owns a file, as NEED lists it."""
+
+    node_id: int
+    host: str
+    port: int
+    frequency: int
+
+
+class TrackerClient:
+    """One node's conversation with the tracker.
+
+    Every call times out after ``timeout`` seconds on ``clock`` (default: half
+    of NODE_TIME_INTERVAL, so a hung heartbeat fails before the next one is
+    due).  OWN, NEED and UPDATE answered 404 (the tracker forgot us) are
+    retried once after registering again; the forgetting is then reported by
+    the next :meth:`register`, so ownerships still get announced again.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        http: Any,
+        base_url: str,
+        clock: IReactorTime,
+        settings: Config,
+        node_id: int,
+        port: int,
+        *,
+        token: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.http = http
+        self.base_url = base_url.rstrip("/")
+        self.clock = clock
+        self.settings = settings
+        self.node_id = node_id
+        self.port = port
+        self.token = token
+        self.timeout = timeout if timeout is not None else settings.NODE_TIME_INTERVAL / 2
+        #: Our address as the tracker sees it (after the first REGISTER).
+        self.public_host: str | None = None
+        # A re-registration made to retry a 404 was new and nobody has been told.
+        self._unreported_new = False
+
+    # ---- the five messages
+
+    def register(self) -> Deferred[bool]:
+        """REGISTER (join or heartbeat); True when the tracker holds none of our ownerships."""
+        d = self._register()
+
+        def report(new: bool) -> bool:
+            new = new or self._unreported_new
+            self._unreported_new = False
+            return new
+
+        return d.addCallback(report)
+
+    def own(self, info_hash_hex: str, name: str, length: int) -> Deferred[None]:
+        """Tell the tracker we seed this file."""
+        fields = {"info_hash": _info_hash(info_hash_hex), "name": name, "length": length}
+        return self._registered_call("OWN", fields).addCallback(lambda _: None)
+
+    def need(self, info_hash_hex: str) -> Deferred[list[Owner]]:
+        """The owners of a file, best first in the tracker's weighted random order."""
+        d = self._registered_call("NEED", {"info_hash": _info_hash(info_hash_hex)})
+        return d.addCallback(self._owners)
+
+    def update(self, info_hash_hex: str, uploader_ids: Iterable[int]) -> Deferred[list[int]]:
+        """Credit the nodes we downloaded the file from; answers those the tracker credited."""
+        info_hash = _info_hash(info_hash_hex)
+        uploaders = [u for u in dict.fromkeys(uploader_ids) if u != self.node_id]
+        if not uploaders:
+            return succeed([])
+        d = self._registered_call("UPDATE", {"info_hash": info_hash, "uploaders": uploaders})
+        return d.addCallback(lambda answer: _int_list(answer.get("credited"), "credited"))
+
+    def exit(self) -> Deferred[None]:
+        """Leave the swarm.  Being unknown to the tracker already counts as success."""
+        if self.token is None:
+            return succeed(None)
+        d = self._call("EXIT", {})
+
+        def forgotten(failure: Failure) -> None:
+            failure.trap(TrackerRefused)
+            if failure.value.status != 404:
+                return failure  # type: ignore[return-value]
+            return None
+
+        def done(_: object) -> None:
+            self.token = None
+
+        return d.addErrback(forgotten).addCallback(done)
+
+    # ---- internals
+
+    def _register(self) -> Deferred[bool]:
+        fields: dict[str, Any] = {"port": self.port}
+        if self.token is not None:
+            fields["token"] = self.token
+        d = self._call("REGISTER", fields)
+
+        def adopt(answer: dict[str, Any]) -> bool:
+            token, new, host = answer.get("token"), answer.get("new"), answer.get("host")
+            if not isinstance(token, str) or not isinstance(new, bool):
+                raise TrackerProtocolError(f"tracker at {self.base_url} answered REGISTER without token/new")
+            self.token = token
+            if isinstance(host, str):
+                self.public_host = host
+            if new:
+                self.log.info("registered with the tracker at {url} as node {node_id}", url=self.base_url, node_id=self.node_id)
+            return new
+
+        return d.addCallback(adopt)
+
+    def _registered_call(self, mode: str, fields: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        """A call that needs registration: register first if needed, and once more on 404."""
+        d: Deferred[Any] = succeed(None) if self.token is not None else self._join_quietly()
+        d.addCallback(lambda _: self._call(mode, fields))
+
+        def forgotten(failure: Failure) -> Deferred[dict[str, Any]]:
+            failure.trap(TrackerRefused)
+            if failure.value.status != 404:
+                return failure  # type: ignore[return-value]
+            self.log.info("tracker forgot node {node_id}; registering again", node_id=self.node_id)
+            self.token = None
+            again = self._join_quietly()
+            again.addCallback(lambda _: self._call(mode, fields))
+            return again
+
+        return d.addErrback(forgotten)
+
+    def _join_quietly(self) -> Deferred[None]:
+        def remember(new: bool) -> None:
+            if new:
+                self._unreported_new = True
+
+        return self._register().addCallback(remember)
+
+    def _call(self, mode: str, fields: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        body = {"mode": self.settings.mode(mode), "node_id": self.node_id, **fields}
+        if mode != "REGISTER" and self.token is not None:
+            body["token"] = self.token
+        data = json.dumps(body).encode("utf-8")
+        url = self.base_url + "/"
+        # maybeDeferred: a treq-like object may raise before returning a Deferred.
+        d: Deferred[Any] = maybeDeferred(self.http.post, url, data=data, headers=_JSON_HEADERS)
+        d.addCallback(lambda response: response.content().addCallback(lambda content: (response.code, content)))
+        d.addTimeout(self.timeout, self.clock)
+        d.addCallbacks(lambda result: self._answer(mode, *result), lambda f: self._unavailable(mode, f))
+        return d
+
+    def _answer(self, mode: str, status: int, content: bytes) -> dict[str, Any]:
+        try:
+            doc = json.loads(content.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            doc = None
+        error = doc.get("error") if isinstance(doc, dict) else None
+        if status >= 500:
+            why = error if isinstance(error, str) else "server error"
+            raise TrackerUnavailable(f"tracker at {self.base_url} failed on {mode}: {status} {why}")
+        if status >= 400:
+            raise TrackerRefused(status, error if isinstance(error, str) else _excerpt(content), mode)
+        if not isinstance(doc, dict) or doc.get("ok") is not True:
+            raise TrackerProtocolError(
+                f"tracker at {self.base_url} answered {mode} with {status} and no JSON result: {_excerpt(content)}"
+            )
+        return doc
+
+    def _unavailable(self, mode: str, failure: Failure) -> Failure:
+        if failure.check(TrackerClientError):
+            return failure
+        reason = _describe(failure, self.timeout)
+        raise TrackerUnavailable(f"tracker at {self.base_url} did not answer {mode}: {reason}")
+
+    def _owners(self, answer: dict[str, Any]) -> list[Owner]:
+        owners = answer.get("owners")
+        if not isinstance(owners, list):
+            raise TrackerProtocolError(f"tracker at {self.base_url} answered NEED without an owners list")
+        result: list[Owner] = []
+        for entry in owners:
+            try:
+                owner = Owner(int(entry["node_id"]), str(entry["host"]), int(entry["port"]), int(entry["frequency"]))
+            except (KeyError, TypeError, ValueError):
+                raise TrackerProtocolError(f"tracker at {self.base_url} answered NEED with a bad owner {entry!r}") from None
+            if owner.node_id != self.node_id:
+                result.append(owner)
+        return result
+
+
+def _info_hash(value: str) -> str:
+    info_hash = value.lower()
+    if len(info_hash) != 40 or not _HEX.issuperset(info_hash):
+        raise ValueError(f"an info hash is 40 hexadecimal digits, got {value!r}")
+    return info_hash
+
+
+def _int_list(value: Any, name: str) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise TrackerProtocolError(f"tracker answer has no list of node ids in {name!r}")
+    return list(value)
+
+
+def _excerpt(content: bytes) -> str:
+    text = content[:200].decode("utf-8", "replace").strip()
+    return text or "(empty body)"
+
+
+def _describe(failure: Failure, timeout: float) -> str:
+    """Why an HTTP call failed, in words a person running a node understands."""
+    if failure.check(TimeoutError, ConnectTimeoutError):
+        return f"no answer within {timeout:g} s"
+    if failure.check(CancelledError):
+        return "the call was cancelled"
+    if failure.check(ConnectionRefusedError):
+        return "connection refused"
+    if failure.check(DNSLookupError):
+        return "cannot resolve the tracker's host name"
+    if failure.check(ConnectError):
+        return f"cannot connect ({failure.getErrorMessage()})"
+    if failure.check(ResponseNeverReceived, ResponseFailed, RequestTransmissionFailed):
+        return "the connection was lost before an answer arrived"
+    return f"{failure.type.__name__}: {failure.getErrorMessage()}"
+
+
+class HeartbeatService(Service):
+    """REGISTER every ``interval`` seconds; call ``on_new`` when the tracker forgot us.
+
+    The first heartbeat runs as the service starts and registers the node, so
+    ``on_new`` also makes the first announcement of the node's files.  If
+    ``on_new`` fails it runs again at the next heartbeat until it succeeds.
+    The loop body never raises (a LoopingCall stops on its first error); EXIT
+    is not sent here: the node calls ``client.exit()`` when it stops.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        client: TrackerClient,
+        interval: float,
+        clock: IReactorTime,
+        on_new: Callable[[], Any],
+    ) -> None:
+        self.client = client
+        self.interval = interval
+        self.clock = clock
+        self.on_new = on_new
+        self._loop: LoopingCall | None = None
+        self._stopped: Deferred[None] = succeed(None)
+        self._inflight: Deferred[bool] | None = None
+        self._announce_due = False
+        self._announcing = False
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self.beat)
+        self._loop.clock = self.clock
+        done = self._loop.start(self.interval, now=True)
+        done.addErrback(lambda f: self.log.failure("heartbeat loop stopped", f))
+        self._stopped = done.addCallback(lambda _: None)
+
+    def stopService(self) -> Deferred[None]:
+        """Stop beating; fires once no heartbeat is in flight any more.
+
+        A heartbeat in flight is cancelled rather than waited for (the tracker
+        may be down, and the node is stopping), and the node sends its EXIT
+        only after this fires, so no REGISTER of ours follows the EXIT.
+        """
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        if self._inflight is not None:
+            self._inflight.cancel()
+        return self._stopped
+
+    def beat(self) -> Deferred[None]:
+        """One heartbeat.  The returned Deferred never fails."""
+        d = maybeDeferred(self.client.register)
+        self._inflight = d
+        d.addBoth(self._landed)
+        d.addCallbacks(self._registered, self._failed)
+        # Last line of defence: a failure here would stop the LoopingCall for good.
+        d.addErrback(lambda f: self.log.failure("heartbeat bookkeeping failed", f))
+        return d
+
+    def _landed(self, result: Any) -> Any:
+        self._inflight = None
+        return result
+
+    def _registered(self, new: bool) -> None:
+        if new:
+            self.log.info("the tracker does not know our files: announcing them again")
+            self._announce_due = True
+        if self._announce_due and not self._announcing:
+            self._announce()
+
+    def _announce(self) -> None:
+        self._announcing = True
+
+        def ok(_: object) -> None:
+            self._announce_due = False
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("announcing our files to the tracker failed; retrying at the next heartbeat", failure)
+
+        def finished(_: object) -> None:
+            self._announcing = False
+
+        d = maybeDeferred(self.on_new)
+        d.addCallbacks(ok, failed).addBoth(finished)
+
+    def _failed(self, failure: Failure) -> None:
+        if not self.running:
+            self.log.debug("heartbeat cancelled: the node is stopping")
+        elif failure.check(TrackerClientError):
+            self.log.warn("heartbeat failed: {error}", error=failure.getErrorMessage())
+        else:
+            self.log.failure("heartbeat failed", failure)
