@@ -1,0 +1,165 @@
+"""`twistd p2ptracker`: options and the service tree of the tracker daemon.
+
+The tree is, in this order: the log file (logs/tracker.log), the HTTP server
+and the liveness timer.  The database is read back just before the server
+starts listening, so the first request already sees it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import quoteStringArgument, serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.web.server import Site
+
+from p2ptorrent.logfile import LogFileService
+from p2ptorrent.options import SettingsOptions
+from p2ptorrent.tracker.state import SwarmState
+from p2ptorrent.tracker.store import JsonStore
+
+if TYPE_CHECKING:
+    # Klein imports the global reactor when it is imported, so tracker.http is
+    # only imported inside makeService: `twistd -r REACTOR p2ptracker` must be
+    # able to install its reactor after parsing our Options.
+    from p2ptorrent.tracker.http import TrackerHTTP
+
+
+class Options(SettingsOptions):
+    synopsis = "[options]"
+    longdesc = (
+        "Run the p2ptorrent tracker: an HTTP service that registers nodes, records who owns which file "
+        "and ranks owners by upload frequency (see docs/tracker-http.md)."
+    )
+    optParameters: list[list[Any]] = [
+        ["host", None, None,
+         "Interface to listen on (default: the host of TRACKER_ADDR, localhost meaning 127.0.0.1; "
+         "0.0.0.0 or :: listens on all)."],
+        ["port", None, None, "TCP port to listen on (default: the port of TRACKER_ADDR)."],
+        ["listen", None, None,
+         "Twisted server endpoint string, overriding --host and --port (e.g. tcp:0:interface=127.0.0.1)."],
+    ]
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        self["endpoint"] = self._endpoint()
+
+    def _endpoint(self) -> str:
+        if self["listen"] is not None:
+            if self["host"] is not None or self["port"] is not None:
+                raise usage.UsageError("--listen replaces --host and --port: give one or the other")
+            try:
+                # Parsing needs no reactor; this only catches typos before twistd starts.
+                serverFromString(None, self["listen"])  # type: ignore[arg-type]
+            except (ValueError, TypeError, KeyError) as e:
+                raise usage.UsageError(f"bad --listen endpoint {self['listen']!r}: {e}") from None
+            return str(self["listen"])
+        default_host, default_port = self["settings"].TRACKER_ADDR
+        host = self["host"] if self["host"] is not None else default_host
+        if host == "localhost":
+            host = "127.0.0.1"
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise usage.UsageError(
+                f"cannot listen on {host!r}: give --host an IP address (0.0.0.0 or :: for all interfaces)"
+            ) from None
+        port: Any = self["port"] if self["port"] is not None else default_port
+        try:
+            port = int(port)
+        except ValueError:
+            raise usage.UsageError(f"--port must be a number, got {port!r}") from None
+        if not 0 <= port <= 65535:
+            raise usage.UsageError(f"--port must be 0..65535 (0: any free port), got {port}")
+        return f"tcp:{port}:interface={quoteStringArgument(host)}"
+
+
+class TrackerServerService(StreamServerEndpointService):
+    """The HTTP server; loads the database before listening and saves once more on stop."""
+
+    log = Logger()
+
+    def __init__(self, tracker: TrackerHTTP, endpoint: IStreamServerEndpoint, site: Site) -> None:
+        super().__init__(endpoint, site)
+        self.tracker = tracker
+        self._loaded = False
+
+    def privilegedStartService(self) -> None:
+        # twistd listens here, before startService: the state must be ready by then.
+        if not self._loaded:
+            self.tracker.load()
+            self._loaded = True
+        super().privilegedStartService()
+        assert self._waitingForPort is not None
+        self._waitingForPort.addCallback(self._listening)
+
+    def _listening(self, port: IListeningPort | None) -> IListeningPort | None:
+        if port is not None:
+            address = port.getHost()
+            self.log.info(
+                "tracker listening on {host}:{port}",
+                host=getattr(address, "host", address), port=getattr(address, "port", ""),
+            )
+        return port
+
+    def listening(self) -> Deferred[IListeningPort | None]:
+        """Fires with the listening port once bound (None if listening failed)."""
+        assert self._waitingForPort is not None, "the service has not started"
+        d: Deferred[IListeningPort | None] = Deferred()
+
+        def relay(port: IListeningPort | None) -> IListeningPort | None:
+            d.callback(port)
+            return port
+
+        self._waitingForPort.addCallback(relay)
+        return d
+
+    def stopService(self) -> Deferred[None] | None:
+        d = super().stopService()
+        self.tracker.persist()
+        return d
+
+
+class TrackerService(MultiService):
+    """The tracker's service tree; keeps its parts at hand for tests and tools."""
+
+    def __init__(self, tracker: TrackerHTTP) -> None:
+        super().__init__()
+        self.tracker = tracker
+
+
+def makeService(config: Options | dict[str, Any], reactor: Any = None) -> TrackerService:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    from p2ptorrent.tracker.http import TrackerHTTP, TrackerSite
+
+    settings = config["settings"]
+    state = SwarmState(settings, random.Random())
+    store = JsonStore(settings.tracker_db_dir)
+    tracker = TrackerHTTP(state, store, reactor, settings)
+
+    top = TrackerService(tracker)
+    logfile = LogFileService(Path(settings.logs_dir) / "tracker.log")
+    logfile.setName("log")
+    logfile.setServiceParent(top)
+
+    site = TrackerSite(tracker.resource(), settings.TRACKER_MAX_BODY, reactor=reactor)
+    server = TrackerServerService(tracker, serverFromString(reactor, config["endpoint"]), site)
+    server.setName("http")
+    server.setServiceParent(top)
+
+    timer = TimerService(settings.TRACKER_TIME_INTERVAL, tracker.check_liveness)
+    timer.clock = reactor
+    timer.setName("liveness")
+    timer.setServiceParent(top)
+    return top
