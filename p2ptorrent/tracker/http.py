@@ -259,6 +259,8 @@ class _CappedBody(io.BytesIO):
 class TrackerSite(Site):
     """A Site with bounded request bodies and no per-request access log (events are logged instead)."""
 
+    noisy = False  # no "Starting factory" lines: the tap logs "tracker listening on ..."
+
     def __init__(self, resource: IResource, max_body: int, **kwargs: Any) -> None:
         super().__init__(resource, **kwargs)
         self.max_body = max_body
