@@ -168,6 +168,57 @@ def test_a_call_before_registering_registers_first(world: World) -> None:
     assert result(client.register()) is False
 
 
+class GatedHTTP:
+    """Holds every request until the test releases it: calls overlap as on a real network."""
+
+    def __init__(self, inner: CountingHTTP) -> None:
+        self.inner = inner
+        self.held: list[tuple[str, bytes, dict[str, Any], Deferred[Any]]] = []
+
+    def post(self, url: str, data: bytes, **kw: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.held.append((url, data, kw, d))
+        return d
+
+    def modes(self) -> list[int]:
+        return [json.loads(data)["mode"] for _, data, _, _ in self.held]
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for url, data, kw, d in held:
+            self.inner.post(url, data=data, **kw).chainDeferred(d)
+
+
+def test_overlapping_calls_share_one_register(world: World) -> None:
+    gate = GatedHTTP(world.http)
+    client = TrackerClient(gate, BASE, world.clock, CFG, 1, 9001)
+    beat = client.register()
+    asked = client.need(H1)
+    also = client.register()
+    assert gate.modes() == [0]  # one REGISTER in flight, not three
+    gate.release()
+    assert gate.modes() == [2]
+    gate.release()
+    assert result(asked) == []
+    # The join is reported as new exactly once.
+    assert sorted([result(beat), result(also)]) == [False, True]
+    assert world.http.modes() == [0, 2]
+
+
+def test_a_restarted_node_that_lost_its_token_gets_back_in(world: World) -> None:
+    checks = LoopingCall(world.web.check_liveness)
+    checks.clock = world.clock
+    checks.start(CFG.TRACKER_TIME_INTERVAL, now=True)
+    result(world.client(1).register())  # the node's previous life, then a crash
+    reborn = world.client(1)
+    announcer = Announcer(reborn, [H1])
+    HeartbeatService(reborn, CFG.NODE_TIME_INTERVAL, world.clock, announcer).startService()
+    assert announcer.calls == 0  # refused (403) while the old record lives
+    for _ in range(10):
+        world.clock.advance(CFG.NODE_TIME_INTERVAL)
+    assert announcer.calls == 1 and world.state.owners(H1) == {1}
+
+
 def test_forgotten_node_registers_again_once_and_retries(world: World) -> None:
     client = world.client(1)
     result(client.register())

@@ -95,21 +95,28 @@ class TrackerClient:
         self.timeout = timeout if timeout is not None else settings.NODE_TIME_INTERVAL / 2
         #: Our address as the tracker sees it (after the first REGISTER).
         self.public_host: str | None = None
-        # A re-registration made to retry a 404 was new and nobody has been told.
+        # A registration was new and no register() caller has been told yet.
         self._unreported_new = False
+        # Callers waiting for the REGISTER in flight (None: none in flight).
+        self._waiting: list[Deferred[bool]] | None = None
+        self._registering: Deferred[Any] | None = None
 
     # ---- the five messages
 
     def register(self) -> Deferred[bool]:
-        """REGISTER (join or heartbeat); True when the tracker holds none of our ownerships."""
-        d = self._register()
+        """REGISTER (join or heartbeat).
 
-        def report(new: bool) -> bool:
-            new = new or self._unreported_new
-            self._unreported_new = False
+        True when the tracker holds none of our ownerships: it is new to us,
+        or forgot us and we joined again since the last register() (also when
+        that re-join was made internally to retry a call answered 404).  The
+        caller must then send OWN again for everything it seeds.
+        """
+
+        def report(_: bool) -> bool:
+            new, self._unreported_new = self._unreported_new, False
             return new
 
-        return d.addCallback(report)
+        return self._register().addCallback(report)
 
     def own(self, info_hash_hex: str, name: str, length: int) -> Deferred[None]:
         """Tell the tracker we seed this file."""
@@ -150,10 +157,22 @@ class TrackerClient:
     # ---- internals
 
     def _register(self) -> Deferred[bool]:
+        """Send REGISTER, or wait for the one already in flight.
+
+        Sharing matters: a heartbeat and a call that must register first often
+        overlap when a node starts; two REGISTERs without a token would make
+        the tracker refuse the second (403: that node now exists).
+        """
+        waiter: Deferred[bool] = Deferred(self._cancel_waiter)
+        if self._waiting is not None:
+            self._waiting.append(waiter)
+            return waiter
+        self._waiting = [waiter]
         fields: dict[str, Any] = {"port": self.port}
         if self.token is not None:
             fields["token"] = self.token
         d = self._call("REGISTER", fields)
+        self._registering = d
 
         def adopt(answer: dict[str, Any]) -> bool:
             token, new, host = answer.get("token"), answer.get("new"), answer.get("host")
@@ -163,34 +182,45 @@ class TrackerClient:
             if isinstance(host, str):
                 self.public_host = host
             if new:
+                self._unreported_new = True
                 self.log.info("registered with the tracker at {url} as node {node_id}", url=self.base_url, node_id=self.node_id)
             return new
 
-        return d.addCallback(adopt)
+        def fan_out(result: bool | Failure) -> None:
+            waiting, self._waiting, self._registering = self._waiting or [], None, None
+            for w in waiting:
+                if isinstance(result, Failure):
+                    w.errback(result)
+                else:
+                    w.callback(result)
+
+        d.addCallback(adopt).addBoth(fan_out)
+        return waiter
+
+    def _cancel_waiter(self, waiter: Deferred[bool]) -> None:
+        # The REGISTER itself is cancelled only when nobody waits for it any more.
+        if self._waiting is not None and waiter in self._waiting:
+            self._waiting.remove(waiter)
+            if not self._waiting and self._registering is not None:
+                self._registering.cancel()
 
     def _registered_call(self, mode: str, fields: dict[str, Any]) -> Deferred[dict[str, Any]]:
         """A call that needs registration: register first if needed, and once more on 404."""
-        d: Deferred[Any] = succeed(None) if self.token is not None else self._join_quietly()
+        d: Deferred[Any] = succeed(None) if self.token is not None else self._register()
         d.addCallback(lambda _: self._call(mode, fields))
 
         def forgotten(failure: Failure) -> Deferred[dict[str, Any]]:
             failure.trap(TrackerRefused)
             if failure.value.status != 404:
                 return failure  # type: ignore[return-value]
+            # Keep the token: a forgotten node registers afresh whatever it sends,
+            # and a heartbeat may already have joined again with a new token.
             self.log.info("tracker forgot node {node_id}; registering again", node_id=self.node_id)
-            self.token = None
-            again = self._join_quietly()
+            again = self._register()
             again.addCallback(lambda _: self._call(mode, fields))
             return again
 
         return d.addErrback(forgotten)
-
-    def _join_quietly(self) -> Deferred[None]:
-        def remember(new: bool) -> None:
-            if new:
-                self._unreported_new = True
-
-        return self._register().addCallback(remember)
 
     def _call(self, mode: str, fields: dict[str, Any]) -> Deferred[dict[str, Any]]:
         body = {"mode": self.settings.mode(mode), "node_id": self.node_id, **fields}

@@ -105,9 +105,10 @@ class TrackerHTTP:
 
     @app.route("/", methods=["POST"])
     def post(self, request: IRequest) -> bytes:
-        host = _client_host(request)
+        host: str | None = None
         parsed: Request | None = None
         try:
+            host = _client_host(request)
             body = self._read_body(request)
             parsed = parse_request(body, self.settings)
             answer = self._dispatch(parsed, host)
