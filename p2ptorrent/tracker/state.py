@@ -303,6 +303,8 @@ class SwarmState:
         self._nodes: dict[int, _Node] = {}
         self._files: dict[str, _File] = {}
         self.revision = 0
+        #: When the last liveness check ran (None before the first).
+        self.last_check: float | None = None
 
     # ---- reading
 
@@ -396,7 +398,13 @@ class SwarmState:
         self._drop(node_id)
 
     def check_liveness(self, now: float) -> list[int]:
-        """One liveness check: drop nodes silent across TRACKER_MISSED_CHECKS checks."""
+        """One liveness check: drop nodes silent across TRACKER_MISSED_CHECKS checks.
+
+        The rule counts checks, not seconds (as the spec says), so ``now`` only
+        dates the check; a node is dropped between MISSED_CHECKS and
+        MISSED_CHECKS + 1 check intervals after its last REGISTER.
+        """
+        self.last_check = now
         limit = self.settings.TRACKER_MISSED_CHECKS
         dropped: list[int] = []
         for node in list(self._nodes.values()):
@@ -410,11 +418,6 @@ class SwarmState:
         for node_id in dropped:
             self._drop(node_id)
         return sorted(dropped)
-
-    def silent_for(self, node_id: int, now: float) -> float | None:
-        """Seconds since the node's last REGISTER (None for an unknown node)."""
-        node = self._nodes.get(node_id)
-        return None if node is None else now - node.last_seen
 
     # ---- persistence
 
