@@ -29,12 +29,22 @@ class LogFileService(Service):
         self._file: io.TextIOWrapper | None = None
         self._observer: ILogObserver | None = None
 
+    def privilegedStartService(self) -> None:
+        # Before any sibling's startService, so their first events are in the file too.
+        self._open()
+        super().privilegedStartService()
+
     def startService(self) -> None:
+        self._open()
+        super().startService()
+
+    def _open(self) -> None:
+        if self._file is not None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8", buffering=1)
         self._observer = FileLogObserver(self._file, formatEventAsClassicLogText)
         self.publisher.addObserver(self._observer)
-        super().startService()
 
     def stopService(self) -> None:
         super().stopService()

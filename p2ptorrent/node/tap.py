@@ -1,0 +1,92 @@
+"""`twistd p2pnode --id N`: options and the service tree of one node."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService, Service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from p2ptorrent.node.control import ControlFactory, StdinControl, default_control_endpoint
+from p2ptorrent.node.service import Node, stdin_is_usable
+from p2ptorrent.options import SettingsOptions
+
+
+class Options(SettingsOptions):
+    synopsis = "--id N [options]"
+    longdesc = (
+        "Run one p2ptorrent node: it registers with the tracker, shares files over UDP and downloads "
+        "them from other nodes. Commands (torrent -setMode send FILE | download TORRENT | exit) are read "
+        "from stdin in the foreground, and from the control endpoint (see the p2ptorrent command) always."
+    )
+    optParameters = SettingsOptions.optParameters + [
+        ["id", "i", None, "This node's id, a whole number (required); its files live in node_files/<id>/."],
+        ["interface", None, "", "Address to listen on for UDP (default: all)."],
+        ["port", "p", "0", "UDP port to listen on (default 0: a free one in AVAILABLE_PORTS_RANGE)."],
+        ["advertise-port", None, "0", "UDP port to tell the tracker, if a NAT maps it (default: the one listened on)."],
+        ["control", None, None, "Twisted endpoint for commands (default: unix:path=node_files/<id>/.control.sock:mode=600)."],
+    ]
+    optFlags = [["no-stdin", None, "Do not read commands from stdin even in the foreground."]]
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if self["id"] is None:
+            raise usage.UsageError("--id is required: every node needs its own id, e.g. --id 1")
+        for name, low in (("id", 0), ("port", 0), ("advertise-port", 0)):
+            try:
+                self[name] = int(self[name])
+            except ValueError:
+                raise usage.UsageError(f"--{name} must be a whole number, got {self[name]!r}") from None
+            if not low <= self[name] <= (2**31 - 1 if name == "id" else 65535):
+                raise usage.UsageError(f"--{name} is out of range: {self[name]}")
+        if self["control"] is None:
+            try:
+                self["control"] = default_control_endpoint(self["settings"], self["id"])
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
+
+
+def makeService(config: Any, reactor: Any = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor  # noqa: PLC0415 - only when run by twistd
+    import treq  # noqa: PLC0415 - treq imports the reactor
+
+    node = Node(
+        config["settings"],
+        config["id"],
+        reactor,
+        treq,
+        interface=config["interface"],
+        port=config["port"],
+        advertise_port=config["advertise-port"],
+        stop_process=reactor.stop,
+    )
+    control = StreamServerEndpointService(serverFromString(reactor, config["control"]), ControlFactory(node))
+    control.setServiceParent(node)
+    if not config["no-stdin"]:
+        StdinService(node, reactor).setServiceParent(node)
+    return node
+
+
+class StdinService(Service):
+    """Commands typed on stdin, when there is a terminal or a pipe to read (not a daemon's /dev/null)."""
+
+    def __init__(self, node: Node, reactor: Any) -> None:
+        self.node = node
+        self.reactor = reactor
+        self.stdio: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        if stdin_is_usable():
+            from twisted.internet.stdio import StandardIO  # noqa: PLC0415
+
+            self.stdio = StandardIO(StdinControl(self.node), reactor=self.reactor)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self.stdio is not None:
+            self.stdio.stopReading()
+            self.stdio = None
