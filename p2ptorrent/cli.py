@@ -323,8 +323,13 @@ async def run(
     out: TextIO,
     err: TextIO,
     show_progress: bool | None = None,
+    interrupted: Callable[[], bool] = lambda: False,
 ) -> int:
-    """Carry out *req* against the node; print the answer; the exit status."""
+    """Carry out *req* against the node; print the answer; the exit status.
+
+    *interrupted* tells whether we are shutting down on Ctrl-C, when losing
+    the connection is our doing and not the node's.
+    """
     command = req.command
     bar = ProgressBar(err, os.path.basename(command.argument or "") or command.verb, show_progress)
     try:
@@ -335,6 +340,8 @@ async def run(
         return EXIT_NO_NODE
     except ConnectionClosedEarly as e:
         bar.close(False)
+        if interrupted():
+            return EXIT_INTERRUPTED
         if command.verb == "exit":
             # The node stopped before its goodbye got out: that is what we asked.
             print("the node has stopped", file=out)
@@ -362,25 +369,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         req = prepare(argv)
     except SystemExit as e:  # argparse: -h, or a usage error
-        return e.code if isinstance(e.code, int) else EXIT_NO_NODE
+        return e.code if isinstance(e.code, int) else EXIT_OK
 
     from twisted.internet import task
 
     interrupted = False
 
     async def react_main(reactor: Any) -> None:
-        nonlocal interrupted
         done = False
 
         def on_shutdown() -> None:
             nonlocal interrupted
             if not done:  # Ctrl-C while waiting for the node
                 interrupted = True
-                if req.command.verb == "download":
-                    print("\ninterrupted: the node keeps downloading", file=sys.stderr)
+                verb = req.command.verb
+                keeps = {"download": "downloading", "send": "preparing the file"}.get(verb)
+                print("\ninterrupted" + (f": the node keeps {keeps}" if keeps else ""), file=sys.stderr)
 
         reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)
-        code = await run(reactor, req, sys.stdout, sys.stderr)
+        code = await run(reactor, req, sys.stdout, sys.stderr, interrupted=lambda: interrupted)
         done = True
         if code:
             raise SystemExit(code)
@@ -389,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         task.react(react_main)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else EXIT_FAILED
-        return EXIT_INTERRUPTED if interrupted and code == 0 else code
+        return EXIT_INTERRUPTED if interrupted else code
     return EXIT_OK  # pragma: no cover - react always exits
 
 

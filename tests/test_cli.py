@@ -45,6 +45,8 @@ class ScriptedNode:
         self.reactor = reactor
         self.calls: list[tuple[Any, ...]] = []
         self.download_error: str | None = None
+        #: A download that never ends, to interrupt the client.
+        self.download_hangs = False
 
     def send(self, path: str) -> Deferred[str]:
         self.calls.append(("send", path))
@@ -58,8 +60,8 @@ class ScriptedNode:
         total = 4 * 1024 * 1024
 
         def step(i: int) -> None:
-            progress({"done": i * total // 4, "total": total, "rate": 1e6, "peers": 2})
-            if i < 4:
+            progress({"done": min(i, 4) * total // 4, "total": total, "rate": 1e6, "peers": 2})
+            if i < 4 or self.download_hangs:
                 self.reactor.callLater(0.05, step, i + 1)
             elif self.download_error:
                 d.errback(RuntimeError(self.download_error))
@@ -97,6 +99,7 @@ def listening(short_dir: Path) -> Iterator[tuple[ScriptedNode, Path]]:
     description = default_control_endpoint(Config(node_files_dir=str(short_dir)), 1)
     port = pytest_twisted.blockon(serverFromString(reactor, description).listen(ControlFactory(node, reactor)))
     yield node, short_dir
+    node.download_hangs = False  # let a hanging download's timer loop end
     pytest_twisted.blockon(port.stopListening())
 
 
@@ -346,3 +349,44 @@ async def test_subprocess_no_node(short_dir: Path) -> None:
     assert code == 2
     assert out == b""
     assert err == b"no node 1 is running: cannot connect to node_files/1/.control.sock (No such file or directory)\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_subprocess_interrupted_download(listening: tuple[ScriptedNode, Path], tmp_path: Path) -> None:
+    """Ctrl-C stops the client, says the node keeps going, and exits 130."""
+    from twisted.internet import reactor
+    from twisted.internet.protocol import ProcessProtocol
+    from twisted.internet.task import deferLater
+
+    node, folder = listening
+    node.download_hangs = True
+
+    class Collect(ProcessProtocol):
+        def __init__(self) -> None:
+            self.out = b""
+            self.err = b""
+            self.ended: Deferred[int] = Deferred()
+
+        def outReceived(self, data: bytes) -> None:
+            self.out += data
+
+        def errReceived(self, data: bytes) -> None:
+            self.err += data
+
+        def processEnded(self, reason: Any) -> None:
+            self.ended.callback(reason.value.exitCode)
+
+    proc = Collect()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    argv = [sys.executable, "-m", "p2ptorrent.cli", "--node-files-dir", str(folder), "download", "big.bin.torrent"]
+    transport = reactor.spawnProcess(proc, sys.executable, argv, env=env, path=str(tmp_path))
+    for _ in range(200):  # wait until the node is serving the download
+        if node.calls:
+            break
+        await deferLater(reactor, 0.05)
+    assert node.calls == [("download", str(tmp_path / "big.bin.torrent"))]
+    transport.signalProcess("INT")
+    code = await proc.ended
+    assert code == 130
+    assert proc.out == b""
+    assert proc.err.decode().strip() == "interrupted: the node keeps downloading"

@@ -267,10 +267,12 @@ def test_stdin_eof_keeps_node_running(node: RecordingNode) -> None:
     proto, transport, _ = stdin_control(node)
     assert IHalfCloseableProtocol.providedBy(proto)
     proto.dataReceived(b"torrent -setMode send a\n")
+    proto.dataReceived(b"torrent -setMode status")  # no final newline
     proto.readConnectionLost()
     assert not transport.disconnecting
+    assert node.calls == [("send", "a"), ("status",)]
     node.pending[0].callback("seeding a")
-    assert lines(transport) == ["OK: seeding a"]
+    assert lines(transport)[-1] == "OK: seeding a"
 
 
 def test_stdin_long_line(node: RecordingNode) -> None:
@@ -511,3 +513,58 @@ def test_dispatch_refuses_malformed_commands(node: RecordingNode) -> None:
     dispatch(node, Command("fly", "x"), lambda p: None).addErrback(lambda f: errors.append(str(f.value)))
     assert [e.split(";")[0] for e in errors] == ["send needs a path", "unknown mode 'fly'"]
     assert node.calls == []
+
+
+STDIO_NODE = '''
+from twisted.internet import reactor, stdio
+from twisted.internet.defer import succeed
+from zope.interface import implementer
+from p2ptorrent.node.control import INodeCommands, StdinControl
+
+@implementer(INodeCommands)
+class Node:
+    def send(self, path): return succeed("seeding " + path)
+    def download(self, path, progress): return succeed("downloaded " + path)
+    def status(self): return {"node_id": 1}
+    def exit(self): return succeed(None)
+
+proto = StdinControl(Node(), reactor)
+stdio.StandardIO(proto)
+
+def later():
+    proto.sendLine(b"still running")  # stdout still works after stdin ended
+    reactor.callLater(0.1, reactor.stop)
+
+reactor.callLater(0.4, later)
+reactor.run()
+'''
+
+
+@pytest.mark.parametrize(
+    ("stdin", "expected"),
+    [
+        (None, ["still running"]),
+        (b"torrent -setMode send a b\n\nbogus\ntorrent -setMode status", ["OK: seeding a b", "ERROR: not a command", 'OK: {"node_id": 1}', "still running"]),
+    ],
+)
+def test_real_stdin_end_keeps_running(tmp_path: Path, stdin: bytes | None, expected: list[str]) -> None:
+    """With real StandardIO: end of input (or /dev/null) does not stop the node."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "node.py"
+    script.write_text(STDIO_NODE)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+        capture_output=True,
+        env=env,
+        timeout=20,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode().splitlines()
+    assert len(out) == len(expected)
+    for line, start in zip(out, expected, strict=True):
+        assert line.startswith(start)

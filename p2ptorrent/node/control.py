@@ -324,6 +324,10 @@ class StdinControl(LineReceiver):
             self._clock.callLater(0, self.dataReceived, b"")
 
     def readConnectionLost(self) -> None:
+        # A last command without a final newline (printf, a file) still counts.
+        rest = self.clearLineBuffer()
+        if rest and not self._skipping:
+            self.lineReceived(rest)
         self.log.info("stdin closed; the node keeps running")
 
     def writeConnectionLost(self) -> None:
