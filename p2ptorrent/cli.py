@@ -155,8 +155,9 @@ def prepare(argv: Sequence[str] | None = None) -> Request:
         command = command_from_words(args.command)
     except CommandError as e:
         parser.error(str(e))
-    if command.argument is not None:
-        # The node's working folder may differ from ours.
+    if command.argument is not None and os.path.exists(command.argument):
+        # The node's working folder may differ from ours.  A name that is not
+        # here is passed as given: the node looks for it in its own folder.
         command = Command(command.verb, os.path.abspath(command.argument))
     try:
         command.line()

@@ -153,8 +153,12 @@ def test_command_from_words_refuses(words: list[str], why: str) -> None:
 
 def test_prepare_makes_paths_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a b.bin").write_bytes(b"x")
     req = prepare(["--node", "3", "send", "sub/a b.bin"])
     assert req.command == Command("send", str(tmp_path / "sub" / "a b.bin"))
+    # A name that is not here goes as given: the node looks in its own folder.
+    assert prepare(["--node", "3", "send", "only-on-node.bin"]).command == Command("send", "only-on-node.bin")
     assert req.endpoint == "unix:path=node_files/3/.control.sock"
     assert req.where == "node_files/3/.control.sock"
     assert req.node == 3
@@ -337,6 +341,7 @@ async def test_subprocess_send_relative_path(listening: tuple[ScriptedNode, Path
 async def test_subprocess_failing_download(listening: tuple[ScriptedNode, Path], tmp_path: Path) -> None:
     node, folder = listening
     node.download_error = "piece 3 failed its hash check 5 times"
+    (tmp_path / "x.bin.torrent").write_bytes(b"d")  # exists here, so the CLI sends its absolute path
     argv = ["--node-files-dir", str(folder), "torrent", "-setMode", "download", "x.bin.torrent"]
     out, err, code = await cli_process(argv, tmp_path)
     assert (code, out, err) == (1, b"", b"error: piece 3 failed its hash check 5 times\n")
@@ -378,6 +383,7 @@ async def test_subprocess_interrupted_download(listening: tuple[ScriptedNode, Pa
 
     proc = Collect()
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    (tmp_path / "big.bin.torrent").write_bytes(b"d")  # exists here, so the CLI sends its absolute path
     argv = [sys.executable, "-m", "p2ptorrent.cli", "--node-files-dir", str(folder), "download", "big.bin.torrent"]
     transport = reactor.spawnProcess(proc, sys.executable, argv, env=env, path=str(tmp_path))
     for _ in range(200):  # wait until the node is serving the download

@@ -9,7 +9,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from p2ptorrent.node.control import ControlFactory, StdinControl, default_control_endpoint
+from p2ptorrent.node.control import ControlFactory, StdinControl, clear_stale_socket, default_control_endpoint
 from p2ptorrent.node.service import Node, stdin_is_usable
 from p2ptorrent.options import SettingsOptions
 
@@ -26,7 +26,7 @@ class Options(SettingsOptions):
         ["interface", None, "", "Address to listen on for UDP (default: all)."],
         ["port", "p", "0", "UDP port to listen on (default 0: a free one in AVAILABLE_PORTS_RANGE)."],
         ["advertise-port", None, "0", "UDP port to tell the tracker, if a NAT maps it (default: the one listened on)."],
-        ["control", None, None, "Twisted endpoint for commands (default: unix:path=node_files/<id>/.control.sock:mode=600)."],
+        ["control", None, None, "Twisted endpoint for commands (default: unix:address=node_files/<id>/.control.sock:mode=600)."],
     ]
     optFlags = [["no-stdin", None, "Do not read commands from stdin even in the foreground."]]
 
@@ -63,6 +63,7 @@ def makeService(config: Any, reactor: Any = None) -> IService:
         advertise_port=config["advertise-port"],
         stop_process=reactor.stop,
     )
+    clear_stale_socket(config["control"])  # left behind if a node was killed
     control = StreamServerEndpointService(serverFromString(reactor, config["control"]), ControlFactory(node))
     control.setServiceParent(node)
     if not config["no-stdin"]:
