@@ -344,9 +344,11 @@ class Download:
                     shares.append(value.value.args[0])
             result = DownloadResult(path, self.meta.length, seconds, shares, self.transfer.retransmits, self.transfer.duplicates)
             self.log.info(
-                "{name}: complete, {size} bytes in {seconds:.2f} s ({rate:.1f} MB/s) from {shares}",
+                "{name}: complete, {size} bytes in {seconds:.2f} s ({rate:.1f} MB/s);"
+                " bytes per node {shares}; {retransmits} blocks asked again, {duplicates} duplicates",
                 name=self.name, size=self.meta.length, seconds=seconds, rate=result.rate / 1e6,
-                shares=[(s.node_id, s.bytes) for s in shares],
+                shares={s.node_id: s.bytes for s in shares},
+                retransmits=result.retransmits, duplicates=result.duplicates,
             )
             return result
 

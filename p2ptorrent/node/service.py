@@ -154,6 +154,9 @@ class Node(MultiService):
             except Exception as e:
                 self.log.warn("EXIT not acknowledged by the tracker: {why}", why=e)
         self.seeder.close()
+        pool = getattr(self.http, "pool", None)
+        if pool is not None:
+            await pool.closeCachedConnections()
         self.log.info("node {node} stopped", node=self.node_id)
         await MultiService.stopService(self)
 

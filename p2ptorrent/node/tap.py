@@ -51,13 +51,11 @@ class Options(SettingsOptions):
 def makeService(config: Any, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor  # noqa: PLC0415 - only when run by twistd
-    import treq  # noqa: PLC0415 - treq imports the reactor
-
     node = Node(
         config["settings"],
         config["id"],
         reactor,
-        treq,
+        _quiet_http(reactor),
         interface=config["interface"],
         port=config["port"],
         advertise_port=config["advertise-port"],
@@ -69,6 +67,21 @@ def makeService(config: Any, reactor: Any = None) -> IService:
     if not config["no-stdin"]:
         StdinService(node, reactor).setServiceParent(node)
     return node
+
+
+def _quiet_http(reactor: Any) -> Any:
+    """A treq client whose connection pool does not log every connection it opens."""
+    from treq.client import HTTPClient  # noqa: PLC0415 - treq imports the reactor
+    from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory  # noqa: PLC0415
+
+    class QuietFactory(_HTTP11ClientFactory):
+        noisy = False
+
+    pool = HTTPConnectionPool(reactor)
+    pool._factory = QuietFactory
+    client = HTTPClient(Agent(reactor, pool=pool))
+    client.pool = pool  # type: ignore[attr-defined]  # closed by the node when it stops
+    return client
 
 
 class StdinService(Service):
