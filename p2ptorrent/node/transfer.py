@@ -175,19 +175,24 @@ class Transfer:
         """Forget a peer; its outstanding blocks go back to the queue."""
         peer = self.peers.pop(addr, None)
         if peer is not None:
-            for bid in peer.inflight:
-                self._release(bid, addr)
+            self._requeue([bid for bid in peer.inflight if self._release(bid, addr)])
         return peer
 
-    def _release(self, bid: int, addr: Addr) -> None:
+    def _release(self, bid: int, addr: Addr) -> bool:
+        """*addr* no longer owes *bid*; say whether nobody else does either (so it needs asking again)."""
         holders = self.requesters.get(bid)
-        if holders is not None:
-            if addr in holders:
-                holders.remove(addr)
-            if not holders:
-                del self.requesters[bid]
-                if not self.received[bid]:
-                    self.pending.appendleft(bid)
+        if holders is None:
+            return False
+        if addr in holders:
+            holders.remove(addr)
+        if holders:
+            return False
+        del self.requesters[bid]
+        return not self.received[bid]
+
+    def _requeue(self, bids: list[int]) -> None:
+        # To the front, in their original order: the oldest pieces finish first.
+        self.pending.extendleft(reversed(bids))
 
     # ---- data in
     def on_block(self, addr: Addr, piece: int, offset: int, data: bytes, now: float) -> PieceVerified | PieceFailed | None:
@@ -232,7 +237,7 @@ class Transfer:
             return PieceVerified(piece, bytes(buf.data), sources)
         for bid in geo.block_ids(piece):
             self.received[bid] = 0
-            self.pending.appendleft(bid)
+        self._requeue(list(geo.block_ids(piece)))
         for a in sources:
             if a in self.peers:
                 self.peers[a].strikes += 1
@@ -310,6 +315,7 @@ class Transfer:
         dropped = []
         for peer in list(self.peers.values()):
             lost = 0
+            again = []
             sent = peer.sent
             while sent:
                 stamp, bid = sent[0]
@@ -320,8 +326,10 @@ class Transfer:
                     break
                 sent.popleft()
                 del peer.inflight[bid]
-                self._release(bid, peer.addr)
+                if self._release(bid, peer.addr):
+                    again.append(bid)
                 lost += 1
+            self._requeue(again)
             if lost:
                 peer.timeouts += lost
                 self.retransmits += lost

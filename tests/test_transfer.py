@@ -1,0 +1,161 @@
+"""The block scheduler, driven directly: no network, no clock but the numbers we pass."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from p2ptorrent.node.transfer import (
+    INITIAL_WINDOW,
+    MAX_REQUESTERS,
+    Geometry,
+    PeerDropped,
+    PieceFailed,
+    PieceVerified,
+    Transfer,
+)
+
+CHUNK = 1000
+PIECE = 4000
+DATA = random.Random(3).randbytes(10 * PIECE + 1234)
+GEO = Geometry(len(DATA), PIECE, CHUNK)
+HASHES = b"".join(hashlib.sha1(DATA[i : i + PIECE]).digest() for i in range(0, len(DATA), PIECE))
+A, B = ("10.0.0.1", 1), ("10.0.0.2", 2)
+
+
+def _transfer(**kw: object) -> Transfer:
+    t = Transfer(GEO, HASHES, first_timeout=1.0, peer_timeout=5.0, max_batch=8, **kw)  # type: ignore[arg-type]
+    t.add_peer(A, 1, b"a" * 8, 0.0)
+    return t
+
+
+def _answer(t: Transfer, addr: object, piece: int, offset: int, length: int, now: float, data: bytes = DATA):
+    start = piece * PIECE + offset
+    return t.on_block(addr, piece, offset, data[start : start + length], now)
+
+
+def test_geometry() -> None:
+    assert GEO.num_pieces == 11 and GEO.blocks_per_piece == 4
+    assert GEO.piece_size(10) == 1234 and GEO.blocks_in_piece(10) == 2
+    assert GEO.block(10 * 4 + 1) == (10, 1000, 234)
+
+
+def test_requests_fill_the_window_in_batches_without_repeats() -> None:
+    t = _transfer()
+    out = t.requests(0.0)
+    blocks = [b for _, batch in out for b in batch]
+    assert len(blocks) == INITIAL_WINDOW
+    assert all(len(batch) <= 8 for _, batch in out)
+    assert len(set(blocks)) == len(blocks)
+    assert t.requests(0.0) == []  # the window is full
+
+
+def test_whole_file_from_one_peer_verifies_every_piece() -> None:
+    t = _transfer()
+    verified = []
+    now = 0.0
+    while not t.done:
+        now += 0.01
+        for peer, batch in t.requests(now):
+            for piece, offset, length in batch:
+                r = _answer(t, peer.addr, piece, offset, length, now)
+                if isinstance(r, PieceVerified):
+                    assert r.data == DATA[piece * PIECE : piece * PIECE + GEO.piece_size(piece)]
+                    verified.append(piece)
+    assert sorted(verified) == list(range(11))
+    assert t.peers[A].srtt is not None and t.peers[A].window > INITIAL_WINDOW
+
+
+def test_lost_requests_time_out_back_off_and_go_to_another_peer() -> None:
+    t = _transfer()
+    lost = [b for _, batch in t.requests(0.0) for b in batch]
+    assert t.tick(0.5) == []  # not yet
+    assert t.tick(1.01) == []
+    a = t.peers[A]
+    assert a.timeouts == len(lost) and not a.inflight
+    assert a.window == INITIAL_WINDOW / 2 and a.rto == 2.0
+    t.add_peer(B, 2, b"b" * 8, 1.01)
+    again = [b for _, batch in t.requests(1.01, only=B) for b in batch]
+    assert again == lost  # requeued at the front, in order
+
+
+def test_silent_peer_is_dropped_and_its_blocks_released() -> None:
+    t = _transfer()
+    t.requests(0.0)
+    dropped = []
+    now = 0.0
+    while not dropped:
+        now += 0.5
+        dropped = t.tick(now)
+        t.requests(now)
+    [d] = dropped
+    assert isinstance(d, PeerDropped) and d.peer.addr == A and "sent nothing for" in d.reason
+    assert 5.0 < now <= 6.0
+    assert not t.peers and not t.requesters
+
+
+def test_foreign_and_malformed_blocks_are_ignored() -> None:
+    t = _transfer()
+    t.requests(0.0)
+    assert _answer(t, ("6.6.6.6", 6), 0, 0, CHUNK, 0.1) is None  # not a peer
+    assert t.on_block(A, 0, 0, b"short", 0.1) is None  # wrong length
+    assert t.on_block(A, 0, 1, DATA[1:1001], 0.1) is None  # not on a block boundary
+    assert t.on_block(A, 99, 0, b"x", 0.1) is None  # no such piece
+    assert t.rejected == 4 and not any(t.received)
+
+
+def test_duplicates_are_counted_once() -> None:
+    t = _transfer()
+    t.requests(0.0)
+    _answer(t, A, 0, 0, CHUNK, 0.1)
+    _answer(t, A, 0, 0, CHUNK, 0.1)
+    assert t.duplicates == 1 and t.peers[A].blocks == 1
+
+
+def test_corrupt_data_fails_the_piece_and_three_strikes_drop_the_peer() -> None:
+    t = _transfer()
+    bad = bytes(b ^ 1 for b in DATA)
+    failures = 0
+    now = 0.0
+    while A in t.peers:
+        now += 0.01
+        for peer, batch in t.requests(now):
+            for piece, offset, length in batch:
+                r = _answer(t, peer.addr, piece, offset, length, now, data=bad)
+                failures += isinstance(r, PieceFailed)
+                assert not isinstance(r, PieceVerified)
+        for d in t.tick(now):
+            assert "failed verification" in d.reason
+    assert failures >= 3 and not any(t.verified)
+
+
+def test_endgame_asks_a_second_peer_for_what_the_first_still_owes() -> None:
+    t = _transfer()
+    t.requests(0.0, only=A)  # A is asked first and never answers
+    owed = set(t.peers[A].inflight)
+    assert len(owed) == INITIAL_WINDOW
+    t.add_peer(B, 2, b"b" * 8, 0.0)
+    now = 0.0
+    extra: set[int] = set()
+    # B answers everything except the blocks A owes, which B is asked for only at the end.
+    while True:
+        now += 0.001
+        out = t.requests(now, only=B)
+        if not out:
+            break
+        for _, batch in out:
+            for piece, offset, length in batch:
+                bid = GEO.blocks_per_piece * piece + offset // CHUNK
+                if bid in owed:
+                    # Only when every other block is here or already asked of B.
+                    every = [b for p in range(GEO.num_pieces) for b in GEO.block_ids(p)]
+                    assert all(t.received[b] or b in owed or b in t.peers[B].inflight for b in every)
+                    extra.add(bid)
+                else:
+                    _answer(t, B, piece, offset, length, now)
+    assert extra == owed
+    assert all(len(h) <= MAX_REQUESTERS for h in t.requesters.values())
+    for bid in extra:
+        piece, offset, length = GEO.block(bid)
+        _answer(t, B, piece, offset, length, now)
+    assert t.done and not t.peers[A].inflight
