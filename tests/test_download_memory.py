@@ -92,3 +92,27 @@ def test_edge_sizes(tmp_path: Path, size: int) -> None:
     swarm = Swarm(tmp_path, size, seeders=2)
     dl, outcome = swarm.start()
     _assert_complete(swarm, swarm.run(outcome, limit=30))
+
+
+def test_corrupting_seeder_is_found_out_and_dropped(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(4)
+    liar = ("10.0.0.1", 6000)
+    flipped = []
+
+    def flip(src: object, dst: object, data: bytes) -> bytes:
+        # Seeder 1 flips one bit in 3% of the blocks it sends.
+        if src == liar and data[3] == 4 and rng.random() < 0.03:
+            flipped.append(1)
+            i = 40 + rng.randrange(len(data) - 40)
+            return data[:i] + bytes([data[i] ^ 1]) + data[i + 1 :]
+        return data
+
+    swarm = Swarm(tmp_path, 8 * MIB, seeders=3, faults=Faults(tamper=flip, bandwidth=5e6))
+    dl, outcome = swarm.start()
+    result = _assert_complete(swarm, swarm.run(outcome))
+    status = {s.node_id: s.status for s in result.shares}
+    assert flipped
+    assert status[1].startswith("dropped: sent corrupt data for"), status
+    assert status[2] == status[3] == "finished"

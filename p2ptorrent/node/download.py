@@ -308,6 +308,11 @@ class Download:
             return
         for addr in ok.sources:
             self.pieces_from[addr] = self.pieces_from.get(addr, 0) + 1
+        if ok.corrupt_from:
+            self.log.warn(
+                "{name}: nodes {nodes} had sent corrupt blocks of piece {piece}",
+                name=self.name, nodes=self._ids(ok.corrupt_from), piece=ok.piece,
+            )
         self.log.debug("{name}: piece {piece} verified (from {peers})", name=self.name, piece=ok.piece, peers=self._ids(ok.sources))
         if self.transfer.done:
             self._complete()

@@ -107,6 +107,8 @@ class PieceVerified:
     piece: int
     data: bytes
     sources: frozenset[Addr]
+    #: Peers whose blocks in an earlier, failed copy of this piece differ from the good one.
+    corrupt_from: frozenset[Addr] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,9 @@ class Transfer:
             bid for p in range(geometry.num_pieces) if not self.verified[p] for bid in geometry.block_ids(p)
         )
         self.pieces: dict[int, _Piece] = {}
+        #: The last copy of each piece that failed its hash, kept until a good copy
+        #: shows which blocks (and so which peers) were wrong.
+        self.failed: dict[int, _Piece] = {}
         self.duplicates = 0
         self.retransmits = 0
         self.rejected = 0
@@ -234,14 +239,30 @@ class Transfer:
         if hashlib.sha1(buf.data).digest() == self.hashes[piece * 20 : piece * 20 + 20]:
             self.verified[piece] = 1
             self.remaining -= 1
-            return PieceVerified(piece, bytes(buf.data), sources)
+            return PieceVerified(piece, bytes(buf.data), sources, self._blame(piece, buf))
+        self.failed[piece] = buf
+        if len(sources) == 1:  # one sender: no doubt who was wrong
+            [only] = sources
+            if only in self.peers:
+                self.peers[only].strikes += 1
         for bid in geo.block_ids(piece):
             self.received[bid] = 0
         self._requeue(list(geo.block_ids(piece)))
-        for a in sources:
-            if a in self.peers:
-                self.peers[a].strikes += 1
         return PieceFailed(piece, sources)
+
+    def _blame(self, piece: int, good: _Piece) -> frozenset[Addr]:
+        """Compare a failed copy with the good one, block by block: strike whoever sent a wrong block."""
+        bad = self.failed.pop(piece, None)
+        if bad is None:
+            return frozenset()
+        chunk = self.geo.chunk
+        liars = set()
+        for k, addr in bad.sources.items():
+            if bad.data[k * chunk : (k + 1) * chunk] != good.data[k * chunk : (k + 1) * chunk]:
+                liars.add(addr)
+                if addr in self.peers:
+                    self.peers[addr].strikes += 1
+        return frozenset(liars)
 
     def _on_delivery(self, peer: PeerState, sent_at: float, now: float) -> None:
         if sent_at >= 0:  # negative marks a retransmission: no RTT sample (Karn)
@@ -341,7 +362,7 @@ class Transfer:
                     peer.last_loss = now
             reason = None
             if peer.strikes >= MAX_STRIKES:
-                reason = f"sent data for {peer.strikes} pieces that failed verification"
+                reason = f"sent corrupt data for {peer.strikes} pieces"
             elif now - peer.last_data > self.peer_timeout and (peer.inflight or lost):
                 reason = f"sent nothing for {now - peer.last_data:.1f} s"
             if reason is not None:
