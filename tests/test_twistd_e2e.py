@@ -1,0 +1,310 @@
+"""Black-box: the tracker and nodes as real `twistd` processes, driven by the `p2ptorrent` command.
+
+Nothing here imports the services: we start what a person would start
+(`twistd -n p2ptracker`, `twistd -n p2pnode --id N`, and one node as a real
+daemon without -n), command the nodes over their control sockets with the
+`p2ptorrent` console script, and judge only exit codes, printed output, the
+files on disk and the log files.  Every process is ended in the fixture's
+teardown, whatever happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from p2ptorrent.metainfo import make_torrent
+
+MIB = 1024 * 1024
+BIN = Path(sys.executable).parent
+
+
+def script(name: str) -> str:
+    """A console script installed beside this Python (twistd, p2ptorrent)."""
+    path = BIN / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing: install the project in this Python (pip install -e . with editable_mode=compat)")
+    return str(path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(MIB):
+            h.update(block)
+    return h.hexdigest()
+
+
+def wait_for(check: Callable[[], object], what: str, timeout: float = 20.0, alive: Callable[[], None] | None = None) -> object:
+    """Poll *check* every 50 ms until it returns something true; fail after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if alive is not None:
+            alive()
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def connects(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    """True while *pid* runs (a zombie counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+class Processes:
+    """Starts the daemons in one folder and ends every one of them at teardown."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.nodes_dir = root / "node_files"
+        self.logs = root / "logs"
+        self.port = free_port()
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        #: Daemons started without -n: pid file and a text their command line must contain.
+        self.daemons: list[tuple[Path, str]] = []
+
+    # ---- starting
+    def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        out = open(self.root / f"{name}.out", "wb")
+        proc = subprocess.Popen(
+            [script("twistd"), "-n", "--pidfile=", *args],
+            cwd=self.root, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        )
+        out.close()
+        self.procs[name] = proc
+        return proc
+
+    def start_tracker(self) -> None:
+        self.start("tracker", [
+            "p2ptracker", "--host", "127.0.0.1", "--port", str(self.port),
+            "--tracker-db-dir", str(self.root / "tracker_db"), "--logs-dir", str(self.logs),
+        ])
+        wait_for(lambda: connects(self.port), "the tracker to listen", alive=lambda: self.check_alive("tracker"))
+
+    def node_args(self, node_id: int) -> list[str]:
+        return [
+            "p2pnode", "--id", str(node_id), "--node-files-dir", str(self.nodes_dir),
+            "--logs-dir", str(self.logs), "--tracker", f"127.0.0.1:{self.port}", "--no-stdin",
+            "--interface", "127.0.0.1",
+        ]
+
+    def start_node(self, node_id: int) -> None:
+        name = f"node{node_id}"
+        self.start(name, self.node_args(node_id))
+        self.wait_registered(node_id, alive=lambda: self.check_alive(name))
+
+    def wait_registered(self, node_id: int, alive: Callable[[], None] | None = None) -> None:
+        sock = self.nodes_dir / str(node_id) / ".control.sock"
+        wait_for(sock.exists, f"node {node_id}'s control socket {sock}", alive=alive)
+
+        def registered() -> bool:
+            result = self.ctl(node_id, "status")
+            return result.returncode == 0 and json.loads(result.stdout)["registered"] is True
+
+        wait_for(registered, f"node {node_id} to register with the tracker", alive=alive)
+
+    def check_alive(self, name: str) -> None:
+        proc = self.procs[name]
+        if proc.poll() is not None:
+            pytest.fail(f"{name} ended with status {proc.returncode}:\n{self.tail(name)}")
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        path = self.root / f"{name}.out"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # ---- commanding
+    def ctl(self, node_id: int, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [script("p2ptorrent"), "--node", str(node_id), "--node-files-dir", str(self.nodes_dir), *args],
+            cwd=self.root, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+
+    def ok(self, node_id: int, *args: str, timeout: float = 30.0) -> str:
+        result = self.ctl(node_id, *args, timeout=timeout)
+        assert result.returncode == 0, (
+            f"p2ptorrent --node {node_id} {' '.join(args)} exited {result.returncode}:\n"
+            f"stdout: {result.stdout}\nstderr: {result.stderr}"
+        )
+        return result.stdout
+
+    # ---- ending
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for pidfile, marker in self.daemons:
+            try:
+                pid = int(pidfile.read_text().strip())
+            except (OSError, ValueError):
+                continue
+            if pid_alive(pid) and marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                os.kill(pid, signal.SIGTERM)
+                deadline = time.monotonic() + 5
+                while pid_alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if pid_alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def procs(tmp_path: Path):  # type: ignore[no-untyped-def]
+    p = Processes(tmp_path)
+    try:
+        yield p
+    finally:
+        p.stop_all()
+
+
+def test_seed_download_logs_exit_status_and_failure(procs: Processes) -> None:
+    procs.start_tracker()
+    for n in (1, 2):
+        procs.nodes_dir.joinpath(str(n)).mkdir(parents=True, exist_ok=True)
+    data = os.urandom(4 * MIB + 12345)  # not a whole number of pieces or datagrams
+    source = procs.nodes_dir / "1" / "payload.bin"
+    source.write_bytes(data)
+    want = hashlib.sha256(data).hexdigest()
+    procs.start_node(1)
+    procs.start_node(2)
+
+    # Seed through node 1.
+    said = procs.ok(1, "send", str(source))
+    assert "seeding payload.bin" in said and "announced to the tracker" in said, said
+    torrent = procs.nodes_dir / "1" / "payload.bin.torrent"
+    assert torrent.is_file()
+
+    # Download through node 2: exit code 0, the same bytes.
+    started = time.monotonic()
+    said = procs.ok(2, "download", str(torrent))
+    assert time.monotonic() - started < 20
+    assert "downloaded payload.bin" in said and "SHA-256 verified" in said, said
+    got = procs.nodes_dir / "2" / "payload.bin"
+    assert got.stat().st_size == len(data)
+    assert sha256(got) == want
+
+    # Every daemon wrote its own log, naming the protocol's events.
+    tracker_log = (procs.logs / "tracker.log").read_text()
+    node1_log = (procs.logs / "node_1.log").read_text()
+    node2_log = (procs.logs / "node_2.log").read_text()
+    for needle in ("node 1 joined from 127.0.0.1:", "node 2 joined from 127.0.0.1:", "node 1 owns ", "(payload.bin, ",
+                   "node 2 needs ", "ranking [1]", "node 2 owns ", "node 2 downloaded ", "credited [1]"):
+        assert needle in tracker_log, f"{needle!r} not in tracker.log:\n{tracker_log}"
+    for needle in ("registered with the tracker", "OWN payload.bin", "announced"):
+        assert needle in node1_log, f"{needle!r} not in node_1.log:\n{node1_log}"
+    for needle in ("registered with the tracker", "download of payload.bin", "tracker ranked owners [1]",
+                   "fetching from node 1 at 127.0.0.1:", "payload.bin: complete", "OWN payload.bin",
+                   "UPDATE credited nodes [1]"):
+        assert needle in node2_log, f"{needle!r} not in node_2.log:\n{node2_log}"
+
+    # `exit` ends node 2's process by itself, cleanly, and the tracker hears it leave.
+    procs.ok(2, "exit")
+    try:
+        code = procs.procs["node2"].wait(10)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"node 2 still runs 10 s after `exit`:\n{procs.tail('node2')}")
+    assert code == 0, procs.tail("node2")
+    wait_for(lambda: "node 2 left" in (procs.logs / "tracker.log").read_text(), "the tracker to log that node 2 left")
+    gone = procs.ctl(2, "status")
+    assert gone.returncode == 2 and "no node 2 is running" in gone.stderr, gone
+
+    # status on node 1 is JSON naming the seeded file.
+    status = json.loads(procs.ok(1, "status"))
+    assert status["node_id"] == 1 and status["registered"] is True
+    assert [f["name"] for f in status["seeding"]] == ["payload.bin"]
+    assert status["seeding"][0]["length"] == len(data)
+    assert status["seeding"][0]["uploaded"] >= len(data)
+
+    # A torrent of a file nobody seeds: a non-zero exit, a clear reason, no file left.
+    orphan = procs.root / "orphan.bin"
+    orphan.write_bytes(os.urandom(100_000))
+    _, torrent_bytes = make_torrent(orphan, f"http://127.0.0.1:{procs.port}")
+    orphan_torrent = procs.root / "orphan.bin.torrent"
+    orphan_torrent.write_bytes(torrent_bytes)
+    started = time.monotonic()
+    failed = procs.ctl(1, "download", str(orphan_torrent))
+    assert time.monotonic() - started < 15
+    assert failed.returncode == 1, failed
+    assert "error:" in failed.stderr and "orphan.bin" in failed.stderr, failed
+    assert "no node is sharing orphan.bin" in failed.stderr, failed.stderr
+    assert not (procs.nodes_dir / "1" / "orphan.bin").exists()
+    incomplete = procs.nodes_dir / "1" / ".incomplete"
+    assert not (incomplete.exists() and any(incomplete.iterdir())), list(incomplete.iterdir())
+    # Node 1 lives on after the failure.
+    procs.check_alive("node1")
+    assert procs.ctl(1, "status").returncode == 0
+
+
+def test_daemonised_node(procs: Processes) -> None:
+    procs.start_tracker()
+    pidfile = procs.root / "n3.pid"
+    twistd_log = procs.root / "n3.twistd.log"
+    procs.daemons.append((pidfile, str(procs.nodes_dir)))
+    # Without -n, twistd forks, detaches and returns once the node has started.
+    launched = subprocess.run(
+        [script("twistd"), f"--pidfile={pidfile}", f"--logfile={twistd_log}", *procs.node_args(3)],
+        cwd=procs.root, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL,
+    )
+    assert launched.returncode == 0, launched
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), "the pid file"))  # type: ignore[arg-type]
+    assert pid_alive(pid)
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert b"p2pnode" in cmdline and b"-n" not in cmdline
+
+    def daemon_alive() -> None:
+        if not pid_alive(pid):
+            pytest.fail(f"the daemon {pid} ended:\n{twistd_log.read_text(errors='replace')[-3000:]}")
+
+    procs.wait_registered(3, alive=daemon_alive)
+
+    shared = procs.root / "daemon.bin"
+    shared.write_bytes(os.urandom(300_000))
+    said = procs.ok(3, "send", str(shared))
+    assert "seeding daemon.bin" in said and "announced to the tracker" in said, said
+    status = json.loads(procs.ok(3, "status"))
+    assert status["node_id"] == 3
+    assert [f["name"] for f in status["seeding"]] == ["daemon.bin"]
+    assert "node 3 owns " in (procs.logs / "tracker.log").read_text()
+
+    procs.ok(3, "exit")
+    wait_for(lambda: not pid_alive(pid), "the daemon to end after `exit`")
+    wait_for(lambda: not pidfile.exists(), "twistd to remove the pid file")
+    log = twistd_log.read_text()
+    assert "exit requested" in log and "node 3 stopped" in log, log[-3000:]
+    assert "node 3 left" in (procs.logs / "tracker.log").read_text()
