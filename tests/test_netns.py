@@ -38,6 +38,7 @@ BIN = Path(sys.executable).parent
 SUBNET = "10.231.0"
 TRACKER_ADDR = f"{SUBNET}.1"
 SEEDER_ADDR = f"{SUBNET}.2"
+SEEDER_SECOND_ADDR = f"{SUBNET}.12"
 DOWNLOADER_ADDR = f"{SUBNET}.3"
 TRACKER_PORT = 12345  # the namespace is new and empty: any port is free there
 
@@ -110,6 +111,8 @@ class Network:
             self.sh("-n", self.bridge, "link", "set", bridge_end, "up")
             self.sh("-n", ns, "addr", "add", f"{addr}/24", "dev", host_end)
             self.sh("-n", ns, "link", "set", host_end, "up")
+        # A second address on the seeder's host: node 1 listens there, not on the primary one.
+        self.sh("-n", self.seeder, "addr", "add", f"{SEEDER_SECOND_ADDR}/24", "dev", "eth1")
 
     def destroy(self) -> list[str]:
         problems = []
@@ -213,7 +216,9 @@ def test_seed_and_download_across_namespaces(tmp_path: Path, net: Network, daemo
 
     common = ["--node-files-dir", str(nodes_dir), "--logs-dir", str(logs),
               "--tracker", f"{TRACKER_ADDR}:{TRACKER_PORT}", "--no-stdin"]
-    for node_id, ns, addr in ((1, net.seeder, SEEDER_ADDR), (2, net.downloader, DOWNLOADER_ADDR)):
+    # Node 1 listens on its host's second address: the tracker must see that one (the
+    # node's HTTP connection leaves from --interface), or nobody could reach it.
+    for node_id, ns, addr in ((1, net.seeder, SEEDER_SECOND_ADDR), (2, net.downloader, DOWNLOADER_ADDR)):
         daemons.start(f"node{node_id}", ns, ["p2pnode", "--id", str(node_id), "--interface", addr, *common])
     for node_id in (1, 2):
         alive = daemons.alive(f"node{node_id}")
@@ -237,14 +242,14 @@ def test_seed_and_download_across_namespaces(tmp_path: Path, net: Network, daemo
 
     hosts = wait_for(recorded, "nodes.json to list nodes 1 and 2")
     assert isinstance(hosts, dict)
-    assert hosts[1][0] == SEEDER_ADDR, hosts
+    assert hosts[1][0] == SEEDER_SECOND_ADDR, hosts
     assert hosts[2][0] == DOWNLOADER_ADDR, hosts
     for node_id in (1, 2):
         status = json.loads(ok(node_id, "status"))
         assert status["udp_port"] == hosts[node_id][1], (status, hosts)
     tracker_log = (logs / "tracker.log").read_text()
     assert f"tracker listening on {TRACKER_ADDR}:{TRACKER_PORT}" in tracker_log, tracker_log
-    assert f"node 1 joined from {SEEDER_ADDR}:{hosts[1][1]}" in tracker_log, tracker_log
+    assert f"node 1 joined from {SEEDER_SECOND_ADDR}:{hosts[1][1]}" in tracker_log, tracker_log
     assert f"node 2 joined from {DOWNLOADER_ADDR}:{hosts[2][1]}" in tracker_log, tracker_log
     assert "127.0.0.1" not in tracker_log, tracker_log
 
@@ -261,8 +266,8 @@ def test_seed_and_download_across_namespaces(tmp_path: Path, net: Network, daemo
 
     node2_log = (logs / "node_2.log").read_text()
     assert f"node listening on UDP {DOWNLOADER_ADDR}:" in node2_log, node2_log
-    assert f"fetching from node 1 at {SEEDER_ADDR}:{hosts[1][1]}" in node2_log, node2_log
-    assert f"listening on UDP {SEEDER_ADDR}:" in (logs / "node_1.log").read_text()
+    assert f"fetching from node 1 at {SEEDER_SECOND_ADDR}:{hosts[1][1]}" in node2_log, node2_log
+    assert f"listening on UDP {SEEDER_SECOND_ADDR}:" in (logs / "node_1.log").read_text()
     tracker_log = (logs / "tracker.log").read_text()
     assert "node 2 needs " in tracker_log and "node 2 downloaded " in tracker_log, tracker_log
 

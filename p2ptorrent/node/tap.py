@@ -55,7 +55,7 @@ def makeService(config: Any, reactor: Any = None) -> IService:
         config["settings"],
         config["id"],
         reactor,
-        _quiet_http(reactor),
+        _quiet_http(reactor, config["interface"]),
         interface=config["interface"],
         port=config["port"],
         advertise_port=config["advertise-port"],
@@ -69,8 +69,12 @@ def makeService(config: Any, reactor: Any = None) -> IService:
     return node
 
 
-def _quiet_http(reactor: Any) -> Any:
-    """A treq client whose connection pool does not log every connection it opens."""
+def _quiet_http(reactor: Any, interface: str = "") -> Any:
+    """A treq client for the tracker, quiet about each connection it opens.
+
+    Bound to the node's --interface: the tracker records the address it sees,
+    so the HTTP connection must leave from the address the node listens on.
+    """
     from treq.client import HTTPClient  # noqa: PLC0415 - treq imports the reactor
     from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory  # noqa: PLC0415
 
@@ -79,7 +83,8 @@ def _quiet_http(reactor: Any) -> Any:
 
     pool = HTTPConnectionPool(reactor)
     pool._factory = QuietFactory
-    client = HTTPClient(Agent(reactor, pool=pool))
+    bind = (interface, 0) if interface not in ("", "0.0.0.0", "::") else None
+    client = HTTPClient(Agent(reactor, pool=pool, bindAddress=bind))
     client.pool = pool  # type: ignore[attr-defined]  # closed by the node when it stops
     return client
 

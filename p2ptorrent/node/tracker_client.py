@@ -376,7 +376,7 @@ class HeartbeatService(Service):
 
     def _registered(self, new: bool) -> None:
         if new:
-            self.log.info("the tracker does not know our files: announcing them again")
+            self.log.info("the tracker holds none of our files: announcing what we share")
             self._announce_due = True
         if self._announce_due and not self._announcing:
             self._announce()
