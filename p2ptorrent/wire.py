@@ -149,6 +149,17 @@ def max_blocks_per_request(buffer_size: int) -> int:
     return max(1, min(MAX_BLOCKS_PER_REQUEST, (buffer_size - BLOCK_REQ_OVERHEAD) // TRIPLE_SIZE))
 
 
+def peek_block(data: bytes) -> tuple[bytes, int, int] | None:
+    """(info_hash, piece, offset) of a BLOCK datagram, without building a message.
+
+    Blocks are nearly every datagram a downloader receives: this is its hot path.
+    The data is everything after BLOCK_OVERHEAD.  None for any other datagram.
+    """
+    if len(data) < BLOCK_OVERHEAD or data[:HEADER_SIZE] != _BLOCK_HEAD:
+        return None
+    return _BLOCK.unpack_from(data, HEADER_SIZE)  # type: ignore[return-value]
+
+
 def decode(data: bytes, max_size: int = 65507) -> Message:
     """Parse one datagram; raise WireError if it is not exactly one valid message."""
     size = len(data)

@@ -93,3 +93,11 @@ def test_mutated_valid_datagrams(noise: bytes, at: int) -> None:
         wire.decode(mutated, 9216)
     except wire.WireError:
         pass
+
+
+def test_peek_block_reads_only_blocks() -> None:
+    datagram = wire.encode_block(H, 7, 14432, b"abc")
+    assert wire.peek_block(datagram) == (H, 7, 14432)
+    assert wire.peek_block(wire.encode_info_request(1, H)) is None
+    assert wire.peek_block(datagram[: wire.BLOCK_OVERHEAD - 1]) is None
+    assert wire.peek_block(b"PT\x02\x04" + datagram[4:]) is None  # another version

@@ -167,8 +167,13 @@ class Download:
             return
         if isinstance(msg, wire.Error):
             self._on_error(msg, addr)
+        else:
+            self.on_block(addr, msg.piece, msg.offset, msg.data)
+
+    def on_block(self, addr: Any, piece: int, offset: int, data: Any) -> None:
+        if self._finished:
             return
-        outcome = self.transfer.on_block(addr, msg.piece, msg.offset, msg.data, self.clock.seconds())
+        outcome = self.transfer.on_block(addr, piece, offset, data, self.clock.seconds())
         if isinstance(outcome, PieceVerified):
             self._on_piece(outcome)
             if self._finished:
@@ -333,7 +338,15 @@ class Download:
         seconds = self.wallclock() - self._wall_started
         reports = []
         for addr, share in list(self.shares.items()):
-            report = self._report(addr, self.transfer.peers.get(addr), "finished")
+            peer = self.transfer.peers.get(addr)
+            if peer is not None:
+                self.log.info(
+                    "{name}: node {node} path: window {window:.0f} blocks, round trip {srtt:.1f} ms (min {min_rtt:.1f}),"
+                    " {timeouts} timeouts",
+                    name=self.name, node=peer.node_id, window=peer.window, srtt=(peer.srtt or 0) * 1e3,
+                    min_rtt=min(peer.min_rtt, 1e3) * 1e3, timeouts=peer.timeouts,
+                )
+            report = self._report(addr, peer, "finished")
             reports.append(report)
             share.callback(report)
         self.ended.extend(self.shares.values())

@@ -23,6 +23,7 @@ from p2ptorrent.node.serving import Seeder
 
 
 class DownloadSink(Protocol):
+    def on_block(self, addr: Any, piece: int, offset: int, data: Any) -> None: ...
     def on_message(self, msg: wire.Block | wire.Error, addr: Any) -> None: ...
 
 
@@ -43,6 +44,8 @@ class NodeProtocol(DatagramProtocol):
         self._pending: dict[int, Deferred[wire.InfoResponse]] = {}
         self._next_id = 1
         self.counts: Counter[str] = Counter()
+        self.received = 0  # plain ints: counted on the hot path
+        self.sent = 0
 
     def startProtocol(self) -> None:
         if self.socket_buffer:
@@ -52,7 +55,7 @@ class NodeProtocol(DatagramProtocol):
     def send(self, datagram: bytes, addr: Any) -> None:
         try:
             self.transport.write(datagram, addr)
-            self.counts["sent"] += 1
+            self.sent += 1
         except OSError as e:
             # A full send buffer or an unreachable address loses this datagram,
             # as the network might: the requester's timeouts cover it.
@@ -78,7 +81,19 @@ class NodeProtocol(DatagramProtocol):
 
     # ---- in
     def datagramReceived(self, data: bytes, addr: Any) -> None:
-        self.counts["received"] += 1
+        self.received += 1
+        head = wire.peek_block(data) if len(data) <= self.max_datagram else None
+        if head is not None:
+            sink = self.downloads.get(head[0])
+            if sink is None:
+                self.counts["unsolicited"] += 1
+                return
+            try:
+                sink.on_block(addr, head[1], head[2], memoryview(data)[wire.BLOCK_OVERHEAD :])
+            except Exception:
+                self.counts["errors"] += 1
+                self.log.failure("while handling a block from {addr}", addr=addr)
+            return
         try:
             msg = wire.decode(data, self.max_datagram)
         except wire.WireError as e:

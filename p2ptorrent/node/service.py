@@ -310,7 +310,7 @@ class Node(MultiService):
                 }
                 for ih, dl in self.downloads.items()
             ],
-            "datagrams": dict(self.protocol.counts),
+            "datagrams": {"received": self.protocol.received, "sent": self.protocol.sent, **self.protocol.counts},
         }
 
     def exit(self) -> Deferred[None]:
