@@ -22,66 +22,23 @@ is 7216 / 9216).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-MIB = 1024 * 1024
+from p2ptorrent.procs import MIB, Daemons, connects, free_port, sha256, wait_for
+
 #: wire.BLOCK_OVERHEAD: the bytes of a data datagram that are not file data.
 BLOCK_OVERHEAD = 32
 DEFAULT_CHUNK = 7216
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def script(name: str) -> str:
-    """A console script installed beside this Python (twistd, p2ptorrent)."""
-    here = Path(sys.executable).parent / name
-    found = str(here) if here.exists() else shutil.which(name)
-    if not found:
-        sys.exit(f"cannot find the {name} command: install p2ptorrent in this Python")
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(check: Callable[[], object], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def connects(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(MIB):
-            h.update(block)
-    return h.hexdigest()
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -115,48 +72,24 @@ class Run:
         return self.size / self.seconds / 1e6
 
 
-class Swarm:
+class Swarm(Daemons):
     """The processes of one run; :meth:`stop` ends every one that is still running."""
 
     def __init__(self, root: Path, seeders: int, chunk: int | None) -> None:
-        self.root = root
+        super().__init__(root, ctl_timeout=900)
         root.mkdir(parents=True, exist_ok=True)
-        self.nodes_dir = root / "node_files"
         self.logs = root / "logs"
         self.port = free_port()
         self.seeders = seeders
         self.downloader = seeders + 1
         self.chunk_args = ["--chunk-size", str(chunk), "--buffer-size", str(chunk + BLOCK_OVERHEAD)] if chunk else []
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, args: list[str]) -> None:
-        with open(self.root / f"{name}.out", "wb") as out:
-            self.procs[name] = subprocess.Popen(
-                [script("twistd"), "-n", "--pidfile=", *args],
-                cwd=self.root, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            )
-
-    def alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                tail = (self.root / f"{name}.out").read_text(errors="replace").splitlines()[-20:]
-                raise RuntimeError(f"{name} ended with status {proc.returncode}:\n" + "\n".join(tail))
-
-    def ctl(self, node: int, *args: str) -> str:
-        result = subprocess.run(
-            [script("p2ptorrent"), "--node", str(node), "--node-files-dir", str(self.nodes_dir), *args],
-            cwd=self.root, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"node {node} {' '.join(args)} exited {result.returncode}: {result.stderr.strip() or result.stdout.strip()}")
-        return result.stdout
 
     def registered(self, node: int) -> bool:
-        self.alive()
+        self.check_alive()
         if not (self.nodes_dir / str(node) / ".control.sock").exists():
             return False
         try:
-            return json.loads(self.ctl(node, "status"))["registered"] is True
+            return json.loads(self.ok(node, "status"))["registered"] is True
         except RuntimeError:
             return False
 
@@ -165,7 +98,7 @@ class Swarm:
             "p2ptracker", "--host", "127.0.0.1", "--port", str(self.port),
             "--tracker-db-dir", str(self.root / "tracker_db"), "--logs-dir", str(self.logs), *self.chunk_args,
         ])
-        wait_for(lambda: self.alive() or connects(self.port), "the tracker to listen")
+        wait_for(lambda: connects(self.port), "the tracker to listen", alive=self.check_alive)
         for n in range(1, self.downloader + 1):
             self.start(f"node{n}", [
                 "p2pnode", "--id", str(n), "--interface", "127.0.0.1", "--tracker", f"127.0.0.1:{self.port}",
@@ -177,17 +110,6 @@ class Swarm:
     def pids(self) -> list[int]:
         return [self.procs[name].pid for name in ["tracker", *(f"node{n}" for n in range(1, self.downloader + 1))]]
 
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
 
 def one_run(workdir: Path, source: Path, want: str, seeders: int, chunk: int | None) -> Run:
     swarm = Swarm(workdir, seeders, chunk)
@@ -197,14 +119,14 @@ def one_run(workdir: Path, source: Path, want: str, seeders: int, chunk: int | N
             folder = swarm.nodes_dir / str(n)
             folder.mkdir(parents=True, exist_ok=True)
             os.link(source, folder / source.name)
-            said = swarm.ctl(n, "send", str(folder / source.name))
+            said = swarm.ok(n, "send", str(folder / source.name))
             if "announced to the tracker" not in said:
                 raise RuntimeError(f"seeder {n} did not announce the file: {said.strip()}")
         torrent = swarm.nodes_dir / "1" / (source.name + ".torrent")
         pids = swarm.pids()
         cpu_before = [cpu_seconds(p) for p in pids]
         started = time.perf_counter()
-        said = swarm.ctl(swarm.downloader, "download", str(torrent))
+        said = swarm.ok(swarm.downloader, "download", str(torrent))
         seconds = time.perf_counter() - started
         cpu_after = [cpu_seconds(p) for p in pids]
         rss = [peak_rss_mib(p) for p in pids]  # just before stopping

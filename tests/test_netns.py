@@ -23,52 +23,24 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
+from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
+from p2ptorrent.procs import Daemons, sha256
+from p2ptorrent.procs import wait_for as _wait_for
+
 MIB = 1024 * 1024
-BIN = Path(sys.executable).parent
 SUBNET = "10.231.0"
 TRACKER_ADDR = f"{SUBNET}.1"
 SEEDER_ADDR = f"{SUBNET}.2"
 SEEDER_SECOND_ADDR = f"{SUBNET}.12"
 DOWNLOADER_ADDR = f"{SUBNET}.3"
 TRACKER_PORT = 12345  # the namespace is new and empty: any port is free there
-
-
-def script(name: str) -> str:
-    path = BIN / name
-    if not path.exists():
-        pytest.fail(f"{path} is missing: install the project in this Python (pip install -e . with editable_mode=compat)")
-    return str(path)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(MIB):
-            h.update(block)
-    return h.hexdigest()
-
-
-def wait_for(check: Callable[[], object], what: str, timeout: float = 20.0, alive: Callable[[], None] | None = None) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        if alive is not None:
-            alive()
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+wait_for = partial(_wait_for, timeout=20.0, fail=pytest.fail)
 
 
 class Network:
@@ -114,6 +86,10 @@ class Network:
         # A second address on the seeder's host: node 1 listens there, not on the primary one.
         self.sh("-n", self.seeder, "addr", "add", f"{SEEDER_SECOND_ADDR}/24", "dev", "eth1")
 
+    def exec_in(self, ns: str) -> list[str]:
+        """The command prefix that runs a program inside namespace *ns*."""
+        return [self.ip, "netns", "exec", ns]
+
     def destroy(self) -> list[str]:
         problems = []
         for ns in reversed(self.created):
@@ -142,49 +118,13 @@ def net():  # type: ignore[no-untyped-def]
         assert not problems, problems
 
 
-class Daemons:
-    def __init__(self, root: Path, net: Network) -> None:
-        self.root = root
-        self.net = net
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, ns: str, args: list[str]) -> None:
-        out = open(self.root / f"{name}.out", "wb")
-        # `ip netns exec` execs the command, so this Popen's pid is twistd's own.
-        self.procs[name] = subprocess.Popen(
-            [self.net.ip, "netns", "exec", ns, script("twistd"), "-n", "--pidfile=", *args],
-            cwd=self.root, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-        )
-        out.close()
-
-    def alive(self, name: str) -> Callable[[], None]:
-        def check() -> None:
-            proc = self.procs[name]
-            if proc.poll() is not None:
-                text = (self.root / f"{name}.out").read_text(errors="replace")
-                pytest.fail(f"{name} ended with status {proc.returncode}:\n" + "\n".join(text.splitlines()[-30:]))
-
-        return check
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-
 @pytest.fixture
 def daemons(tmp_path: Path, net: Network):  # type: ignore[no-untyped-def]
-    d = Daemons(tmp_path, net)
+    d = Daemons(tmp_path, fail=pytest.fail, search_path=False)
     try:
         yield d
     finally:
-        d.stop_all()  # before `net` tears the namespaces down
+        d.stop(grace=5)  # before `net` tears the namespaces down
 
 
 def test_seed_and_download_across_namespaces(tmp_path: Path, net: Network, daemons: Daemons) -> None:
@@ -192,36 +132,25 @@ def test_seed_and_download_across_namespaces(tmp_path: Path, net: Network, daemo
     logs = tmp_path / "logs"
     db = tmp_path / "tracker_db"
 
-    def ctl(node_id: int, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [script("p2ptorrent"), "--node", str(node_id), "--node-files-dir", str(nodes_dir), *args],
-            cwd=tmp_path, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-        )
-
-    def ok(node_id: int, *args: str) -> str:
-        result = ctl(node_id, *args)
-        assert result.returncode == 0, (
-            f"p2ptorrent --node {node_id} {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-        )
-        return result.stdout
-
+    ctl, ok = daemons.ctl, daemons.ok  # `p2ptorrent --node N ...`, run outside the namespaces
     net.build()
-    daemons.start("tracker", net.tracker, [
+    # `ip netns exec` execs the command, so each Popen's pid is twistd's own.
+    daemons.start("tracker", [
         "p2ptracker", "--host", TRACKER_ADDR, "--port", str(TRACKER_PORT),
         "--tracker-db-dir", str(db), "--logs-dir", str(logs),
-    ])
+    ], wrapper=net.exec_in(net.tracker))
     wait_for(lambda: connects_in(net.seeder, net.ip, TRACKER_ADDR, TRACKER_PORT),
              f"the tracker to answer at {TRACKER_ADDR}:{TRACKER_PORT} from the seeder's namespace",
-             alive=daemons.alive("tracker"))
+             alive=partial(daemons.check_alive, "tracker"))
 
     common = ["--node-files-dir", str(nodes_dir), "--logs-dir", str(logs),
               "--tracker", f"{TRACKER_ADDR}:{TRACKER_PORT}", "--no-stdin"]
     # Node 1 listens on its host's second address: the tracker must see that one (the
     # node's HTTP connection leaves from --interface), or nobody could reach it.
     for node_id, ns, addr in ((1, net.seeder, SEEDER_SECOND_ADDR), (2, net.downloader, DOWNLOADER_ADDR)):
-        daemons.start(f"node{node_id}", ns, ["p2pnode", "--id", str(node_id), "--interface", addr, *common])
+        daemons.start(f"node{node_id}", ["p2pnode", "--id", str(node_id), "--interface", addr, *common], wrapper=net.exec_in(ns))
     for node_id in (1, 2):
-        alive = daemons.alive(f"node{node_id}")
+        alive = partial(daemons.check_alive, f"node{node_id}")
         sock = nodes_dir / str(node_id) / ".control.sock"
         wait_for(sock.exists, f"node {node_id}'s control socket", alive=alive)
 

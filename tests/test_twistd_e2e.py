@@ -14,63 +14,20 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
 from p2ptorrent.metainfo import make_torrent
+from p2ptorrent.procs import Daemons, connects, free_port, sha256
+from p2ptorrent.procs import wait_for as _wait_for
 
 MIB = 1024 * 1024
-BIN = Path(sys.executable).parent
-
-
-def script(name: str) -> str:
-    """A console script installed beside this Python (twistd, p2ptorrent)."""
-    path = BIN / name
-    if not path.exists():
-        pytest.fail(f"{path} is missing: install the project in this Python (pip install -e . with editable_mode=compat)")
-    return str(path)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(MIB):
-            h.update(block)
-    return h.hexdigest()
-
-
-def wait_for(check: Callable[[], object], what: str, timeout: float = 20.0, alive: Callable[[], None] | None = None) -> object:
-    """Poll *check* every 50 ms until it returns something true; fail after *timeout* seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if alive is not None:
-            alive()
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
-def connects(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+wait_for = partial(_wait_for, timeout=20.0, fail=pytest.fail)
 
 
 def pid_alive(pid: int) -> bool:
@@ -82,29 +39,17 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-class Processes:
+class Processes(Daemons):
     """Starts the daemons in one folder and ends every one of them at teardown."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.nodes_dir = root / "node_files"
+        super().__init__(root, fail=pytest.fail, search_path=False, ctl_timeout=30.0)
         self.logs = root / "logs"
         self.port = free_port()
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
         #: Daemons started without -n: pid file and a text their command line must contain.
         self.daemons: list[tuple[Path, str]] = []
 
     # ---- starting
-    def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        out = open(self.root / f"{name}.out", "wb")
-        proc = subprocess.Popen(
-            [script("twistd"), "-n", "--pidfile=", *args],
-            cwd=self.root, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-        )
-        out.close()
-        self.procs[name] = proc
-        return proc
-
     def start_tracker(self) -> None:
         self.start("tracker", [
             "p2ptracker", "--host", "127.0.0.1", "--port", str(self.port),
@@ -134,42 +79,9 @@ class Processes:
 
         wait_for(registered, f"node {node_id} to register with the tracker", alive=alive)
 
-    def check_alive(self, name: str) -> None:
-        proc = self.procs[name]
-        if proc.poll() is not None:
-            pytest.fail(f"{name} ended with status {proc.returncode}:\n{self.tail(name)}")
-
-    def tail(self, name: str, lines: int = 30) -> str:
-        path = self.root / f"{name}.out"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    # ---- commanding
-    def ctl(self, node_id: int, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [script("p2ptorrent"), "--node", str(node_id), "--node-files-dir", str(self.nodes_dir), *args],
-            cwd=self.root, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-        )
-
-    def ok(self, node_id: int, *args: str, timeout: float = 30.0) -> str:
-        result = self.ctl(node_id, *args, timeout=timeout)
-        assert result.returncode == 0, (
-            f"p2ptorrent --node {node_id} {' '.join(args)} exited {result.returncode}:\n"
-            f"stdout: {result.stdout}\nstderr: {result.stderr}"
-        )
-        return result.stdout
-
     # ---- ending
     def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        self.stop(grace=5)
         for pidfile, marker in self.daemons:
             try:
                 pid = int(pidfile.read_text().strip())
@@ -278,7 +190,7 @@ def test_daemonised_node(procs: Processes) -> None:
     procs.daemons.append((pidfile, str(procs.nodes_dir)))
     # Without -n, twistd forks, detaches and returns once the node has started.
     launched = subprocess.run(
-        [script("twistd"), f"--pidfile={pidfile}", f"--logfile={twistd_log}", *procs.node_args(3)],
+        [procs.script("twistd"), f"--pidfile={pidfile}", f"--logfile={twistd_log}", *procs.node_args(3)],
         cwd=procs.root, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL,
     )
     assert launched.returncode == 0, launched
