@@ -152,6 +152,7 @@ class Download:
         except StorageError as e:
             self._fail(str(e))
             return self.result
+        self.transfer.mark_have(self.part.verified())
         if self.transfer.done:  # an empty file, or every piece already here
             self._complete()
             return self.result
@@ -160,7 +161,8 @@ class Download:
         return self.result
 
     def stop(self, reason: str) -> None:
-        self._fail(reason)
+        """End it early (the node is stopping): keep the verified pieces for a later resume."""
+        self._fail(reason, keep_part=True)
 
     def on_message(self, msg: wire.Block | wire.Error, addr: Any) -> None:
         if self._finished:
@@ -418,12 +420,15 @@ class Download:
         return sorted(self.transfer.peers[a].node_id if a in self.transfer.peers else -1 for a in addrs)
 
     # ---- ending
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, keep_part: bool = False) -> None:
         if self._finished:
             return
         self._finished = True
         self._stop_loop()
-        self.part.discard()
+        if keep_part:
+            self.part.close()
+        else:
+            self.part.discard()
         for addr, share in list(self.shares.items()):
             share.errback(PeerLost(self._report(addr, self.transfer.peers.get(addr), "download failed")))
             self.ended.append(share)

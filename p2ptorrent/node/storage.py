@@ -41,6 +41,10 @@ class PartFile:
         except OSError as e:
             raise StorageError(f"cannot create {self.path}: {e.strerror}") from None
 
+    def verified(self) -> set[int]:
+        """Pieces already verified on disk (none for a fresh part file)."""
+        return {p for p, ok in enumerate(self._have) if ok}
+
     def write_piece(self, piece: int, data: bytes) -> None:
         """Write one verified piece and advance the whole-file hash."""
         assert self._fd is not None
@@ -76,6 +80,12 @@ class PartFile:
         except OSError as e:
             raise StorageError(f"cannot move {self.path} to {self.final}: {e.strerror}") from None
         return self.final
+
+    def close(self) -> None:
+        """Close but keep the part file (the node is stopping mid-download)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def discard(self) -> None:
         """Close and remove the part file (a failed download leaves nothing that looks complete)."""

@@ -162,6 +162,15 @@ class Transfer:
         self.retransmits = 0
         self.rejected = 0
 
+    def mark_have(self, pieces: Iterable[int]) -> None:
+        """Pieces already verified on disk (a resumed download): never ask for them."""
+        for p in pieces:
+            if not self.verified[p]:
+                self.verified[p] = 1
+                self.remaining -= 1
+                for bid in self.geo.block_ids(p):
+                    self.received[bid] = 1
+
     # ---- peers
     @property
     def done(self) -> bool:
