@@ -125,6 +125,9 @@ class Download:
         self.candidates: deque[Any] = deque()
         self.tried: set[Any] = set()
         self.greeting: set[Any] = set()
+        #: Owners still being greeted after a missed answer: they keep trying,
+        #: but no longer hold a slot, so a spare is greeted beside them.
+        self.lagging: set[Any] = set()
         self.asked_tracker = 0
         self.asking = False
         self.result: Deferred[DownloadResult] = Deferred()
@@ -224,7 +227,7 @@ class Download:
         self._recruit()
 
     def _recruit(self) -> None:
-        want = self.settings.MAX_SPLITTNES_RATE - len(self.transfer.peers) - len(self.greeting)
+        want = self.settings.MAX_SPLITTNES_RATE - len(self.transfer.peers) - len(self.greeting - self.lagging)
         while want > 0 and self.candidates:
             host, port, node_id = self.candidates.popleft()
             addr = (host, port)
@@ -241,7 +244,12 @@ class Download:
 
         def answered(resp: wire.InfoResponse) -> None:
             self.greeting.discard(addr)
+            late = addr in self.lagging
+            self.lagging.discard(addr)
             if self._finished:
+                return
+            if late and not rejoin and len(self.transfer.peers) >= self.settings.MAX_SPLITTNES_RATE:
+                self.log.info("{name}: node {node} answered late; enough owners already", name=self.name, node=node_id)
                 return
             if resp.status != wire.OK:
                 self.log.info("{name}: node {node} at {addr} does not have it", name=self.name, node=node_id, addr=addr)
@@ -265,8 +273,12 @@ class Download:
             if tries > 1:
                 self.log.info("{name}: no INFO answer from node {node}, retrying", name=self.name, node=node_id)
                 self._greet(addr, node_id, tries - 1, rejoin)
+                if not rejoin and addr not in self.lagging:
+                    self.lagging.add(addr)
+                    self._recruit()
                 return
             self.greeting.discard(addr)
+            self.lagging.discard(addr)
             self.log.warn("{name}: node {node} at {addr} is unreachable: {why}", name=self.name, node=node_id, addr=addr, why=f.getErrorMessage())
             if rejoin:
                 self._drop(addr, "stopped answering")
