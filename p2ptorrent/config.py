@@ -72,6 +72,9 @@ class Config:
     MAX_REQUESTS_IN_FLIGHT: int = 512
     #: SO_RCVBUF / SO_SNDBUF asked for on a node's UDP socket.
     SOCKET_BUFFER: int = 8 * MIB
+    #: Most live node records the tracker keeps for one IP address; a REGISTER
+    #: beyond it is refused (429), so one host cannot fill the tracker.
+    TRACKER_MAX_NODES_PER_HOST: int = 256
 
     # ---- derived values
     @property
@@ -150,6 +153,8 @@ def _problems(c: Config) -> list[str]:
         errs.append(f"MAX_REQUESTS_IN_FLIGHT must be 1-65536, got {c.MAX_REQUESTS_IN_FLIGHT}")
     if c.SOCKET_BUFFER < 0:
         errs.append(f"SOCKET_BUFFER must not be negative, got {c.SOCKET_BUFFER}")
+    if c.TRACKER_MAX_NODES_PER_HOST < 1:
+        errs.append(f"TRACKER_MAX_NODES_PER_HOST must be at least 1, got {c.TRACKER_MAX_NODES_PER_HOST}")
     modes = c.tracker_requests_mode
     want = set(_modes())
     if set(modes) != want:
