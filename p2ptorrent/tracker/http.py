@@ -162,6 +162,12 @@ class TrackerHTTP:
             reg = state.register(req.node_id, host, req.port, req.token, self.reactor.seconds())
             if reg.new:
                 self.log.info("node {node_id} joined from {host}:{port}", node_id=reg.node_id, host=host, port=reg.port)
+            elif reg.returned:
+                # Read back from the database at start: this says the node found the restarted tracker.
+                self.log.info(
+                    "node {node_id} checked in again from {host}:{port} after the tracker restarted",
+                    node_id=reg.node_id, host=host, port=reg.port,
+                )
             else:
                 self.log.debug("heartbeat from node {node_id} at {host}:{port}", node_id=reg.node_id, host=host, port=reg.port)
             return {

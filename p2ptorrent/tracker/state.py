@@ -172,7 +172,7 @@ def _integer(doc: Mapping[str, Any], name: str, low: int, high: int) -> int:
     if not _is_int(value):
         raise TrackerError(400, f"field {name!r} must be an integer, got {_json_kind(value)}")
     if not low <= value <= high:
-        raise TrackerError(400, f"field {name!r} must be {low}..{high}, got {value}")
+        raise TrackerError(400, f"field {name!r} must be {low}..{high}, got {_short(value)}")
     return int(value)
 
 
@@ -217,7 +217,7 @@ def _uploaders(doc: Mapping[str, Any]) -> tuple[int, ...]:
     seen: dict[int, None] = {}
     for item in value:
         if not _is_int(item) or not 0 <= item <= MAX_NODE_ID:
-            raise TrackerError(400, f"field 'uploaders' must hold node ids 0..{MAX_NODE_ID}, got {item!r}")
+            raise TrackerError(400, f"field 'uploaders' must hold node ids 0..{MAX_NODE_ID}, got {_short(item)}")
         seen[int(item)] = None
     return tuple(seen)  # duplicates removed, order kept
 
@@ -234,6 +234,8 @@ class Registration:
     new: bool
     host: str
     port: int
+    #: The first REGISTER of a node read back from the database since the tracker started.
+    returned: bool = False
 
 
 @dataclass(frozen=True)
@@ -273,6 +275,8 @@ class _Node:
     seen: bool = True
     #: Consecutive liveness checks without a REGISTER.
     missed: int = 0
+    #: Sent a REGISTER to this tracker process (False for nodes read back from the database).
+    heard: bool = True
 
 
 @dataclass
@@ -302,6 +306,8 @@ class SwarmState:
         self._rng = rng
         self._nodes: dict[int, _Node] = {}
         self._files: dict[str, _File] = {}
+        #: Live node records per host, for TRACKER_MAX_NODES_PER_HOST.
+        self._per_host: dict[str, int] = {}
         self.revision = 0
         #: When the last liveness check ran (None before the first).
         self.last_check: float | None = None
@@ -325,25 +331,37 @@ class SwarmState:
     def summary(self) -> dict[str, int]:
         return {"nodes": len(self._nodes), "files": len(self._files)}
 
+    def nodes_from(self, host: str) -> int:
+        """How many live node records have this address."""
+        return self._per_host.get(host, 0)
+
     # ---- requests
 
     def register(self, node_id: int, host: str, port: int, token: str | None, now: float) -> Registration:
         """Join afresh (unknown node) or heartbeat (known node, right token)."""
         node = self._nodes.get(node_id)
         if node is None:
+            self._check_room(host)
             fresh = secrets.token_hex(16)
             self._nodes[node_id] = _Node(node_id, host, port, 0, _digest(fresh), last_seen=now)
+            self._count(host, +1)
             self.revision += 1
             return Registration(node_id, fresh, True, host, port)
         self._authenticate(node, token)
+        if node.host != host:
+            self._check_room(host)
+        returned = not node.heard
+        node.heard = True
         node.seen = True
         node.last_seen = now
         if (node.host, node.port) != (host, port):
             # The node moved (new UDP port, new address behind a NAT): peers must learn it.
+            self._count(node.host, -1)
+            self._count(host, +1)
             node.host, node.port = host, port
             self.revision += 1
         assert token is not None
-        return Registration(node_id, token, False, host, port)
+        return Registration(node_id, token, False, host, port, returned)
 
     def own(self, node_id: int, token: str | None, info_hash: str, name: str, length: int) -> bool:
         """Record that the node seeds a file; True if that is news."""
@@ -465,6 +483,7 @@ class SwarmState:
                     _checked_int(entry["frequency"], 0, None),
                     _checked_sha256(entry["token_sha256"]),
                     last_seen=now,
+                    heard=False,
                 )
             except (KeyError, TypeError, ValueError) as e:
                 problems.append(f"skipped node entry {_short(entry)}: {_why(e)}")
@@ -492,6 +511,10 @@ class SwarmState:
                 files[info_hash] = file
         self._nodes = nodes
         self._files = files
+        # Nodes admitted before stay, even beyond a cap lowered since: they only block new ones.
+        self._per_host = {}
+        for node in nodes.values():
+            self._count(node.host, +1)
         return problems
 
     # ---- internals
@@ -501,6 +524,22 @@ class SwarmState:
             raise TrackerError(403, f"node {node.node_id} is registered: its token is required")
         if not hmac.compare_digest(_digest(token), node.token_sha256):
             raise TrackerError(403, f"wrong token for node {node.node_id}")
+
+    def _check_room(self, host: str) -> None:
+        cap = self.settings.TRACKER_MAX_NODES_PER_HOST
+        if self._per_host.get(host, 0) >= cap:
+            raise TrackerError(
+                429,
+                f"{host} already has {cap} live nodes, the most allowed from one address:"
+                " EXIT one or wait until a silent one is dropped",
+            )
+
+    def _count(self, host: str, change: int) -> None:
+        left = self._per_host.get(host, 0) + change
+        if left > 0:
+            self._per_host[host] = left
+        else:
+            self._per_host.pop(host, None)
 
     def _known(self, node_id: int, token: str | None) -> _Node:
         node = self._nodes.get(node_id)
@@ -518,7 +557,8 @@ class SwarmState:
         return [n for _, n in keyed]
 
     def _drop(self, node_id: int) -> None:
-        del self._nodes[node_id]
+        node = self._nodes.pop(node_id)
+        self._count(node.host, -1)
         for info_hash in list(self._files):
             file = self._files[info_hash]
             file.owners.discard(node_id)
