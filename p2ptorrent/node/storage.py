@@ -6,55 +6,276 @@ file in memory.  The SHA-256 of the whole file is computed as the verified
 prefix grows (pieces that arrived early are read back once the prefix reaches
 them), so the final check costs no second pass.  Only a file whose every
 piece and whole hash checked is renamed to its real name in the node folder.
+
+Resuming.  Next to the part file live two more files:
+
+* ``<info hash>.have``, the record: a header naming the file (info hash,
+  length, piece length), then one 4-byte piece index per verified piece,
+  appended *after* that piece's bytes were written.  The record is a list of
+  candidates, never trusted as is: when a download starts over a part file
+  and record of the same file, every recorded piece is read back and checked
+  against its SHA-1, and only those that match count as verified.  A torn
+  write (the record reached the disk, the data did not), a torn record entry,
+  garbage or a record of another file can therefore never make us believe
+  bytes we do not have.  That is also why nothing is fsynced per piece: a
+  crash can only lose verified pieces, never invent them.
+* ``<info hash>.torrent``, a copy of the torrent, so a restarted node knows
+  what it was downloading (see :func:`unfinished`).
+
+Re-verifying reads every recorded piece once, which takes about a second per
+GB: :meth:`PartFile.prepare` does it and is blocking, so the node runs it in
+a thread before the download starts; :meth:`PartFile.open` calls it in place
+if nobody did (tests, small files).
+
+Disk full.  A write refused for lack of space (ENOSPC, EDQUOT) raises a
+:class:`StorageError` saying so, and then :meth:`PartFile.discard` keeps the
+verified pieces and their record instead of deleting them, so a retry once
+space is back resumes where it stopped; the file never gets its real name.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 
-from p2ptorrent.metainfo import Metainfo, target_path
+from p2ptorrent.metainfo import MAX_TORRENT_SIZE, Metainfo, MetainfoError, parse, target_path
 
 INCOMPLETE = ".incomplete"
+
+#: The record starts with this, then the info hash (20 bytes), length (u64), piece length (u32).
+RECORD_MAGIC = b"P2PHAVE1"
+_HEADER = struct.Struct(">8s20sQI")
+RECORD_HEADER_SIZE = _HEADER.size
+_ENTRY = struct.Struct(">I")
+RECORD_ENTRY_SIZE = _ENTRY.size
+
+#: errno values that mean "the disk (or the user's quota) is full".
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class StorageError(Exception):
     """The disk refused: the message says what and where."""
 
 
+class NoSpace(StorageError):
+    """The disk is full (ENOSPC or EDQUOT)."""
+
+
+class Interrupted(StorageError):
+    """:meth:`PartFile.abort` was called while :meth:`PartFile.prepare` ran."""
+
+
+@dataclass(frozen=True)
+class ResumeReport:
+    """What :meth:`PartFile.prepare` found from an earlier run."""
+
+    #: Pieces recorded and re-verified from the part file: they will not be fetched again.
+    pieces: int
+    #: Bytes in those pieces.
+    bytes: int
+    #: Pieces the record named whose bytes did not match their SHA-1 (fetched again).
+    rejected: int
+    #: True when a part file and record of this file were found (even if nothing in them was trusted).
+    found: bool
+
+
+def _why(e: OSError) -> str:
+    """``No space left on device (ENOSPC)``: the text and the symbol, so people and scripts both see it."""
+    symbol = errno.errorcode.get(e.errno or 0)
+    text = e.strerror or str(e)
+    return f"{text} ({symbol})" if symbol else text
+
+
+def record_path(folder: Path, info_hash: bytes) -> Path:
+    """The record of verified pieces for *info_hash* in node folder *folder*."""
+    return Path(folder) / INCOMPLETE / f"{info_hash.hex()}.have"
+
+
+def read_record(path: Path, meta: Metainfo) -> list[int] | None:
+    """The piece indexes a record names, in order, or None if it is not a record of *meta*.
+
+    A trailing partial entry (a write torn by a crash) is ignored, and so are
+    indexes out of range.  Whatever it returns still has to be re-verified.
+    """
+    try:
+        with open(path, "rb") as f:
+            # A record names each piece about once; more than a few times over is garbage.
+            raw = f.read(RECORD_HEADER_SIZE + RECORD_ENTRY_SIZE * (4 * meta.num_pieces + 16))
+    except OSError:
+        return None
+    if len(raw) < RECORD_HEADER_SIZE:
+        return None
+    magic, info_hash, length, piece_length = _HEADER.unpack_from(raw)
+    if (magic, info_hash, length, piece_length) != (RECORD_MAGIC, meta.info_hash, meta.length, meta.piece_length):
+        return None
+    body = raw[RECORD_HEADER_SIZE:]
+    whole = len(body) - len(body) % RECORD_ENTRY_SIZE
+    pieces = [p for (p,) in _ENTRY.iter_unpack(body[:whole]) if p < meta.num_pieces]
+    return pieces
+
+
 class PartFile:
-    def __init__(self, folder: Path, meta: Metainfo) -> None:
+    def __init__(self, folder: Path, meta: Metainfo, torrent: bytes | None = None) -> None:
         self.meta = meta
         self.final = target_path(folder, meta.name)
-        self.path = folder / INCOMPLETE / f"{meta.info_hash.hex()}.part"
+        incomplete = Path(folder) / INCOMPLETE
+        self.path = incomplete / f"{meta.info_hash.hex()}.part"
+        self.record = incomplete / f"{meta.info_hash.hex()}.have"
+        self.torrent_copy = incomplete / f"{meta.info_hash.hex()}.torrent"
+        self.torrent = torrent
+        self.resumed = ResumeReport(0, 0, 0, False)
         self._fd: int | None = None
+        self._record_fd: int | None = None
         self._sha256 = hashlib.sha256()
         self._prefix = 0  # pieces fed to the whole-file hash so far
         self._have = bytearray(meta.num_pieces)
+        self._prepared = False
+        self._aborted = False
+        self._keep = False  # discard() keeps the verified pieces (the disk was full)
+        self._unchecked = False  # a record from before is found but not yet re-verified
 
-    def open(self) -> None:
+    # ---- opening
+    def prepare(self) -> ResumeReport:
+        """Open the part file, resuming from an earlier run when there is one.  Blocking.
+
+        Resumes when a part file of the right length and a record of the same
+        info hash and length exist: every recorded piece is read back and
+        checked, the whole-file hash advances over the verified prefix, and
+        the record is rewritten with only the pieces that matched.  Otherwise
+        starts afresh (the part file is truncated).  Idempotent.
+        """
+        if self._prepared:
+            return self.resumed
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.ftruncate(self._fd, self.meta.length)
         except OSError as e:
-            raise StorageError(f"cannot create {self.path}: {e.strerror}") from None
+            raise self._error(e, f"cannot create {self.path.parent}") from None
+        entries = self._candidates()
+        self._unchecked = entries is not None
+        self._save_torrent()
+        try:
+            if entries is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+                os.ftruncate(self._fd, self.meta.length)
+            else:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError as e:
+            self._close_fds()
+            raise self._error(e, f"cannot create {self.path}") from None
+        rejected = 0
+        if entries is not None:
+            try:
+                rejected = self._reverify(sorted(set(entries)))
+            except Interrupted:
+                self._close_fds()
+                raise
+            except OSError as e:
+                self._close_fds()
+                raise self._error(e, f"cannot read {self.path}") from None
+            self._unchecked = False
+        try:
+            self._write_record()
+        except OSError as e:
+            self._close_fds()
+            raise self._error(e, f"cannot write {self.record}") from None
+        pieces = [p for p, ok in enumerate(self._have) if ok]
+        self.resumed = ResumeReport(
+            len(pieces), sum(self.meta.piece_size(p) for p in pieces), rejected, entries is not None,
+        )
+        self._prepared = True
+        return self.resumed
 
+    def open(self) -> None:
+        """Ready for writing: :meth:`prepare` in place unless it already ran."""
+        self.prepare()
+
+    def abort(self) -> None:
+        """Make a :meth:`prepare` running in another thread stop soon with :class:`Interrupted`."""
+        self._aborted = True
+
+    def _candidates(self) -> list[int] | None:
+        """The recorded pieces if a part file and record of this very file exist, else None."""
+        try:
+            st = os.lstat(self.path)
+        except OSError:
+            return None
+        if not (st.st_mode & 0o170000 == 0o100000 and st.st_size == self.meta.length):
+            return None
+        return read_record(self.record, self.meta)
+
+    def _reverify(self, candidates: list[int]) -> int:
+        """Trust each candidate piece whose bytes on disk match its SHA-1; feed the verified prefix to SHA-256."""
+        assert self._fd is not None
+        rejected = 0
+        for piece in candidates:
+            if self._aborted:
+                raise Interrupted(f"checking {self.path} was interrupted")
+            size = self.meta.piece_size(piece)
+            data = os.pread(self._fd, size, piece * self.meta.piece_length)
+            if len(data) != size or hashlib.sha1(data).digest() != self.meta.piece_hash(piece):
+                rejected += 1
+                continue
+            self._have[piece] = 1
+            if piece == self._prefix:
+                self._sha256.update(data)
+                self._prefix += 1
+        return rejected
+
+    def _write_record(self) -> None:
+        """A fresh record naming the trusted pieces (so garbage or a torn tail is gone), open for appending."""
+        body = _HEADER.pack(RECORD_MAGIC, self.meta.info_hash, self.meta.length, self.meta.piece_length)
+        body += b"".join(_ENTRY.pack(p) for p, ok in enumerate(self._have) if ok)
+        tmp = self.record.with_name(self.record.name + ".tmp")
+        try:
+            _write_all(tmp, body)
+            os.replace(tmp, self.record)
+        except OSError:
+            _unlink(tmp)
+            raise
+        self._record_fd = os.open(self.record, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+
+    def _save_torrent(self) -> None:
+        if self.torrent is None:
+            return
+        try:
+            if self.torrent_copy.read_bytes() == self.torrent:
+                return
+        except OSError:
+            pass
+        tmp = self.torrent_copy.with_name(self.torrent_copy.name + ".tmp")
+        try:
+            _write_all(tmp, self.torrent)
+            os.replace(tmp, self.torrent_copy)
+        except OSError as e:
+            _unlink(tmp)
+            raise self._error(e, f"cannot write {self.torrent_copy}") from None
+
+    # ---- writing
     def verified(self) -> set[int]:
-        """Pieces already verified on disk (none for a fresh part file)."""
+        """Pieces verified on disk: resumed ones (re-checked by prepare) and those written since."""
         return {p for p, ok in enumerate(self._have) if ok}
 
     def write_piece(self, piece: int, data: bytes) -> None:
-        """Write one verified piece and advance the whole-file hash."""
-        assert self._fd is not None
+        """Write one verified piece, then record it, and advance the whole-file hash."""
+        assert self._fd is not None and self._record_fd is not None
         offset = piece * self.meta.piece_length
         try:
-            written = os.pwrite(self._fd, data, offset)
-            if written != len(data):
-                raise OSError(28, "short write")
+            view = memoryview(data)
+            done = 0
+            while done < len(view):  # a short write near a full disk: the next one says why
+                done += os.pwrite(self._fd, view[done:], offset + done)
         except OSError as e:
-            raise StorageError(f"cannot write {self.path} at offset {offset}: {e.strerror}") from None
+            raise self._error(e, f"cannot write {self.path} at offset {offset}") from None
+        try:
+            # Only now: a piece is recorded after its bytes are written, never before.
+            if os.write(self._record_fd, _ENTRY.pack(piece)) != RECORD_ENTRY_SIZE:
+                raise OSError(errno.EIO, "short write to the record")
+        except OSError as e:
+            raise self._error(e, f"cannot write {self.record}") from None
         self._have[piece] = 1
         if piece == self._prefix:
             self._sha256.update(data)
@@ -64,6 +285,22 @@ class PartFile:
                 self._sha256.update(os.pread(self._fd, size, self._prefix * self.meta.piece_length))
                 self._prefix += 1
 
+    def _error(self, e: OSError, what: str) -> StorageError:
+        if e.errno in NO_SPACE:
+            # Keep what was verified (or not yet re-checked) for a retry; a part file with
+            # nothing verified in it only takes space.
+            self._keep = self._unchecked or any(self._have)
+            done = sum(self.meta.piece_size(p) for p, ok in enumerate(self._have) if ok)
+            kept = (
+                f"; the {done} bytes verified so far are kept in {self.path.parent} for a retry once space is freed"
+                if any(self._have) else
+                f"; the earlier part in {self.path.parent} is kept for a retry once space is freed"
+                if self._keep else ""
+            )
+            return NoSpace(f"{what}: {_why(e)}: the disk is full{kept}")
+        return StorageError(f"{what}: {_why(e)}")
+
+    # ---- ending
     def whole_hash_ok(self) -> bool:
         if self._prefix != len(self._have):
             return False
@@ -74,28 +311,96 @@ class PartFile:
         assert self._fd is not None
         try:
             os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
+            self._close_fds()
             os.replace(self.path, self.final)
         except OSError as e:
-            raise StorageError(f"cannot move {self.path} to {self.final}: {e.strerror}") from None
+            raise self._error(e, f"cannot move {self.path} to {self.final}") from None
+        # After the rename: a crash in between leaves a record without a part, which starts afresh.
+        _unlink(self.record)
+        _unlink(self.torrent_copy)
         return self.final
 
     def close(self) -> None:
-        """Close but keep the part file (the node is stopping mid-download)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Close but keep the part file and its record (the node is stopping mid-download)."""
+        self._close_fds()
 
     def discard(self) -> None:
-        """Close and remove the part file (a failed download leaves nothing that looks complete)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Close and remove the part file (a failed download leaves nothing that looks complete).
+
+        After a full disk the verified pieces are kept instead, for a retry:
+        they sit in ``.incomplete/`` under the info hash, never under the
+        file's real name, and are re-verified before anything trusts them.
+        """
+        self._close_fds()
+        if self._keep:
+            return
+        for path in (self.path, self.record, self.torrent_copy):
+            _unlink(path)
+
+    def _close_fds(self) -> None:
+        for name in ("_fd", "_record_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                setattr(self, name, None)
+                os.close(fd)
+
+
+def _write_all(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            done += os.write(fd, view[done:])
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A download found in ``.incomplete/``: its torrent and where its copy is."""
+
+    meta: Metainfo
+    torrent: bytes
+    path: Path
+
+
+def unfinished(folder: Path) -> tuple[list[Unfinished], list[str]]:
+    """The downloads a node left unfinished in *folder* (blocking), and why others were skipped.
+
+    Each is named by a ``<info hash>.torrent`` copy in ``.incomplete/``; one
+    whose torrent is unreadable, or does not match its name, is skipped (and
+    said so) rather than guessed at.
+    """
+    found: list[Unfinished] = []
+    skipped: list[str] = []
+    try:
+        copies = sorted((Path(folder) / INCOMPLETE).glob("*.torrent"))
+    except OSError as e:
+        return found, [f"cannot list {Path(folder) / INCOMPLETE}: {_why(e)}"]
+    for path in copies:
         try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+            with open(path, "rb") as f:
+                data = f.read(MAX_TORRENT_SIZE + 1)
+            meta = parse(data)
+        except OSError as e:
+            skipped.append(f"cannot read {path}: {_why(e)}")
+            continue
+        except MetainfoError as e:
+            skipped.append(f"{path}: {e}")
+            continue
+        if path.name != f"{meta.info_hash.hex()}.torrent":
+            skipped.append(f"{path} describes info hash {meta.info_hash.hex()}, not the one in its name")
+            continue
+        found.append(Unfinished(meta, data, path))
+    return found, skipped
 
 
 def file_matches(path: Path, meta: Metainfo) -> bool:
