@@ -6,6 +6,18 @@ file into a torrent and shares it, ``download`` fetches a torrent's file,
 ``status`` describes the node, ``exit`` says goodbye to the tracker and stops.
 The files it shares are remembered in ``<node folder>/.seeding.json`` so a
 restarted node shares them again.
+
+A node that stopped (or was killed) in the middle of downloads resumes each of
+them when it starts: every unfinished download leaves a copy of its torrent,
+its part file and a record of verified pieces in ``.incomplete/`` (see
+storage.py).  The recorded pieces are re-verified in a thread, so a large file
+does not stall the reactor, and only the pieces that are missing or failed
+that check are fetched.  A ``download`` command for a file already being
+fetched (or resumed) joins it.  Nothing in ``.incomplete/`` is ever shared.
+
+The tracker's token is kept in ``<node folder>/.tracker_token`` (mode 600),
+so a node restarted after a crash speaks as itself at once, instead of being
+refused as an impostor until the tracker's liveness check drops its old self.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ import json
 import os
 import random
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,20 +35,22 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from p2ptorrent import wire
 from p2ptorrent.config import Config
 from p2ptorrent.logfile import LogFileService
-from p2ptorrent.metainfo import Metainfo, MetainfoError, make_torrent, read_torrent, target_path
+from p2ptorrent.metainfo import MAX_TORRENT_SIZE, Metainfo, MetainfoError, make_torrent, parse, read_torrent, target_path
 from p2ptorrent.node.control import INodeCommands
 from p2ptorrent.node.download import Download, DownloadError, DownloadResult
 from p2ptorrent.node.protocol import NodeProtocol
 from p2ptorrent.node.serving import Seeder
-from p2ptorrent.node.storage import PartFile, file_matches
+from p2ptorrent.node.storage import INCOMPLETE, Interrupted, PartFile, StorageError, file_matches, unfinished
 from p2ptorrent.node.tracker_client import HeartbeatService, TrackerClient
 
 SEEDING_FILE = ".seeding.json"
+TOKEN_FILE = ".tracker_token"
 #: Seconds a stopping node waits for the tracker to acknowledge its EXIT.
 EXIT_TIMEOUT = 3.0
 
@@ -84,6 +99,116 @@ class UDPService(Service):
         return None
 
 
+class RememberingClient(TrackerClient):
+    """A TrackerClient that keeps its token in a file (mode 600), and says when a heartbeat got through.
+
+    The tracker refuses a REGISTER without the token of a node id it knows
+    (no node may speak as another), so without this a node killed and
+    restarted would be locked out until the tracker's liveness check dropped
+    its old self (up to a minute with the defaults).  The token is read back
+    only for the same tracker URL, and removed when the node EXITs.
+    """
+
+    log = Logger()
+
+    def __init__(self, *args: Any, token_file: Path, **kwargs: Any) -> None:
+        self.token_file = token_file
+        self._token: str | None = None
+        self._saving = False
+        self.registered_once = False
+        self._on_registered: list[Deferred[None]] = []
+        super().__init__(*args, **kwargs)
+        self._saving = True
+        if self._token is None:
+            self._token = self._load()
+
+    @property  # type: ignore[override]
+    def token(self) -> str | None:
+        return self._token
+
+    @token.setter
+    def token(self, value: str | None) -> None:
+        changed = value != self._token
+        self._token = value
+        if changed and self._saving:
+            self._save(value)
+
+    def register(self) -> Deferred[bool]:
+        def through(new: bool) -> bool:
+            self.registered_once = True
+            waiting, self._on_registered = self._on_registered, []
+            for d in waiting:
+                d.callback(None)
+            return new
+
+        return super().register().addCallback(through)
+
+    def when_registered(self) -> Deferred[None]:
+        """Fires once a REGISTER (a heartbeat) has been answered, now if one was."""
+        if self.registered_once:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._on_registered.append(d)
+        return d
+
+    def give_up_waiting(self, why: Exception) -> None:
+        waiting, self._on_registered = self._on_registered, []
+        for d in waiting:
+            d.errback(why)
+
+    def _load(self) -> str | None:
+        try:
+            doc = json.loads(self.token_file.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            self.log.warn("cannot read {file}: {why}; registering afresh", file=str(self.token_file), why=e)
+            return None
+        if isinstance(doc, dict) and doc.get("tracker") == self.base_url and isinstance(doc.get("token"), str):
+            return str(doc["token"])
+        return None
+
+    def _save(self, token: str | None) -> None:
+        try:
+            if token is None:
+                self.token_file.unlink(missing_ok=True)
+                return
+            tmp = self.token_file.with_name(self.token_file.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, json.dumps({"tracker": self.base_url, "token": token}).encode())
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.token_file)
+        except OSError as e:
+            # Not fatal: a restarted node then waits for the tracker to forget its old self.
+            self.log.warn("cannot keep the tracker token in {file}: {why}", file=str(self.token_file), why=e.strerror or e)
+
+
+@dataclass
+class _Job:
+    """One download the node runs: from a command, or resumed when the node started."""
+
+    meta: Metainfo
+    torrent: bytes
+    #: The torrent the user named (None for a download resumed at start: its copy in .incomplete/ is used).
+    torrent_path: str | None
+    part: PartFile
+    #: Resumed by the node as it started (nobody asked for it in this run).
+    auto: bool = False
+    state: str = "checking pieces on disk"
+    download: Download | None = None
+    listeners: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
+    waiters: list[Deferred[str]] = field(default_factory=list)
+
+    def progress(self, report: dict[str, Any]) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(report)
+            except Exception:
+                Node.log.failure("a progress listener failed")
+
+
 @implementer(INodeCommands)
 class Node(MultiService):
     log = Logger()
@@ -112,8 +237,11 @@ class Node(MultiService):
         self.seeder = Seeder(os.urandom(32), settings.BUFFER_SIZE - wire.BLOCK_OVERHEAD)
         self.protocol = NodeProtocol(self.seeder, reactor, settings.BUFFER_SIZE, settings.SOCKET_BUFFER)
         self.downloads: dict[bytes, Download] = {}
+        #: Every download under way, from its first check of the disk to its end.
+        self.jobs: dict[bytes, _Job] = {}
+        self._stopping = False
         self.torrents: dict[bytes, str] = {}
-        self.client: TrackerClient | None = None
+        self.client: RememberingClient | None = None
         self.heartbeat: HeartbeatService | None = None
         LogFileService(Path(settings.logs_dir) / f"node_{node_id}.log").setServiceParent(self)
         self.udp = UDPService(reactor, self.protocol, interface, port, settings.AVAILABLE_PORTS_RANGE, settings.BUFFER_SIZE)
@@ -128,8 +256,14 @@ class Node(MultiService):
         self.folder.mkdir(parents=True, exist_ok=True)
         super().startService()  # log file first, then the UDP port
         port = self.advertise_port or self.udp.port
-        self.client = TrackerClient(self.http, self.settings.tracker_url, self.reactor, self.settings, self.node_id, port)
+        self.client = RememberingClient(
+            self.http, self.settings.tracker_url, self.reactor, self.settings, self.node_id, port,
+            token_file=self.folder / TOKEN_FILE,
+        )
         self._load_seeding()
+        self.run_blocking(unfinished, self.folder).addCallbacks(
+            self._resume_unfinished, lambda f: self.log.failure("cannot look for unfinished downloads", f),
+        )
         self.heartbeat = HeartbeatService(self.client, self.settings.NODE_TIME_INTERVAL, self.reactor, self._announce_all)
         self.heartbeat.setServiceParent(self)
         self.log.info(
@@ -141,6 +275,11 @@ class Node(MultiService):
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
+        self._stopping = True
+        for job in list(self.jobs.values()):
+            job.part.abort()  # a check of the disk in a thread stops early
+        if self.client is not None:
+            self.client.give_up_waiting(CommandFailed("the node is stopping"))
         for dl in list(self.downloads.values()):
             dl.stop("the node is stopping")
         if self.heartbeat is not None and self.heartbeat.running:
@@ -176,6 +315,8 @@ class Node(MultiService):
         return d
 
     def _share(self, meta: Metainfo, path: Path, torrent: str) -> None:
+        if self._unfinished_area(path):
+            raise CommandFailed(f"refusing to share {path}: it is an unfinished download")
         self.seeder.add(meta, path)
         self.torrents[meta.info_hash] = torrent
         self._save_seeding()
@@ -203,6 +344,8 @@ class Node(MultiService):
                 path = Path(entry["path"])
                 if meta.info_hash.hex() != ih or path.stat().st_size != meta.length:
                     raise MetainfoError("the file or its torrent changed")
+                if self._unfinished_area(path):
+                    raise MetainfoError("it is an unfinished download")
                 self.seeder.add(meta, path)
                 self.torrents[meta.info_hash] = entry["torrent"]
                 self.log.info("sharing {name} again ({path})", name=meta.name, path=str(path))
@@ -215,6 +358,8 @@ class Node(MultiService):
 
     async def _send(self, path_text: str) -> str:
         path = self._resolve(path_text)
+        if self._unfinished_area(path):
+            raise CommandFailed(f"refusing to share {path}: it is an unfinished download, in {self.folder / INCOMPLETE}")
         torrent = Path(str(path) + ".torrent")
         try:
             meta, data = await self.run_blocking(make_torrent, path, self.settings.tracker_url, self.settings.PIECE_LENGTH)
@@ -243,28 +388,128 @@ class Node(MultiService):
                 return path
         raise CommandFailed(f"no such file: {text} (looked in {self.folder} and the current folder)")
 
+    def _unfinished_area(self, path: Path) -> bool:
+        """Is *path* inside this node's .incomplete/ (where nothing is complete, so nothing is shared)?"""
+        try:
+            return path.resolve().is_relative_to((self.folder / INCOMPLETE).resolve())
+        except (OSError, RuntimeError):
+            return True
+
     def download(self, torrent_path: str, progress: Callable[[dict[str, Any]], None]) -> Deferred[str]:
         return ensureDeferred(self._download(torrent_path, progress))
 
     async def _download(self, torrent_path: str, progress: Callable[[dict[str, Any]], None]) -> str:
         try:
-            meta = read_torrent(torrent_path)
+            meta, torrent = _read_torrent(torrent_path)
             final = target_path(self.folder, meta.name)
         except MetainfoError as e:
             raise CommandFailed(str(e)) from None
-        if meta.info_hash in self.downloads:
-            raise CommandFailed(f"{meta.name} is already being downloaded")
-        if await self.run_blocking(file_matches, final, meta):
-            self._share(meta, final, str(Path(torrent_path).resolve()))
+        where = str(Path(torrent_path).resolve())
+        job = self.jobs.get(meta.info_hash)
+        if job is None:
+            if await self.run_blocking(file_matches, final, meta):
+                self._share(meta, final, where)
+                return f"{meta.name} is already complete in {self.folder} (verified); nothing to download"
+            job = self.jobs.get(meta.info_hash)  # one may have started while we looked
+        if job is None:
+            job = self._start_job(meta, torrent, where)
+        elif job.torrent_path is None:
+            job.torrent_path = where  # a resumed download: share it with the torrent named here
+        return await self._join(job, progress)
+
+    async def _join(self, job: _Job, progress: Callable[[dict[str, Any]], None]) -> str:
+        done: Deferred[str] = Deferred()
+        job.waiters.append(done)
+        job.listeners.append(progress)
+        try:
+            return await done
+        finally:
+            job.listeners.remove(progress)
+
+    def _start_job(self, meta: Metainfo, torrent: bytes, torrent_path: str | None) -> _Job:
+        job = _Job(meta, torrent, torrent_path, PartFile(self.folder, meta, torrent), auto=torrent_path is None)
+        self.jobs[meta.info_hash] = job
+
+        def ended(outcome: str | Failure) -> None:
+            self.jobs.pop(meta.info_hash, None)
+            if isinstance(outcome, Failure) and not outcome.check(CommandFailed):
+                self.log.failure("download of {name} failed unexpectedly", outcome, name=meta.name)
+                outcome = Failure(CommandFailed(f"internal error: {outcome.getErrorMessage()}"))
+            if isinstance(outcome, Failure) and not job.waiters:
+                self.log.warn("download of {name} ended: {why}", name=meta.name, why=outcome.getErrorMessage())
+            for waiter in job.waiters:
+                if isinstance(outcome, Failure):
+                    waiter.errback(outcome)
+                else:
+                    waiter.callback(outcome)
+
+        ensureDeferred(self._fetch(job)).addBoth(ended)
+        return job
+
+    def _resume_unfinished(self, found: tuple[list[Any], list[str]]) -> None:
+        """Start again every download the node left in .incomplete/ (crash, kill or stop)."""
+        downloads, skipped = found
+        for why in skipped:
+            self.log.warn("not resuming: {why}", why=why)
+        if self._stopping or not self.running:
+            return
+        for u in downloads:
+            if u.meta.info_hash in self.jobs:
+                continue
+            try:
+                target_path(self.folder, u.meta.name)
+            except MetainfoError as e:
+                self.log.warn("not resuming {name}: {why}", name=u.meta.name, why=e)
+                continue
+            self._start_job(u.meta, u.torrent, None)
+
+    async def _fetch(self, job: _Job) -> str:
+        meta = job.meta
+        if job.auto and await self.run_blocking(file_matches, job.part.final, meta):
+            # Finished and renamed, but the node died before it cleared .incomplete/.
+            job.part.discard()
+            self._share(meta, job.part.final, self._keep_torrent(meta, job.torrent, job.part.final))
+            self.log.info("{name} was already complete in {folder}; sharing it", name=meta.name, folder=str(self.folder))
+            await self._own(meta)  # logs, never fails
             return f"{meta.name} is already complete in {self.folder} (verified); nothing to download"
         if meta.info_hash in self.seeder.files:
             self.seeder.remove(meta.info_hash)
-        assert self.client is not None
+        try:
+            # Re-verifying what an earlier run recorded reads it all back: not on the reactor.
+            resumed = await self.run_blocking(job.part.prepare)
+        except Interrupted:
+            raise CommandFailed("the node is stopping") from None
+        except StorageError as e:
+            job.part.discard()  # keeps verified pieces when the disk is full
+            self.log.error("{name}: download failed: {reason}", name=meta.name, reason=str(e))
+            raise CommandFailed(str(e)) from None
+        if resumed.found:
+            rejected = f" ({resumed.rejected} recorded pieces failed their check and will be fetched again)" if resumed.rejected else ""
+            self.log.info(
+                "resuming {name}: {pieces} of {total} pieces already verified ({bytes} of {length} bytes){rejected}",
+                name=meta.name, pieces=resumed.pieces, total=meta.num_pieces, bytes=resumed.bytes,
+                length=meta.length, rejected=rejected,
+            )
         client = self.client
+        assert client is not None
+        if not client.registered_once and (job.auto or resumed.pieces) and resumed.pieces < meta.num_pieces:
+            # The first heartbeat is not through yet (the node just started, or the tracker is
+            # down): asking for owners now would fail the download and lose what is on disk.
+            job.state = "waiting for the tracker"
+            try:
+                await client.when_registered()
+            except CommandFailed:
+                job.part.close()
+                raise
+        if self._stopping:
+            job.part.close()
+            raise CommandFailed("the node is stopping")
+        job.state = "downloading"
         dl = Download(
-            meta, PartFile(self.folder, meta), self.protocol, lambda: client.need(meta.info_hash_hex),
-            self.reactor, self.settings, self.node_id, progress,
+            meta, job.part, self.protocol, lambda: client.need(meta.info_hash_hex),
+            self.reactor, self.settings, self.node_id, job.progress,
         )
+        job.download = dl
         self.downloads[meta.info_hash] = dl
         self.protocol.downloads[meta.info_hash] = dl
         self.log.info("download of {name} ({size} bytes, {hash}) started", name=meta.name, size=meta.length, hash=meta.info_hash_hex)
@@ -275,7 +520,8 @@ class Node(MultiService):
         finally:
             self.downloads.pop(meta.info_hash, None)
             self.protocol.downloads.pop(meta.info_hash, None)
-        self._share(meta, result.path, str(Path(torrent_path).resolve()))
+        torrent_path = job.torrent_path or self._keep_torrent(meta, job.torrent, result.path)
+        self._share(meta, result.path, torrent_path)
         try:
             await self._own(meta)
             if result.credited:
@@ -284,10 +530,34 @@ class Node(MultiService):
         except Exception as e:
             self.log.warn("tracker not told of the finished download: {why}", why=e)
         from_nodes = ", ".join(f"node {s.node_id}: {s.bytes} bytes" for s in result.shares)
+        fetched = sum(s.bytes for s in result.shares)
+        resumed_text = (
+            f"; resumed: {resumed.pieces} of {meta.num_pieces} pieces ({resumed.bytes} bytes) were already verified"
+            f" on disk, {fetched} bytes fetched now"
+            if resumed.found else ""
+        )
         return (
             f"downloaded {meta.name} ({meta.length} bytes) in {result.seconds:.2f} s"
-            f" ({result.rate / 1e6:.1f} MB/s) to {result.path}; SHA-256 verified; from {from_nodes or 'nobody (empty file)'}"
+            f" ({result.rate / 1e6:.1f} MB/s) to {result.path}; SHA-256 verified;"
+            f" from {from_nodes or 'nobody (empty file or all on disk)'}{resumed_text}"
         )
+
+    def _keep_torrent(self, meta: Metainfo, torrent: bytes, path: Path) -> str:
+        """A download resumed at start finished: keep its torrent beside the file, to share it again after a restart."""
+        for candidate in (path.with_name(path.name + ".torrent"), path.with_name(f"{path.name}.{meta.info_hash_hex}.torrent")):
+            try:
+                if candidate.exists() and not candidate.is_symlink() and candidate.read_bytes() == torrent:
+                    return str(candidate)
+                if candidate.exists() or candidate.is_symlink():
+                    continue
+                tmp = candidate.with_name(candidate.name + ".tmp")
+                tmp.write_bytes(torrent)
+                os.replace(tmp, candidate)
+                return str(candidate)
+            except OSError as e:
+                self.log.warn("cannot write {path}: {why}", path=str(candidate), why=e.strerror or e)
+                break
+        return ""
 
     def status(self) -> dict[str, Any]:
         return {
@@ -300,17 +570,23 @@ class Node(MultiService):
                 {"name": f.meta.name, "info_hash": ih.hex(), "length": f.meta.length, "uploaded": f.uploaded}
                 for ih, f in self.seeder.files.items()
             ],
-            "downloading": [
-                {
-                    "name": dl.name,
-                    "info_hash": ih.hex(),
-                    "done": dl.done_bytes,
-                    "total": dl.meta.length,
-                    "peers": sorted(p.node_id for p in dl.transfer.peers.values()),
-                }
-                for ih, dl in self.downloads.items()
-            ],
+            "downloading": [self._job_status(job) for job in self.jobs.values()],
             "datagrams": {"received": self.protocol.received, "sent": self.protocol.sent, **self.protocol.counts},
+        }
+
+    def _job_status(self, job: _Job) -> dict[str, Any]:
+        dl = job.download
+        resumed = job.part.resumed
+        return {
+            "name": job.meta.name,
+            "info_hash": job.meta.info_hash_hex,
+            "state": job.state,
+            "done": dl.done_bytes if dl is not None else resumed.bytes,
+            "total": job.meta.length,
+            "peers": sorted(p.node_id for p in dl.transfer.peers.values()) if dl is not None else [],
+            # Verified on disk by an earlier run (re-checked when this one started): not fetched again.
+            "resumed_bytes": resumed.bytes,
+            "resumed_pieces": resumed.pieces,
         }
 
     def exit(self) -> Deferred[None]:
@@ -319,6 +595,19 @@ class Node(MultiService):
             # A moment's grace so the answer to this command reaches its sender.
             self.reactor.callLater(0.2, self.stop_process)
         return succeed(None)
+
+
+def _read_torrent(path: str) -> tuple[Metainfo, bytes]:
+    """A torrent file's metainfo and its bytes (a copy goes to .incomplete/, for resuming)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_TORRENT_SIZE + 1)
+    except OSError as e:
+        raise MetainfoError(f"cannot read torrent {path}: {e.strerror or e}") from None
+    try:
+        return parse(data), data
+    except MetainfoError as e:
+        raise MetainfoError(f"{path}: {e}") from None
 
 
 def stdin_is_usable() -> bool:
