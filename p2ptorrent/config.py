@@ -75,6 +75,18 @@ class Config:
     #: Most live node records the tracker keeps for one IP address; a REGISTER
     #: beyond it is refused (429), so one host cannot fill the tracker.
     TRACKER_MAX_NODES_PER_HOST: int = 256
+    #: Blocks a second a seeder sends to one address (a token bucket that saves
+    #: up to 1/8 s of it, at least two full requests); the rest of a request is
+    #: dropped, which a real downloader takes as loss and slows down.  20000
+    #: blocks (~144 MB/s with 7216-byte chunks) is above what one downloader
+    #: takes in on loopback and bounds a peer that floods requests.  0: no limit.
+    MAX_BLOCKS_PER_SECOND_PER_PEER: int = 20000
+    #: Addresses a seeder keeps rate state for (least recently seen forgotten
+    #: first), so many source addresses cannot grow its memory.
+    PEER_TABLE_SIZE: int = 4096
+    #: 1 allows a control endpoint that other users or hosts can reach (tcp on a
+    #: non-loopback interface, a unix socket with group or other permissions).
+    CONTROL_ALLOW_REMOTE: int = 0
 
     # ---- derived values
     @property
@@ -155,6 +167,12 @@ def _problems(c: Config) -> list[str]:
         errs.append(f"SOCKET_BUFFER must not be negative, got {c.SOCKET_BUFFER}")
     if c.TRACKER_MAX_NODES_PER_HOST < 1:
         errs.append(f"TRACKER_MAX_NODES_PER_HOST must be at least 1, got {c.TRACKER_MAX_NODES_PER_HOST}")
+    if c.MAX_BLOCKS_PER_SECOND_PER_PEER < 0:
+        errs.append(f"MAX_BLOCKS_PER_SECOND_PER_PEER must be 0 (no limit) or more, got {c.MAX_BLOCKS_PER_SECOND_PER_PEER}")
+    if not (16 <= c.PEER_TABLE_SIZE <= 1 << 20):
+        errs.append(f"PEER_TABLE_SIZE must be 16-1048576, got {c.PEER_TABLE_SIZE}")
+    if c.CONTROL_ALLOW_REMOTE not in (0, 1):
+        errs.append(f"CONTROL_ALLOW_REMOTE must be 0 or 1, got {c.CONTROL_ALLOW_REMOTE}")
     modes = c.tracker_requests_mode
     want = set(_modes())
     if set(modes) != want:

@@ -17,7 +17,8 @@ against fixed limits before use; anything that does not fit raises
 The cookie is a keyed hash of the asker's address that the seeder hands out
 in INFO_RESP and checks on every BLOCK_REQ, so that a forged source address
 cannot make a node send file data to a victim (no amplification: an
-INFO_RESP is less than twice the size of the INFO_REQ that caused it).
+INFO_RESP is less than twice the size of the INFO_REQ that caused it, and an
+ERROR is never longer than the request it refuses).
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ _BLOCK = struct.Struct("!20sII")
 _ERROR = struct.Struct("!20sB")
 
 HEADER_SIZE = _HEADER.size
+#: Sizes of the fixed-size messages, and of an ERROR without its message: an
+#: answer to an address that has not proven it receives (no cookie yet) is
+#: never more than twice the size of what it answers (INFO_RESP_SIZE <
+#: 2 * INFO_REQ_SIZE; an ERROR is cut to the size of the request it refuses).
+INFO_REQ_SIZE = HEADER_SIZE + _INFO_REQ.size
+INFO_RESP_SIZE = HEADER_SIZE + _INFO_RESP.size
+ERROR_OVERHEAD = HEADER_SIZE + _ERROR.size
 #: Bytes in front of a block's data: must equal config.BLOCK_HEADER_SIZE.
 BLOCK_OVERHEAD = HEADER_SIZE + _BLOCK.size
 #: Bytes of a BLOCK_REQ before its triples, and of each triple.
@@ -66,7 +74,15 @@ TRIPLE_SIZE = _TRIPLE.size
 
 
 class WireError(ValueError):
-    """A datagram that is not a well-formed message of our protocol."""
+    """A datagram that is not a well-formed message of our protocol.
+
+    ``str()`` says exactly what is wrong; :attr:`reason` is a short, fixed
+    label for counting (``"bad magic"``, ``"bad INFO_REQ size"``...).
+    """
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,42 +180,42 @@ def decode(data: bytes, max_size: int = 65507) -> Message:
     """Parse one datagram; raise WireError if it is not exactly one valid message."""
     size = len(data)
     if size > max_size:
-        raise WireError(f"datagram of {size} bytes exceeds the limit of {max_size}")
+        raise WireError(f"datagram of {size} bytes exceeds the limit of {max_size}", "too long")
     if size < HEADER_SIZE:
-        raise WireError(f"datagram of {size} bytes is shorter than the header")
+        raise WireError(f"datagram of {size} bytes is shorter than the header", "too short")
     magic, version, kind = _HEADER.unpack_from(data, 0)
     if magic != MAGIC:
-        raise WireError("not a p2ptorrent datagram (bad magic)")
+        raise WireError("not a p2ptorrent datagram (bad magic)", "bad magic")
     if version != VERSION:
-        raise WireError(f"unsupported protocol version {version}")
+        raise WireError(f"unsupported protocol version {version}", "bad version")
     body = size - HEADER_SIZE
     if kind == BLOCK:
         if body < _BLOCK.size:
-            raise WireError("truncated BLOCK")
+            raise WireError("truncated BLOCK", "bad BLOCK size")
         info_hash, piece, offset = _BLOCK.unpack_from(data, HEADER_SIZE)
         return Block(info_hash, piece, offset, data[BLOCK_OVERHEAD:])
     if kind == BLOCK_REQ:
         if body < _BLOCK_REQ.size:
-            raise WireError("truncated BLOCK_REQ")
+            raise WireError("truncated BLOCK_REQ", "bad BLOCK_REQ size")
         info_hash, cookie, count = _BLOCK_REQ.unpack_from(data, HEADER_SIZE)
         if not 1 <= count <= MAX_BLOCKS_PER_REQUEST:
-            raise WireError(f"BLOCK_REQ with {count} blocks")
+            raise WireError(f"BLOCK_REQ with {count} blocks", "bad BLOCK_REQ count")
         if body != _BLOCK_REQ.size + count * TRIPLE_SIZE:
-            raise WireError("BLOCK_REQ size does not match its block count")
+            raise WireError("BLOCK_REQ size does not match its block count", "bad BLOCK_REQ size")
         blocks = tuple(_TRIPLE.iter_unpack(data[BLOCK_REQ_OVERHEAD:]))
         return BlockRequest(info_hash, cookie, blocks)
     if kind == INFO_REQ:
         if body != _INFO_REQ.size:
-            raise WireError("INFO_REQ of the wrong size")
+            raise WireError("INFO_REQ of the wrong size", "bad INFO_REQ size")
         return InfoRequest(*_INFO_REQ.unpack_from(data, HEADER_SIZE))
     if kind == INFO_RESP:
         if body != _INFO_RESP.size:
-            raise WireError("INFO_RESP of the wrong size")
+            raise WireError("INFO_RESP of the wrong size", "bad INFO_RESP size")
         return InfoResponse(*_INFO_RESP.unpack_from(data, HEADER_SIZE))
     if kind == ERROR:
         if body < _ERROR.size or body > _ERROR.size + MAX_ERROR_MESSAGE:
-            raise WireError("ERROR of the wrong size")
+            raise WireError("ERROR of the wrong size", "bad ERROR size")
         info_hash, code = _ERROR.unpack_from(data, HEADER_SIZE)
         message = data[HEADER_SIZE + _ERROR.size :].decode("utf-8", "replace")
         return Error(info_hash, code, message)
-    raise WireError(f"unknown message type {kind}")
+    raise WireError(f"unknown message type {kind}", "unknown type")

@@ -2,13 +2,27 @@
 
 No decisions live here.  Requests go to the :class:`Seeder`; INFO answers to
 the id-keyed table of pending INFO requests; blocks and errors to the download
-of that info hash.  A malformed datagram is counted and dropped and never
-raises out of ``datagramReceived``.
+of that info hash.  Nothing from the network can raise out of
+``datagramReceived``.
+
+Every datagram that is not useful traffic is dropped and counted once, in
+``counts["rejected"]`` and ``counts["rejected:<reason>"]``: malformed ones by
+the codec's reason (``"bad magic"``, ``"bad BLOCK_REQ size"``...), requests
+the seeder refuses by its reason (``"bad cookie"``, ``"not shared"``, ``"bad
+block"``, ``"unknown file"``), and answers nobody asked for: ``"unknown
+download"`` (a BLOCK or ERROR for a file we are not downloading),
+``"stranger"`` (one from an address this download never greeted) and
+``"unsolicited INFO_RESP"`` (an id we are not waiting for, or an answer from
+another address or about another file than the question).  INFO ids are
+random, so an off-path sender cannot guess one.  The seeder's limits are
+counted in the same Counter under ``"limited:..."``.  The first few
+rejections are logged, then one summary per ``REJECT_LOG_INTERVAL``.
 """
 
 from __future__ import annotations
 
 import errno
+import secrets
 import socket
 from collections import Counter
 from typing import Any, Protocol
@@ -27,6 +41,11 @@ class DownloadSink(Protocol):
     def on_message(self, msg: wire.Block | wire.Error, addr: Any) -> None: ...
 
 
+#: Rejections logged one by one; after that, one summary per interval (seconds).
+REJECTS_LOGGED = 10
+REJECT_LOG_INTERVAL = 60.0
+
+
 class InfoTimeout(Exception):
     """A peer did not answer an INFO request in time."""
 
@@ -41,11 +60,14 @@ class NodeProtocol(DatagramProtocol):
         self.max_datagram = max_datagram
         self.socket_buffer = socket_buffer
         self.downloads: dict[bytes, DownloadSink] = {}
-        self._pending: dict[int, Deferred[wire.InfoResponse]] = {}
-        self._next_id = 1
-        self.counts: Counter[str] = Counter()
+        self._pending: dict[int, tuple[Deferred[wire.InfoResponse], Any, bytes]] = {}
+        #: info hash -> the addresses its download greeted: only they may send it blocks and errors.
+        self._partners: dict[bytes, set[Any]] = {}
+        #: One Counter for the seeder's limits and our rejections (shown by ``status``).
+        self.counts: Counter[str] = seeder.counts
         self.received = 0  # plain ints: counted on the hot path
         self.sent = 0
+        self._next_summary = 0.0
 
     def startProtocol(self) -> None:
         if self.socket_buffer:
@@ -64,20 +86,38 @@ class NodeProtocol(DatagramProtocol):
                 self.log.warn("cannot send to {addr}: {error}", addr=addr, error=e)
 
     def ask_info(self, addr: Any, info_hash: bytes, timeout: float) -> Deferred[wire.InfoResponse]:
-        """One INFO_REQ; the Deferred fails with InfoTimeout if no answer comes in *timeout* s."""
-        req_id = self._next_id
-        self._next_id = (self._next_id + 1) & 0xFFFFFFFF or 1
+        """One INFO_REQ; the Deferred fails with InfoTimeout if no answer comes in *timeout* s.
+
+        From now on *addr* may send blocks and errors for *info_hash*.
+        """
+        req_id = self._new_id()
         d: Deferred[wire.InfoResponse] = Deferred(lambda _: self._pending.pop(req_id, None))
-        self._pending[req_id] = d
+        self._pending[req_id] = (d, addr, info_hash)
+        self._partner(info_hash, addr)
         call = self.clock.callLater(timeout, self._info_timeout, req_id, addr, timeout)
         d.addBoth(_cancel_call, call)
         self.send(wire.encode_info_request(req_id, info_hash), addr)
         return d
 
+    def _new_id(self) -> int:
+        while True:
+            req_id = secrets.randbits(32)
+            if req_id and req_id not in self._pending:
+                return req_id
+
+    def _partner(self, info_hash: bytes, addr: Any) -> None:
+        partners = self._partners.get(info_hash)
+        if partners is None:
+            # A new download: forget those that ended (the node removes them from self.downloads).
+            for gone in [h for h in self._partners if h not in self.downloads]:
+                del self._partners[gone]
+            partners = self._partners[info_hash] = set()
+        partners.add(addr)
+
     def _info_timeout(self, req_id: int, addr: Any, timeout: float) -> None:
-        d = self._pending.pop(req_id, None)
-        if d is not None:
-            d.errback(InfoTimeout(f"{addr[0]}:{addr[1]} did not answer in {timeout:.1f} s"))
+        entry = self._pending.pop(req_id, None)
+        if entry is not None:
+            entry[0].errback(InfoTimeout(f"{addr[0]}:{addr[1]} did not answer in {timeout:.1f} s"))
 
     # ---- in
     def datagramReceived(self, data: bytes, addr: Any) -> None:
@@ -86,7 +126,10 @@ class NodeProtocol(DatagramProtocol):
         if head is not None:
             sink = self.downloads.get(head[0])
             if sink is None:
-                self.counts["unsolicited"] += 1
+                self._reject(addr, "unknown download")
+                return
+            if addr not in self._partners.get(head[0], ()):
+                self._reject(addr, "stranger")
                 return
             try:
                 sink.on_block(addr, head[1], head[2], memoryview(data)[wire.BLOCK_OVERHEAD :])
@@ -97,41 +140,58 @@ class NodeProtocol(DatagramProtocol):
         try:
             msg = wire.decode(data, self.max_datagram)
         except wire.WireError as e:
-            self._reject(addr, str(e))
+            self._reject(addr, e.reason, str(e))
             return
         try:
-            self._dispatch(msg, addr)
+            self._dispatch(msg, addr, len(data))
         except Exception:
             self.counts["errors"] += 1
             self.log.failure("while handling a datagram from {addr}", addr=addr)
 
-    def _dispatch(self, msg: wire.Message, addr: Any) -> None:
-        if isinstance(msg, wire.Block | wire.Error):
+    def _dispatch(self, msg: wire.Message, addr: Any, size: int) -> None:
+        if isinstance(msg, wire.BlockRequest):
+            reason, replies = self.seeder.on_blocks(msg, addr, size, self.clock.seconds())
+        elif isinstance(msg, wire.InfoRequest):
+            reason, replies = self.seeder.on_info(msg, addr, self.clock.seconds())
+        elif isinstance(msg, wire.InfoResponse):
+            entry = self._pending.get(msg.req_id)
+            if entry is None or entry[1] != addr or entry[2] != msg.info_hash:
+                self._reject(addr, "unsolicited INFO_RESP")
+                return
+            del self._pending[msg.req_id]
+            entry[0].callback(msg)
+            return
+        else:  # Block (when too short to peek) or Error: for one of our downloads
             sink = self.downloads.get(msg.info_hash)
             if sink is None:
-                self.counts["unsolicited"] += 1
-                return
-            sink.on_message(msg, addr)
-        elif isinstance(msg, wire.BlockRequest):
-            for reply in self.seeder.on_blocks(msg, addr):
-                self.send(reply, addr)
-        elif isinstance(msg, wire.InfoRequest):
-            self.send(self.seeder.on_info(msg, addr), addr)
-        elif isinstance(msg, wire.InfoResponse):
-            d = self._pending.pop(msg.req_id, None)
-            if d is None:
-                self.counts["unsolicited"] += 1
-                return
-            d.callback(msg)
+                self._reject(addr, "unknown download")
+            elif addr not in self._partners.get(msg.info_hash, ()):
+                self._reject(addr, "stranger")
+            else:
+                sink.on_message(msg, addr)
+            return
+        if reason is not None:
+            self._reject(addr, reason)
+        for reply in replies:
+            self.send(reply, addr)
 
-    def _reject(self, addr: Any, reason: str) -> None:
-        n = self.counts["rejected"] = self.counts["rejected"] + 1
-        # Log the first few and then one in a thousand: a flood must not flood the log.
-        if n <= 10 or n % 1000 == 0:
-            self.log.warn("dropped a bad datagram from {addr}: {reason} ({n} so far)", addr=addr, reason=reason, n=n)
+    def _reject(self, addr: Any, reason: str, detail: str | None = None) -> None:
+        counts = self.counts
+        counts["rejected"] += 1
+        counts["rejected:" + reason] += 1
+        n = counts["rejected"]
+        # The first few one by one, then a summary now and then: a flood must not flood the log.
+        if n <= REJECTS_LOGGED:
+            self.log.warn("refused a datagram from {addr}: {reason} ({n} so far)", addr=addr, reason=detail or reason, n=n)
+            return
+        now = self.clock.seconds()
+        if now >= self._next_summary:
+            self._next_summary = now + REJECT_LOG_INTERVAL
+            by_reason = {k[9:]: v for k, v in counts.items() if k.startswith("rejected:")}
+            self.log.warn("refused {n} datagrams so far: {reasons}", n=n, reasons=by_reason)
 
     def stopProtocol(self) -> None:
-        for d in list(self._pending.values()):
+        for d, _, _ in list(self._pending.values()):
             d.cancel()
 
 

@@ -1,9 +1,27 @@
 """The seeding side: answer INFO and BLOCK requests for the files this node shares.
 
 Requests name a file only by info hash, so a peer can never reach a path the
-node did not choose to share.  Every block asked for is checked against the
-file's geometry before a byte is read, and a BLOCK_REQ must carry the cookie
-handed out in INFO_RESP for the asker's address (see wire.py).
+node did not choose to share.  Decisions are pure: each request comes in with
+the time (``now``) and goes out as ``(reason, replies)``, where *reason* is
+None for a request served, or a short label the protocol counts as a
+rejection (``"bad cookie"``, ``"not shared"``, ``"bad block"``,
+``"unknown file"``).
+
+What a peer can make us send:
+
+* Nothing but small answers until it proves it receives at its address: a
+  BLOCK_REQ must carry the cookie handed out in INFO_RESP for that address
+  (see wire.py), checked before anything else.  An INFO_RESP is 49 bytes for
+  a 28-byte INFO_REQ; an ERROR is cut to the size of the request it refuses.
+  Both are also limited per address (``INFO_ANSWERS``/``ERRORS`` a second),
+  so a forged source address gets at most a trickle of small datagrams.
+* Blocks at most ``MAX_BLOCKS_PER_SECOND_PER_PEER`` a second per address (a
+  token bucket); the rest of a request is dropped, which a real downloader
+  takes as loss and slows down.  Blocks are read and sent one at a time, so
+  a request for 256 blocks never holds 256 blocks in memory.
+* The rate state of at most ``PEER_TABLE_SIZE`` addresses per table (least
+  recently seen forgotten first): many source addresses cannot grow memory.
+  Only cookie-checked addresses enter the block table.
 """
 
 from __future__ import annotations
@@ -11,14 +29,29 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Hashable, Iterable, Iterator, Optional
 
 from twisted.logger import Logger
 
 from p2ptorrent import wire
+from p2ptorrent.config import Config
 from p2ptorrent.metainfo import Metainfo
+
+#: INFO answers a second to one address, and how many it may save up: a
+#: download sends one INFO per owner (three tries at most), so this is
+#: plenty, and it caps what a forged source address gets (~1 KB/s).
+INFO_ANSWERS_PER_SECOND = 20.0
+INFO_ANSWER_BURST = 40.0
+#: ERROR replies a second to one address.  A refused request needs one
+#: answer; the requester's timeouts cover any that are not sent.
+ERRORS_PER_SECOND = 10.0
+ERROR_BURST = 20.0
+
+#: (why the request was refused, or None; the datagrams to send back)
+Reply = tuple[Optional[str], Iterable[bytes]]
 
 
 @dataclass
@@ -30,16 +63,75 @@ class SharedFile:
     blocks_served: int = 0
 
 
+class RateTable:
+    """One token bucket per address, for at most *size* addresses.
+
+    Each address may spend *rate* units a second and save up to *burst*.
+    When the table is full the address seen least recently is forgotten (it
+    starts again with a full bucket if it comes back).  A *rate* of 0 means
+    no limit (and no state).
+    """
+
+    def __init__(self, rate: float, burst: float, size: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.size = size
+        self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, addr: Hashable, want: int, now: float) -> int:
+        """Spend up to *want* units for *addr*; return how many it may have (0 to *want*)."""
+        if self.rate <= 0:
+            return want
+        buckets = self._buckets
+        entry = buckets.get(addr)
+        if entry is None:
+            tokens = self.burst
+            if len(buckets) >= self.size:
+                buckets.popitem(last=False)
+        else:
+            saved, last = entry
+            # max(): the wall clock may step back; never refill on that.
+            tokens = min(self.burst, saved + max(0.0, now - last) * self.rate)
+            buckets.move_to_end(addr)
+        granted = min(want, int(tokens))
+        buckets[addr] = (tokens - granted, now)
+        return granted
+
+
 class Seeder:
     """The files a node shares and the replies to requests for them."""
 
     log = Logger()
 
-    def __init__(self, secret: bytes, max_block: int) -> None:
+    def __init__(
+        self,
+        secret: bytes,
+        max_block: int,
+        *,
+        blocks_per_second: int = Config.MAX_BLOCKS_PER_SECOND_PER_PEER,
+        table_size: int = Config.PEER_TABLE_SIZE,
+    ) -> None:
         self.secret = secret
         self.max_block = max_block
         self.files: dict[bytes, SharedFile] = {}
-        self.refused = 0
+        #: What was limited: the protocol shares this Counter for its own counts.
+        self.counts: Counter[str] = Counter()
+        burst = max(2 * wire.MAX_BLOCKS_PER_REQUEST, blocks_per_second // 8)
+        self.blocks = RateTable(blocks_per_second, burst, table_size)
+        self.info_answers = RateTable(INFO_ANSWERS_PER_SECOND, INFO_ANSWER_BURST, table_size)
+        self.errors = RateTable(ERRORS_PER_SECOND, ERROR_BURST, table_size)
+
+    @classmethod
+    def from_settings(cls, secret: bytes, settings: Config) -> "Seeder":
+        return cls(
+            secret,
+            settings.BUFFER_SIZE - wire.BLOCK_OVERHEAD,
+            blocks_per_second=settings.MAX_BLOCKS_PER_SECOND_PER_PEER,
+            table_size=settings.PEER_TABLE_SIZE,
+        )
 
     def add(self, meta: Metainfo, path: Path) -> SharedFile:
         old = self.files.get(meta.info_hash)
@@ -64,40 +156,74 @@ class Seeder:
         host, port = addr[0], addr[1]
         return hmac.new(self.secret, f"{host}|{port}".encode(), hashlib.sha256).digest()[: wire.COOKIE_SIZE]
 
-    def on_info(self, msg: wire.InfoRequest, addr: Any) -> bytes:
-        shared = self.files.get(msg.info_hash)
-        if shared is None:
-            return wire.encode_info_response(msg.req_id, msg.info_hash, wire.NOT_FOUND, 0, 0, bytes(8))
-        meta = shared.meta
-        return wire.encode_info_response(
-            msg.req_id, msg.info_hash, wire.OK, meta.length, meta.piece_length, self.cookie(addr)
-        )
+    # ---- requests
 
-    def on_blocks(self, msg: wire.BlockRequest, addr: Any) -> list[bytes]:
+    def on_info(self, msg: wire.InfoRequest, addr: Any, now: float = 0.0) -> Reply:
+        """Size, piece length and this address's cookie; NOT_FOUND for a file not shared here."""
+        shared = self.files.get(msg.info_hash)
+        reason = None if shared is not None else "unknown file"
+        if not self.info_answers.take(addr, 1, now):
+            self.counts["limited:INFO answers"] += 1
+            return reason, ()
+        if shared is None:
+            return reason, (wire.encode_info_response(msg.req_id, msg.info_hash, wire.NOT_FOUND, 0, 0, bytes(8)),)
+        meta = shared.meta
+        answer = wire.encode_info_response(msg.req_id, msg.info_hash, wire.OK, meta.length, meta.piece_length, self.cookie(addr))
+        return None, (answer,)
+
+    def on_blocks(self, msg: wire.BlockRequest, addr: Any, size: int, now: float = 0.0) -> Reply:
+        """The blocks asked for (as many as this address's budget allows), or one short ERROR.
+
+        *size* is the request's length in bytes: an ERROR is never longer.
+        """
+        # The cookie first: an address that has not proven it receives learns
+        # nothing, not even whether the file is shared here.
+        if not hmac.compare_digest(msg.cookie, self.cookie(addr)):
+            return "bad cookie", self._error(addr, now, size, msg.info_hash, wire.E_BAD_COOKIE, "bad cookie: ask INFO")
         shared = self.files.get(msg.info_hash)
         if shared is None:
-            self.refused += 1
-            return [wire.encode_error(msg.info_hash, wire.E_NOT_FOUND, "file not shared here")]
-        if not hmac.compare_digest(msg.cookie, self.cookie(addr)):
-            self.refused += 1
-            return [wire.encode_error(msg.info_hash, wire.E_BAD_COOKIE, "ask INFO for a cookie first")]
+            return "not shared", self._error(addr, now, size, msg.info_hash, wire.E_NOT_FOUND, "not shared here")
         meta = shared.meta
-        out = []
+        num_pieces, piece_length, max_block = meta.num_pieces, meta.piece_length, self.max_block
+        last_piece = meta.length - (num_pieces - 1) * piece_length if num_pieces else 0
+        # Check every block before reading any: a request is served whole or refused.
         for piece, offset, length in msg.blocks:
             if (
-                piece >= meta.num_pieces
-                or length == 0
-                or length > self.max_block
-                or offset + length > meta.piece_size(piece)
+                piece >= num_pieces
+                or not 0 < length <= max_block
+                or offset + length > (piece_length if piece < num_pieces - 1 else last_piece)
             ):
-                self.refused += 1
-                return out + [wire.encode_error(msg.info_hash, wire.E_BAD_REQUEST, f"no block {piece}:{offset}+{length}")]
-            data = os.pread(shared.fd, length, piece * meta.piece_length + offset)
+                text = f"no block {piece}:{offset}+{length}"
+                return "bad block", self._error(addr, now, size, msg.info_hash, wire.E_BAD_REQUEST, text)
+        wanted = len(msg.blocks)
+        granted = self.blocks.take(addr, wanted, now)
+        if granted < wanted:
+            self.counts["limited:blocks"] += wanted - granted
+        return None, self._read(shared, msg.info_hash, msg.blocks[:granted] if granted < wanted else msg.blocks)
+
+    def _read(self, shared: SharedFile, info_hash: bytes, blocks: Iterable[tuple[int, int, int]]) -> Iterator[bytes]:
+        """Each block as a datagram, read from disk when the protocol is ready to send it."""
+        piece_length = shared.meta.piece_length
+        for piece, offset, length in blocks:
+            try:
+                data = os.pread(shared.fd, length, piece * piece_length + offset)
+            except OSError as e:
+                data, why = b"", e.strerror or str(e)
+            else:
+                why = "it is shorter than its torrent says"
             if len(data) != length:
-                self.log.error("{path} is shorter than its torrent says: it changed on disk", path=shared.path)
-                self.remove(msg.info_hash)
-                return out + [wire.encode_error(msg.info_hash, wire.E_NOT_FOUND, "file changed on disk")]
-            out.append(wire.encode_block(msg.info_hash, piece, offset, data))
+                self.log.error("{path} cannot be served ({why}): it changed on disk; no longer sharing it",
+                               path=str(shared.path), why=why)
+                self.remove(info_hash)
+                yield wire.encode_error(info_hash, wire.E_NOT_FOUND, "file changed on disk")
+                return
             shared.uploaded += length
             shared.blocks_served += 1
-        return out
+            yield wire.encode_block(info_hash, piece, offset, data)
+
+    def _error(self, addr: Any, now: float, size: int, info_hash: bytes, code: int, text: str) -> tuple[bytes, ...]:
+        if not self.errors.take(addr, 1, now):
+            self.counts["limited:errors"] += 1
+            return ()
+        room = max(0, min(wire.MAX_ERROR_MESSAGE, size - wire.ERROR_OVERHEAD))
+        return (wire.encode_error(info_hash, code, text[:room]),)
