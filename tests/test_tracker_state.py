@@ -146,6 +146,19 @@ def test_register_gives_a_fresh_secret_token_stored_only_as_a_hash() -> None:
     assert "token_sha256" in dumped
 
 
+def test_a_joining_node_may_propose_its_token_and_send_the_join_again() -> None:
+    state = make_state()
+    proposal = "0123456789abcdef" * 2
+    reg = state.register(1, "10.0.0.1", 9001, proposal, 0.0)
+    assert (reg.new, reg.token) == (True, proposal)
+    again = state.register(1, "10.0.0.1", 9001, proposal, 1.0)  # the first answer was lost
+    assert (again.new, again.token) == (False, proposal)
+    # A proposal that is not 32-128 lowercase hex digits is replaced by a token of the tracker's.
+    for i, weak in enumerate(["t", "0" * 31, "AB" * 16, "g" * 32, "0" * 129, ""], start=2):
+        reg = state.register(i, "10.0.0.1", 9000 + i, weak, 0.0)
+        assert reg.new and reg.token != weak and len(reg.token) == 32
+
+
 def test_heartbeat_with_the_token_changes_nothing_persisted() -> None:
     state = make_state()
     token = join(state, 1, port=9001)

@@ -10,6 +10,7 @@ again.  Real code passes the ``treq`` module as ``http``; tests pass
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -100,6 +101,9 @@ class TrackerClient:
         # Callers waiting for the REGISTER in flight (None: none in flight).
         self._waiting: list[Deferred[bool]] | None = None
         self._registering: Deferred[Any] | None = None
+        # The token we propose when joining without one, kept until a join is answered: a join
+        # whose answer was lost is sent again with it, and the tracker then knows us by it.
+        self._proposal = secrets.token_hex(16)
 
     # ---- the five messages
 
@@ -168,9 +172,8 @@ class TrackerClient:
             self._waiting.append(waiter)
             return waiter
         self._waiting = [waiter]
-        fields: dict[str, Any] = {"port": self.port}
-        if self.token is not None:
-            fields["token"] = self.token
+        joining = self.token is None
+        fields: dict[str, Any] = {"port": self.port, "token": self._proposal if joining else self.token}
         d = self._call("REGISTER", fields)
         self._registering = d
 
@@ -178,6 +181,11 @@ class TrackerClient:
             token, new, host = answer.get("token"), answer.get("new"), answer.get("host")
             if not isinstance(token, str) or not isinstance(new, bool):
                 raise TrackerProtocolError(f"tracker at {self.base_url} answered REGISTER without token/new")
+            if joining:
+                # "new": false here means an earlier join of ours got through unanswered: the
+                # tracker holds none of our files all the same.
+                new = True
+                self._proposal = secrets.token_hex(16)
             self.token = token
             if isinstance(host, str):
                 self.public_host = host

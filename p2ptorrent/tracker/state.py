@@ -33,6 +33,8 @@ MAX_UPLOADERS = 1000
 MAX_NAME_BYTES = 255
 #: Version of the database documents written by :meth:`SwarmState.snapshot`.
 DB_VERSION = 1
+#: Lengths of a token a joining node may propose (lowercase hex; 32 digits are 128 random bits).
+PROPOSED_TOKEN_DIGITS = (32, 128)
 
 _HEX = frozenset("0123456789abcdef")
 
@@ -289,6 +291,12 @@ class _File:
     credits: dict[int, set[int]] = field(default_factory=dict)
 
 
+def proposed_token(token: str | None) -> bool:
+    """Whether a joining node's token is one the tracker adopts: enough lowercase hex digits."""
+    low, high = PROPOSED_TOKEN_DIGITS
+    return token is not None and low <= len(token) <= high and _HEX.issuperset(token)
+
+
 def _digest(token: str) -> str:
     # surrogatepass: a token is whatever string the node sent; hashing must not fail on it.
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
@@ -338,11 +346,16 @@ class SwarmState:
     # ---- requests
 
     def register(self, node_id: int, host: str, port: int, token: str | None, now: float) -> Registration:
-        """Join afresh (unknown node) or heartbeat (known node, right token)."""
+        """Join afresh (unknown node) or heartbeat (known node, right token).
+
+        A joining node may propose its token (see :func:`proposed_token`); the
+        tracker then adopts it, so a join whose answer was lost can be sent
+        again as is and is taken as the heartbeat it now is.
+        """
         node = self._nodes.get(node_id)
         if node is None:
             self._check_room(host)
-            fresh = secrets.token_hex(16)
+            fresh = token if proposed_token(token) else secrets.token_hex(16)
             self._nodes[node_id] = _Node(node_id, host, port, 0, _digest(fresh), last_seen=now)
             self._count(host, +1)
             self.revision += 1
