@@ -246,6 +246,45 @@ def test_other_methods_and_paths_change_nothing(world: World) -> None:
     assert (code, answer) == (200, {"ok": True})
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n{}",
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: -5\r\n\r\n{}",
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+    ],
+)
+def test_requests_that_are_not_http_are_400_and_change_nothing(world: World, raw: bytes) -> None:
+    # twisted.web answers these itself, before any route: a plain 400 without a JSON body.
+    before = world.everything()
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    channel = TrackerSite(world.web.resource(), CFG.TRACKER_MAX_BODY, reactor=world.clock).buildProtocol(None)
+    channel.makeConnection(transport)
+    channel.dataReceived(raw)
+    assert transport.value().startswith(b"HTTP/1.1 400 ")
+    assert world.everything() == before
+
+
+def test_a_huge_declared_length_is_never_buffered(world: World) -> None:
+    # The body is kept only up to the limit while it arrives; the answer is 413 when it ends.
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    site = TrackerSite(world.web.resource(), CFG.TRACKER_MAX_BODY, reactor=world.clock)
+    buffers: list[io.BytesIO] = []
+    real = site.getContentFile
+    site.getContentFile = lambda length: buffers.append(real(length)) or buffers[-1]  # type: ignore[method-assign]
+    channel = site.buildProtocol(None)
+    channel.makeConnection(transport)
+    size = 64 * 1024 * 1024
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size)
+    chunk = b" " * (1024 * 1024)
+    for _ in range(size // len(chunk)):
+        channel.dataReceived(chunk)
+        assert buffers[0].closed or buffers[0].tell() <= CFG.TRACKER_MAX_BODY + 1
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ") and json.loads(body)["ok"] is False
+
+
 FIELD_NAMES = ["mode", "node_id", "port", "token", "info_hash", "name", "length", "uploaders", "host", "x"]
 numbers = st.one_of(
     st.integers(),
