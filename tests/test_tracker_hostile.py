@@ -581,7 +581,7 @@ FLOOD = 10_000
 
 
 def test_ten_thousand_registers_from_one_address_leave_memory_bounded_and_others_served(
-    tmp_path: Path, no_fsync: None
+    tmp_path: Path, no_fsync: None, events: list[dict[str, Any]]
 ) -> None:
     cap = CFG.TRACKER_MAX_NODES_PER_HOST
     world = World(tmp_path / "db")
@@ -620,6 +620,16 @@ def test_ten_thousand_registers_from_one_address_leave_memory_bounded_and_others
     # and nothing that grows with the flood once the cap is reached.
     assert growth_total < cap * 8 * 1024
     assert growth_after_1000 < 32 * 1024
+
+    # The log says what happened without a line per refusal: 20, then a sum at the liveness check.
+    refusals = [formatEvent(e) for e in events if "refused" in e.get("log_format", "")]
+    assert len(refusals) == 20 and all("from 127.0.0.1" in r for r in refusals)
+    world.web.check_liveness()
+    summary = [formatEvent(e) for e in events if "more requests" in e.get("log_format", "")]
+    assert summary == [
+        f"refused {FLOOD - (cap - 3) - 20} more requests from 127.0.0.1 since the previous liveness check"
+        " (at most 20 are logged one by one)"
+    ]
 
     # Someone else is served as before.
     code, answer = direct_post(world.web, {"mode": 0, "node_id": 50, "port": 9050}, host="192.0.2.50")

@@ -37,6 +37,12 @@ from p2ptorrent.tracker.state import (
 )
 from p2ptorrent.tracker.store import JsonStore
 
+#: Refusals logged one by one per address between two liveness checks; the rest are only counted
+#: and summed up at the check, so a flood cannot fill the disk with log lines.
+REFUSALS_LOGGED_PER_CHECK = 20
+#: Addresses whose refusals are counted apart between two checks (beyond: counted together).
+REFUSAL_HOSTS_TRACKED = 1024
+
 
 class TrackerHTTP:
     """``POST /`` runs one tracker request, ``GET /`` answers a summary."""
@@ -50,6 +56,9 @@ class TrackerHTTP:
         self.reactor = reactor
         self.settings = settings
         self._saved_revision = state.revision
+        # Per address since the last liveness check: refusals logged, and refusals only counted.
+        self._refusals_logged: dict[str | None, int] = {}
+        self._refusals_unlogged: dict[str | None, int] = {}
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -98,6 +107,7 @@ class TrackerHTTP:
                     node_id=node_id, checks=self.settings.TRACKER_MISSED_CHECKS,
                 )
             self.persist()
+            self._sum_up_refusals()
         except Exception:
             self.log.failure("liveness check failed")
 
@@ -211,6 +221,12 @@ class TrackerHTTP:
         return {}
 
     def _log_refusal(self, req: Request | None, host: str | None, error: TrackerError) -> None:
+        logged = self._refusals_logged
+        key = host if host in logged or len(logged) < REFUSAL_HOSTS_TRACKED else "other addresses"
+        if logged.get(key, 0) >= REFUSALS_LOGGED_PER_CHECK:
+            self._refusals_unlogged[key] = self._refusals_unlogged.get(key, 0) + 1
+            return
+        logged[key] = logged.get(key, 0) + 1
         # Never the body itself: it may carry a token.
         mode = type(req).__name__.upper() if req is not None else "request"
         node = f" node {req.node_id}" if req is not None else ""
@@ -218,6 +234,16 @@ class TrackerHTTP:
             "refused {mode} from {host}{node}: {status} {reason}",
             mode=mode, host=host, node=node, status=error.status, reason=error.message,
         )
+
+    def _sum_up_refusals(self) -> None:
+        for host, count in sorted(self._refusals_unlogged.items(), key=lambda hc: str(hc[0])):
+            self.log.warn(
+                "refused {count} more requests from {host} since the previous liveness check"
+                " (at most {limit} are logged one by one)",
+                count=count, host=host, limit=REFUSALS_LOGGED_PER_CHECK,
+            )
+        self._refusals_logged = {}
+        self._refusals_unlogged = {}
 
 
 def _client_host(request: IRequest) -> str | None:
