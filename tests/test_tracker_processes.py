@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
+import psutil
 import pytest
 
 from p2ptorrent.metainfo import read_torrent
@@ -421,3 +422,35 @@ def test_a_node_rides_out_tracker_outages_and_announces_again(cluster: Cluster) 
         assert bad not in out, out
     print(f"\noutage: node back {took:.2f} s after a restart with the database, "
           f"joined again {joined:.2f} s after a restart without it")
+
+
+# ---------------------------------------------------------------- 18: a flood of joins from one address
+
+
+@pytest.mark.slow  # ~10 s; tests/test_tracker_hostile.py floods the same code in memory in every run
+def test_a_real_tracker_flooded_with_joins_from_one_address_stays_small_and_serves_others(cluster: Cluster) -> None:
+    cluster.start_tracker()
+    tracker = psutil.Process(cluster.procs["tracker"].pid)
+    api = TrackerAPI(cluster.port)
+    codes: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    started = time.monotonic()
+    for n in range(10_000):
+        answer = api.call({"mode": 0, "node_id": 1000 + n, "port": 9000})
+        assert answer is not None, cluster.tail("tracker")
+        codes[answer[0]] = codes.get(answer[0], 0) + 1
+        if n in (999, 9999):
+            rss[n] = tracker.memory_info().rss
+    seconds = time.monotonic() - started
+    assert codes == {200: 256, 429: 10_000 - 256}
+    saved = json.loads((cluster.db / "nodes.json").read_bytes())
+    assert len(saved["nodes"]) == 256
+    # Another address is served at once (the whole of 127.0.0.0/8 is this machine's loopback).
+    other = TrackerAPI(cluster.port, source="127.0.0.2").ok({"mode": 0, "node_id": 7, "port": 9007})
+    assert (other["new"], other["host"]) == (True, "127.0.0.2")
+    growth = rss[9999] - rss[999]
+    log_lines = (cluster.logs / "tracker.log").read_text().count("\n")
+    print(f"\nreal flood: 10,000 REGISTERs in {seconds:.1f} s, {codes}; tracker RSS {rss[999] >> 10} KiB after 1,000, "
+          f"{rss[9999] >> 10} KiB after 10,000 ({growth / 1024:+.0f} KiB); tracker.log {log_lines} lines")
+    assert growth < 2 * 1024 * 1024
+    assert log_lines < 256 + 100
