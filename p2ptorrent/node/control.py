@@ -11,20 +11,48 @@ a node's terminal; we keep that grammar (plus ``status``) for two front ends:
   command line and reads JSON lines back: progress, then the result.
 
 Parsing and dispatch are pure; the node supplies :class:`INodeCommands`.
+
+Who may command a node
+----------------------
+Only the user the node runs as.  Three checks, each enough on its own for
+the default endpoint:
+
+1. The default endpoint is a UNIX socket, ``<node folder>/.control.sock``,
+   created with mode 600 (Twisted sets the mode before it listens, so there
+   is no moment when it is open to others).  No TCP port is opened for
+   control unless one is asked for with ``--control``.
+2. :func:`check_control_endpoint` refuses, at start, an endpoint others could
+   reach: ``tcp:``/``tcp6:`` without ``interface=`` or on a non-loopback
+   address, a ``unix:`` socket whose mode gives group or other any access (a
+   ``unix:`` endpoint without ``mode=`` gets ``mode=600``, not Twisted's 666),
+   an abstract UNIX socket, and any other endpoint type.  The setting
+   ``CONTROL_ALLOW_REMOTE=1`` lifts this: then anyone who can reach the
+   endpoint can command the node (keep it behind a firewall or an SSH tunnel).
+3. Every connection is checked when it is accepted (:func:`peer_refusal`):
+   on a UNIX socket the peer's uid comes from the kernel (SO_PEERCRED); on
+   loopback TCP from the kernel's socket table (``/proc/net/tcp``, Linux);
+   a peer of another uid, a TCP peer on another host, or one whose user
+   cannot be told, gets ``{"ok": false, "error": "refused: ..."}`` and is
+   disconnected before it can send a command.  ``CONTROL_ALLOW_REMOTE=1``
+   turns this check off as well.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import os
 import re
 import shlex
 import socket
 import stat
+import struct
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory
@@ -45,6 +73,8 @@ USAGE = (
 MAX_LINE = 64 * 1024
 #: A control connection that sends no request line within this is closed.
 REQUEST_TIMEOUT = 60.0
+#: A refused control connection is cut after this many seconds.
+REFUSED_LINGER = 5.0
 #: Seconds between progress reports: the terminal is read by a person, the
 #: socket by a progress bar that wants a smooth rate.
 STDIN_PROGRESS_INTERVAL = 1.0
@@ -348,18 +378,33 @@ class ControlProtocol(LineReceiver):
     MAX_LENGTH = MAX_LINE
     log = Logger()
 
-    def __init__(self, commands: INodeCommands, clock: IReactorTime, request_timeout: float = REQUEST_TIMEOUT) -> None:
+    def __init__(
+        self,
+        commands: INodeCommands,
+        clock: IReactorTime,
+        request_timeout: float = REQUEST_TIMEOUT,
+        check_peer: bool = False,
+    ) -> None:
         self._commands = commands
         self._clock = clock
         self._request_timeout = request_timeout
+        self._check_peer = check_peer
         self._timeout: IDelayedCall | None = None
         self._throttle = Throttle(clock, SOCKET_PROGRESS_INTERVAL)
         self._finished = False
 
     def connectionMade(self) -> None:
+        if self._check_peer:
+            why = peer_refusal(self.transport)
+            if why is not None:
+                self.log.warn("control connection from {peer} refused: {why}", peer=self.transport.getPeer(), why=why)
+                self._refuse(why)
+                return
         self._timeout = self._clock.callLater(self._request_timeout, self._timedOut)
 
     def lineReceived(self, line: bytes) -> None:
+        if self._finished:
+            return
         self._cancel_timeout()
         # Only one request per connection: ignore anything after it, but keep
         # reading so we notice when the client goes away.
@@ -378,6 +423,24 @@ class ControlProtocol(LineReceiver):
 
     def rawDataReceived(self, data: bytes) -> None:
         pass
+
+    def _refuse(self, why: str) -> None:
+        """Say no, without reading a command.
+
+        Only the sending side is closed at once: a client that writes its
+        command before reading would otherwise get "broken pipe" instead of
+        the reason.  Whatever it sends is dropped; the connection ends when it
+        closes, or after REFUSED_LINGER seconds.
+        """
+        self.setRawMode()
+        self._send({"ok": False, "error": f"refused: {why}"})
+        self._finished = True
+        lose_write = getattr(self.transport, "loseWriteConnection", None)
+        if lose_write is None:
+            self.transport.loseConnection()
+            return
+        lose_write()
+        self._timeout = self._clock.callLater(REFUSED_LINGER, self.transport.abortConnection)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._cancel_timeout()
@@ -437,20 +500,105 @@ class ControlFactory(ServerFactory):
 
     noisy = False
 
+    log = Logger()
+
     def __init__(
         self,
         commands: INodeCommands,
         clock: IReactorTime | None = None,
         request_timeout: float = REQUEST_TIMEOUT,
+        allow_remote: bool = False,
     ) -> None:
         self.commands = commands
         self.clock = clock if clock is not None else _default_clock()
         self.request_timeout = request_timeout
+        self.allow_remote = allow_remote
 
-    def buildProtocol(self, addr: Any) -> Protocol:
-        p = ControlProtocol(self.commands, self.clock, self.request_timeout)
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        if not self.allow_remote and isinstance(addr, (IPv4Address, IPv6Address)) and not is_loopback(addr.host):
+            # Another host: not even a reply (returning None closes the connection).
+            self.log.warn("control connection from {host}:{port} refused: another host", host=addr.host, port=addr.port)
+            return None
+        # *addr* is None only for in-memory transports in tests: nothing to check there.
+        p = ControlProtocol(self.commands, self.clock, self.request_timeout, check_peer=not self.allow_remote and addr is not None)
         p.factory = self
         return p
+
+
+# ---- who is at the other end
+
+def is_loopback(host: str) -> bool:
+    """Whether *host* (an address, or "localhost") is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped or address).is_loopback)
+
+
+def peer_refusal(transport: Any) -> str | None:
+    """Why the peer of an accepted control connection may not command this node, or None.
+
+    The peer must run as the node's own user: on a UNIX socket the kernel
+    says who it is (SO_PEERCRED); on loopback TCP the kernel's socket table
+    does (Linux).  A peer that cannot be identified is refused.
+    """
+    peer, here = transport.getPeer(), transport.getHost()
+    me = os.geteuid()
+    if isinstance(peer, UNIXAddress):
+        uid = _unix_peer_uid(transport)
+        if uid is None:
+            return None  # no SO_PEERCRED on this system: the socket's mode 600 decides
+        return None if uid == me else f"user {uid} is not the node's user ({me})"
+    if isinstance(peer, (IPv4Address, IPv6Address)):
+        if not is_loopback(peer.host):
+            return f"{peer.host} is another host"
+        uid = _tcp_peer_uid(peer.host, peer.port, here.host, here.port)
+        if uid is None:
+            return "cannot tell which user is connecting"
+        return None if uid == me else f"user {uid} is not the node's user ({me})"
+    return f"unexpected kind of connection {type(peer).__name__}"
+
+
+def _unix_peer_uid(transport: Any) -> int | None:
+    option = getattr(socket, "SO_PEERCRED", None)
+    handle = transport.getHandle() if hasattr(transport, "getHandle") else None
+    if option is None or not isinstance(handle, socket.socket):
+        return None
+    _pid, uid, _gid = struct.unpack("3i", handle.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i")))
+    return int(uid)
+
+
+def _proc_address(host: str, port: int, v6: bool) -> str:
+    """*host*:*port* as /proc/net/tcp (v6=False) or tcp6 writes it: each 32-bit word in host byte order."""
+    address = ipaddress.ip_address(host.split("%", 1)[0])
+    if v6 and address.version == 4:
+        address = ipaddress.IPv6Address(f"::ffff:{address}")
+    raw = address.packed
+    words = [raw[i : i + 4] for i in range(0, len(raw), 4)]
+    if sys.byteorder == "little":
+        words = [w[::-1] for w in words]
+    return f"{b''.join(words).hex().upper()}:{port:04X}"
+
+
+def _tcp_peer_uid(peer_host: str, peer_port: int, our_host: str, our_port: int, proc: str = "/proc/net") -> int | None:
+    """The uid owning the TCP socket at peer_host:peer_port connected to our_host:our_port (Linux), or None."""
+    for table, v6 in (("tcp", False), ("tcp6", True)):
+        try:
+            peer = _proc_address(peer_host, peer_port, v6)
+            ours = _proc_address(our_host, our_port, v6)
+            with open(f"{proc}/{table}") as f:
+                lines = f.read().splitlines()[1:]
+        except (OSError, ValueError):
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 7 and fields[1] == peer and fields[2] == ours:
+                return int(fields[7])
+    return None
 
 
 # ---- endpoint strings
@@ -475,6 +623,54 @@ def default_control_endpoint(settings: Config, node_id: int) -> str:
         )
     # Server unix endpoints spell the path "address="; clients spell it "path=".
     return f"unix:address={escape_endpoint(path)}:mode=600:lockfile=0"
+
+
+def check_control_endpoint(description: str, allow_remote: bool = False) -> str:
+    """The control endpoint to listen on, or :class:`ControlError` saying why it is refused.
+
+    Accepted: a ``unix:`` socket whose mode gives nobody but its owner access
+    (``mode=600`` is added when none is given: Twisted's default is 666), and
+    ``tcp:``/``tcp6:`` on a loopback ``interface=``.  Anything that other
+    users or hosts could reach is refused unless *allow_remote* (the setting
+    CONTROL_ALLOW_REMOTE=1) says the operator wants that.
+    """
+    kind, args, kwargs = _split_endpoint(description)
+    kind = kind.lower()
+    hint = "(set CONTROL_ALLOW_REMOTE=1 to allow it anyway)"
+    if kind == "unix":
+        path = control_socket_path(description)
+        if not path:
+            raise ControlError(f"control endpoint {description!r} has no path")
+        if path.startswith("\0"):
+            if allow_remote:
+                return description
+            raise ControlError(f"control endpoint {description!r} is an abstract UNIX socket, which any local user"
+                               f" can connect to: give a file path {hint}")
+        if "mode" not in kwargs:
+            return description + ":mode=600"
+        try:
+            mode = int(kwargs["mode"], 8)
+        except ValueError:
+            raise ControlError(f"control endpoint {description!r}: mode must be octal, like 600") from None
+        if mode & 0o077 and not allow_remote:
+            raise ControlError(f"control endpoint {description!r} would let other users command the node"
+                               f" (mode {mode:03o}): use mode=600 {hint}")
+        return description
+    if kind in ("tcp", "tcp6"):
+        interface = kwargs.get("interface", "")
+        if allow_remote:
+            return description
+        if not interface or interface in ("0.0.0.0", "::"):
+            raise ControlError(f"control endpoint {description!r} listens on every address, so other hosts could"
+                               f" command the node: add interface=127.0.0.1, or use the default UNIX socket {hint}")
+        if not is_loopback(interface):
+            raise ControlError(f"control endpoint {description!r} listens on {interface}, which other hosts can reach:"
+                               f" use interface=127.0.0.1, or the default UNIX socket {hint}")
+        return description
+    if allow_remote:
+        return description
+    raise ControlError(f"control endpoint {description!r}: only unix: sockets and tcp: on a loopback interface"
+                       f" are accepted {hint}")
 
 
 def _split_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
