@@ -311,6 +311,7 @@ def run_kill_loop(cluster: Cluster, kills: int, seed: int) -> dict[str, Any]:
         if failed:
             raise failed[0]
         cluster.procs["tracker"].wait(10)
+        api.close()  # the last request may have been answered just before the kill: its connection is dead
         figures["kills"] += 1
         assert "Traceback" not in cluster.tracker_output(), cluster.tail("tracker", 60)
 
