@@ -75,11 +75,13 @@ class Config:
     #: Most live node records the tracker keeps for one IP address; a REGISTER
     #: beyond it is refused (429), so one host cannot fill the tracker.
     TRACKER_MAX_NODES_PER_HOST: int = 256
-    #: Blocks a second a seeder sends to one address (a token bucket that saves
-    #: up to 1/8 s of it, at least two full requests); the rest of a request is
-    #: dropped, which a real downloader takes as loss and slows down.  20000
-    #: blocks (~144 MB/s with 7216-byte chunks) is above what one downloader
-    #: takes in on loopback and bounds a peer that floods requests.  0: no limit.
+    #: Blocks a second a seeder sends to one address while it serves several
+    #: (a token bucket that saves up to 1/8 s of it, at least two full
+    #: requests); the rest of a request is dropped, which a real downloader
+    #: takes as loss.  One address served alone is not limited.  20000 blocks
+    #: (~144 MB/s with 7216-byte chunks) is about half of what a seeder sends
+    #: on loopback, so a peer flooding requests leaves room for the others.
+    #: 0: no limit.
     MAX_BLOCKS_PER_SECOND_PER_PEER: int = 20000
     #: Addresses a seeder keeps rate state for (least recently seen forgotten
     #: first), so many source addresses cannot grow its memory.

@@ -602,6 +602,37 @@ def test_a_flooding_peer_gets_a_bounded_share_and_others_are_served(tmp_path: Pa
     assert peak - base < 512 * 1024 and current - base < 256 * 1024
 
 
+def test_a_peer_served_alone_is_not_limited_but_held_to_its_budget_when_others_come(tmp_path: Path) -> None:
+    """The budget protects other peers: alone, a peer gets all it asks; with company, each gets its share."""
+    proto, transport, clock, meta = serving_node(tmp_path, blocks_per_second=2000)
+    first, second = ("198.51.100.6", 6881), ("198.51.100.7", 6881)
+    cookies = {addr: greet(proto, transport, addr, meta) for addr in (first, second)}
+    blocks = [(p % meta.num_pieces, 0, 1024) for p in range(100)]
+
+    def ask(addr: Any) -> None:
+        proto.datagramReceived(wire.encode_block_request(meta.info_hash, cookies[addr], blocks), addr)
+
+    for _ in range(200):  # 20,000 blocks a second, 10 times the budget, for 1 s: alone, so all served
+        ask(first)
+        clock.advance(0.005)
+    assert transport.blocks(first) == 20_000 and proto.counts["limited:blocks"] == 0
+    for _ in range(200):  # now a second peer asks as much: both are held to 2,000 a second (+ the burst)
+        ask(first)
+        ask(second)
+        clock.advance(0.005)
+    burst = proto.seeder.blocks.burst
+    # The first spent its budget while alone: a second's worth, and the one request it made before the second came.
+    assert transport.blocks(first) - 20_000 <= 2000 + 100 + 10
+    assert transport.blocks(second) <= 2000 + burst
+    assert transport.blocks(second) >= 2000
+    clock.advance(2)  # the second peer has gone: after CONTENTION_WINDOW the first is alone again
+    before = transport.blocks(first)
+    for _ in range(100):
+        ask(first)
+        clock.advance(0.001)
+    assert transport.blocks(first) - before == 10_000
+
+
 @pytest.mark.parametrize("table_size", [4096, 256])
 def test_rate_state_stays_bounded_under_many_addresses(tmp_path: Path, table_size: int) -> None:
     """Thousands of source addresses, proven and forged: every per-address table stops at PEER_TABLE_SIZE.
@@ -671,6 +702,7 @@ def test_rate_table() -> None:
     t.take("d", 1, 100.0)  # forgets b, the least recent
     assert len(t) == 3 and t.take("b", 25, 100.0) == 20
     assert RateTable(rate=0, burst=0, size=1).take("x", 10**6, 0.0) == 10**6  # 0: no limit, no state
+    assert t.take("a", 50, 100.0, force=True) == 50 and t.take("a", 5, 100.5) == 5  # spent, never below empty
 
 
 @pytest.mark.parametrize(

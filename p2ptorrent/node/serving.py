@@ -16,9 +16,15 @@ What a peer can make us send:
   Both are also limited per address (``INFO_ANSWERS``/``ERRORS`` a second),
   so a forged source address gets at most a trickle of small datagrams.
 * Blocks at most ``MAX_BLOCKS_PER_SECOND_PER_PEER`` a second per address (a
-  token bucket); the rest of a request is dropped, which a real downloader
-  takes as loss and slows down.  Blocks are read and sent one at a time, so
-  a request for 256 blocks never holds 256 blocks in memory.
+  token bucket) while the node serves more than one address: the budget is
+  there so that one peer, however many blocks it asks for, cannot crowd out
+  the others.  A peer served alone is not limited (there is nobody to
+  protect, and a fast downloader on a fast machine must not be slowed by a
+  number fixed in advance); as soon as blocks go to two addresses within
+  ``CONTENTION_WINDOW``, every address is held to its budget.  The rest of
+  a request is dropped, which a real downloader takes as loss and slows
+  down.  Blocks are read and sent one at a time, so a request for 256
+  blocks never holds 256 blocks in memory.
 * The rate state of at most ``PEER_TABLE_SIZE`` addresses per table (least
   recently seen forgotten first): many source addresses cannot grow memory.
   Only cookie-checked addresses enter the block table.
@@ -45,6 +51,9 @@ from p2ptorrent.metainfo import Metainfo
 #: plenty, and it caps what a forged source address gets (~1 KB/s).
 INFO_ANSWERS_PER_SECOND = 20.0
 INFO_ANSWER_BURST = 40.0
+#: Blocks served to two addresses within this many seconds: they compete,
+#: and each is held to MAX_BLOCKS_PER_SECOND_PER_PEER.
+CONTENTION_WINDOW = 1.0
 #: ERROR replies a second to one address.  A refused request needs one
 #: answer; the requester's timeouts cover any that are not sent.
 ERRORS_PER_SECOND = 10.0
@@ -81,8 +90,12 @@ class RateTable:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def take(self, addr: Hashable, want: int, now: float) -> int:
-        """Spend up to *want* units for *addr*; return how many it may have (0 to *want*)."""
+    def take(self, addr: Hashable, want: int, now: float, force: bool = False) -> int:
+        """Spend up to *want* units for *addr*; return how many it may have (0 to *want*).
+
+        With *force*, all *want* are granted and spent (the bucket empties, no
+        further): the use is recorded even when it is not limited.
+        """
         if self.rate <= 0:
             return want
         buckets = self._buckets
@@ -96,8 +109,8 @@ class RateTable:
             # max(): the wall clock may step back; never refill on that.
             tokens = min(self.burst, saved + max(0.0, now - last) * self.rate)
             buckets.move_to_end(addr)
-        granted = min(want, int(tokens))
-        buckets[addr] = (tokens - granted, now)
+        granted = want if force else min(want, int(tokens))
+        buckets[addr] = (max(0.0, tokens - granted), now)
         return granted
 
 
@@ -123,6 +136,9 @@ class Seeder:
         self.blocks = RateTable(blocks_per_second, burst, table_size)
         self.info_answers = RateTable(INFO_ANSWERS_PER_SECOND, INFO_ANSWER_BURST, table_size)
         self.errors = RateTable(ERRORS_PER_SECOND, ERROR_BURST, table_size)
+        self._last_served: Any = None
+        self._last_served_at = float("-inf")
+        self._contended_until = float("-inf")
 
     @classmethod
     def from_settings(cls, secret: bytes, settings: Config) -> "Seeder":
@@ -196,10 +212,19 @@ class Seeder:
                 text = f"no block {piece}:{offset}+{length}"
                 return "bad block", self._error(addr, now, size, msg.info_hash, wire.E_BAD_REQUEST, text)
         wanted = len(msg.blocks)
-        granted = self.blocks.take(addr, wanted, now)
+        # Alone, a peer gets all it asks, but its budget is spent all the same:
+        # a flood that was alone is held back at once when others come.
+        granted = self.blocks.take(addr, wanted, now, force=not self._contended(addr, now))
         if granted < wanted:
             self.counts["limited:blocks"] += wanted - granted
         return None, self._read(shared, msg.info_hash, msg.blocks[:granted] if granted < wanted else msg.blocks)
+
+    def _contended(self, addr: Any, now: float) -> bool:
+        """Whether another address was served blocks lately (then budgets apply)."""
+        if addr != self._last_served and now - self._last_served_at <= CONTENTION_WINDOW:
+            self._contended_until = now + CONTENTION_WINDOW
+        self._last_served, self._last_served_at = addr, now
+        return now <= self._contended_until
 
     def _read(self, shared: SharedFile, info_hash: bytes, blocks: Iterable[tuple[int, int, int]]) -> Iterator[bytes]:
         """Each block as a datagram, read from disk when the protocol is ready to send it."""
