@@ -37,6 +37,7 @@ def test_options() -> None:
         (["--id", "1", "--port", "70000"], "out of range"),
         (["--id", "1", "--chunk-size", "9999"], "must fit in one BUFFER_SIZE"),
         (["--id", "1", "--node-interval", "-5"], "positive"),
+        (["--id", "1", "--control", "tcp:7000"], "control"),
     ],
 )
 def test_bad_options(argv: list[str], reason: str) -> None:

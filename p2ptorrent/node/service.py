@@ -38,7 +38,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from p2ptorrent import wire
 from p2ptorrent.config import Config
 from p2ptorrent.logfile import LogFileService
 from p2ptorrent.metainfo import MAX_TORRENT_SIZE, Metainfo, MetainfoError, make_torrent, parse, read_torrent, target_path
@@ -234,7 +233,7 @@ class Node(MultiService):
         self.stop_process = stop_process
         self.run_blocking = run_blocking or (lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a))
         self.folder = settings.node_dir(node_id)
-        self.seeder = Seeder(os.urandom(32), settings.BUFFER_SIZE - wire.BLOCK_OVERHEAD)
+        self.seeder = Seeder.from_settings(os.urandom(32), settings)
         self.protocol = NodeProtocol(self.seeder, reactor, settings.BUFFER_SIZE, settings.SOCKET_BUFFER)
         self.downloads: dict[bytes, Download] = {}
         #: Every download under way, from its first check of the disk to its end.

@@ -9,7 +9,13 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from p2ptorrent.node.control import ControlFactory, StdinControl, clear_stale_socket, default_control_endpoint
+from p2ptorrent.node.control import (
+    ControlFactory,
+    StdinControl,
+    check_control_endpoint,
+    clear_stale_socket,
+    default_control_endpoint,
+)
 from p2ptorrent.node.service import Node, stdin_is_usable
 from p2ptorrent.options import SettingsOptions
 
@@ -41,11 +47,13 @@ class Options(SettingsOptions):
                 raise usage.UsageError(f"--{name} must be a whole number, got {self[name]!r}") from None
             if not low <= self[name] <= (2**31 - 1 if name == "id" else 65535):
                 raise usage.UsageError(f"--{name} is out of range: {self[name]}")
-        if self["control"] is None:
-            try:
+        try:
+            if self["control"] is None:
                 self["control"] = default_control_endpoint(self["settings"], self["id"])
-            except ValueError as e:
-                raise usage.UsageError(str(e)) from None
+            # Only this user may command the node: refuse endpoints others could reach.
+            self["control"] = check_control_endpoint(self["control"], bool(self["settings"].CONTROL_ALLOW_REMOTE))
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def makeService(config: Any, reactor: Any = None) -> IService:
@@ -62,7 +70,7 @@ def makeService(config: Any, reactor: Any = None) -> IService:
         stop_process=reactor.stop,
     )
     clear_stale_socket(config["control"])  # left behind if a node was killed
-    control = StreamServerEndpointService(serverFromString(reactor, config["control"]), ControlFactory(node))
+    control = StreamServerEndpointService(serverFromString(reactor, config["control"]), ControlFactory(node, allow_remote=bool(config["settings"].CONTROL_ALLOW_REMOTE)))
     control.setServiceParent(node)
     if not config["no-stdin"]:
         StdinService(node, reactor).setServiceParent(node)
