@@ -118,6 +118,7 @@ class Download:
             peer_timeout=settings.PEER_TIMEOUT,
             max_window=settings.MAX_REQUESTS_IN_FLIGHT,
             max_batch=wire.max_blocks_per_request(settings.BUFFER_SIZE),
+            max_inflight_bytes=settings.SOCKET_BUFFER // 2,
         )
         self.shares: dict[Any, Deferred[ShareReport]] = {}
         self.ended: list[Deferred[ShareReport]] = []
@@ -128,6 +129,10 @@ class Download:
         #: Owners still being greeted after a missed answer: they keep trying,
         #: but no longer hold a slot, so a spare is greeted beside them.
         self.lagging: set[Any] = set()
+        #: Pieces verified since the last log line, by sending node: logged once a
+        #: second, not once a piece, so logging stays off the hot path.
+        self._pieces_log: dict[int, list[int]] = {}
+        self._pieces_logged_at = 0.0
         self.asked_tracker = 0
         self.asking = False
         self.result: Deferred[DownloadResult] = Deferred()
@@ -332,13 +337,15 @@ class Download:
                 "{name}: nodes {nodes} had sent corrupt blocks of piece {piece}",
                 name=self.name, nodes=self._ids(ok.corrupt_from), piece=ok.piece,
             )
-        self.log.debug("{name}: piece {piece} verified (from {peers})", name=self.name, piece=ok.piece, peers=self._ids(ok.sources))
+        for node in self._ids(ok.sources):
+            self._pieces_log.setdefault(node, []).append(ok.piece)
         if self.transfer.done:
             self._complete()
         else:
             self._report_progress()
 
     def _complete(self) -> None:
+        self._log_pieces()
         if not self.part.whole_hash_ok():
             self._fail(f"{self.name}: every piece verified but the whole-file SHA-256 does not match the torrent")
             return
@@ -397,8 +404,19 @@ class Download:
         )
 
     # ---- time
+    def _log_pieces(self) -> None:
+        if self._pieces_log:
+            self.log.info(
+                "{name}: pieces verified, by sender: {pieces}",
+                name=self.name, pieces="; ".join(f"node {n}: {_ranges(p)}" for n, p in sorted(self._pieces_log.items())),
+            )
+            self._pieces_log = {}
+        self._pieces_logged_at = self.clock.seconds()
+
     def _tick(self) -> None:
         now = self.clock.seconds()
+        if now - self._pieces_logged_at >= 1.0:
+            self._log_pieces()
         dropped = self.transfer.tick(now)
         for d in dropped:
             self._share_ended(d.peer.addr, d.peer, d.reason)
@@ -435,6 +453,7 @@ class Download:
     def _fail(self, reason: str, keep_part: bool = False) -> None:
         if self._finished:
             return
+        self._log_pieces()
         self._finished = True
         self._stop_loop()
         if keep_part:
@@ -457,3 +476,14 @@ class Download:
     def _loop_died(self, f: Failure) -> None:
         self.log.failure("download timer failed", f)
         self._fail(f"internal error: {f.getErrorMessage()}")
+
+
+def _ranges(pieces: list[int]) -> str:
+    """[1, 2, 3, 7] -> "1-3, 7": a second's pieces in one short line."""
+    runs: list[list[int]] = []
+    for p in sorted(pieces):
+        if runs and runs[-1][1] == p - 1:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs)

@@ -136,6 +136,7 @@ class Transfer:
         peer_timeout: float = 10.0,
         max_window: int = 512,
         max_batch: int = 64,
+        max_inflight_bytes: int = 0,
     ) -> None:
         self.geo = geometry
         self.hashes = piece_hashes
@@ -143,6 +144,9 @@ class Transfer:
         self.peer_timeout = peer_timeout
         self.max_window = max_window
         self.max_batch = max_batch
+        #: All peers together never owe us more than this (the receive buffer's share):
+        #: more would only overflow the kernel's queue and come back as loss.
+        self.budget = max(MIN_WINDOW, max_inflight_bytes // geometry.chunk) if max_inflight_bytes else 1 << 30
         self.peers: dict[Addr, PeerState] = {}
         self.verified = bytearray(geometry.num_pieces)
         for p in have:
@@ -301,8 +305,9 @@ class Transfer:
         """Fill the peers' windows; return the batches of (piece, offset, length) to send."""
         out = []
         peers = [self.peers[only]] if only is not None and only in self.peers else list(self.peers.values())
+        room = self.budget - self.outstanding()
         for peer in peers:
-            free = peer.free()
+            free = min(peer.free(), room)
             if free <= 0 or (peer.inflight and free < min(self.max_batch, max(1, int(peer.window) // 4))):
                 continue
             batch: list[tuple[int, int, int]] = []
@@ -311,6 +316,7 @@ class Transfer:
                 if bid is None:
                     break
                 free -= 1
+                room -= 1
                 retrans = self.asked[bid] > 0
                 self.asked[bid] = 1
                 self.requesters.setdefault(bid, []).append(peer.addr)
