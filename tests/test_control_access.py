@@ -13,13 +13,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import stat
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.utils import getProcessOutputAndValue
 from zope.interface import implementer
 
+from daemonkit import end_process, pid_alive
 from p2ptorrent.config import Config
 from p2ptorrent.node import control
 from p2ptorrent.node.control import (
@@ -100,14 +99,6 @@ def short_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
 @pytest.fixture
 def daemon(short_dir: Path) -> Iterator[tuple[int, Path]]:
     """`twistd --pidfile ... p2pnode --id 1` as a real daemon; (its pid, its node folder).  Stopped at teardown."""
@@ -130,12 +121,7 @@ def daemon(short_dir: Path) -> Iterator[tuple[int, Path]]:
         yield pid, folder
     finally:
         if pid_alive(pid):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 15
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+            end_process(pid, grace=15)
 
 
 def socket_inodes(pid: int) -> set[int]:

@@ -23,9 +23,10 @@ from typing import Any, Iterator
 
 import pytest
 
+from daemonkit import node_args, registered, seed_file, start_tracker
 from p2ptorrent.metainfo import Metainfo, make_torrent, read_torrent
 from p2ptorrent.node.storage import NoSpace, PartFile, read_record, record_path
-from p2ptorrent.procs import Daemons, connects, free_port, sha256
+from p2ptorrent.procs import Daemons, free_port, sha256
 from p2ptorrent.procs import wait_for as _wait_for
 
 KIB = 1024
@@ -41,6 +42,15 @@ def _meta(tmp: Path, size: int = 8 * PIECE + 5) -> tuple[Metainfo, bytes]:
     data = random.Random(2).randbytes(size)
     (tmp / "src" / "f.bin").write_bytes(data)
     return make_torrent(tmp / "src" / "f.bin", "http://tracker.invalid:1", PIECE)[0], data
+
+
+def _opened(tmp: Path) -> tuple[Metainfo, bytes, Path, PartFile]:
+    """The file's metainfo and bytes, and its part file opened in ``tmp/node``."""
+    meta, data = _meta(tmp)
+    folder = tmp / "node"
+    part = PartFile(folder, meta)
+    part.open()
+    return meta, data, folder, part
 
 
 def _full_after(limit: int) -> Any:
@@ -59,10 +69,7 @@ def _full_after(limit: int) -> Any:
 
 
 def test_no_space_is_a_clear_error_and_the_verified_pieces_stay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    meta, data = _meta(tmp_path)
-    folder = tmp_path / "node"
-    part = PartFile(folder, meta)
-    part.open()
+    meta, data, folder, part = _opened(tmp_path)
     part.write_piece(0, data[:PIECE])
     part.write_piece(1, data[PIECE : 2 * PIECE])
     monkeypatch.setattr(os, "pwrite", _full_after(PIECE // 2))  # half of piece 2 fits, then the disk is full
@@ -86,10 +93,7 @@ def test_no_space_is_a_clear_error_and_the_verified_pieces_stay(tmp_path: Path, 
 
 
 def test_no_space_before_anything_verified_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    meta, data = _meta(tmp_path)
-    folder = tmp_path / "node"
-    part = PartFile(folder, meta)
-    part.open()
+    meta, data, folder, part = _opened(tmp_path)
     monkeypatch.setattr(os, "pwrite", _full_after(0))
     with pytest.raises(NoSpace, match="ENOSPC"):
         part.write_piece(3, data[3 * PIECE : 4 * PIECE])
@@ -99,10 +103,7 @@ def test_no_space_before_anything_verified_leaves_nothing(tmp_path: Path, monkey
 
 
 def test_no_space_for_the_record_is_a_clear_error_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    meta, data = _meta(tmp_path)
-    folder = tmp_path / "node"
-    part = PartFile(folder, meta)
-    part.open()
+    meta, data, folder, part = _opened(tmp_path)
     part.write_piece(0, data[:PIECE])
     real_write = os.write
 
@@ -145,25 +146,12 @@ def test_disk_full_for_real_then_retry_when_space_is_back(tmp_path: Path, small_
     port = free_port()
     size = 24 * MIB
     try:
-        d.start("tracker", ["p2ptracker", "--host", "127.0.0.1", "--port", str(port),
-                            "--tracker-db-dir", str(tmp_path / "tracker_db"), "--logs-dir", str(tmp_path / "logs")])
-        wait_for(lambda: connects(port), "the tracker to listen", alive=lambda: d.check_alive("tracker"))
-        seed_dir = d.nodes_dir / "1"
-        seed_dir.mkdir(parents=True)
-        data = random.Random(13).randbytes(size)
-        (seed_dir / "big.bin").write_bytes(data)
-        want = hashlib.sha256(data).hexdigest()
+        start_tracker(d, port, timeout=30.0)
+        seed_dir, want = seed_file(d, "big.bin", size, seed=13)
         for n in (1, 2):
-            d.start(f"node{n}", [
-                "p2pnode", "--id", str(n), "--node-files-dir", str(d.nodes_dir), "--logs-dir", str(tmp_path / "logs"),
-                "--tracker", f"127.0.0.1:{port}", "--no-stdin", "--interface", "127.0.0.1",
-            ])
+            d.start(f"node{n}", node_args(d, n, port))
         for n in (1, 2):
-            def registered(n: int = n) -> bool:
-                result = d.ctl(n, "status")
-                return result.returncode == 0 and json.loads(result.stdout)["registered"] is True
-
-            wait_for(registered, f"node {n} to register", alive=lambda n=n: d.check_alive(f"node{n}"))
+            wait_for(lambda n=n: registered(d, n), f"node {n} to register", alive=lambda n=n: d.check_alive(f"node{n}"))
         d.ok(1, "send", "big.bin")
         torrent = seed_dir / "big.bin.torrent"
         meta = read_torrent(torrent)

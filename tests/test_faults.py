@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from netsim import Faults
@@ -40,14 +39,6 @@ def only_verified_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(PartFile, "write_piece", checked)
     return written
-
-
-@pytest.fixture
-def events() -> Any:
-    seen: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(seen.append)
-    yield seen
-    globalLogPublisher.removeObserver(seen.append)
 
 
 def _complete(swarm: Swarm, result: object) -> DownloadResult:

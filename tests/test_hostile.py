@@ -30,7 +30,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
 from twisted.python.failure import Failure
 
 from netsim import Faults
@@ -286,14 +286,6 @@ class Attacker:
         self.bytes_in += len(data)
         if len(self.received) < 10:
             self.received.append(data)
-
-
-@pytest.fixture
-def events() -> Iterator[list[dict[str, Any]]]:
-    seen: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(seen.append)
-    yield seen
-    globalLogPublisher.removeObserver(seen.append)
 
 
 def assert_quiet_log(events: list[dict[str, Any]], protocols: int, seconds: float) -> int:

@@ -32,6 +32,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.python.failure import Failure
 
+from daemonkit import node_args, registered, seed_file, start_tracker
 from netsim import Faults
 from p2ptorrent import wire
 from p2ptorrent.config import Config
@@ -47,7 +48,7 @@ from p2ptorrent.node.storage import (
     record_path,
     unfinished,
 )
-from p2ptorrent.procs import Daemons, connects, free_port, sha256
+from p2ptorrent.procs import Daemons, free_port, sha256
 from p2ptorrent.procs import wait_for as _wait_for
 from swarm import Swarm
 
@@ -406,18 +407,6 @@ async def test_leftovers_of_a_finished_download_are_cleared_and_the_file_shared(
 wait_for = partial(_wait_for, timeout=30.0, fail=pytest.fail)
 
 
-def _node_args(d: Daemons, root: Path, node_id: int, tracker_port: int, *extra: str) -> list[str]:
-    return [
-        "p2pnode", "--id", str(node_id), "--node-files-dir", str(d.nodes_dir), "--logs-dir", str(root / "logs"),
-        "--tracker", f"127.0.0.1:{tracker_port}", "--no-stdin", "--interface", "127.0.0.1", *extra,
-    ]
-
-
-def _registered(d: Daemons, node_id: int) -> bool:
-    result = d.ctl(node_id, "status")
-    return result.returncode == 0 and json.loads(result.stdout)["registered"] is True
-
-
 def test_sigkill_half_way_then_restart_resumes(tmp_path: Path) -> None:
     d = Daemons(tmp_path, fail=pytest.fail, search_path=False, ctl_timeout=60.0)
     port = free_port()
@@ -425,19 +414,12 @@ def test_sigkill_half_way_then_restart_resumes(tmp_path: Path) -> None:
     # A downloader with a tiny request window, so the download lasts long enough to kill it half way.
     slow = ("--set", "MAX_REQUESTS_IN_FLIGHT=2")
     try:
-        d.start("tracker", ["p2ptracker", "--host", "127.0.0.1", "--port", str(port),
-                            "--tracker-db-dir", str(tmp_path / "tracker_db"), "--logs-dir", str(tmp_path / "logs")])
-        wait_for(lambda: connects(port), "the tracker to listen", alive=lambda: d.check_alive("tracker"))
-        seed_dir = d.nodes_dir / "1"
-        seed_dir.mkdir(parents=True)
-        data = random.Random(9).randbytes(size)
-        (seed_dir / "payload.bin").write_bytes(data)
-        want = hashlib.sha256(data).hexdigest()
-        del data
-        d.start("node1", _node_args(d, tmp_path, 1, port))
-        d.start("node2", _node_args(d, tmp_path, 2, port, *slow))
+        start_tracker(d, port, timeout=30.0)
+        seed_dir, want = seed_file(d, "payload.bin", size, seed=9)
+        d.start("node1", node_args(d, 1, port))
+        d.start("node2", node_args(d, 2, port, *slow))
         for n in (1, 2):
-            wait_for(lambda n=n: (d.nodes_dir / str(n) / ".control.sock").exists() and _registered(d, n),
+            wait_for(lambda n=n: (d.nodes_dir / str(n) / ".control.sock").exists() and registered(d, n),
                      f"node {n} to register", alive=lambda n=n: d.check_alive(f"node{n}"))
         d.ok(1, "send", "payload.bin")
         torrent = seed_dir / "payload.bin.torrent"
@@ -482,7 +464,7 @@ def test_sigkill_half_way_then_restart_resumes(tmp_path: Path) -> None:
 
         # Restart with the same arguments: it resumes by itself.
         restarted = time.monotonic()
-        d.start("node2", _node_args(d, tmp_path, 2, port, *slow))
+        d.start("node2", node_args(d, 2, port, *slow))
         log = tmp_path / "logs" / "node_2.log"
         wait_for(lambda: "resuming payload.bin: " in log.read_text(), "node 2 to resume payload.bin",
                  alive=lambda: d.check_alive("node2"))

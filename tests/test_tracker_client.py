@@ -16,7 +16,6 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseNeverReceived
 
-from p2ptorrent.config import Config
 from p2ptorrent.node.tracker_client import (
     HeartbeatService,
     Owner,
@@ -28,19 +27,9 @@ from p2ptorrent.node.tracker_client import (
 from p2ptorrent.tracker.http import TrackerHTTP
 from p2ptorrent.tracker.state import SwarmState
 from p2ptorrent.tracker.store import JsonStore
+from trackerkit import CFG, H1, result
 
 BASE = "http://tracker.example:12345"
-H1 = "ab" * 20
-CFG = Config()
-
-
-def result(d: Deferred[Any]) -> Any:
-    out: list[Any] = []
-    d.addBoth(out.append)
-    assert out, "the Deferred has not fired"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
-    return out[0]
 
 
 def failure_of(d: Deferred[Any], kind: type[BaseException]) -> BaseException:

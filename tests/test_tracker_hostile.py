@@ -23,11 +23,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.python.failure import Failure
 
 from p2ptorrent.config import Config
@@ -35,20 +34,7 @@ from p2ptorrent.node.tracker_client import HeartbeatService, TrackerClient
 from p2ptorrent.tracker.http import TrackerHTTP, TrackerSite
 from p2ptorrent.tracker.state import SwarmState, TrackerError
 from p2ptorrent.tracker.store import JsonStore
-from test_tracker_http import URL, Harness
-
-H1 = "ab" * 20
-H2 = "cd" * 20
-CFG = Config()
-
-
-def result(d: Deferred[Any]) -> Any:
-    out: list[Any] = []
-    d.addBoth(out.append)
-    assert out, "the Deferred has not fired"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
-    return out[0]
+from trackerkit import CFG, H1, H2, URL, Harness, result
 
 
 class CountingStore(JsonStore):
@@ -129,14 +115,6 @@ def world(tmp_path: Path) -> World:
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> World:
     return World(tmp_path_factory.mktemp("template") / "db")
-
-
-@pytest.fixture
-def events() -> Iterator[list[dict[str, Any]]]:
-    seen: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(seen.append)
-    yield seen
-    globalLogPublisher.removeObserver(seen.append)
 
 
 @pytest.fixture

@@ -27,12 +27,10 @@ from p2ptorrent.config import Config
 from p2ptorrent.node.tracker_client import HeartbeatService, TrackerClient
 from p2ptorrent.tracker.http import TrackerHTTP
 from p2ptorrent.tracker.state import SwarmState
-from test_tracker_http import MemoryStore
+from trackerkit import CFG, H1, MemoryStore
 
-CFG = Config()
 I = CFG.TRACKER_TIME_INTERVAL
 M = CFG.TRACKER_MISSED_CHECKS
-H1 = "ab" * 20
 
 
 def run(beats: list[float], phase: float, settings: Config = CFG, until: float | None = None) -> float | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 
 from p2ptorrent.config import Config
 from p2ptorrent.tracker.state import SwarmState
@@ -19,14 +19,6 @@ H1 = "ab" * 20
 
 NODES = {"version": 1, "nodes": [{"node_id": 1, "host": "h", "port": 9, "frequency": 3, "token_sha256": "c" * 64}]}
 FILES = {"version": 1, "files": [{"info_hash": H1, "name": "f", "length": 1, "owners": [1], "credits": []}]}
-
-
-@pytest.fixture
-def events() -> list[dict[str, Any]]:
-    seen: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(seen.append)
-    yield seen
-    globalLogPublisher.removeObserver(seen.append)
 
 
 def test_save_then_load_round_trip(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import time
 from functools import partial
@@ -22,21 +21,14 @@ from typing import Callable
 
 import pytest
 
+import daemonkit
+from daemonkit import end_process, pid_alive, registered
 from p2ptorrent.metainfo import make_torrent
-from p2ptorrent.procs import Daemons, connects, free_port, sha256
+from p2ptorrent.procs import Daemons, free_port, sha256
 from p2ptorrent.procs import wait_for as _wait_for
 
 MIB = 1024 * 1024
 wait_for = partial(_wait_for, timeout=20.0, fail=pytest.fail)
-
-
-def pid_alive(pid: int) -> bool:
-    """True while *pid* runs (a zombie counts as ended)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
 
 
 class Processes(Daemons):
@@ -51,18 +43,10 @@ class Processes(Daemons):
 
     # ---- starting
     def start_tracker(self) -> None:
-        self.start("tracker", [
-            "p2ptracker", "--host", "127.0.0.1", "--port", str(self.port),
-            "--tracker-db-dir", str(self.root / "tracker_db"), "--logs-dir", str(self.logs),
-        ])
-        wait_for(lambda: connects(self.port), "the tracker to listen", alive=lambda: self.check_alive("tracker"))
+        daemonkit.start_tracker(self, self.port, timeout=20.0)
 
     def node_args(self, node_id: int) -> list[str]:
-        return [
-            "p2pnode", "--id", str(node_id), "--node-files-dir", str(self.nodes_dir),
-            "--logs-dir", str(self.logs), "--tracker", f"127.0.0.1:{self.port}", "--no-stdin",
-            "--interface", "127.0.0.1",
-        ]
+        return daemonkit.node_args(self, node_id, self.port)
 
     def start_node(self, node_id: int) -> None:
         name = f"node{node_id}"
@@ -72,12 +56,7 @@ class Processes(Daemons):
     def wait_registered(self, node_id: int, alive: Callable[[], None] | None = None) -> None:
         sock = self.nodes_dir / str(node_id) / ".control.sock"
         wait_for(sock.exists, f"node {node_id}'s control socket {sock}", alive=alive)
-
-        def registered() -> bool:
-            result = self.ctl(node_id, "status")
-            return result.returncode == 0 and json.loads(result.stdout)["registered"] is True
-
-        wait_for(registered, f"node {node_id} to register with the tracker", alive=alive)
+        wait_for(lambda: registered(self, node_id), f"node {node_id} to register with the tracker", alive=alive)
 
     # ---- ending
     def stop_all(self) -> None:
@@ -88,12 +67,7 @@ class Processes(Daemons):
             except (OSError, ValueError):
                 continue
             if pid_alive(pid) and marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
-                os.kill(pid, signal.SIGTERM)
-                deadline = time.monotonic() + 5
-                while pid_alive(pid) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if pid_alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+                end_process(pid, grace=5)
 
 
 @pytest.fixture
