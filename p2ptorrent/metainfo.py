@@ -278,13 +278,18 @@ def parse(data: bytes) -> Metainfo:
 
 def read_torrent(path: str | os.PathLike[str]) -> Metainfo:
     """Read and :func:`parse` the torrent at *path* (never more than 16 MiB + 1 bytes)."""
+    return read_torrent_file(path)[0]
+
+
+def read_torrent_file(path: str | os.PathLike[str]) -> tuple[Metainfo, bytes]:
+    """The torrent at *path*, parsed, with its bytes (a node keeps a copy to resume from)."""
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_TORRENT_SIZE + 1)
     except OSError as e:
         raise MetainfoError(f"cannot read torrent {os.fspath(path)}: {e.strerror or e}") from None
     try:
-        return parse(data)
+        return parse(data), data
     except MetainfoError as e:
         raise MetainfoError(f"{os.fspath(path)}: {e}") from None
 

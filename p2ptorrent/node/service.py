@@ -40,7 +40,7 @@ from zope.interface import implementer
 
 from p2ptorrent.config import Config
 from p2ptorrent.logfile import LogFileService
-from p2ptorrent.metainfo import MAX_TORRENT_SIZE, Metainfo, MetainfoError, make_torrent, parse, read_torrent, target_path
+from p2ptorrent.metainfo import Metainfo, MetainfoError, make_torrent, read_torrent, read_torrent_file, target_path
 from p2ptorrent.node.control import INodeCommands
 from p2ptorrent.node.download import Download, DownloadError, DownloadResult
 from p2ptorrent.node.protocol import NodeProtocol
@@ -399,7 +399,7 @@ class Node(MultiService):
 
     async def _download(self, torrent_path: str, progress: Callable[[dict[str, Any]], None]) -> str:
         try:
-            meta, torrent = _read_torrent(torrent_path)
+            meta, torrent = read_torrent_file(torrent_path)
             final = target_path(self.folder, meta.name)
         except MetainfoError as e:
             raise CommandFailed(str(e)) from None
@@ -594,19 +594,6 @@ class Node(MultiService):
             # A moment's grace so the answer to this command reaches its sender.
             self.reactor.callLater(0.2, self.stop_process)
         return succeed(None)
-
-
-def _read_torrent(path: str) -> tuple[Metainfo, bytes]:
-    """A torrent file's metainfo and its bytes (a copy goes to .incomplete/, for resuming)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_TORRENT_SIZE + 1)
-    except OSError as e:
-        raise MetainfoError(f"cannot read torrent {path}: {e.strerror or e}") from None
-    try:
-        return parse(data), data
-    except MetainfoError as e:
-        raise MetainfoError(f"{path}: {e}") from None
 
 
 def stdin_is_usable() -> bool:
