@@ -622,6 +622,8 @@ FIGURES: list[tuple[str, Callable[[Run], list[float | None] | None], str, Callab
     ("resent", lambda r: [r.resent], "{:.0f}", sum),
     ("other CPU s on the machine (noise)", lambda r: [r.other_cpu], "{:.2f}", sum),
 ]
+#: Figures shown side by side without a ratio: they describe the run's conditions, not the implementation.
+NO_RATIO = {"other CPU s on the machine (noise)"}
 
 
 def figure_cell(values: list[float | None] | None, fmt: str, how: Callable[[list[float]], float]) -> tuple[str, float | None]:
@@ -684,7 +686,7 @@ class Results:
             row = [label, cell]
             for _, lm in lt_runs:
                 lcell, lagg = figure_cell(get(lm), fmt, how) if lm else ("-", None)
-                row += [lcell, ratio(agg, lagg)]
+                row += [lcell, "" if label in NO_RATIO else ratio(agg, lagg)]
             rows.append(row)
         row = ["transport", m.via if m else "-"]
         for _, lm in lt_runs:
