@@ -58,6 +58,7 @@ Exit status: 0 every run completed and every copy was identical; 1 otherwise;
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import math
@@ -626,10 +627,19 @@ FIGURES: list[tuple[str, Callable[[Run], list[float | None] | None], str, Callab
 NO_RATIO = {"other CPU s on the machine (noise)"}
 
 
-def figure_cell(values: list[float | None] | None, fmt: str, how: Callable[[list[float]], float]) -> tuple[str, float | None]:
+def figure_cell(runs: list[Run], get: Callable[[Run], list[float | None] | None], fmt: str,
+                how: Callable[[list[float]], float]) -> tuple[str, float | None]:
+    """A figure over *runs*: each process's median, and the median of each run's aggregate (what the ratio uses).
+
+    The aggregate is taken run by run before the median: which seeder sends most changes from run to
+    run, so the sum of per-seeder medians would not be what any run uploaded.
+    """
+    if not runs:
+        return "-", None
+    values = get(median_run(runs))
     if not values:
         return "-", None
-    agg = total(values, how)
+    agg = med([total(get(r), how) for r in runs])
     if len(values) == 1:
         return num(values[0], fmt), agg
     return f"{per_proc(values, fmt)} ({num(agg, fmt)})", agg
@@ -640,9 +650,16 @@ class Results:
         self.plan = plan
         self.runs: list[Run] = []
 
+    def ok_runs(self, group: Group, job: Job) -> list[Run]:
+        return [r for r in self.runs if r.ok and r.job == job and r.scenario == group.scenario and r.size == group.size]
+
     def medians(self, group: Group, job: Job) -> Run | None:
-        runs = [r for r in self.runs if r.ok and r.job == job and r.scenario == group.scenario and r.size == group.size]
+        runs = self.ok_runs(group, job)
         return median_run(runs) if runs else None
+
+    def node_rss(self, group: Group, job: Job) -> float | None:
+        """Median over runs of the largest peak RSS among the run's downloading nodes."""
+        return med([total(r.rss.get("nodes"), max) for r in self.ok_runs(group, job)] or [None])
 
     def count(self, group: Group, job: Job) -> tuple[int, int]:
         runs = [r for r in self.runs if r.job == job and r.scenario == group.scenario and r.size == group.size]
@@ -668,52 +685,54 @@ class Results:
                     lm = lt_runs[lt]
                     row += [num(lm.mb_per_s, "{:.1f}") if lm else "-",
                             ratio(m.mb_per_s if m else None, lm.mb_per_s if lm else None)]
-                row.append(num(total(m.rss.get("nodes"), max), "{:.1f}") if m else "-")
-                row += [num(total(lm.rss.get("nodes"), max), "{:.1f}") if lm else "-" for lm in lt_runs.values()]
+                row.append(num(self.node_rss(g, job), "{:.1f}") if m and job else "-")
+                row += [num(self.node_rss(g, lt), "{:.1f}") if lm else "-" for lt, lm in lt_runs.items()]
                 rows.append(row)
         return render(headers, rows, markdown)
 
     def comparison(self, group: Group, job: Job | None, markdown: bool) -> str:
         lts = [j for j in self.plan.jobs if j.impl != P2P]
-        m = self.medians(group, job) if job else None
-        lt_runs = [(lt, self.medians(group, lt)) for lt in lts]
+        runs = self.ok_runs(group, job) if job else []
+        m = median_run(runs) if runs else None
+        lt_runs = [(lt, self.ok_runs(group, lt)) for lt in lts]
         headers = ["figure (median)", job.label if job else P2P]
         for lt, _ in lt_runs:
             headers += [lt.impl, "x"]
         rows = []
         for label, get, fmt, how in FIGURES:
-            cell, agg = figure_cell(get(m), fmt, how) if m else ("-", None)
+            cell, agg = figure_cell(runs, get, fmt, how)
             row = [label, cell]
-            for _, lm in lt_runs:
-                lcell, lagg = figure_cell(get(lm), fmt, how) if lm else ("-", None)
+            for _, lruns in lt_runs:
+                lcell, lagg = figure_cell(lruns, get, fmt, how)
                 row += [lcell, "" if label in NO_RATIO else ratio(agg, lagg)]
             rows.append(row)
         row = ["transport", m.via if m else "-"]
-        for _, lm in lt_runs:
-            row += [lm.via if lm else "-", ""]
+        for _, lruns in lt_runs:
+            row += [median_run(lruns).via if lruns else "-", ""]
         rows.append(row)
         return render(headers, rows, markdown)
 
     def memory(self, markdown: bool) -> str:
+        base_job = next((j for j in self.plan.jobs if j.impl != P2P), None)
         headers = ["MiB (1->1)", "implementation", "runs", "peak RSS MiB seeder", "peak RSS MiB node", "peak RSS MiB tracker",
-                   "node RSS x lt-default"]
+                   f"node RSS x {base_job.impl if base_job else 'libtorrent'}"]
         rows = []
         one = SCENARIOS["1-1"]
         for size in self.plan.mem_sizes:
             g = Group(one, size, 0)
-            base = self.medians(g, Job("lt-default"))
+            base = self.node_rss(g, base_job) if base_job else None
             for job in self.plan.jobs:
                 m = self.medians(g, job)
                 ok, n = self.count(g, job)
                 if n == 0:
                     continue
-                node = total(m.rss.get("nodes"), max) if m else None
+                node = self.node_rss(g, job)
                 rows.append([
                     f"{size / MIB:.0f}", job.label, f"{ok}/{n}",
                     num(total(m.rss.get("seeders"), max), "{:.1f}") if m else "-",
                     num(node, "{:.1f}"),
                     num(total(m.rss.get("tracker"), max), "{:.1f}") if m and m.rss.get("tracker") else "-",
-                    ratio(node, total(base.rss.get("nodes"), max) if base else None),
+                    ratio(node, base),
                 ])
         return render(headers, rows, markdown)
 
@@ -732,6 +751,18 @@ class Results:
             out += [f"{hx}Memory: peak RSS (VmHWM) per process, 1 seeder -> 1 node, medians", "",
                     self.memory(markdown), ""]
         return "\n".join(out)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """Every run's raw figures (sizes in bytes, CPU in seconds, RSS in MiB), for other tools."""
+        out = []
+        for r in self.runs:
+            d = dataclasses.asdict(r)
+            d["scenario"] = r.scenario.name
+            d["job"] = r.job.label
+            d["mb_per_s"] = None if math.isnan(r.mb_per_s) else r.mb_per_s
+            d["seconds"] = None if math.isnan(r.seconds) else r.seconds
+            out.append(d)
+        return out
 
     def runs_table(self) -> str:
         return render(RUN_HEADERS, [run_cells(r, str(r.rep)) for r in self.runs], markdown=True)
@@ -835,6 +866,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-rate", type=float, default=3.0,
                         help="a transfer slower than this many MB/s (after a 60 s allowance) is stopped as hung (default 3)")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the tables to this Markdown file")
+    parser.add_argument("--json", type=Path, default=None, help="also write every run's raw figures to this JSON file")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="make the work folder inside this one (default: the system's temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (payloads, every run's logs)")
@@ -915,6 +947,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{results.report(markdown=True)}\n### Every run\n\n{results.runs_table()}\n\n{verdict}\n"
         )
         print(f"tables written to {args.markdown}")
+    if args.json:
+        args.json.write_text(json.dumps({"header": header, "argv": argv if argv is not None else sys.argv[1:],
+                                         "runs": results.to_json()}, indent=1))
+        print(f"raw figures written to {args.json}")
     return 1 if failed or interrupted or not results.runs else 0
 
 
