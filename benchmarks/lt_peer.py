@@ -6,8 +6,8 @@
 ``make`` writes a v1-only torrent of FILE (the same kind of torrent p2ptorrent
 makes: SHA-1 pieces, one file) with the given piece length.
 
-``peer`` starts a libtorrent session listening on 127.0.0.1 (an ephemeral
-port), with DHT, LSD, UPnP and NAT-PMP off, several connections per IP allowed
+``peer`` starts a libtorrent session listening on 127.0.0.1 (on a port free for
+both TCP and UDP), with DHT, LSD, UPnP and NAT-PMP off, several connections per IP allowed
 (every peer is 127.0.0.1) and no rate limits; ``--mode`` picks the transports:
 ``default`` leaves libtorrent's own choice (TCP and uTP both enabled; libtorrent
 tries uTP first and falls back to TCP), ``utp`` turns TCP off both ways, ``tcp``
