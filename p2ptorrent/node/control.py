@@ -11,6 +11,8 @@ a node's terminal; we keep that grammar (plus ``status``) for two front ends:
   command line and reads JSON lines back: progress, then the result.
 
 Parsing and dispatch are pure; the node supplies :class:`INodeCommands`.
+The grammar and the control socket's name are in :mod:`p2ptorrent.commands`
+(re-exported here), so the CLI can use them without importing Twisted.
 
 Who may command a node
 ----------------------
@@ -43,13 +45,10 @@ import errno
 import ipaddress
 import json
 import os
-import re
-import shlex
 import socket
 import stat
 import struct
 import sys
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -61,13 +60,23 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from p2ptorrent.config import Config
-
-VERBS = ("send", "download", "exit", "status")
-USAGE = (
-    "usage: torrent -setMode send <file> | torrent -setMode download <torrent file>"
-    " | torrent -setMode status | torrent -setMode exit"
+# The grammar and the socket's name live without Twisted, for the CLI; the
+# "X as X" form re-exports them for code that imports them from here.
+from p2ptorrent.commands import (
+    CONTROL_SOCKET_NAME as CONTROL_SOCKET_NAME,
+    MAX_UNIX_PATH as MAX_UNIX_PATH,
+    USAGE as USAGE,
+    VERBS as VERBS,
+    Command as Command,
+    CommandError as CommandError,
+    ControlError as ControlError,
+    client_endpoint as client_endpoint,
+    control_socket_path as control_socket_path,
+    default_control_endpoint as default_control_endpoint,
+    escape_endpoint as escape_endpoint,
+    parse_command as parse_command,
 )
+from p2ptorrent.commands import split_endpoint as _split_endpoint
 
 #: Longest request line the control socket and stdin accept (paths are < 4 KiB).
 MAX_LINE = 64 * 1024
@@ -79,92 +88,8 @@ REFUSED_LINGER = 5.0
 #: socket by a progress bar that wants a smooth rate.
 STDIN_PROGRESS_INTERVAL = 1.0
 SOCKET_PROGRESS_INTERVAL = 0.2
-#: Name of the control socket inside a node's folder.
-CONTROL_SOCKET_NAME = ".control.sock"
-#: sockaddr_un.sun_path holds 108 bytes on Linux, including the final NUL
-#: (104 on the BSDs and macOS; the bind fails there with a clear OSError).
-MAX_UNIX_PATH = 107
 
 Progress = Callable[[dict[str, Any]], None]
-
-
-class CommandError(ValueError):
-    """A command line does not follow the grammar; ``str()`` includes the usage."""
-
-
-class ControlError(ValueError):
-    """The control endpoint cannot be used as configured."""
-
-
-@dataclass(frozen=True)
-class Command:
-    """One parsed command: *verb* is one of :data:`VERBS`."""
-
-    verb: str
-    argument: str | None = None
-
-    def line(self) -> str:
-        """This command in the original grammar, quoting the path if it needs it."""
-        if self.argument is None:
-            return f"torrent -setMode {self.verb}"
-        if "\n" in self.argument or "\r" in self.argument:
-            raise CommandError("paths containing line breaks cannot be sent as a command")
-        arg = self.argument
-        if arg != arg.strip() or arg[:1] in ("'", '"'):
-            arg = shlex.quote(arg)
-        return f"torrent -setMode {self.verb} {arg}"
-
-
-_WORDS = re.compile(r"(?P<head>\S+)(?:\s+(?P<flag>\S+))?(?:\s+(?P<mode>\S+))?(?:\s+(?P<rest>.*))?", re.DOTALL)
-
-
-def parse_command(line: str) -> Command:
-    """Parse one line of the grammar; anything else raises :class:`CommandError`.
-
-    The argument is the rest of the line (so paths may contain spaces), or a
-    single shell-quoted word if it starts with a quote.
-    """
-    def bad(why: str) -> CommandError:
-        return CommandError(f"{why}; {USAGE}")
-
-    text = line.strip()
-    if not text:
-        raise bad("empty command")
-    m = _WORDS.fullmatch(text)
-    assert m is not None  # any non-blank text matches
-    if m.group("head").lower() != "torrent":
-        raise bad(f'not a command: {_clip(text)!r} (commands start with "torrent -setMode")')
-    if m.group("flag") is None or m.group("flag").lower() != "-setmode":
-        raise bad('expected "-setMode" after "torrent"')
-    mode = m.group("mode")
-    if mode is None:
-        raise bad("missing mode after -setMode")
-    verb = mode.lower()
-    if verb not in VERBS:
-        raise bad(f"unknown mode {_clip(mode)!r}")
-    rest = (m.group("rest") or "").strip()
-    if verb in ("exit", "status"):
-        if rest:
-            raise bad(f"{verb} takes no argument, got {_clip(rest)!r}")
-        return Command(verb)
-    if not rest:
-        what = "file" if verb == "send" else "torrent file"
-        raise bad(f"{verb} needs a {what}")
-    if rest[0] in ("'", '"'):
-        try:
-            words = shlex.split(rest)
-        except ValueError as e:
-            raise bad(f"bad quoting in {_clip(rest)!r}: {e}") from None
-        if len(words) != 1:
-            raise bad(f"{verb} takes one path, got {len(words)} words: quote the whole path")
-        rest = words[0]
-        if not rest:
-            raise bad(f"{verb} needs a non-empty path")
-    return Command(verb, rest)
-
-
-def _clip(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class INodeCommands(Interface):
@@ -603,28 +528,6 @@ def _tcp_peer_uid(peer_host: str, peer_port: int, our_host: str, our_port: int, 
 
 # ---- endpoint strings
 
-def escape_endpoint(value: str) -> str:
-    """Quote *value* for an endpoint description (``\\``, ``:`` and ``=`` are special)."""
-    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
-
-
-def default_control_endpoint(settings: Config, node_id: int) -> str:
-    """The server endpoint a node listens on for commands: its folder's UNIX socket.
-
-    Mode 600 so only the local user can command the node; no TCP by default.
-    """
-    path = os.fspath(settings.node_dir(node_id) / CONTROL_SOCKET_NAME)
-    size = len(os.fsencode(path))
-    if size > MAX_UNIX_PATH:
-        raise ControlError(
-            f"the control socket path {path} is {size} bytes, longer than UNIX sockets allow"
-            f" ({MAX_UNIX_PATH}): use a shorter node_files_dir, or pass"
-            f" --control unix:path=/tmp/p2pnode-{node_id}.sock:mode=600:lockfile=0"
-        )
-    # Server unix endpoints spell the path "address="; clients spell it "path=".
-    return f"unix:address={escape_endpoint(path)}:mode=600:lockfile=0"
-
-
 def check_control_endpoint(description: str, allow_remote: bool = False) -> str:
     """The control endpoint to listen on, or :class:`ControlError` saying why it is refused.
 
@@ -671,70 +574,6 @@ def check_control_endpoint(description: str, allow_remote: bool = False) -> str:
         return description
     raise ControlError(f"control endpoint {description!r}: only unix: sockets and tcp: on a loopback interface"
                        f" are accepted {hint}")
-
-
-def _split_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
-    """(type, positional args, keyword args) of an endpoint description.
-
-    Follows twisted.internet.endpoints' rules (``:`` separates, the first
-    ``=`` assigns, ``\\`` escapes); we need it to turn a server description
-    into the matching client one.
-    """
-    fields: list[tuple[str, str | None]] = []
-    key: str | None = None
-    current = ""
-    chars = iter(description)
-    for ch in chars:
-        if ch == "\\":
-            current += next(chars, "")
-        elif ch == ":":
-            fields.append((key, current) if key is not None else (current, None))
-            key, current = None, ""
-        elif ch == "=" and key is None:
-            key, current = current, ""
-        else:
-            current += ch
-    fields.append((key, current) if key is not None else (current, None))
-    kind = fields[0][0]
-    args = [name for name, value in fields[1:] if value is None]
-    kwargs = {name: value for name, value in fields[1:] if value is not None}
-    return kind, args, kwargs
-
-
-def control_socket_path(description: str) -> str | None:
-    """The file system path of a ``unix:`` endpoint description, else None."""
-    kind, args, kwargs = _split_endpoint(description)
-    if kind.lower() != "unix":
-        return None
-    return kwargs.get("path") or kwargs.get("address") or (args[0] if args else None)
-
-
-def client_endpoint(description: str) -> str:
-    """The client description that reaches the server *description* listens on.
-
-    ``unix:path=P:mode=600:lockfile=0`` becomes ``unix:path=P`` (clients
-    refuse the server-only options) and ``tcp:7000:interface=127.0.0.1``
-    becomes ``tcp:host=127.0.0.1:port=7000``.  Client descriptions and other
-    endpoint types pass through unchanged.
-    """
-    kind, args, kwargs = _split_endpoint(description)
-    if kind.lower() == "unix":
-        path = control_socket_path(description)
-        if not path:
-            raise ControlError(f"endpoint {description!r} has no path")
-        out = f"unix:path={escape_endpoint(path)}"
-        if "timeout" in kwargs:
-            out += f":timeout={escape_endpoint(kwargs['timeout'])}"
-        return out
-    if kind.lower() in ("tcp", "tcp6") and "host" not in kwargs:
-        port = kwargs.get("port") or (args[0] if args else None)
-        if not port:
-            raise ControlError(f"endpoint {description!r} has no port")
-        interface = kwargs.get("interface", "")
-        if interface in ("", "0.0.0.0", "::"):
-            interface = "::1" if kind.lower() == "tcp6" or interface == "::" else "127.0.0.1"
-        return f"tcp:host={escape_endpoint(interface)}:port={escape_endpoint(port)}"
-    return description
 
 
 def clear_stale_socket(description: str) -> bool:

@@ -1,0 +1,272 @@
+"""The command grammar and where a node's control socket is: no Twisted here.
+
+Both the node (:mod:`p2ptorrent.node.control`) and the ``p2ptorrent`` CLI
+need these.  The CLI runs once per command, so it must not pay for importing
+Twisted (about 0.4 s with OpenSSL): everything it shares with the node lives
+here, on the standard library alone.
+
+The original grammar is ``torrent -setMode send <file>``, ``torrent -setMode
+download <torrent file>`` and ``torrent -setMode exit``, plus our ``status``.
+Endpoint descriptions follow Twisted's string syntax (``unix:path=...``,
+``tcp:host=...:port=...``); we read the few forms a control client needs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from dataclasses import dataclass
+
+from p2ptorrent.config import Config
+
+VERBS = ("send", "download", "exit", "status")
+USAGE = (
+    "usage: torrent -setMode send <file> | torrent -setMode download <torrent file>"
+    " | torrent -setMode status | torrent -setMode exit"
+)
+
+#: Name of the control socket inside a node's folder.
+CONTROL_SOCKET_NAME = ".control.sock"
+#: sockaddr_un.sun_path holds 108 bytes on Linux, including the final NUL
+#: (104 on the BSDs and macOS; the bind fails there with a clear OSError).
+MAX_UNIX_PATH = 107
+#: Seconds a client waits for its connection to be accepted (Twisted's
+#: client endpoints default to the same).
+CONNECT_TIMEOUT = 30.0
+
+
+class CommandError(ValueError):
+    """A command line does not follow the grammar; ``str()`` includes the usage."""
+
+
+class ControlError(ValueError):
+    """The control endpoint cannot be used as configured."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One parsed command: *verb* is one of :data:`VERBS`."""
+
+    verb: str
+    argument: str | None = None
+
+    def line(self) -> str:
+        """This command in the original grammar, quoting the path if it needs it."""
+        if self.argument is None:
+            return f"torrent -setMode {self.verb}"
+        if "\n" in self.argument or "\r" in self.argument:
+            raise CommandError("paths containing line breaks cannot be sent as a command")
+        arg = self.argument
+        if arg != arg.strip() or arg[:1] in ("'", '"'):
+            arg = shlex.quote(arg)
+        return f"torrent -setMode {self.verb} {arg}"
+
+
+_WORDS = re.compile(r"(?P<head>\S+)(?:\s+(?P<flag>\S+))?(?:\s+(?P<mode>\S+))?(?:\s+(?P<rest>.*))?", re.DOTALL)
+
+
+def parse_command(line: str) -> Command:
+    """Parse one line of the grammar; anything else raises :class:`CommandError`.
+
+    The argument is the rest of the line (so paths may contain spaces), or a
+    single shell-quoted word if it starts with a quote.
+    """
+    def bad(why: str) -> CommandError:
+        return CommandError(f"{why}; {USAGE}")
+
+    text = line.strip()
+    if not text:
+        raise bad("empty command")
+    m = _WORDS.fullmatch(text)
+    assert m is not None  # any non-blank text matches
+    if m.group("head").lower() != "torrent":
+        raise bad(f'not a command: {_clip(text)!r} (commands start with "torrent -setMode")')
+    if m.group("flag") is None or m.group("flag").lower() != "-setmode":
+        raise bad('expected "-setMode" after "torrent"')
+    mode = m.group("mode")
+    if mode is None:
+        raise bad("missing mode after -setMode")
+    verb = mode.lower()
+    if verb not in VERBS:
+        raise bad(f"unknown mode {_clip(mode)!r}")
+    rest = (m.group("rest") or "").strip()
+    if verb in ("exit", "status"):
+        if rest:
+            raise bad(f"{verb} takes no argument, got {_clip(rest)!r}")
+        return Command(verb)
+    if not rest:
+        what = "file" if verb == "send" else "torrent file"
+        raise bad(f"{verb} needs a {what}")
+    if rest[0] in ("'", '"'):
+        try:
+            words = shlex.split(rest)
+        except ValueError as e:
+            raise bad(f"bad quoting in {_clip(rest)!r}: {e}") from None
+        if len(words) != 1:
+            raise bad(f"{verb} takes one path, got {len(words)} words: quote the whole path")
+        rest = words[0]
+        if not rest:
+            raise bad(f"{verb} needs a non-empty path")
+    return Command(verb, rest)
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---- endpoint strings
+
+def escape_endpoint(value: str) -> str:
+    """Quote *value* for an endpoint description (``\\``, ``:`` and ``=`` are special)."""
+    return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+def split_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """(type, positional args, keyword args) of an endpoint description.
+
+    Follows twisted.internet.endpoints' rules (``:`` separates, the first
+    ``=`` assigns, ``\\`` escapes); we need it to turn a server description
+    into the matching client one, and the CLI to connect without Twisted.
+    """
+    fields: list[tuple[str, str | None]] = []
+    key: str | None = None
+    current = ""
+    chars = iter(description)
+    for ch in chars:
+        if ch == "\\":
+            current += next(chars, "")
+        elif ch == ":":
+            fields.append((key, current) if key is not None else (current, None))
+            key, current = None, ""
+        elif ch == "=" and key is None:
+            key, current = current, ""
+        else:
+            current += ch
+    fields.append((key, current) if key is not None else (current, None))
+    kind = fields[0][0]
+    args = [name for name, value in fields[1:] if value is None]
+    kwargs = {name: value for name, value in fields[1:] if value is not None}
+    return kind, args, kwargs
+
+
+def default_control_endpoint(settings: Config, node_id: int) -> str:
+    """The server endpoint a node listens on for commands: its folder's UNIX socket.
+
+    Mode 600 so only the local user can command the node; no TCP by default.
+    """
+    path = os.fspath(settings.node_dir(node_id) / CONTROL_SOCKET_NAME)
+    size = len(os.fsencode(path))
+    if size > MAX_UNIX_PATH:
+        raise ControlError(
+            f"the control socket path {path} is {size} bytes, longer than UNIX sockets allow"
+            f" ({MAX_UNIX_PATH}): use a shorter node_files_dir, or pass"
+            f" --control unix:path=/tmp/p2pnode-{node_id}.sock:mode=600:lockfile=0"
+        )
+    # Server unix endpoints spell the path "address="; clients spell it "path=".
+    return f"unix:address={escape_endpoint(path)}:mode=600:lockfile=0"
+
+
+def control_socket_path(description: str) -> str | None:
+    """The file system path of a ``unix:`` endpoint description, else None."""
+    kind, args, kwargs = split_endpoint(description)
+    if kind.lower() != "unix":
+        return None
+    return kwargs.get("path") or kwargs.get("address") or (args[0] if args else None)
+
+
+def client_endpoint(description: str) -> str:
+    """The client description that reaches the server *description* listens on.
+
+    ``unix:path=P:mode=600:lockfile=0`` becomes ``unix:path=P`` (clients
+    refuse the server-only options) and ``tcp:7000:interface=127.0.0.1``
+    becomes ``tcp:host=127.0.0.1:port=7000``.  A client ``tcp:HOST:PORT``
+    becomes ``tcp:host=HOST:port=PORT``.  Client descriptions and other
+    endpoint types pass through unchanged.
+    """
+    kind, args, kwargs = split_endpoint(description)
+    if kind.lower() == "unix":
+        path = control_socket_path(description)
+        if not path:
+            raise ControlError(f"endpoint {description!r} has no path")
+        out = f"unix:path={escape_endpoint(path)}"
+        if "timeout" in kwargs:
+            out += f":timeout={escape_endpoint(kwargs['timeout'])}"
+        return out
+    if kind.lower() in ("tcp", "tcp6") and "host" not in kwargs:
+        if len(args) >= 2 and not args[0].isdigit() and "port" not in kwargs:
+            # A client's tcp:HOST:PORT (a server's first word is its port).
+            return f"tcp:host={escape_endpoint(args[0])}:port={escape_endpoint(args[1])}"
+        port = kwargs.get("port") or (args[0] if args else None)
+        if not port:
+            raise ControlError(f"endpoint {description!r} has no port")
+        interface = kwargs.get("interface", "")
+        if interface in ("", "0.0.0.0", "::"):
+            interface = "::1" if kind.lower() == "tcp6" or interface == "::" else "127.0.0.1"
+        return f"tcp:host={escape_endpoint(interface)}:port={escape_endpoint(port)}"
+    return description
+
+
+@dataclass(frozen=True)
+class ControlTarget:
+    """Where a control client connects: a UNIX socket *path*, or *host* and *port* over TCP."""
+
+    path: str | None = None
+    host: str | None = None
+    port: int = 0
+    #: Seconds to wait for the connection to be accepted.
+    timeout: float = CONNECT_TIMEOUT
+    #: Local address to connect from (TCP ``bindAddress=``), or None.
+    bind: str | None = None
+
+
+def control_target(description: str) -> ControlTarget:
+    """What a client description from :func:`client_endpoint` asks to connect to.
+
+    Only ``unix:`` and ``tcp:``/``tcp6:`` clients, with the options Twisted's
+    client parsers take for them (``timeout=``; ``bindAddress=`` for TCP);
+    anything else raises :class:`ControlError`.
+    """
+    kind, args, kwargs = split_endpoint(description)
+    kind = kind.lower()
+    timeout = _timeout(description, kwargs.get("timeout"))
+    if kind == "unix":
+        path = control_socket_path(description)
+        if not path:
+            raise ControlError(f"endpoint {description!r} has no path")
+        _no_other_options(description, kwargs, {"path", "address", "timeout", "checkPID"})
+        return ControlTarget(path=path, timeout=timeout)
+    if kind in ("tcp", "tcp6"):
+        _no_other_options(description, kwargs, {"host", "port", "timeout", "bindAddress"})
+        # Twisted's order: tcp:HOST:PORT, or tcp:PORT:host=HOST.
+        positional = args if "host" not in kwargs else [kwargs["host"], *args]
+        host = positional[0] if positional else None
+        port = kwargs.get("port") or (positional[1] if len(positional) > 1 else None)
+        if not host:
+            raise ControlError(f"endpoint {description!r} has no host")
+        if not port:
+            raise ControlError(f"endpoint {description!r} has no port")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ControlError(f"endpoint {description!r}: port must be a number from 1 to 65535, got {port!r}")
+        return ControlTarget(host=host, port=int(port), timeout=timeout, bind=kwargs.get("bindAddress") or None)
+    raise ControlError(
+        f"endpoint {description!r}: the p2ptorrent command connects only to unix: sockets and tcp: ports"
+    )
+
+
+def _timeout(description: str, value: str | None) -> float:
+    if value is None:
+        return CONNECT_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ControlError(f"endpoint {description!r}: timeout must be a number of seconds, got {value!r}")
+    return seconds
+
+
+def _no_other_options(description: str, kwargs: dict[str, str], known: set[str]) -> None:
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ControlError(f"endpoint {description!r}: unknown option {unknown[0]!r} for a control client")
