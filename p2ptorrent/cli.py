@@ -7,7 +7,11 @@
 The node (``twistd p2pnode --id N``) listens on ``node_files/N/.control.sock``
 by default.  We send one command line, draw a progress bar from the JSON
 progress lines, and print the node's answer.  Exit status: 0 done, 1 the node
-refused or failed, 2 no such node running (or a usage error).
+refused or failed, 2 no such node running (or a usage error), 130 interrupted.
+
+One blocking socket from the standard library does it: this runs once per
+command, so it imports neither Twisted nor the node (the grammar comes from
+:mod:`p2ptorrent.commands`), and tqdm only once progress arrives.
 """
 
 from __future__ import annotations
@@ -16,28 +20,27 @@ import argparse
 import errno
 import json
 import os
+import signal
+import socket
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, Callable, NoReturn, Sequence, TextIO
 
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import clientFromString, connectProtocol
-from twisted.internet.error import ConnectError, DNSLookupError
-from twisted.logger import Logger
-from twisted.protocols.basic import LineReceiver
-from twisted.python.failure import Failure
-
-from p2ptorrent.config import Config, ConfigError, load
-from p2ptorrent.node.control import (
+# No Twisted in here: it would cost every command ~0.4 s of imports, for one
+# blocking request and reply.  Keep it that way (tests/test_cli_fast.py checks).
+from p2ptorrent.commands import (
     VERBS,
     Command,
     CommandError,
     ControlError,
+    ControlTarget,
     client_endpoint,
     control_socket_path,
+    control_target,
     default_control_endpoint,
     parse_command,
 )
+from p2ptorrent.config import Config, ConfigError, load
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -47,6 +50,8 @@ EXIT_INTERRUPTED = 130
 
 #: Longest reply line we accept: a status listing many files stays well under.
 MAX_REPLY_LINE = 16 * 1024 * 1024
+#: Bytes asked of the socket at a time.
+RECEIVE_SIZE = 64 * 1024
 
 COMMANDS_HELP = """\
 commands:
@@ -140,6 +145,8 @@ class Request:
     where: str
     #: The node's id; None when --control chose the endpoint.
     node: int | None
+    #: What *endpoint* says to connect to.
+    target: ControlTarget
 
 
 def prepare(argv: Sequence[str] | None = None) -> Request:
@@ -167,89 +174,147 @@ def prepare(argv: Sequence[str] | None = None) -> Request:
     if args.control:
         try:
             endpoint = client_endpoint(args.control)
+            target = control_target(endpoint)
         except ControlError as e:
             parser.error(str(e))
-        return Request(command, endpoint, control_socket_path(endpoint) or args.control, None)
+        return Request(command, endpoint, control_socket_path(endpoint) or args.control, None, target)
 
     try:
         overrides = {"node_files_dir": args.node_files_dir} if args.node_files_dir else {}
         settings = load(args.config, overrides) if (args.config or overrides) else Config()
         server = default_control_endpoint(settings, args.node)
+        endpoint = client_endpoint(server)
+        target = control_target(endpoint)
     except (ConfigError, ControlError) as e:
         parser.error(str(e))
-    endpoint = client_endpoint(server)
-    return Request(command, endpoint, control_socket_path(endpoint) or endpoint, args.node)
+    return Request(command, endpoint, control_socket_path(endpoint) or endpoint, args.node, target)
 
 
 # ---- the wire
 
-class ControlClient(LineReceiver):
-    """Sends one command line; reads JSON progress lines, then the answer."""
+class CannotConnect(Exception):
+    """No connection to the control endpoint; *code* is the errno, when there is one."""
 
-    delimiter = b"\n"
-    MAX_LENGTH = MAX_REPLY_LINE
-    log = Logger()
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
 
-    def __init__(self, line: str, progress: Callable[[dict[str, Any]], None]) -> None:
-        self._line = line
+
+class ReplyReader:
+    """Turns the node's bytes into its answer: JSON progress lines, then the answer line.
+
+    No socket here, so every odd reply can be tested with plain bytes.
+    Lines end with ``\n``; one longer than *max_line* bytes is an error.
+    """
+
+    def __init__(self, progress: Callable[[dict[str, Any]], None], max_line: int = MAX_REPLY_LINE) -> None:
         self._progress = progress
-        #: Fires with the final reply, {"ok": true, "result": ...} or {"ok": false, "error": ...}.
-        self.finished: Deferred[dict[str, Any]] = Deferred()
+        self._max_line = max_line
+        self._buffer = bytearray()
+        #: How much of the buffer is known to hold no line end, so a long
+        #: line arriving in many pieces is not searched again and again.
+        self._searched = 0
 
-    def connectionMade(self) -> None:
-        self.sendLine(self._line.encode("utf-8", "surrogateescape"))
+    def feed(self, data: bytes) -> dict[str, Any] | None:
+        """The answer, {"ok": true, "result": ...} or {"ok": false, "error": ...}, once it is
+        complete; None while more is needed.  Raises ControlReplyError for a reply that
+        does not follow the control protocol; whatever follows the answer is ignored.
+        """
+        self._buffer += data
+        while True:
+            end = self._buffer.find(b"\n", self._searched)
+            if end < 0:
+                if len(self._buffer) > self._max_line:
+                    raise ControlReplyError(f"the node sent a line over {self._max_line} bytes")
+                self._searched = len(self._buffer)
+                return None
+            line = bytes(self._buffer[:end])
+            del self._buffer[: end + 1]
+            self._searched = 0
+            if len(line) > self._max_line:
+                raise ControlReplyError(f"the node sent a line over {self._max_line} bytes")
+            answer = self._line(line)
+            if answer is not None:
+                return answer
 
-    def lineReceived(self, line: bytes) -> None:
-        if self.finished.called:
-            return
+    def closed(self) -> NoReturn:
+        """The node closed the connection before its answer (a partial last line is dropped)."""
+        raise ConnectionClosedEarly("the node closed the connection without answering")
+
+    def _line(self, line: bytes) -> dict[str, Any] | None:
         try:
             message = json.loads(line)
         except ValueError:
-            self._fail(ControlReplyError(f"the node sent a line that is not JSON: {line[:80]!r}"))
-            return
+            raise ControlReplyError(f"the node sent a line that is not JSON: {line[:80]!r}") from None
         if not isinstance(message, dict):
-            self._fail(ControlReplyError(f"the node sent a line that is not a JSON object: {line[:80]!r}"))
-            return
+            raise ControlReplyError(f"the node sent a line that is not a JSON object: {line[:80]!r}")
         if "progress" in message:
             if isinstance(message["progress"], dict):
                 try:
                     self._progress(message["progress"])
                 except Exception:
-                    self.log.failure("drawing progress failed")
-            return
+                    # The bar is only decoration: say why it broke, keep waiting for the answer.
+                    import traceback
+
+                    print("drawing progress failed", file=sys.stderr)
+                    traceback.print_exc(file=sys.stderr)
+            return None
         if message.get("ok") is True and "result" in message:
-            self._answer(message)
-        elif message.get("ok") is False:
-            self._answer({"ok": False, "error": str(message.get("error") or "the node gave no reason")})
+            return message
+        if message.get("ok") is False:
+            return {"ok": False, "error": str(message.get("error") or "the node gave no reason")}
+        raise ControlReplyError(f"the node sent an unexpected message: {line[:80]!r}")
+
+
+def connect(target: ControlTarget) -> socket.socket:
+    """A connected, blocking socket to *target*; CannotConnect says why not."""
+    try:
+        if target.path is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(target.timeout)
+                sock.connect(target.path)
+            except BaseException:
+                sock.close()
+                raise
         else:
-            self._fail(ControlReplyError(f"the node sent an unexpected message: {line[:80]!r}"))
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self._fail(ControlReplyError(f"the node sent a line over {self.MAX_LENGTH} bytes"))
-
-    def _answer(self, reply: dict[str, Any]) -> None:
-        self.finished.callback(reply)
-        if self.transport is not None:
-            self.transport.loseConnection()
-
-    def _fail(self, error: Exception) -> None:
-        self.finished.errback(error)
-        if self.transport is not None:
-            self.transport.loseConnection()
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        if not self.finished.called:
-            self.finished.errback(ConnectionClosedEarly("the node closed the connection without answering"))
+            assert target.host is not None
+            bind = (target.bind, 0) if target.bind else None
+            sock = socket.create_connection((target.host, target.port), target.timeout, source_address=bind)
+    except socket.gaierror:
+        raise CannotConnect(f"DNS lookup failed: {target.host}.") from None
+    except OSError as e:
+        code = e.errno
+        if not isinstance(code, int):
+            code = errno.ETIMEDOUT if isinstance(e, TimeoutError) else None
+        raise CannotConnect(os.strerror(code) if code else str(e) or type(e).__name__, code) from None
+    except ValueError as e:  # a path with a NUL byte in it
+        raise CannotConnect(str(e)) from None
+    sock.settimeout(None)  # a download takes as long as it takes
+    return sock
 
 
-async def request(reactor: Any, endpoint: str, line: str, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Send *line* to the control *endpoint*; the node's final reply.
+def request(target: ControlTarget, line: str, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Send *line* to the node at *target*; the node's final reply.
 
-    Connection failures raise twisted's ``ConnectError`` (or DNSLookupError).
+    Raises CannotConnect, ConnectionClosedEarly or ControlReplyError.
     """
-    client = ControlClient(line, progress)
-    await connectProtocol(clientFromString(reactor, endpoint), client)
-    return await client.finished
+    reader = ReplyReader(progress)
+    with connect(target) as sock:
+        try:
+            sock.sendall(line.encode("utf-8", "surrogateescape") + b"\n")
+        except OSError:
+            pass  # a node that refuses us may close first: its reason can still be read
+        while True:
+            try:
+                data = sock.recv(RECEIVE_SIZE)
+            except OSError:
+                data = b""  # reset by the node: the same as a close
+            if not data:
+                reader.closed()
+            answer = reader.feed(data)
+            if answer is not None:
+                return answer
 
 
 # ---- showing progress
@@ -305,11 +370,11 @@ class ProgressBar:
 
 # ---- running
 
-def _cannot_connect(req: Request, error: BaseException) -> str:
+def _cannot_connect(req: Request, error: CannotConnect) -> str:
     """Why we could not reach the node, phrased for what most likely happened."""
-    code = getattr(error, "osError", None)
-    reason = os.strerror(code) if isinstance(code, int) else (str(error) or type(error).__name__)
-    if code == errno.ECONNREFUSED and control_socket_path(req.endpoint):
+    code = error.code
+    reason = str(error)
+    if code == errno.ECONNREFUSED and req.target.path is not None:
         reason += "; a node that stopped uncleanly left the socket behind"
     if code in (errno.ENOENT, errno.ECONNREFUSED):
         who = "no node is listening" if req.node is None else f"no node {req.node} is running"
@@ -318,31 +383,22 @@ def _cannot_connect(req: Request, error: BaseException) -> str:
     return f"{who}: cannot connect to {req.where} ({reason})"
 
 
-async def run(
-    reactor: Any,
-    req: Request,
-    out: TextIO,
-    err: TextIO,
-    show_progress: bool | None = None,
-    interrupted: Callable[[], bool] = lambda: False,
-) -> int:
+def run(req: Request, out: TextIO, err: TextIO, show_progress: bool | None = None) -> int:
     """Carry out *req* against the node; print the answer; the exit status.
 
-    *interrupted* tells whether we are shutting down on Ctrl-C, when losing
-    the connection is our doing and not the node's.
+    Blocks until the node answers.  KeyboardInterrupt (Ctrl-C) passes
+    through, after the bar is closed: :func:`main` says what it means.
     """
     command = req.command
     bar = ProgressBar(err, os.path.basename(command.argument or "") or command.verb, show_progress)
     try:
-        reply = await request(reactor, req.endpoint, command.line(), bar.update)
-    except (ConnectError, DNSLookupError) as e:
+        reply = request(req.target, command.line(), bar.update)
+    except CannotConnect as e:
         bar.close(False)
         print(_cannot_connect(req, e), file=err)
         return EXIT_NO_NODE
     except ConnectionClosedEarly as e:
         bar.close(False)
-        if interrupted():
-            return EXIT_INTERRUPTED
         if command.verb == "exit":
             # The node stopped before its goodbye got out: that is what we asked.
             print("the node has stopped", file=out)
@@ -353,6 +409,9 @@ async def run(
         bar.close(False)
         print(f"error: {e}", file=err)
         return EXIT_FAILED
+    except BaseException:
+        bar.close(False)
+        raise
     if reply["ok"]:
         bar.close(True)
         result = reply["result"]
@@ -365,6 +424,10 @@ async def run(
     return EXIT_FAILED
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: ``p2ptorrent [options] COMMAND ...``; returns the exit status."""
     try:
@@ -372,33 +435,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse: -h, or a usage error
         return e.code if isinstance(e.code, int) else EXIT_OK
 
-    from twisted.internet import task
-
-    interrupted = False
-
-    async def react_main(reactor: Any) -> None:
-        done = False
-
-        def on_shutdown() -> None:
-            nonlocal interrupted
-            if not done:  # Ctrl-C while waiting for the node
-                interrupted = True
-                verb = req.command.verb
-                keeps = {"download": "downloading", "send": "preparing the file"}.get(verb)
-                print("\ninterrupted" + (f": the node keeps {keeps}" if keeps else ""), file=sys.stderr)
-
-        reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)
-        code = await run(reactor, req, sys.stdout, sys.stderr, interrupted=lambda: interrupted)
-        done = True
-        if code:
-            raise SystemExit(code)
-
+    # SIGTERM stops us like Ctrl-C (as Twisted's reactor did): with the same message and status.
     try:
-        task.react(react_main)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else EXIT_FAILED
-        return EXIT_INTERRUPTED if interrupted else code
-    return EXIT_OK  # pragma: no cover - react always exits
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread (an embedding program): leave signals alone
+        previous = None
+    try:
+        return run(req, sys.stdout, sys.stderr)
+    except KeyboardInterrupt:
+        keeps = {"download": "downloading", "send": "preparing the file"}.get(req.command.verb)
+        print("\ninterrupted" + (f": the node keeps {keeps}" if keeps else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

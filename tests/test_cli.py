@@ -1,4 +1,8 @@
-"""Tests for the p2ptorrent command: argument handling, and end to end through a real UNIX socket."""
+"""Tests for the p2ptorrent command: argument handling, and end to end through a real UNIX socket.
+
+The client blocks (it is plain sockets, no Twisted), so in process it runs in
+a thread while the reactor serves the node's side.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import pytest
 import pytest_twisted  # type: ignore[import-untyped]
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -103,13 +108,11 @@ def listening(short_dir: Path) -> Iterator[tuple[ScriptedNode, Path]]:
     pytest_twisted.blockon(port.stopListening())
 
 
-def run_cli(argv: list[str]) -> Deferred[tuple[int, str, str]]:
-    """Run prepare + run in this process, against whatever listens."""
-    from twisted.internet import reactor
-
+def run_cli(argv: list[str], show_progress: bool | None = None) -> Deferred[tuple[int, str, str]]:
+    """Run prepare + run in this process, in a thread, against whatever listens."""
     out, err = io.StringIO(), io.StringIO()
     req = prepare(argv)
-    d = Deferred.fromCoroutine(run(reactor, req, out, err))
+    d: Deferred[int] = deferToThread(run, req, out, err, show_progress)
     return d.addCallback(lambda code: (code, out.getvalue(), err.getvalue()))
 
 
@@ -242,15 +245,10 @@ async def test_send_refused(listening: tuple[ScriptedNode, Path], tmp_path: Path
 
 @pytest_twisted.ensureDeferred
 async def test_download_with_progress(listening: tuple[ScriptedNode, Path]) -> None:
-    from twisted.internet import reactor
-
     node, folder = listening
-    out, err = io.StringIO(), io.StringIO()
-    req = prepare(["--node-files-dir", str(folder), "download", "/t/big.bin.torrent"])
-    code = await Deferred.fromCoroutine(run(reactor, req, out, err, show_progress=True))
+    code, out, bar = await run_cli(["--node-files-dir", str(folder), "download", "/t/big.bin.torrent"], show_progress=True)
     assert code == EXIT_OK
-    assert out.getvalue() == "downloaded big.bin (4194304 bytes)\n"
-    bar = err.getvalue()
+    assert out == "downloaded big.bin (4194304 bytes)\n"
     assert "big.bin.torrent" in bar and "4.00M" in bar and "100%" in bar and "peers=2" in bar
     assert node.calls == [("download", "/t/big.bin.torrent")]
 
