@@ -10,6 +10,7 @@ from p2ptorrent.node.transfer import (
     MAX_REQUESTERS,
     Geometry,
     PeerDropped,
+    PieceAssembled,
     PieceFailed,
     PieceVerified,
     Transfer,
@@ -159,3 +160,30 @@ def test_endgame_asks_a_second_peer_for_what_the_first_still_owes() -> None:
         piece, offset, length = GEO.block(bid)
         _answer(t, B, piece, offset, length, now)
     assert t.done and not t.peers[A].inflight
+
+
+def test_pieces_checked_elsewhere_are_handed_out_then_judged() -> None:
+    """Without check_inline a full piece comes back assembled; checked() gives the verdict later."""
+    t = _transfer(check_inline=False)
+    t.add_peer(B, 2, b"b" * 8, 0.0)
+    for b in range(4):
+        out = _answer(t, A, 0, b * CHUNK, CHUNK, 0.1)
+    assert isinstance(out, PieceAssembled) and out.piece == 0 and out.sources == {A}
+    assert bytes(out.data) == DATA[:PIECE]
+    assert not t.verified[0] and t.remaining == GEO.num_pieces
+    # While it is checked, its blocks are neither taken again nor asked for again.
+    assert _answer(t, B, 0, 0, CHUNK, 0.2) is None and t.duplicates == 1
+    asked = [blk for _, batch in t.requests(0.3) for blk in batch]
+    assert all(piece != 0 for piece, _, _ in asked)
+    ok = t.checked(0, True)
+    assert isinstance(ok, PieceVerified) and ok.piece == 0 and bytes(ok.data) == DATA[:PIECE]
+    assert t.verified[0] and t.remaining == GEO.num_pieces - 1
+    assert t.checked(0, True) is None  # judged once
+
+    for b in range(4):
+        out = _answer(t, B, 1, b * CHUNK, CHUNK, 0.4, data=bytes(len(DATA)))
+    assert isinstance(out, PieceAssembled)
+    bad = t.checked(1, False)
+    assert isinstance(bad, PieceFailed) and bad.sources == {B}
+    assert t.peers[B].strikes == 1 and not t.verified[1]
+    assert list(t.pending)[:4] == list(GEO.block_ids(1))  # asked again first

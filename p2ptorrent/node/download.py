@@ -28,7 +28,8 @@ from p2ptorrent import wire
 from p2ptorrent.config import Config
 from p2ptorrent.metainfo import Metainfo
 from p2ptorrent.node.storage import PartFile, StorageError
-from p2ptorrent.node.transfer import Geometry, PeerDropped, PieceFailed, PieceVerified, Transfer
+from p2ptorrent.node.transfer import Geometry, PeerDropped, PieceAssembled, PieceFailed, PieceVerified, Transfer
+from p2ptorrent.node.writer import InlineWriter, PieceWriter
 
 #: How often timeouts are checked (seconds).
 TICK = 0.02
@@ -100,6 +101,7 @@ class Download:
         node_id: int,
         progress: Callable[[dict[str, Any]], None] | None = None,
         wallclock: Callable[[], float] = time.monotonic,
+        writer: Callable[[PartFile, Callable[[StorageError], None]], PieceWriter] = InlineWriter,
     ) -> None:
         self.meta = meta
         self.part = part
@@ -110,6 +112,8 @@ class Download:
         self.node_id = node_id
         self.progress = progress
         self.wallclock = wallclock
+        self.make_writer = writer
+        self.writer: PieceWriter | None = None
         geo = Geometry(meta.length, meta.piece_length, settings.CHUNK_PIECES_SIZE)
         self.transfer = Transfer(
             geo,
@@ -119,6 +123,7 @@ class Download:
             max_window=settings.MAX_REQUESTS_IN_FLIGHT,
             max_batch=wire.max_blocks_per_request(settings.BUFFER_SIZE),
             max_inflight_bytes=settings.SOCKET_BUFFER // 2,
+            check_inline=False,  # the writer checks each piece (see writer.py)
         )
         self.shares: dict[Any, Deferred[ShareReport]] = {}
         self.ended: list[Deferred[ShareReport]] = []
@@ -142,6 +147,8 @@ class Download:
         self._wall_started = 0.0
         self._last_progress = -1.0
         self._finished = False
+        #: Every piece verified; the writer is finishing the file.
+        self._finishing = False
 
     # ---- public
     @property
@@ -160,6 +167,7 @@ class Download:
         except StorageError as e:
             self._fail(str(e))
             return self.result
+        self.writer = self.make_writer(self.part, self._write_failed)
         self.transfer.mark_have(self.part.verified())
         if self.transfer.done:  # an empty file, or every piece already here
             self._complete()
@@ -170,10 +178,11 @@ class Download:
 
     def stop(self, reason: str) -> None:
         """End it early (the node is stopping): keep the verified pieces for a later resume."""
-        self._fail(reason, keep_part=True)
+        if not self._finishing:  # else the file is being renamed: let that end
+            self._fail(reason, keep_part=True)
 
     def on_message(self, msg: wire.Block | wire.Error, addr: Any) -> None:
-        if self._finished:
+        if self._finished or self._finishing:
             return
         if isinstance(msg, wire.Error):
             self._on_error(msg, addr)
@@ -181,18 +190,14 @@ class Download:
             self.on_block(addr, msg.piece, msg.offset, msg.data)
 
     def on_block(self, addr: Any, piece: int, offset: int, data: Any) -> None:
-        if self._finished:
+        if self._finished or self._finishing:
             return
         outcome = self.transfer.on_block(addr, piece, offset, data, self.clock.seconds())
-        if isinstance(outcome, PieceVerified):
-            self._on_piece(outcome)
-            if self._finished:
+        if isinstance(outcome, PieceAssembled):
+            assert self.writer is not None
+            self.writer.submit(outcome.piece, outcome.data, self.transfer.piece_hash(outcome.piece), self._checked)
+            if self._finished or self._finishing:  # an in-line writer finished the piece, or failed
                 return
-        elif isinstance(outcome, PieceFailed):
-            self.log.warn(
-                "{name}: piece {piece} failed verification (data from {peers}); fetching it again",
-                name=self.name, piece=outcome.piece, peers=self._ids(outcome.sources),
-            )
         self._send_requests(only=addr)
 
     # ---- owners
@@ -324,12 +329,21 @@ class Download:
             self._replace()
 
     # ---- pieces
-    def _on_piece(self, ok: PieceVerified) -> None:
-        try:
-            self.part.write_piece(ok.piece, ok.data)
-        except StorageError as e:
-            self._fail(str(e))
+    def _checked(self, piece: int, ok: bool) -> None:
+        """The writer's verdict on an assembled piece (if good, its bytes are written by now)."""
+        if self._finished or self._finishing:
             return
+        outcome = self.transfer.checked(piece, ok)
+        if isinstance(outcome, PieceVerified):
+            self._on_piece(outcome)
+        elif isinstance(outcome, PieceFailed):
+            self.log.warn(
+                "{name}: piece {piece} failed verification (data from {peers}); fetching it again",
+                name=self.name, piece=outcome.piece, peers=self._ids(outcome.sources),
+            )
+            self._send_requests()
+
+    def _on_piece(self, ok: PieceVerified) -> None:
         for addr in ok.sources:
             self.pieces_from[addr] = self.pieces_from.get(addr, 0) + 1
         if ok.corrupt_from:
@@ -344,15 +358,24 @@ class Download:
         else:
             self._report_progress()
 
+    def _write_failed(self, e: StorageError) -> None:
+        self._fail(str(e))
+
     def _complete(self) -> None:
+        """Every piece verified: once the writer has it all on disk and the whole hash matched, done."""
+        assert self.writer is not None
         self._log_pieces()
-        if not self.part.whole_hash_ok():
-            self._fail(f"{self.name}: every piece verified but the whole-file SHA-256 does not match the torrent")
-            return
-        try:
-            path = self.part.finish()
-        except StorageError as e:
-            self._fail(str(e))
+        self._finishing = True
+        self._stop_loop()
+        self.writer.finish().addCallbacks(self._completed, self._finish_failed)
+
+    def _finish_failed(self, f: Failure) -> None:
+        self._finishing = False
+        self._fail(f.getErrorMessage() if f.check(StorageError) else f"internal error: {f.getErrorMessage()}")
+
+    def _completed(self, path: Any) -> None:
+        self._finishing = False
+        if self._finished:
             return
         self._finished = True
         self._stop_loop()
@@ -383,9 +406,10 @@ class Download:
                     shares.append(value.value.args[0])
             result = DownloadResult(path, self.meta.length, seconds, shares, self.transfer.retransmits, self.transfer.duplicates)
             self.log.info(
-                "{name}: complete, {size} bytes in {seconds:.2f} s ({rate:.1f} MB/s);"
+                "{name}: complete, {size} bytes in {seconds:.2f} s ({rate:.1f} MB/s, the last fsync {sync:.2f} s);"
                 " bytes per node {shares}; {retransmits} blocks asked again, {duplicates} duplicates",
                 name=self.name, size=self.meta.length, seconds=seconds, rate=result.rate / 1e6,
+                sync=self.part.sync_seconds,
                 shares={s.node_id: s.bytes for s in shares},
                 retransmits=result.retransmits, duplicates=result.duplicates,
             )
@@ -456,6 +480,8 @@ class Download:
         self._log_pieces()
         self._finished = True
         self._stop_loop()
+        if self.writer is not None:
+            self.writer.close()  # before the part file is closed under it
         if keep_part:
             self.part.close()
         else:

@@ -47,6 +47,7 @@ from p2ptorrent.node.protocol import NodeProtocol
 from p2ptorrent.node.serving import Seeder
 from p2ptorrent.node.storage import INCOMPLETE, Interrupted, PartFile, StorageError, file_matches, unfinished
 from p2ptorrent.node.tracker_client import HeartbeatService, TrackerClient
+from p2ptorrent.node.writer import PieceWriter, ThreadedWriter
 
 SEEDING_FILE = ".seeding.json"
 TOKEN_FILE = ".tracker_token"
@@ -223,6 +224,7 @@ class Node(MultiService):
         advertise_port: int = 0,
         stop_process: Callable[[], None] | None = None,
         run_blocking: Callable[..., Deferred[Any]] | None = None,
+        writer: Callable[[PartFile, Callable[[StorageError], None]], PieceWriter] | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -232,6 +234,8 @@ class Node(MultiService):
         self.advertise_port = advertise_port
         self.stop_process = stop_process
         self.run_blocking = run_blocking or (lambda f, *a: deferToThreadPool(reactor, reactor.getThreadPool(), f, *a))
+        #: Verified pieces are written on a thread of their own (see writer.py).
+        self.make_writer = writer or (lambda part, on_error: ThreadedWriter(part, on_error, reactor))
         self.folder = settings.node_dir(node_id)
         self.seeder = Seeder.from_settings(os.urandom(32), settings)
         self.protocol = NodeProtocol(self.seeder, reactor, settings.BUFFER_SIZE, settings.SOCKET_BUFFER)
@@ -506,7 +510,7 @@ class Node(MultiService):
         job.state = "downloading"
         dl = Download(
             meta, job.part, self.protocol, lambda: client.need(meta.info_hash_hex),
-            self.reactor, self.settings, self.node_id, job.progress,
+            self.reactor, self.settings, self.node_id, job.progress, writer=self.make_writer,
         )
         job.download = dl
         self.downloads[meta.info_hash] = dl

@@ -103,9 +103,18 @@ class _Piece:
 
 
 @dataclass(frozen=True)
+class PieceAssembled:
+    """Every block of a piece is here; its hash is to be checked elsewhere (see :meth:`Transfer.checked`)."""
+
+    piece: int
+    data: bytearray
+    sources: frozenset[Addr]
+
+
+@dataclass(frozen=True)
 class PieceVerified:
     piece: int
-    data: bytes
+    data: bytes | bytearray
     sources: frozenset[Addr]
     #: Peers whose blocks in an earlier, failed copy of this piece differ from the good one.
     corrupt_from: frozenset[Addr] = frozenset()
@@ -137,6 +146,7 @@ class Transfer:
         max_window: int = 512,
         max_batch: int = 64,
         max_inflight_bytes: int = 0,
+        check_inline: bool = True,
     ) -> None:
         self.geo = geometry
         self.hashes = piece_hashes
@@ -159,6 +169,11 @@ class Transfer:
             bid for p in range(geometry.num_pieces) if not self.verified[p] for bid in geometry.block_ids(p)
         )
         self.pieces: dict[int, _Piece] = {}
+        #: Hash pieces in on_block (True), or hand them out as PieceAssembled for
+        #: someone else (a writer thread) to check, who then calls checked().
+        self.check_inline = check_inline
+        #: Pieces handed out and not yet checked: no block of theirs is asked for.
+        self.checking: dict[int, _Piece] = {}
         #: The last copy of each piece that failed its hash, kept until a good copy
         #: shows which blocks (and so which peers) were wrong.
         self.failed: dict[int, _Piece] = {}
@@ -213,8 +228,14 @@ class Transfer:
         self.pending.extendleft(reversed(bids))
 
     # ---- data in
-    def on_block(self, addr: Addr, piece: int, offset: int, data: bytes, now: float) -> PieceVerified | PieceFailed | None:
-        """Take one block's data; say when it completed a piece, and how that piece checked."""
+    def on_block(
+        self, addr: Addr, piece: int, offset: int, data: bytes, now: float,
+    ) -> PieceVerified | PieceFailed | PieceAssembled | None:
+        """Take one block's data; say when it completed a piece, and how that piece checked.
+
+        Without ``check_inline``, a completed piece comes back as PieceAssembled
+        and its check is reported later through :meth:`checked`.
+        """
         peer = self.peers.get(addr)
         geo = self.geo
         if peer is None or piece >= geo.num_pieces or offset % geo.chunk:
@@ -229,7 +250,7 @@ class Transfer:
         sent_at = peer.inflight.pop(bid, None)
         if sent_at is not None:
             self._on_delivery(peer, sent_at, now)
-        if self.received[bid] or self.verified[piece]:
+        if self.received[bid] or self.verified[piece]:  # (a piece being checked has every block received)
             self.duplicates += 1
             return None
         # Whoever else was asked for this block need not answer any more.
@@ -248,11 +269,26 @@ class Transfer:
         if buf.missing:
             return None
         del self.pieces[piece]
+        self.checking[piece] = buf
+        if not self.check_inline:
+            return PieceAssembled(piece, buf.data, frozenset(buf.sources.values()))
+        return self.checked(piece, hashlib.sha1(buf.data).digest() == self.piece_hash(piece))
+
+    def piece_hash(self, piece: int) -> bytes:
+        return self.hashes[piece * 20 : piece * 20 + 20]
+
+    def checked(self, piece: int, ok: bool) -> PieceVerified | PieceFailed | None:
+        """The verdict on an assembled piece: verified, or its blocks go back to the queue."""
+        buf = self.checking.pop(piece, None)
+        if buf is None:
+            return None
+        geo = self.geo
         sources = frozenset(buf.sources.values())
-        if hashlib.sha1(buf.data).digest() == self.hashes[piece * 20 : piece * 20 + 20]:
+        if ok:
             self.verified[piece] = 1
             self.remaining -= 1
-            return PieceVerified(piece, bytes(buf.data), sources, self._blame(piece, buf))
+            # The buffer itself, not a copy: nothing here touches it again.
+            return PieceVerified(piece, buf.data, sources, self._blame(piece, buf))
         self.failed[piece] = buf
         if len(sources) == 1:  # one sender: no doubt who was wrong
             [only] = sources
