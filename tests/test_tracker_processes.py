@@ -34,7 +34,7 @@ wait_for = partial(_wait_for, timeout=20.0, fail=pytest.fail)
 #: The real node's heartbeat interval in these tests (seconds).
 NODE_INTERVAL = 1.0
 #: Allowance on top of NODE_INTERVAL for the test to notice a check-in (it polls every 20 ms).
-NOTICE = 0.5
+NOTICE = 1.0
 
 
 class TrackerAPI:
