@@ -24,7 +24,8 @@ once it listens and its torrent is seeding (seed) or ready to download
     quit                                (or end of input) stop
 
 A leecher prints ``{"event": "done", "at": <time.monotonic()>}`` when its
-torrent finished (every piece written and its SHA-1 checked by libtorrent);
+torrent finished (every piece written and its SHA-1 checked by libtorrent)
+and libtorrent's disk cache is flushed to the file (cache_flushed_alert);
 CLOCK_MONOTONIC is system-wide on Linux, so the harness compares it with its own
 start time.  Errors print ``{"event": "error", "message": ...}``.
 """
@@ -175,21 +176,28 @@ def peer(args: argparse.Namespace) -> int:
     commands: queue.Queue[str] = queue.Queue()
     threading.Thread(target=read_stdin, args=(commands,), daemon=True).start()
     done = args.role == "seed"
+    #: Finished, and the disk cache asked to flush: libtorrent 2.1 may still hold
+    #: written blocks in its own buffers at torrent_finished; "done" waits for
+    #: cache_flushed so the file on disk is whole (as p2ptorrent's is when it says so).
+    flushing = False
     transports: set[str] = set()
     next_look = 0.0
     while True:
         ses.wait_for_alert(50)  # wakes at once on an alert: "done" is not delayed
         for a in ses.pop_alerts():
-            if isinstance(a, lt.torrent_finished_alert) and not done:
+            if isinstance(a, lt.torrent_finished_alert) and not done and not flushing:
+                flushing = True
+                handle.flush_cache()
+            elif isinstance(a, lt.cache_flushed_alert) and flushing and not done:
                 done = True
                 say(event="done", at=time.monotonic())
             else:
                 handle_alert(a, state)
         if time.monotonic() >= next_look:  # a few looks a second: little CPU of ours in the figures
             next_look = time.monotonic() + 0.25
-            if not done and handle.status().is_finished:  # in case the alert was missed
-                done = True
-                say(event="done", at=time.monotonic())
+            if not done and not flushing and handle.status().is_finished:  # in case the alert was missed
+                flushing = True
+                handle.flush_cache()
             for p in handle.get_peer_info():
                 transports.add("uTP" if int(p.flags) & UTP_SOCKET else "TCP")
         try:
