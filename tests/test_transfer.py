@@ -187,3 +187,26 @@ def test_pieces_checked_elsewhere_are_handed_out_then_judged() -> None:
     assert isinstance(bad, PieceFailed) and bad.sources == {B}
     assert t.peers[B].strikes == 1 and not t.verified[1]
     assert list(t.pending)[:4] == list(GEO.block_ids(1))  # asked again first
+
+
+def test_scheduler_state_grows_by_bytes_per_block_not_objects() -> None:
+    """2 GiB of 7216-byte blocks (297,620 of them): the scheduler stays under 2 MiB.
+
+    Two bytes a block (received, asked) are expected; a list of every block id
+    would add ~36 bytes a block, over 10 MiB.
+    """
+    import tracemalloc
+
+    geo = Geometry(2 * 1024**3, 1024 * 1024, 7216)
+    hashes = bytes(20 * geo.num_pieces)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        t = Transfer(geo, hashes)
+        t.add_peer(A, 1, b"a" * 8, 0.0)
+        t.requests(0.0)
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert used < 2 * 1024 * 1024, used
+    assert sum(len(b) for _, b in t.requests(0.0)) == 0  # the window is full: nothing more asked

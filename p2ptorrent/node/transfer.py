@@ -165,7 +165,11 @@ class Transfer:
         self.received = bytearray(geometry.num_pieces * geometry.blocks_per_piece)
         self.asked = bytearray(len(self.received))
         self.requesters: dict[int, list[Addr]] = {}
-        self.pending: deque[int] = deque(
+        #: Blocks to ask for again (timed out, dropped, failed), before any new one.
+        self.pending: deque[int] = deque()
+        #: Every block not asked for yet, in file order, made as it is needed: a list
+        #: of them all would cost ~36 bytes a block (10 MiB for 2 GiB of 7216-byte blocks).
+        self._fresh = (
             bid for p in range(geometry.num_pieces) if not self.verified[p] for bid in geometry.block_ids(p)
         )
         self.pieces: dict[int, _Piece] = {}
@@ -374,6 +378,9 @@ class Transfer:
             if self.received[bid] or bid in self.requesters:
                 continue  # stale entry: already here or already asked
             return bid
+        for bid in self._fresh:
+            if not self.received[bid]:  # (mark_have may have filled it)
+                return bid
         # Endgame: everything is asked for; help with what others still owe.
         for bid, holders in self.requesters.items():
             if len(holders) < MAX_REQUESTERS and peer.addr not in holders and not self.received[bid]:
