@@ -23,8 +23,9 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, NoReturn, Sequence, TextIO
+from typing import Any, NoReturn, TextIO
 
 # No Twisted in here: it would cost every command ~0.4 s of imports, for one
 # blocking request and reply.  Keep it that way (tests/test_cli_fast.py checks).
@@ -216,9 +217,10 @@ class ReplyReader:
         self._searched = 0
 
     def feed(self, data: bytes) -> dict[str, Any] | None:
-        """The answer, {"ok": true, "result": ...} or {"ok": false, "error": ...}, once it is
-        complete; None while more is needed.  Raises ControlReplyError for a reply that
-        does not follow the control protocol; whatever follows the answer is ignored.
+        """The answer once its line is complete, else None; ControlReplyError if the node breaks the protocol.
+
+        The answer is {"ok": true, "result": ...} or {"ok": false, "error": ...};
+        whatever follows it is ignored.
         """
         self._buffer += data
         while True:
