@@ -196,7 +196,11 @@ def client_endpoint(description: str) -> str:
     if kind.lower() in ("tcp", "tcp6") and "host" not in kwargs:
         if len(args) >= 2 and not args[0].isdigit() and "port" not in kwargs:
             # A client's tcp:HOST:PORT (a server's first word is its port).
-            return f"tcp:host={escape_endpoint(args[0])}:port={escape_endpoint(args[1])}"
+            out = f"tcp:host={escape_endpoint(args[0])}:port={escape_endpoint(args[1])}"
+            for key in ("timeout", "bindAddress"):
+                if key in kwargs:
+                    out += f":{key}={escape_endpoint(kwargs[key])}"
+            return out
         port = kwargs.get("port") or (args[0] if args else None)
         if not port:
             raise ControlError(f"endpoint {description!r} has no port")

@@ -111,6 +111,7 @@ def test_control_target_refuses(description: str, why: str) -> None:
 
 def test_client_endpoint_takes_a_client_host_and_port() -> None:
     assert client_endpoint("tcp:127.0.0.1:7000") == "tcp:host=127.0.0.1:port=7000"
+    assert client_endpoint("tcp:localhost:7000:timeout=2") == "tcp:host=localhost:port=7000:timeout=2"
     assert client_endpoint("tcp:7000:interface=127.0.0.1") == "tcp:host=127.0.0.1:port=7000"
 
 
