@@ -141,6 +141,83 @@ def test_need_returns_owners_as_listed() -> None:
     ]
 
 
+def test_own_with_progress_and_withdraw(world: World) -> None:
+    a, c = world.client(1), world.client(3)
+    result(c.register())
+    assert result(a.own(H1, "movie.mkv", 99, have=2, pieces=7)) is None
+    assert result(a.own(H1, "movie.mkv", 99, 3, 7)) is None
+    owns = [b for b in world.http.sent if b["mode"] == 1]
+    assert [(b["have"], b["pieces"]) for b in owns] == [(2, 7), (3, 7)]
+    assert result(c.need(H1)) == [Owner(1, "127.0.0.1", 9001, 0, True, 3, 7)]
+    # Three arguments, as before: a complete owner, and the fields are not sent.
+    result(a.own(H1, "movie.mkv", 99))
+    assert "have" not in world.http.sent[-1] and "pieces" not in world.http.sent[-1]
+    assert result(c.need(H1)) == [Owner(1, "127.0.0.1", 9001, 0)]
+    assert result(c.need(H1))[0].partial is False
+
+    assert result(a.withdraw(H1.upper())) is None
+    assert world.http.sent[-1] == {"mode": 1, "node_id": 1, "token": a.token, "info_hash": H1, "withdraw": True}
+    assert result(c.need(H1)) == []
+    assert result(a.withdraw(H1)) is None  # not an owner any more: still fine
+
+
+def test_withdraw_before_registering_sends_nothing(world: World) -> None:
+    # A client that never registered holds no ownership at the tracker.
+    assert result(world.client(1).withdraw(H1)) is None
+    assert world.http.sent == []
+
+
+@pytest.mark.parametrize(
+    "have, pieces",
+    [(3, None), (None, 3), (4, 3), (-1, 3), (0, 0), (True, 3), (1, 2.0)],
+)
+def test_own_with_bad_progress_fails_early(world: World, have: Any, pieces: Any) -> None:
+    with pytest.raises(ValueError):
+        world.client(1).own(H1, "f", 1, have=have, pieces=pieces)
+    assert world.http.sent == []
+
+
+def test_need_parses_partial_owners() -> None:
+    owners = [
+        {"node_id": 3, "host": "10.0.0.3", "port": 7003, "frequency": 2, "partial": True, "have": 0, "pieces": 9},
+        {"node_id": 5, "host": "10.0.0.5", "port": 7005, "frequency": 0, "partial": False},
+        {"node_id": 6, "host": "10.0.0.6", "port": 7006, "frequency": 0},  # a tracker older than partial owners
+    ]
+    answer = {"ok": True, "info_hash": H1, "name": "f", "owners": owners}
+    client, _, _ = scripted(lambda: succeed(FakeResponse(200, json.dumps(answer).encode())))
+    client.token = "known"
+    assert result(client.need(H1)) == [
+        Owner(3, "10.0.0.3", 7003, 2, partial=True, have=0, pieces=9),
+        Owner(5, "10.0.0.5", 7005, 0),
+        Owner(6, "10.0.0.6", 7006, 0),
+    ]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"partial": "yes"},
+        {"partial": 1},
+        {"partial": None},
+        {"partial": True},
+        {"partial": True, "have": 1},
+        {"partial": True, "pieces": 4},
+        {"partial": True, "have": 4, "pieces": 4},
+        {"partial": True, "have": 5, "pieces": 4},
+        {"partial": True, "have": -1, "pieces": 4},
+        {"partial": True, "have": True, "pieces": 4},
+        {"partial": True, "have": "1", "pieces": 4},
+        {"partial": True, "have": 1, "pieces": 4.0},
+    ],
+)
+def test_a_malformed_partial_owner_is_a_protocol_error(extra: dict[str, Any]) -> None:
+    owner = {"node_id": 3, "host": "10.0.0.3", "port": 7003, "frequency": 2, **extra}
+    answer = {"ok": True, "info_hash": H1, "name": "f", "owners": [owner]}
+    client, _, _ = scripted(lambda: succeed(FakeResponse(200, json.dumps(answer).encode())))
+    client.token = "known"
+    assert "bad owner" in str(failure_of(client.need(H1), TrackerProtocolError))
+
+
 def test_update_with_nobody_else_sends_nothing(world: World) -> None:
     client = world.client(1)
     result(client.register())

@@ -135,6 +135,8 @@ GOOD_REQUESTS = {
     "REGISTER": {"mode": 0, "node_id": 4, "port": 9004},
     "HEARTBEAT": {"mode": 0, "node_id": 1, "port": 9001, "token": "T1"},
     "OWN": {"mode": 1, "node_id": 1, "token": "T1", "info_hash": H2, "name": "g", "length": 7},
+    "OWN_PARTIAL": {"mode": 1, "node_id": 1, "token": "T1", "info_hash": H2, "name": "g", "length": 7, "have": 1, "pieces": 4},
+    "WITHDRAW": {"mode": 1, "node_id": 1, "token": "T1", "info_hash": H1, "withdraw": True},
     "NEED": {"mode": 2, "node_id": 3, "token": "T3", "info_hash": H1},
     "UPDATE": {"mode": 3, "node_id": 2, "token": "T2", "info_hash": H1, "uploaders": [1]},
     "EXIT": {"mode": 4, "node_id": 2, "token": "T2"},
@@ -154,10 +156,16 @@ def may_be_accepted(name: str, field_name: str, value: Any) -> bool:
         return True  # the request itself, or a join of node 0
     if name == "REGISTER" and field_name == "token":
         return value is None or isinstance(value, str)  # an unknown node joins whatever it sends
-    if name == "OWN" and field_name == "length":
+    if name.startswith("OWN") and field_name == "length":
         return is_int and 0 <= value <= 2**53
-    if name == "OWN" and field_name == "name" and isinstance(value, str):
+    if name.startswith("OWN") and field_name == "name" and isinstance(value, str):
         return value != "\ud800" and 1 <= len(value.encode()) <= 255
+    if name == "OWN_PARTIAL" and field_name == "have":
+        return is_int and 0 <= value <= 4
+    if name == "OWN_PARTIAL" and field_name == "pieces":
+        return is_int and 1 <= value <= 2**31
+    if name == "WITHDRAW" and field_name == "withdraw":
+        return value is True  # the request itself
     if name == "UPDATE" and field_name == "uploaders":
         return value in ([], [1])
     return False
@@ -172,7 +180,10 @@ def test_every_field_of_every_mode_with_every_wrong_value_is_refused_and_changes
         for field_name in good:
             for doc, allowed in [
                 *((with_tokens(world, {**good, field_name: v}), may_be_accepted(name, field_name, v)) for v in WRONG_VALUES),
-                (with_tokens(world, {k: v for k, v in good.items() if k != field_name}), name == "REGISTER" and field_name == "token"),
+                (
+                    with_tokens(world, {k: v for k, v in good.items() if k != field_name}),
+                    name == "REGISTER" and field_name == "token",
+                ),
             ]:
                 before = world.everything()
                 code, answer, _ = world.request("POST", json.dumps(doc).encode())
@@ -186,7 +197,7 @@ def test_every_field_of_every_mode_with_every_wrong_value_is_refused_and_changes
     assert refused > 500, refused
     # The good requests themselves pass, so each refusal was about the one field changed.
     fresh = World(tmp_path / "fresh")
-    for name in ("HEARTBEAT", "OWN", "NEED", "UPDATE", "REGISTER", "EXIT"):
+    for name in ("HEARTBEAT", "OWN", "OWN_PARTIAL", "WITHDRAW", "NEED", "UPDATE", "REGISTER", "EXIT"):
         fresh.ok(with_tokens(fresh, GOOD_REQUESTS[name]))
 
 
@@ -263,7 +274,9 @@ def test_a_huge_declared_length_is_never_buffered(world: World) -> None:
     assert head.startswith(b"HTTP/1.1 413 ") and json.loads(body)["ok"] is False
 
 
-FIELD_NAMES = ["mode", "node_id", "port", "token", "info_hash", "name", "length", "uploaders", "host", "x"]
+FIELD_NAMES = [
+    "mode", "node_id", "port", "token", "info_hash", "name", "length", "uploaders", "have", "pieces", "withdraw", "host", "x",
+]
 numbers = st.one_of(
     st.integers(),
     st.integers(min_value=-(2**70), max_value=2**70),

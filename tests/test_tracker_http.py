@@ -68,7 +68,8 @@ def test_full_conversation(tracker: Harness) -> None:
     need = tracker.ok({"mode": 2, "node_id": 3, "token": c, "info_hash": H1})
     assert (need["info_hash"], need["name"]) == (H1, "movie.mkv")
     assert sorted(o["node_id"] for o in need["owners"]) == [1, 2]
-    assert all(set(o) == {"node_id", "host", "port", "frequency"} for o in need["owners"])
+    assert all(set(o) == {"node_id", "host", "port", "frequency", "partial"} for o in need["owners"])
+    assert not any(o["partial"] for o in need["owners"])
 
     update = tracker.ok({"mode": 3, "node_id": 3, "token": c, "info_hash": H1, "uploaders": [1, 2, 7]})
     assert update == {"ok": True, "credited": [1, 2]}

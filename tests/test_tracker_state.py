@@ -15,6 +15,7 @@ from p2ptorrent.tracker.state import (
     Exit,
     Need,
     Own,
+    OwnChange,
     Register,
     SwarmState,
     TrackerError,
@@ -216,9 +217,10 @@ def test_unknown_node_is_404() -> None:
 def test_own_is_idempotent() -> None:
     state = make_state()
     a = join(state, 1)
-    assert state.own(1, a, H1, "f", 10) is True
+    assert state.own(1, a, H1, "f", 10) is OwnChange.NEW
     revision = state.revision
-    assert state.own(1, a, H1, "f", 10) is False
+    assert state.own(1, a, H1, "f", 10) is OwnChange.KNOWN
+    assert state.own(1, a, H1, "f", 10, have=7, pieces=7) is OwnChange.KNOWN  # all pieces: complete
     assert state.revision == revision
     assert state.owners(H1) == {1}
 

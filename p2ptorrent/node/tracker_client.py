@@ -60,6 +60,10 @@ class Owner:
     host: str
     port: int
     frequency: int
+    #: Still downloading: it serves only the ``have`` of ``pieces`` pieces it verified so far.
+    partial: bool = False
+    have: int | None = None
+    pieces: int | None = None
 
 
 class TrackerClient:
@@ -122,10 +126,32 @@ class TrackerClient:
 
         return self._register().addCallback(report)
 
-    def own(self, info_hash_hex: str, name: str, length: int) -> Deferred[None]:
-        """Tell the tracker we seed this file."""
-        fields = {"info_hash": _info_hash(info_hash_hex), "name": name, "length": length}
+    def own(
+        self, info_hash_hex: str, name: str, length: int, have: int | None = None, pieces: int | None = None
+    ) -> Deferred[None]:
+        """Tell the tracker we seed this file: whole, or the ``have`` of ``pieces`` pieces verified so far.
+
+        Announcing progress is cheap for the tracker (it is not saved), so a
+        downloading node may send it every few seconds; ``have == pieces``
+        makes us a complete owner.
+        """
+        fields: dict[str, Any] = {"info_hash": _info_hash(info_hash_hex), "name": name, "length": length}
+        if (have is None) != (pieces is None):
+            raise ValueError("own() takes both have and pieces, or neither")
+        if have is not None and pieces is not None:
+            if not (_is_int(have) and _is_int(pieces)) or not 0 <= have <= pieces or pieces < 1:
+                raise ValueError(f"own() needs 0 <= have <= pieces and pieces >= 1, got have={have} pieces={pieces}")
+            fields["have"], fields["pieces"] = have, pieces
         return self._registered_call("OWN", fields).addCallback(lambda _: None)
+
+    def withdraw(self, info_hash_hex: str) -> Deferred[None]:
+        """Tell the tracker we no longer have any of this file (a download failed or was stopped)."""
+        info_hash = _info_hash(info_hash_hex)
+        if self.token is None:
+            # Never registered by this client: the tracker holds no ownership of ours.
+            return succeed(None)
+        d = self._registered_call("OWN", {"info_hash": info_hash, "withdraw": True})
+        return d.addCallback(lambda _: None)
 
     def need(self, info_hash_hex: str) -> Deferred[list[Owner]]:
         """The owners of a file, best first in the tracker's weighted random order."""
@@ -273,12 +299,34 @@ class TrackerClient:
         result: list[Owner] = []
         for entry in owners:
             try:
-                owner = Owner(int(entry["node_id"]), str(entry["host"]), int(entry["port"]), int(entry["frequency"]))
+                owner = _owner(entry)
             except (KeyError, TypeError, ValueError):
                 raise TrackerProtocolError(f"tracker at {self.base_url} answered NEED with a bad owner {entry!r}") from None
             if owner.node_id != self.node_id:
                 result.append(owner)
         return result
+
+
+def _owner(entry: Any) -> Owner:
+    """One owner of a NEED answer; raises KeyError, TypeError or ValueError if it is malformed."""
+    node_id, host, port, frequency = int(entry["node_id"]), str(entry["host"]), int(entry["port"]), int(entry["frequency"])
+    # Absent from trackers older than partial owners: every owner was complete.
+    partial = entry.get("partial", False)
+    if not isinstance(partial, bool):
+        raise TypeError(f"'partial' must be a boolean, got {partial!r}")
+    if not partial:
+        return Owner(node_id, host, port, frequency)
+    have, pieces = entry["have"], entry["pieces"]
+    if not _is_int(have) or not _is_int(pieces):
+        raise TypeError("'have' and 'pieces' must be integers")
+    if not 0 <= have < pieces:
+        # A partial owner lacks at least one piece; anything else would mislead the download.
+        raise ValueError(f"a partial owner needs 0 <= have < pieces, got {have} of {pieces}")
+    return Owner(node_id, host, port, frequency, True, have, pieces)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _info_hash(value: str) -> str:
@@ -289,7 +337,7 @@ def _info_hash(value: str) -> str:
 
 
 def _int_list(value: Any, name: str) -> list[int]:
-    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if not isinstance(value, list) or not all(_is_int(v) for v in value):
         raise TrackerProtocolError(f"tracker answer has no list of node ids in {name!r}")
     return list(value)
 

@@ -28,11 +28,13 @@ from p2ptorrent.tracker.state import (
     Exit,
     Need,
     Own,
+    OwnChange,
     Register,
     Request,
     SwarmState,
     TrackerError,
     Update,
+    Withdraw,
     parse_request,
 )
 from p2ptorrent.tracker.store import JsonStore
@@ -189,11 +191,28 @@ class TrackerHTTP:
                 "interval": self.settings.NODE_TIME_INTERVAL,
             }
         if isinstance(req, Own):
-            news = state.own(req.node_id, req.token, req.info_hash, req.name, req.length)
+            change = state.own(req.node_id, req.token, req.info_hash, req.name, req.length, req.have, req.pieces)
+            if change in (OwnChange.NEW_PARTIAL, OwnChange.NOW_PARTIAL):
+                self.log.info(
+                    "node {node_id} owns part of {info_hash} ({name}, {length} bytes): {have} of {pieces} pieces",
+                    node_id=req.node_id, info_hash=req.info_hash, name=req.name, length=req.length,
+                    have=req.have, pieces=req.pieces,
+                )
+            elif change is not OwnChange.PROGRESS:
+                # Progress is not logged: partial owners announce it every few seconds.
+                self.log.info(
+                    "node {node_id} owns {info_hash} ({name}, {length} bytes){already}",
+                    node_id=req.node_id, info_hash=req.info_hash, name=req.name, length=req.length,
+                    already={OwnChange.KNOWN: " (already known)", OwnChange.COMPLETED: " (download completed)"}.get(
+                        change, ""
+                    ),
+                )
+            return {}
+        if isinstance(req, Withdraw):
+            owned = state.withdraw(req.node_id, req.token, req.info_hash)
             self.log.info(
-                "node {node_id} owns {info_hash} ({name}, {length} bytes){already}",
-                node_id=req.node_id, info_hash=req.info_hash, name=req.name, length=req.length,
-                already="" if news else " (already known)",
+                "node {node_id} withdrew {info_hash}{already}",
+                node_id=req.node_id, info_hash=req.info_hash, already="" if owned else " (did not own it)",
             )
             return {}
         if isinstance(req, Need):

@@ -19,6 +19,7 @@ import math
 import random
 import secrets
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Iterable, Mapping, Union
 
 from p2ptorrent.config import Config
@@ -31,6 +32,8 @@ MAX_LENGTH = 2**53
 MAX_UPLOADERS = 1000
 #: Longest file name, in UTF-8 bytes (the usual file-system limit).
 MAX_NAME_BYTES = 255
+#: Most pieces a file may have (OWN's ``pieces``; ``have`` counts up to it).
+MAX_PIECES = 2**31
 #: Version of the database documents written by :meth:`SwarmState.snapshot`.
 DB_VERSION = 1
 #: Lengths of a token a joining node may propose (lowercase hex; 32 digits are 128 random bits).
@@ -65,11 +68,28 @@ class Register:
 
 @dataclass(frozen=True)
 class Own:
+    """OWN: the node has the file, or (``have < pieces``) verified part of it and shares that part."""
+
     node_id: int
     token: str | None
     info_hash: str
     name: str
     length: int
+    have: int | None = None
+    pieces: int | None = None
+
+    @property
+    def partial(self) -> bool:
+        return self.have is not None and self.pieces is not None and self.have < self.pieces
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    """OWN with ``withdraw: true``: the node no longer has any of the file (a download failed or was stopped)."""
+
+    node_id: int
+    token: str | None
+    info_hash: str
 
 
 @dataclass(frozen=True)
@@ -93,7 +113,7 @@ class Exit:
     token: str | None
 
 
-Request = Union[Register, Own, Need, Update, Exit]
+Request = Union[Register, Own, Withdraw, Need, Update, Exit]
 
 
 def parse_request(body: bytes, settings: Config) -> Request:
@@ -132,7 +152,10 @@ def parse_request(body: bytes, settings: Config) -> Request:
         return Exit(node_id, token)
     info_hash = _info_hash(doc)
     if mode == "OWN":
-        return Own(node_id, token, info_hash, _name(doc), _integer(doc, "length", 0, MAX_LENGTH))
+        if _withdraw(doc):
+            return Withdraw(node_id, token, info_hash)
+        name, length = _name(doc), _integer(doc, "length", 0, MAX_LENGTH)
+        return Own(node_id, token, info_hash, name, length, *_progress(doc))
     if mode == "NEED":
         return Need(node_id, token, info_hash)
     assert mode == "UPDATE", mode
@@ -210,6 +233,35 @@ def _name(doc: Mapping[str, Any]) -> str:
     return value
 
 
+def _withdraw(doc: Mapping[str, Any]) -> bool:
+    """Whether an OWN withdraws the ownership; a withdrawal needs no name or length."""
+    if "withdraw" not in doc:
+        return False
+    value = doc["withdraw"]
+    if not isinstance(value, bool):
+        raise TrackerError(400, f"field 'withdraw' must be a boolean, got {_json_kind(value)}")
+    if value and ("have" in doc or "pieces" in doc):
+        # Contradictory: gone and still downloading.  Guessing which one is meant could keep a
+        # node listed as an owner of pieces it has deleted.
+        raise TrackerError(400, "field 'withdraw' cannot come with 'have' or 'pieces'")
+    return value
+
+
+def _progress(doc: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """OWN's optional (have, pieces): both or neither, 0 <= have <= pieces, pieces >= 1."""
+    present = [name for name in ("have", "pieces") if name in doc]
+    if not present:
+        return None, None
+    if len(present) == 1:
+        other = "pieces" if present[0] == "have" else "have"
+        raise TrackerError(400, f"field {present[0]!r} needs {other!r}: send both or neither")
+    have = _integer(doc, "have", 0, MAX_PIECES)
+    pieces = _integer(doc, "pieces", 1, MAX_PIECES)
+    if have > pieces:
+        raise TrackerError(400, f"field 'have' ({have}) cannot exceed 'pieces' ({pieces})")
+    return have, pieces
+
+
 def _uploaders(doc: Mapping[str, Any]) -> tuple[int, ...]:
     value = _field(doc, "uploaders")
     if not isinstance(value, list):
@@ -240,15 +292,46 @@ class Registration:
     returned: bool = False
 
 
+class OwnChange(Enum):
+    """What an accepted OWN changed: the HTTP layer logs by it, and only news is persisted."""
+
+    #: A new owner of the whole file.
+    NEW = "new"
+    #: A new partial owner (still downloading, serving what it verified).
+    NEW_PARTIAL = "new partial"
+    #: A partial owner that now has the whole file.
+    COMPLETED = "completed"
+    #: A complete owner announcing only part of the file again (it lost pieces and downloads anew).
+    NOW_PARTIAL = "now partial"
+    #: A partial owner's progress, kept in memory only: nodes announce it every few seconds.
+    PROGRESS = "progress"
+    #: A complete owner announcing again: nothing changes.
+    KNOWN = "known"
+
+    @property
+    def saved(self) -> bool:
+        return self not in (OwnChange.PROGRESS, OwnChange.KNOWN)
+
+
 @dataclass(frozen=True)
 class OwnerInfo:
     node_id: int
     host: str
     port: int
     frequency: int
+    #: Still downloading: serves only the ``have`` of ``pieces`` pieces it verified so far.
+    partial: bool = False
+    have: int | None = None
+    pieces: int | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {"node_id": self.node_id, "host": self.host, "port": self.port, "frequency": self.frequency}
+        doc: dict[str, Any] = {
+            "node_id": self.node_id, "host": self.host, "port": self.port, "frequency": self.frequency,
+            "partial": self.partial,
+        }
+        if self.partial:
+            doc["have"], doc["pieces"] = self.have, self.pieces
+        return doc
 
 
 @dataclass(frozen=True)
@@ -286,7 +369,10 @@ class _File:
     info_hash: str
     name: str
     length: int
+    #: Every owner, partial ones included.
     owners: set[int] = field(default_factory=set)
+    #: Partial owners (a subset of ``owners``) -> (have, pieces), with have < pieces.
+    partial: dict[int, tuple[int, int]] = field(default_factory=dict)
     #: downloader -> uploaders it has credited for this file (each at most once).
     credits: dict[int, set[int]] = field(default_factory=dict)
 
@@ -307,6 +393,8 @@ class SwarmState:
 
     ``revision`` grows whenever something that is persisted changes, so the I/O
     layer saves exactly when needed (not on a heartbeat that changes nothing).
+    A partial owner's progress is the one exception: it is in the snapshot but
+    does not grow the revision, so it reaches the disk with the next save.
     """
 
     def __init__(self, settings: Config, rng: random.Random) -> None:
@@ -335,6 +423,11 @@ class SwarmState:
     def owners(self, info_hash: str) -> frozenset[int]:
         file = self._files.get(info_hash)
         return frozenset() if file is None else frozenset(file.owners)
+
+    def progress(self, info_hash: str, node_id: int) -> tuple[int, int] | None:
+        """(have, pieces) of a partial owner; None for a complete owner or a non-owner."""
+        file = self._files.get(info_hash)
+        return None if file is None else file.partial.get(node_id)
 
     def summary(self) -> dict[str, int]:
         return {"nodes": len(self._nodes), "files": len(self._files)}
@@ -376,8 +469,23 @@ class SwarmState:
         assert token is not None
         return Registration(node_id, token, False, host, port, returned)
 
-    def own(self, node_id: int, token: str | None, info_hash: str, name: str, length: int) -> bool:
-        """Record that the node seeds a file; True if that is news."""
+    def own(
+        self,
+        node_id: int,
+        token: str | None,
+        info_hash: str,
+        name: str,
+        length: int,
+        have: int | None = None,
+        pieces: int | None = None,
+    ) -> OwnChange:
+        """Record that the node seeds a file, whole or (``have < pieces``) in part.
+
+        Only a change of who owns and whether in part grows the revision: a
+        partial owner's progress is announced every few seconds, and saving
+        each one would rewrite files.json all the time for nothing a restart
+        needs (the node announces its progress again).
+        """
         node = self._known(node_id, token)
         file = self._files.get(info_hash)
         if file is not None and file.length != length:
@@ -385,9 +493,39 @@ class SwarmState:
             raise TrackerError(409, f"info_hash {info_hash} is known with length {file.length}, not {length}")
         if file is None:
             file = self._files[info_hash] = _File(info_hash, name, length)
-        if node.node_id in file.owners:
-            return False
+        partial = have is not None and pieces is not None and have < pieces
+        owned = node.node_id in file.owners
+        was_partial = node.node_id in file.partial
+        if partial:
+            assert have is not None and pieces is not None
+            file.partial[node.node_id] = (have, pieces)
+        else:
+            file.partial.pop(node.node_id, None)
         file.owners.add(node.node_id)
+        if not owned:
+            change = OwnChange.NEW_PARTIAL if partial else OwnChange.NEW
+        elif was_partial:
+            change = OwnChange.PROGRESS if partial else OwnChange.COMPLETED
+        else:
+            change = OwnChange.NOW_PARTIAL if partial else OwnChange.KNOWN
+        if change.saved:
+            self.revision += 1
+        return change
+
+    def withdraw(self, node_id: int, token: str | None, info_hash: str) -> bool:
+        """The node no longer has the file; True if it was an owner.
+
+        Its credits and upload frequency stay: they record uploads that did
+        happen, and UPDATE only credits current owners anyway.
+        """
+        self._known(node_id, token)
+        file = self._files.get(info_hash)
+        if file is None or node_id not in file.owners:
+            return False
+        file.owners.discard(node_id)
+        file.partial.pop(node_id, None)
+        if not file.owners and not file.credits:
+            del self._files[info_hash]
         self.revision += 1
         return True
 
@@ -397,9 +535,18 @@ class SwarmState:
         file = self._files.get(info_hash)
         if file is None:
             return NeedResult(info_hash, None, [])
+        # Partial owners are drawn together with complete ones: a downloader that is ahead
+        # spreads the load, and frequency alone says who has served well.
         candidates = [self._nodes[i] for i in sorted(file.owners) if i != node_id and i in self._nodes]
         ranked = self._rank(candidates)
-        return NeedResult(info_hash, file.name, [OwnerInfo(n.node_id, n.host, n.port, n.frequency) for n in ranked])
+        owners: list[OwnerInfo] = []
+        for n in ranked:
+            progress = file.partial.get(n.node_id)
+            if progress is None:
+                owners.append(OwnerInfo(n.node_id, n.host, n.port, n.frequency))
+            else:
+                owners.append(OwnerInfo(n.node_id, n.host, n.port, n.frequency, True, *progress))
+        return NeedResult(info_hash, file.name, owners)
 
     def update(self, node_id: int, token: str | None, info_hash: str, uploaders: Iterable[int]) -> list[int]:
         """Credit live owners that uploaded to the node, once per (downloader, file, uploader)."""
@@ -470,6 +617,10 @@ class SwarmState:
                 "name": f.name,
                 "length": f.length,
                 "owners": sorted(f.owners),
+                # Progress goes with whatever save comes next; see own().
+                "partial": [
+                    {"node_id": i, "have": have, "pieces": pieces} for i, (have, pieces) in sorted(f.partial.items())
+                ],
                 "credits": [
                     {"downloader": d, "uploaders": sorted(u)} for d, u in sorted(f.credits.items()) if u
                 ],
@@ -512,6 +663,12 @@ class SwarmState:
                 for owner in entry["owners"]:
                     if _checked_int(owner, 0, MAX_NODE_ID) in nodes:
                         file.owners.add(owner)
+                # Absent in databases written before partial owners existed: everyone was complete.
+                marks = entry.get("partial", [])
+                if not isinstance(marks, list):
+                    raise TypeError("'partial' is not a list")
+                for mark in marks:
+                    _restore_partial(file, mark, problems)
                 for credit in entry.get("credits", []):
                     downloader = _checked_int(credit["downloader"], 0, MAX_NODE_ID)
                     given = {_checked_int(u, 0, MAX_NODE_ID) for u in credit["uploaders"]} & nodes.keys()
@@ -575,6 +732,7 @@ class SwarmState:
         for info_hash in list(self._files):
             file = self._files[info_hash]
             file.owners.discard(node_id)
+            file.partial.pop(node_id, None)
             file.credits.pop(node_id, None)
             for downloader in list(file.credits):
                 file.credits[downloader].discard(node_id)
@@ -583,6 +741,31 @@ class SwarmState:
             if not file.owners and not file.credits:
                 del self._files[info_hash]
         self.revision += 1
+
+
+def _restore_partial(file: _File, mark: Any, problems: list[str]) -> None:
+    """Read back one ``partial`` record of a file entry.
+
+    A record that makes no sense drops that ownership rather than guess: taken
+    as complete, downloaders would ask the node for pieces it lacks.  A partial
+    owner announces its progress every few seconds, so it is back soon.
+    """
+    try:
+        node_id = _checked_int(mark["node_id"], 0, MAX_NODE_ID)
+    except (KeyError, TypeError, ValueError) as e:
+        problems.append(f"skipped partial owner {_short(mark)} of {file.info_hash}: {_why(e)}")
+        return
+    if node_id not in file.owners:
+        return  # an owner that is not restored (a node gone), as for "owners"
+    try:
+        pieces = _checked_int(mark["pieces"], 1, MAX_PIECES)
+        # Progress may be missing (it is not saved on every change): start from none.
+        have = _checked_int(mark.get("have", 0), 0, pieces - 1)
+    except (KeyError, TypeError, ValueError) as e:
+        file.owners.discard(node_id)
+        problems.append(f"dropped partial owner {_short(mark)} of {file.info_hash}: {_why(e)}")
+        return
+    file.partial[node_id] = (have, pieces)
 
 
 def _entries(doc: Mapping[str, Any], key: str, problems: list[str]) -> list[Any]:
