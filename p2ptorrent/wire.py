@@ -13,6 +13,16 @@ against fixed limits before use; anything that does not fit raises
                count x (piece u32, offset u32, length u32)            ask for blocks
     BLOCK      info_hash 20, piece u32, offset u32, data...           one block (data = the rest)
     ERROR      info_hash 20, code u8, message (UTF-8, the rest)       refusal
+    HAVE_REQ   info_hash 20, cookie 8, first u32, count u32, flags u8  "which of these pieces have you?"
+    HAVE       info_hash 20, first u32, count u32, flags u8,
+               bits (ceil(count / 8) bytes, first piece = top bit)    the answer, and whether we may ask
+
+INFO_RESP status is OK (every piece here), PARTIAL (still downloading: some
+pieces; ask HAVE which) or NOT_FOUND.  HAVE flags: CHOKED (no upload slot for
+the asker now: block requests would be refused with E_CHOKED; ask HAVE again
+later), COMPLETE (every piece here), NEWS (sent unasked when pieces verify,
+to those that asked HAVE lately: it says nothing of slots).  HAVE_REQ flags: INTERESTED (the
+asker still wants pieces: it competes for an upload slot).
 
 The cookie is a keyed hash of the asker's address that the seeder hands out
 in INFO_RESP and checks on every BLOCK_REQ, so that a forged source address
@@ -35,15 +45,26 @@ INFO_RESP = 2
 BLOCK_REQ = 3
 BLOCK = 4
 ERROR = 5
+HAVE_REQ = 6
+HAVE = 7
 
 # INFO_RESP status
 OK = 0
 NOT_FOUND = 1
+PARTIAL = 2
+
+# HAVE flags
+F_CHOKED = 1
+F_COMPLETE = 2
+F_NEWS = 4  # pushed when a piece verified, not an answer: says nothing of slots
+# HAVE_REQ flags
+F_INTERESTED = 1
 
 # ERROR codes
 E_NOT_FOUND = 1  # the file is not (or no longer) served here
 E_BAD_COOKIE = 2  # ask INFO again for a fresh cookie
 E_BAD_REQUEST = 3  # a block outside the file, or a malformed request
+E_CHOKED = 4  # no upload slot for you now: ask HAVE again later
 
 COOKIE_SIZE = 8
 HASH_SIZE = 20
@@ -57,6 +78,8 @@ _BLOCK_REQ = struct.Struct("!20s8sH")
 _TRIPLE = struct.Struct("!III")
 _BLOCK = struct.Struct("!20sII")
 _ERROR = struct.Struct("!20sB")
+_HAVE_REQ = struct.Struct("!20s8sIIB")
+_HAVE = struct.Struct("!20sIIB")
 
 HEADER_SIZE = _HEADER.size
 #: Sizes of the fixed-size messages, and of an ERROR without its message: an
@@ -71,6 +94,10 @@ BLOCK_OVERHEAD = HEADER_SIZE + _BLOCK.size
 #: Bytes of a BLOCK_REQ before its triples, and of each triple.
 BLOCK_REQ_OVERHEAD = HEADER_SIZE + _BLOCK_REQ.size
 TRIPLE_SIZE = _TRIPLE.size
+HAVE_REQ_SIZE = HEADER_SIZE + _HAVE_REQ.size
+HAVE_OVERHEAD = HEADER_SIZE + _HAVE.size
+#: Pieces one HAVE_REQ may ask about (a HAVE answering it is 8 KiB of bits at most).
+MAX_HAVE_COUNT = 65536
 
 
 class WireError(ValueError):
@@ -123,7 +150,31 @@ class Error:
     message: str
 
 
-Message = Union[InfoRequest, InfoResponse, BlockRequest, Block, Error]
+@dataclass(frozen=True, slots=True)
+class HaveRequest:
+    info_hash: bytes
+    cookie: bytes
+    first: int
+    count: int
+    flags: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Have:
+    info_hash: bytes
+    first: int
+    count: int
+    flags: int
+    #: One bit per piece from *first*, the top bit of the first byte first.
+    bits: bytes
+
+    def pieces(self) -> list[int]:
+        """The piece indexes the bits name."""
+        first, bits = self.first, self.bits
+        return [first + i for i in range(self.count) if bits[i >> 3] & (0x80 >> (i & 7))]
+
+
+Message = Union[InfoRequest, InfoResponse, BlockRequest, Block, Error, HaveRequest, Have]
 
 
 def _head(kind: int) -> bytes:
@@ -158,6 +209,30 @@ def encode_block(info_hash: bytes, piece: int, offset: int, data: bytes) -> byte
 def encode_error(info_hash: bytes, code: int, message: str = "") -> bytes:
     text = message.encode("utf-8")[:MAX_ERROR_MESSAGE]
     return _head(ERROR) + _ERROR.pack(info_hash, code) + text
+
+
+def encode_have_request(info_hash: bytes, cookie: bytes, first: int, count: int, flags: int = 0) -> bytes:
+    return _head(HAVE_REQ) + _HAVE_REQ.pack(info_hash, cookie, first, count, flags)
+
+
+def encode_have(info_hash: bytes, first: int, count: int, flags: int, bits: bytes) -> bytes:
+    if len(bits) != (count + 7) // 8:
+        raise ValueError(f"{count} pieces take {(count + 7) // 8} bytes of bits, not {len(bits)}")
+    return _head(HAVE) + _HAVE.pack(info_hash, first, count, flags) + bits
+
+
+def pack_bits(have: bytes | bytearray, first: int, count: int) -> bytes:
+    """Bits for pieces first..first+count-1 of a one-byte-per-piece map (nonzero = have)."""
+    out = bytearray((count + 7) // 8)
+    for i in range(count):
+        if have[first + i]:
+            out[i >> 3] |= 0x80 >> (i & 7)
+    return bytes(out)
+
+
+def max_have_count(buffer_size: int) -> int:
+    """How many pieces one HAVE of at most *buffer_size* bytes can describe."""
+    return max(8, min(MAX_HAVE_COUNT, (buffer_size - HAVE_OVERHEAD) * 8))
 
 
 def max_blocks_per_request(buffer_size: int) -> int:
@@ -212,6 +287,22 @@ def decode(data: bytes, max_size: int = 65507) -> Message:
         if body != _INFO_RESP.size:
             raise WireError("INFO_RESP of the wrong size", "bad INFO_RESP size")
         return InfoResponse(*_INFO_RESP.unpack_from(data, HEADER_SIZE))
+    if kind == HAVE_REQ:
+        if body != _HAVE_REQ.size:
+            raise WireError("HAVE_REQ of the wrong size", "bad HAVE_REQ size")
+        info_hash, cookie, first, count, flags = _HAVE_REQ.unpack_from(data, HEADER_SIZE)
+        if not 1 <= count <= MAX_HAVE_COUNT:
+            raise WireError(f"HAVE_REQ for {count} pieces", "bad HAVE_REQ count")
+        return HaveRequest(info_hash, cookie, first, count, flags)
+    if kind == HAVE:
+        if body < _HAVE.size:
+            raise WireError("truncated HAVE", "bad HAVE size")
+        info_hash, first, count, flags = _HAVE.unpack_from(data, HEADER_SIZE)
+        if not 1 <= count <= MAX_HAVE_COUNT:
+            raise WireError(f"HAVE for {count} pieces", "bad HAVE count")
+        if body != _HAVE.size + (count + 7) // 8:
+            raise WireError("HAVE size does not match its piece count", "bad HAVE size")
+        return Have(info_hash, first, count, flags, data[HAVE_OVERHEAD:])
     if kind == ERROR:
         if body < _ERROR.size or body > _ERROR.size + MAX_ERROR_MESSAGE:
             raise WireError("ERROR of the wrong size", "bad ERROR size")

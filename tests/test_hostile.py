@@ -109,6 +109,27 @@ def expected_verdict(data: bytes, src: Any, node: View) -> str | None:
         if not 21 <= body <= 221:
             return "bad ERROR size"
         return _for_a_download(data[4:24], src, node)
+    if kind == 6:  # HAVE_REQ: info_hash, cookie, first u32, count u32, flags u8
+        if body != 37:
+            return "bad HAVE_REQ size"
+        first, count = struct.unpack_from("!II", data, 32)
+        if not 1 <= count <= 65536:
+            return "bad HAVE_REQ count"
+        if data[24:32] != node.seeder.cookie(src):
+            return "bad cookie"
+        meta = node.shared.get(data[4:24])
+        if meta is None:
+            return "not shared"
+        return "bad block" if first >= meta.num_pieces else None
+    if kind == 7:  # HAVE: info_hash, first u32, count u32, flags u8, ceil(count / 8) bytes of bits
+        if body < 29:
+            return "bad HAVE size"
+        count = int.from_bytes(data[28:32], "big")
+        if not 1 <= count <= 65536:
+            return "bad HAVE count"
+        if body != 29 + (count + 7) // 8:
+            return "bad HAVE size"
+        return _for_a_download(data[4:24], src, node)
     return "unknown type"
 
 

@@ -69,6 +69,13 @@ def test_block_request_limits() -> None:
         (b"PT\x01\x03" + H + bytes(8) + struct.pack("!H", 0), "BLOCK_REQ with 0 blocks"),
         (b"PT\x01\x03" + H + bytes(8) + struct.pack("!H", 60000) + bytes(12), "BLOCK_REQ with 60000 blocks"),
         (b"PT\x01\x05" + H, "ERROR of the wrong size"),
+        (wire.encode_have_request(H, bytes(8), 0, 8)[:-1], "HAVE_REQ of the wrong size"),
+        (wire.encode_have_request(H, bytes(8), 0, 0), "HAVE_REQ for 0 pieces"),
+        (wire.encode_have_request(H, bytes(8), 0, wire.MAX_HAVE_COUNT + 1), "HAVE_REQ for 65537 pieces"),
+        (wire.encode_have(H, 0, 9, 0, b"\xff\x80")[:-1], "HAVE size does not match"),
+        (wire.encode_have(H, 0, 9, 0, b"\xff\x80") + b"x", "HAVE size does not match"),
+        (b"PT\x01\x07" + H, "truncated HAVE"),
+        (b"PT\x01\x07" + H + struct.pack("!IIB", 0, 0, 0), "HAVE for 0 pieces"),
         (b"PT\x01\x04" + bytes(70000), "exceeds the limit"),
     ],
 )
@@ -101,3 +108,22 @@ def test_peek_block_reads_only_blocks() -> None:
     assert wire.peek_block(wire.encode_info_request(1, H)) is None
     assert wire.peek_block(datagram[: wire.BLOCK_OVERHEAD - 1]) is None
     assert wire.peek_block(b"PT\x02\x04" + datagram[4:]) is None  # another version
+
+
+@given(u32, st.lists(st.booleans(), min_size=1, max_size=3000), st.integers(0, 3), st.binary(min_size=8, max_size=8))
+def test_have_round_trip(first: int, flags_list: list[bool], flags: int, cookie: bytes) -> None:
+    count = len(flags_list)
+    have = bytearray(flags_list)
+    bits = wire.pack_bits(have, 0, count)
+    msg = wire.decode(wire.encode_have(H, first, count, flags, bits))
+    assert msg == wire.Have(H, first, count, flags, bits)
+    assert isinstance(msg, wire.Have)
+    assert msg.pieces() == [first + i for i, b in enumerate(flags_list) if b]
+    req = wire.decode(wire.encode_have_request(H, cookie, first, count, flags & 1))
+    assert req == wire.HaveRequest(H, cookie, first, count, flags & 1)
+
+
+def test_have_fits_the_buffer() -> None:
+    n = wire.max_have_count(9216)
+    assert len(wire.encode_have(H, 0, n, 0, bytes((n + 7) // 8))) <= 9216
+    assert wire.max_have_count(1 << 20) == wire.MAX_HAVE_COUNT

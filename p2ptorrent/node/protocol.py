@@ -38,7 +38,7 @@ from p2ptorrent.node.serving import Seeder
 
 class DownloadSink(Protocol):
     def on_block(self, addr: Any, piece: int, offset: int, data: Any) -> None: ...
-    def on_message(self, msg: wire.Block | wire.Error, addr: Any) -> None: ...
+    def on_message(self, msg: wire.Block | wire.Error | wire.Have, addr: Any) -> None: ...
 
 
 #: Rejections logged one by one; after that, one summary per interval (seconds).
@@ -131,6 +131,9 @@ class NodeProtocol(DatagramProtocol):
             if addr not in self._partners.get(head[0], ()):
                 self._reject(addr, "stranger")
                 return
+            slots = self.seeder.slots
+            if slots is not None:  # tit-for-tat: what each peer gives us earns it an upload slot
+                slots.received_from(addr, len(data) - wire.BLOCK_OVERHEAD)
             try:
                 sink.on_block(addr, head[1], head[2], memoryview(data)[wire.BLOCK_OVERHEAD :])
             except Exception:
@@ -153,6 +156,8 @@ class NodeProtocol(DatagramProtocol):
             reason, replies = self.seeder.on_blocks(msg, addr, size, self.clock.seconds())
         elif isinstance(msg, wire.InfoRequest):
             reason, replies = self.seeder.on_info(msg, addr, self.clock.seconds())
+        elif isinstance(msg, wire.HaveRequest):
+            reason, replies = self.seeder.on_have(msg, addr, size, self.clock.seconds())
         elif isinstance(msg, wire.InfoResponse):
             entry = self._pending.get(msg.req_id)
             if entry is None or entry[1] != addr or entry[2] != msg.info_hash:
@@ -161,7 +166,7 @@ class NodeProtocol(DatagramProtocol):
             del self._pending[msg.req_id]
             entry[0].callback(msg)
             return
-        else:  # Block (when too short to peek) or Error: for one of our downloads
+        else:  # Block (when too short to peek), Error or Have: for one of our downloads
             sink = self.downloads.get(msg.info_hash)
             if sink is None:
                 self._reject(addr, "unknown download")

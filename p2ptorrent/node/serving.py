@@ -28,6 +28,14 @@ What a peer can make us send:
 * The rate state of at most ``PEER_TABLE_SIZE`` addresses per table (least
   recently seen forgotten first): many source addresses cannot grow memory.
   Only cookie-checked addresses enter the block table.
+
+Swarming.  A file still downloading is shared too (:meth:`Seeder.add_partial`),
+with the download's map of pieces written to disk: INFO answers PARTIAL, a
+HAVE_REQ gets the bits of the pieces held, and blocks are served from pieces
+held only (a block of a piece not held is skipped and counted: the asker's
+map was stale).  Upload slots: when a :class:`Choker` is given, a block
+request from a peer without a slot gets one E_CHOKED (and a HAVE answer says
+CHOKED), so a node serves a few peers at a time, chosen by tit-for-tat.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ import os
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Hashable, Iterable, Iterator, Optional
+from typing import Any, Hashable, Iterable, Iterator, Optional, Protocol
 
 from twisted.logger import Logger
 
@@ -63,6 +71,13 @@ ERROR_BURST = 20.0
 Reply = tuple[Optional[str], Iterable[bytes]]
 
 
+class UploadSlots(Protocol):
+    def tick(self, now: float) -> None: ...
+    def allowed(self, peer: Hashable, now: float) -> bool: ...
+    def sent_to(self, peer: Hashable, nbytes: int) -> None: ...
+    def received_from(self, peer: Hashable, nbytes: int) -> None: ...
+
+
 @dataclass
 class SharedFile:
     meta: Metainfo
@@ -70,6 +85,12 @@ class SharedFile:
     fd: int
     uploaded: int = 0
     blocks_served: int = 0
+    #: One byte per piece, nonzero once the piece is on disk and verified; None: every piece.
+    have: bytearray | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.have is None
 
 
 class RateTable:
@@ -126,8 +147,11 @@ class Seeder:
         *,
         blocks_per_second: int = Config.MAX_BLOCKS_PER_SECOND_PER_PEER,
         table_size: int = Config.PEER_TABLE_SIZE,
+        slots: UploadSlots | None = None,
     ) -> None:
         self.secret = secret
+        #: Upload slots (see choker.py); None serves every peer that asks.
+        self.slots = slots
         self.max_block = max_block
         self.files: dict[bytes, SharedFile] = {}
         #: What was limited: the protocol shares this Counter for its own counts.
@@ -141,22 +165,32 @@ class Seeder:
         self._contended_until = float("-inf")
 
     @classmethod
-    def from_settings(cls, secret: bytes, settings: Config) -> "Seeder":
+    def from_settings(cls, secret: bytes, settings: Config, slots: UploadSlots | None = None) -> "Seeder":
         return cls(
             secret,
             settings.BUFFER_SIZE - wire.BLOCK_OVERHEAD,
             blocks_per_second=settings.MAX_BLOCKS_PER_SECOND_PER_PEER,
             table_size=settings.PEER_TABLE_SIZE,
+            slots=slots,
         )
 
     def add(self, meta: Metainfo, path: Path) -> SharedFile:
         old = self.files.get(meta.info_hash)
-        if old is not None and old.path == path:
+        if old is not None and old.path == path and old.complete:
             return old
         fd = os.open(path, os.O_RDONLY)
         if old is not None:
             os.close(old.fd)
         shared = self.files[meta.info_hash] = SharedFile(meta, path, fd)
+        return shared
+
+    def add_partial(self, meta: Metainfo, path: Path, have: bytearray) -> SharedFile:
+        """Share a file still downloading: only the pieces *have* marks (it grows as they are written)."""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        old = self.files.get(meta.info_hash)
+        if old is not None:
+            os.close(old.fd)
+        shared = self.files[meta.info_hash] = SharedFile(meta, path, fd, have=have)
         return shared
 
     def remove(self, info_hash: bytes) -> None:
@@ -184,8 +218,35 @@ class Seeder:
         if shared is None:
             return reason, (wire.encode_info_response(msg.req_id, msg.info_hash, wire.NOT_FOUND, 0, 0, bytes(8)),)
         meta = shared.meta
-        answer = wire.encode_info_response(msg.req_id, msg.info_hash, wire.OK, meta.length, meta.piece_length, self.cookie(addr))
+        status = wire.OK if shared.complete else wire.PARTIAL
+        answer = wire.encode_info_response(msg.req_id, msg.info_hash, status, meta.length, meta.piece_length, self.cookie(addr))
         return None, (answer,)
+
+    def on_have(self, msg: wire.HaveRequest, addr: Any, size: int, now: float = 0.0) -> Reply:
+        """The bits of the pieces held among those asked, and whether the asker holds an upload slot."""
+        if not hmac.compare_digest(msg.cookie, self.cookie(addr)):
+            return "bad cookie", self._error(addr, now, size, msg.info_hash, wire.E_BAD_COOKIE, "bad cookie: ask INFO")
+        shared = self.files.get(msg.info_hash)
+        if shared is None:
+            return "not shared", self._error(addr, now, size, msg.info_hash, wire.E_NOT_FOUND, "not shared here")
+        num_pieces = shared.meta.num_pieces
+        if msg.first >= num_pieces:
+            return "bad block", self._error(addr, now, size, msg.info_hash, wire.E_BAD_REQUEST, "no such pieces")
+        count = min(msg.count, num_pieces - msg.first, wire.max_have_count(self.max_block + wire.BLOCK_OVERHEAD))
+        flags = 0
+        if shared.have is None:
+            flags |= wire.F_COMPLETE
+            bits = _all_bits(count)
+        else:
+            bits = wire.pack_bits(shared.have, msg.first, count)
+        if self.slots is not None:
+            self.slots.tick(now)
+            if msg.flags & wire.F_INTERESTED:
+                if not self.slots.allowed(addr, now):
+                    flags |= wire.F_CHOKED
+            elif addr not in getattr(self.slots, "unchoked", ()):
+                flags |= wire.F_CHOKED
+        return None, (wire.encode_have(msg.info_hash, msg.first, count, flags, bits),)
 
     def on_blocks(self, msg: wire.BlockRequest, addr: Any, size: int, now: float = 0.0) -> Reply:
         """The blocks asked for (as many as this address's budget allows), or one short ERROR.
@@ -211,13 +272,27 @@ class Seeder:
             ):
                 text = f"no block {piece}:{offset}+{length}"
                 return "bad block", self._error(addr, now, size, msg.info_hash, wire.E_BAD_REQUEST, text)
-        wanted = len(msg.blocks)
+        if self.slots is not None:
+            self.slots.tick(now)
+            if not self.slots.allowed(addr, now):
+                self.counts["limited:choked"] += 1
+                return None, self._error(addr, now, size, msg.info_hash, wire.E_CHOKED, "no upload slot: ask HAVE later")
+        have = shared.have
+        blocks = msg.blocks
+        if have is not None:
+            held = tuple(b for b in blocks if have[b[0]])
+            if len(held) < len(blocks):
+                self.counts["limited:not held"] += len(blocks) - len(held)
+                blocks = held
+                if not blocks:
+                    return None, ()
+        wanted = len(blocks)
         # Alone, a peer gets all it asks, but its budget is spent all the same:
         # a flood that was alone is held back at once when others come.
         granted = self.blocks.take(addr, wanted, now, force=not self._contended(addr, now))
         if granted < wanted:
             self.counts["limited:blocks"] += wanted - granted
-        return None, self._read(shared, msg.info_hash, msg.blocks[:granted] if granted < wanted else msg.blocks)
+        return None, self._read(shared, msg.info_hash, blocks[:granted] if granted < wanted else blocks, addr)
 
     def _contended(self, addr: Any, now: float) -> bool:
         """Whether another address was served blocks lately (then budgets apply)."""
@@ -226,9 +301,12 @@ class Seeder:
         self._last_served, self._last_served_at = addr, now
         return now <= self._contended_until
 
-    def _read(self, shared: SharedFile, info_hash: bytes, blocks: Iterable[tuple[int, int, int]]) -> Iterator[bytes]:
+    def _read(
+        self, shared: SharedFile, info_hash: bytes, blocks: Iterable[tuple[int, int, int]], addr: Any = None,
+    ) -> Iterator[bytes]:
         """Each block as a datagram, read from disk when the protocol is ready to send it."""
         piece_length = shared.meta.piece_length
+        sent = 0
         for piece, offset, length in blocks:
             try:
                 data = os.pread(shared.fd, length, piece * piece_length + offset)
@@ -244,7 +322,10 @@ class Seeder:
                 return
             shared.uploaded += length
             shared.blocks_served += 1
+            sent += length
             yield wire.encode_block(info_hash, piece, offset, data)
+        if self.slots is not None and sent:
+            self.slots.sent_to(addr, sent)
 
     def _error(self, addr: Any, now: float, size: int, info_hash: bytes, code: int, text: str) -> tuple[bytes, ...]:
         if not self.errors.take(addr, 1, now):
@@ -252,3 +333,9 @@ class Seeder:
             return ()
         room = max(0, min(wire.MAX_ERROR_MESSAGE, size - wire.ERROR_OVERHEAD))
         return (wire.encode_error(info_hash, code, text[:room]),)
+
+
+def _all_bits(count: int) -> bytes:
+    """Every one of *count* pieces: full bytes, and the top bits of the last."""
+    whole, rest = divmod(count, 8)
+    return b"\xff" * whole + (bytes([(0xFF << (8 - rest)) & 0xFF]) if rest else b"")

@@ -3,7 +3,10 @@
 Pure: it takes blocks, peers and the time, and returns decisions (requests to
 send, pieces that verified, peers to drop).  The I/O around it lives in
 download.py.  Work is handed out on demand, a window's worth at a time, so a
-fast peer takes more blocks and a slow one fewer; a lost request times out
+fast peer takes more blocks and a slow one fewer.  Which piece a peer works on
+next is the picker's choice (picker.py: rarest first among the pieces that
+peer has); a piece once started is finished before another is started for the
+same peer, where it can be; a lost request times out
 and its block goes back to the front of the queue for whoever has room; near
 the end, blocks still outstanding at one peer may also be asked of a second
 (endgame).  Every request window grows while data flows and halves on loss,
@@ -13,9 +16,12 @@ and timeouts back off, so a dead or congested path gets few datagrams.
 from __future__ import annotations
 
 import hashlib
+import random
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Hashable, Iterable
+
+from p2ptorrent.node.picker import PiecePicker
 
 Addr = Hashable
 
@@ -33,6 +39,9 @@ QUEUE_TARGET = 0.05
 MAX_REQUESTERS = 2
 #: A peer whose blocks failed verification this many times is dropped.
 MAX_STRIKES = 3
+#: Blocks waiting to be asked again that one request looks through for a
+#: piece the peer has, before it moves on (a peer may lack them all).
+PENDING_SCAN = 1024
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,10 @@ class PeerState:
     bytes: int = 0
     timeouts: int = 0
     strikes: int = 0
+    #: One byte per piece, nonzero for pieces the peer has; None: it has every piece.
+    has: bytearray | None = None
+    #: The peer holds no upload slot for us: ask it nothing until it says otherwise.
+    choked: bool = False
 
     def free(self) -> int:
         return int(self.window) - len(self.inflight)
@@ -147,6 +160,8 @@ class Transfer:
         max_batch: int = 64,
         max_inflight_bytes: int = 0,
         check_inline: bool = True,
+        rng: random.Random | None = None,
+        random_first: int = 4,
     ) -> None:
         self.geo = geometry
         self.hashes = piece_hashes
@@ -167,11 +182,16 @@ class Transfer:
         self.requesters: dict[int, list[Addr]] = {}
         #: Blocks to ask for again (timed out, dropped, failed), before any new one.
         self.pending: deque[int] = deque()
-        #: Every block not asked for yet, in file order, made as it is needed: a list
-        #: of them all would cost ~36 bytes a block (10 MiB for 2 GiB of 7216-byte blocks).
-        self._fresh = (
-            bid for p in range(geometry.num_pieces) if not self.verified[p] for bid in geometry.block_ids(p)
-        )
+        #: Which piece to start next (rarest first); a piece is started once.
+        self.picker = PiecePicker(geometry.num_pieces, rng or random.Random(), random_first)
+        for p, ok in enumerate(self.verified):
+            if ok:
+                self.picker.have(p)
+        #: Pieces started (or held): when every piece is, the endgame may begin.
+        self.started = geometry.num_pieces - self.remaining
+        #: Started pieces with blocks never asked yet: piece -> index of the next such block.
+        #: Only new blocks come from here; a list of them all would cost ~36 bytes a block.
+        self.open: dict[int, int] = {}
         self.pieces: dict[int, _Piece] = {}
         #: Hash pieces in on_block (True), or hand them out as PieceAssembled for
         #: someone else (a writer thread) to check, who then calls checked().
@@ -191,6 +211,9 @@ class Transfer:
             if not self.verified[p]:
                 self.verified[p] = 1
                 self.remaining -= 1
+                self.picker.have(p)
+                if self.open.pop(p, None) is None:
+                    self.started += 1
                 for bid in self.geo.block_ids(p):
                     self.received[bid] = 1
 
@@ -199,10 +222,83 @@ class Transfer:
     def done(self) -> bool:
         return self.remaining == 0
 
-    def add_peer(self, addr: Addr, node_id: int, cookie: bytes, now: float) -> PeerState:
+    def add_peer(
+        self, addr: Addr, node_id: int, cookie: bytes, now: float, pieces: Iterable[int] | None = None,
+    ) -> PeerState:
+        """A peer to fetch from: one with every piece (*pieces* None), or with those *pieces* so far."""
         peer = PeerState(addr, node_id, cookie, since=now, rto=self.first_timeout, last_data=now)
         self.peers[addr] = peer
+        if pieces is None:
+            self.picker.add_seed()
+        else:
+            peer.has = bytearray(self.geo.num_pieces)
+            self.peer_has(addr, pieces)
         return peer
+
+    def peer_has(self, addr: Addr, pieces: Iterable[int]) -> int:
+        """A peer has (at least) these pieces now; how many of them are news."""
+        peer = self.peers.get(addr)
+        if peer is None or peer.has is None:
+            return 0
+        has, picker, n, new = peer.has, self.picker, self.geo.num_pieces, 0
+        for p in pieces:
+            if 0 <= p < n and not has[p]:
+                has[p] = 1
+                picker.peer_has(p)
+                new += 1
+        return new
+
+    def peer_complete(self, addr: Addr) -> None:
+        """The peer now has every piece."""
+        peer = self.peers.get(addr)
+        if peer is None or peer.has is None:
+            return
+        self._forget_pieces(peer)
+        peer.has = None
+        self.picker.add_seed()
+
+    def _forget_pieces(self, peer: PeerState) -> None:
+        if peer.has is None:
+            self.picker.remove_seed()
+            return
+        for p, held in enumerate(peer.has):
+            if held:
+                self.picker.peer_lost(p)
+
+    def wants_from(self, addr: Addr) -> bool:
+        """Does the peer have a piece we still need (or might it, not knowing yet)?"""
+        peer = self.peers.get(addr)
+        if peer is None or self.done:
+            return False
+        if peer.has is None:
+            return True
+        verified = self.verified
+        return any(h and not v for h, v in zip(peer.has, verified))
+
+    def choke(self, addr: Addr) -> None:
+        """The peer refuses us blocks for now: what it owes goes to others; ask it nothing more."""
+        peer = self.peers.get(addr)
+        if peer is None or peer.choked:
+            return
+        peer.choked = True
+        again = []
+        for bid in list(peer.inflight):
+            del peer.inflight[bid]
+            if self._release(bid, addr):
+                again.append(bid)
+        self._requeue(again)
+
+    def heard(self, addr: Addr, now: float) -> None:
+        """The peer answered something (a HAVE): it is alive."""
+        peer = self.peers.get(addr)
+        if peer is not None:
+            peer.last_data = max(peer.last_data, now)
+
+    def unchoke(self, addr: Addr) -> None:
+        peer = self.peers.get(addr)
+        if peer is not None and peer.choked:
+            peer.choked = False
+            peer.last_data = max(peer.last_data, peer.since)
 
     def set_cookie(self, addr: Addr, cookie: bytes) -> None:
         if addr in self.peers:
@@ -212,6 +308,7 @@ class Transfer:
         """Forget a peer; its outstanding blocks go back to the queue."""
         peer = self.peers.pop(addr, None)
         if peer is not None:
+            self._forget_pieces(peer)
             self._requeue([bid for bid in peer.inflight if self._release(bid, addr)])
         return peer
 
@@ -291,6 +388,7 @@ class Transfer:
         if ok:
             self.verified[piece] = 1
             self.remaining -= 1
+            self.picker.have(piece)
             # The buffer itself, not a copy: nothing here touches it again.
             return PieceVerified(piece, buf.data, sources, self._blame(piece, buf))
         self.failed[piece] = buf
@@ -347,6 +445,8 @@ class Transfer:
         peers = [self.peers[only]] if only is not None and only in self.peers else list(self.peers.values())
         room = self.budget - self.outstanding()
         for peer in peers:
+            if peer.choked:
+                continue
             free = min(peer.free(), room)
             if free <= 0 or (peer.inflight and free < min(self.max_batch, max(1, int(peer.window) // 4))):
                 continue
@@ -372,20 +472,67 @@ class Transfer:
         return out
 
     def _next_block(self, peer: PeerState) -> int | None:
+        has = peer.has
+        bpp = self.geo.blocks_per_piece
         pending = self.pending
-        while pending:
-            bid = pending.popleft()
-            if self.received[bid] or bid in self.requesters:
-                continue  # stale entry: already here or already asked
-            return bid
-        for bid in self._fresh:
-            if not self.received[bid]:  # (mark_have may have filled it)
+        if pending:
+            skipped = []
+            found = None
+            for _ in range(min(len(pending), PENDING_SCAN)):
+                bid = pending.popleft()
+                if self.received[bid] or bid in self.requesters:
+                    continue  # stale entry: already here or already asked
+                if has is None or has[bid // bpp]:
+                    found = bid
+                    break
+                skipped.append(bid)  # for a peer that has it
+            pending.extendleft(reversed(skipped))
+            if found is not None:
+                return found
+        # Go on with a piece already started, so pieces complete (and can be shared) soon.
+        for piece in list(self.open):
+            if has is None or has[piece]:
+                bid = self._take(piece)
+                if bid is not None:
+                    return bid
+        while True:
+            piece = self.picker.pick(None if has is None else has.__getitem__)
+            if piece is None:
+                break
+            self.picker.start(piece)
+            self.started += 1
+            self.open[piece] = 0
+            bid = self._take(piece)
+            if bid is not None:
                 return bid
+        if self.started < self.geo.num_pieces:
+            return None  # pieces nobody started are left: no endgame yet
         # Endgame: everything is asked for; help with what others still owe.
         for bid, holders in self.requesters.items():
-            if len(holders) < MAX_REQUESTERS and peer.addr not in holders and not self.received[bid]:
+            if (
+                len(holders) < MAX_REQUESTERS and peer.addr not in holders and not self.received[bid]
+                and (has is None or has[bid // bpp])
+            ):
                 self.retransmits += 1
                 return bid
+        return None
+
+    def _take(self, piece: int) -> int | None:
+        """The next block of an open piece never asked for (None once there is none)."""
+        k = self.open[piece]
+        last = self.geo.blocks_in_piece(piece)
+        first = piece * self.geo.blocks_per_piece
+        received, requesters = self.received, self.requesters
+        while k < last:
+            bid = first + k
+            k += 1
+            if not received[bid] and bid not in requesters:  # (a block may come unasked)
+                if k < last:
+                    self.open[piece] = k
+                else:
+                    del self.open[piece]
+                return bid
+        del self.open[piece]
         return None
 
     # ---- time
@@ -421,7 +568,9 @@ class Transfer:
             reason = None
             if peer.strikes >= MAX_STRIKES:
                 reason = f"sent corrupt data for {peer.strikes} pieces"
-            elif now - peer.last_data > self.peer_timeout and (peer.inflight or lost):
+            elif now - peer.last_data > self.peer_timeout and (
+                peer.inflight or lost or peer.choked or peer.has is not None  # (those are asked HAVE every second)
+            ):
                 reason = f"sent nothing for {now - peer.last_data:.1f} s"
             if reason is not None:
                 self.remove_peer(peer.addr)
