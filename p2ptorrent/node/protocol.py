@@ -85,6 +85,11 @@ class NodeProtocol(DatagramProtocol):
             if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.ECONNREFUSED):
                 self.log.warn("cannot send to {addr}: {error}", addr=addr, error=e)
 
+    def piece_news(self, info_hash: bytes, piece: int) -> None:
+        """Tell the peers that asked us lately what we have that *piece* is here now (swarming)."""
+        for datagram, addr in self.seeder.news(info_hash, piece, self.clock.seconds()):
+            self.send(datagram, addr)
+
     def ask_info(self, addr: Any, info_hash: bytes, timeout: float) -> Deferred[wire.InfoResponse]:
         """One INFO_REQ; the Deferred fails with InfoTimeout if no answer comes in *timeout* s.
 

@@ -42,9 +42,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import os
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Hashable, Iterable, Iterator, Optional, Protocol
 
@@ -62,6 +63,14 @@ INFO_ANSWER_BURST = 40.0
 #: Blocks served to two addresses within this many seconds: they compete,
 #: and each is held to MAX_BLOCKS_PER_SECOND_PER_PEER.
 CONTENTION_WINDOW = 1.0
+#: Peers that asked HAVE about a file within this many seconds hear of each
+#: piece it verifies at once (a HAVE with F_NEWS), and at most this many a file.
+WATCH_SECONDS = 5.0
+WATCHERS_PER_FILE = 64
+#: Peers downloading a complete file from us within WATCH_SECONDS: with this
+#: many or more, we offer each only the pieces uploaded least so far (as
+#: BitTorrent's super-seeding): the peers trade the rest among themselves.
+OFFER_FROM_PEERS = 2
 #: ERROR replies a second to one address.  A refused request needs one
 #: answer; the requester's timeouts cover any that are not sent.
 ERRORS_PER_SECOND = 10.0
@@ -87,6 +96,13 @@ class SharedFile:
     blocks_served: int = 0
     #: One byte per piece, nonzero once the piece is on disk and verified; None: every piece.
     have: bytearray | None = None
+    #: Bytes of each piece uploaded, how many times each piece went out whole (its
+    #: level), how many pieces are at each level, and the lowest level: while several
+    #: peers download a complete file from us, we offer only its least uploaded pieces.
+    piece_bytes: list[int] | None = None
+    levels: bytearray | None = None
+    at_level: Counter[int] = field(default_factory=Counter)
+    min_level: int = 0
 
     @property
     def complete(self) -> bool:
@@ -160,6 +176,8 @@ class Seeder:
         self.blocks = RateTable(blocks_per_second, burst, table_size)
         self.info_answers = RateTable(INFO_ANSWERS_PER_SECOND, INFO_ANSWER_BURST, table_size)
         self.errors = RateTable(ERRORS_PER_SECOND, ERROR_BURST, table_size)
+        #: Per info hash, the addresses that asked HAVE lately (cookie-checked), and when.
+        self.watchers: dict[bytes, OrderedDict[Any, float]] = {}
         self._last_served: Any = None
         self._last_served_at = float("-inf")
         self._contended_until = float("-inf")
@@ -179,9 +197,14 @@ class Seeder:
         if old is not None and old.path == path and old.complete:
             return old
         fd = os.open(path, os.O_RDONLY)
+        shared = self.files[meta.info_hash] = SharedFile(meta, path, fd)
+        shared.piece_bytes = [0] * meta.num_pieces
+        shared.levels = bytearray(meta.num_pieces)
+        shared.at_level[0] = meta.num_pieces
         if old is not None:
             os.close(old.fd)
-        shared = self.files[meta.info_hash] = SharedFile(meta, path, fd)
+            if old.path != path or not old.complete:  # the download finished: its uploads count on
+                shared.uploaded, shared.blocks_served = old.uploaded, old.blocks_served
         return shared
 
     def add_partial(self, meta: Metainfo, path: Path, have: bytearray) -> SharedFile:
@@ -193,7 +216,16 @@ class Seeder:
         shared = self.files[meta.info_hash] = SharedFile(meta, path, fd, have=have)
         return shared
 
+    def news(self, info_hash: bytes, piece: int, now: float) -> list[tuple[bytes, Any]]:
+        """A piece of a file still downloading verified: a HAVE for each peer that asked lately."""
+        watching = self.watchers.get(info_hash)
+        if not watching:
+            return []
+        datagram = wire.encode_have(info_hash, piece, 1, wire.F_NEWS, b"\x80")
+        return [(datagram, addr) for addr, seen in watching.items() if now - seen <= WATCH_SECONDS]
+
     def remove(self, info_hash: bytes) -> None:
+        self.watchers.pop(info_hash, None)
         shared = self.files.pop(info_hash, None)
         if shared is not None:
             os.close(shared.fd)
@@ -230,11 +262,15 @@ class Seeder:
         if shared is None:
             return "not shared", self._error(addr, now, size, msg.info_hash, wire.E_NOT_FOUND, "not shared here")
         num_pieces = shared.meta.num_pieces
+        if msg.flags & wire.F_INTERESTED:
+            self._watch(msg.info_hash, addr, now)
         if msg.first >= num_pieces:
             return "bad block", self._error(addr, now, size, msg.info_hash, wire.E_BAD_REQUEST, "no such pieces")
         count = min(msg.count, num_pieces - msg.first, wire.max_have_count(self.max_block + wire.BLOCK_OVERHEAD))
         flags = 0
-        if shared.have is None:
+        if shared.have is None and self._offering(shared, msg.info_hash, now):
+            bits = self._offer_bits(shared, msg.first, count)
+        elif shared.have is None:
             flags |= wire.F_COMPLETE
             bits = _all_bits(count)
         else:
@@ -279,6 +315,21 @@ class Seeder:
                 return None, self._error(addr, now, size, msg.info_hash, wire.E_CHOKED, "no upload slot: ask HAVE later")
         have = shared.have
         blocks = msg.blocks
+        self._watch(msg.info_hash, addr, now)
+        offer: tuple[bytes, ...] = ()
+        if have is None and self._offering(shared, msg.info_hash, now):
+            levels, floor = shared.levels, shared.min_level
+            assert levels is not None
+            offered = tuple(b for b in blocks if levels[b[0]] <= floor)
+            if len(offered) < len(blocks):
+                self.counts["limited:offered elsewhere"] += len(blocks) - len(offered)
+                blocks = offered
+                # Say at once what we offer now, so the asker stops asking for the rest.
+                first = (msg.blocks[0][0] // MAX_OFFER) * MAX_OFFER
+                count = min(MAX_OFFER, meta.num_pieces - first)
+                offer = (wire.encode_have(msg.info_hash, first, count, 0, self._offer_bits(shared, first, count)),)
+                if not blocks:
+                    return None, offer
         if have is not None:
             held = tuple(b for b in blocks if have[b[0]])
             if len(held) < len(blocks):
@@ -292,7 +343,36 @@ class Seeder:
         granted = self.blocks.take(addr, wanted, now, force=not self._contended(addr, now))
         if granted < wanted:
             self.counts["limited:blocks"] += wanted - granted
-        return None, self._read(shared, msg.info_hash, blocks[:granted] if granted < wanted else blocks, addr)
+        replies = self._read(shared, msg.info_hash, blocks[:granted] if granted < wanted else blocks, addr)
+        return None, (itertools.chain(offer, replies) if offer else replies)
+
+    def _watch(self, info_hash: bytes, addr: Any, now: float) -> None:
+        watching = self.watchers.setdefault(info_hash, OrderedDict())
+        watching[addr] = now
+        watching.move_to_end(addr)
+        if len(watching) > WATCHERS_PER_FILE:
+            watching.popitem(last=False)
+
+    def _offering(self, shared: SharedFile, info_hash: bytes, now: float) -> bool:
+        """Do several peers download this complete file from us at once (and do we swarm)?"""
+        if self.slots is None:
+            return False
+        watching = self.watchers.get(info_hash)
+        if not watching or len(watching) < OFFER_FROM_PEERS:
+            return False
+        recent = 0
+        for seen in reversed(watching.values()):  # most recent last
+            if now - seen > WATCH_SECONDS:
+                break
+            recent += 1
+            if recent >= OFFER_FROM_PEERS:
+                return True
+        return False
+
+    def _offer_bits(self, shared: SharedFile, first: int, count: int) -> bytes:
+        levels = shared.levels
+        assert levels is not None
+        return wire.pack_bits(bytes(1 if lvl <= shared.min_level else 0 for lvl in levels[first : first + count]), 0, count)
 
     def _contended(self, addr: Any, now: float) -> bool:
         """Whether another address was served blocks lately (then budgets apply)."""
@@ -307,6 +387,7 @@ class Seeder:
         """Each block as a datagram, read from disk when the protocol is ready to send it."""
         piece_length = shared.meta.piece_length
         sent = 0
+        levels = shared.levels
         for piece, offset, length in blocks:
             try:
                 data = os.pread(shared.fd, length, piece * piece_length + offset)
@@ -323,6 +404,8 @@ class Seeder:
             shared.uploaded += length
             shared.blocks_served += 1
             sent += length
+            if levels is not None:
+                _count_upload(shared, piece, length)
             yield wire.encode_block(info_hash, piece, offset, data)
         if self.slots is not None and sent:
             self.slots.sent_to(addr, sent)
@@ -339,3 +422,22 @@ def _all_bits(count: int) -> bytes:
     """Every one of *count* pieces: full bytes, and the top bits of the last."""
     whole, rest = divmod(count, 8)
     return b"\xff" * whole + (bytes([(0xFF << (8 - rest)) & 0xFF]) if rest else b"")
+
+
+#: Pieces described by the HAVE sent with a partly refused request.
+MAX_OFFER = 8192
+
+
+def _count_upload(shared: SharedFile, piece: int, length: int) -> None:
+    """*length* bytes of *piece* went out: raise its level each time a whole piece's worth has."""
+    assert shared.piece_bytes is not None and shared.levels is not None
+    total = shared.piece_bytes[piece] = shared.piece_bytes[piece] + length
+    level = shared.levels[piece]
+    if level < 255 and total >= (level + 1) * shared.meta.piece_size(piece):
+        shared.levels[piece] = level + 1
+        at = shared.at_level
+        at[level] -= 1
+        at[level + 1] += 1
+        if level == shared.min_level and at[level] == 0:
+            del at[level]
+            shared.min_level = level + 1
