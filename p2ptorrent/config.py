@@ -89,6 +89,15 @@ class Config:
     #: 1 allows a control endpoint that other users or hosts can reach (tcp on a
     #: non-loopback interface, a unix socket with group or other permissions).
     CONTROL_ALLOW_REMOTE: int = 0
+    #: Nodes still downloading a file that a download also fetches from, beside
+    #: the MAX_SPLITTNES_RATE complete owners (swarming).
+    MAX_PARTIAL_PEERS: int = 8
+    #: Regular upload slots: peers served at once, chosen by what they upload to
+    #: us (tit-for-tat) and rotated; one optimistic slot comes on top.
+    UPLOAD_SLOTS: int = 4
+    #: Seconds between a downloading node's NEED requests (to meet new owners)
+    #: and between its progress reports (OWN with the pieces held) to the tracker.
+    SWARM_INTERVAL: float = 5.0
 
     # ---- derived values
     @property
@@ -152,7 +161,11 @@ def _problems(c: Config) -> list[str]:
         )
     if c.MAX_SPLITTNES_RATE < 1:
         errs.append(f"MAX_SPLITTNES_RATE must be at least 1, got {c.MAX_SPLITTNES_RATE}")
-    for name in ("NODE_TIME_INTERVAL", "TRACKER_TIME_INTERVAL", "REQUEST_TIMEOUT", "PEER_TIMEOUT"):
+    if not 0 <= c.MAX_PARTIAL_PEERS <= 1024:
+        errs.append(f"MAX_PARTIAL_PEERS must be 0-1024, got {c.MAX_PARTIAL_PEERS}")
+    if not 1 <= c.UPLOAD_SLOTS <= 1024:
+        errs.append(f"UPLOAD_SLOTS must be 1-1024, got {c.UPLOAD_SLOTS}")
+    for name in ("NODE_TIME_INTERVAL", "TRACKER_TIME_INTERVAL", "REQUEST_TIMEOUT", "PEER_TIMEOUT", "SWARM_INTERVAL"):
         if not getattr(c, name) > 0:
             errs.append(f"{name} must be a positive number of seconds, got {getattr(c, name)}")
     if c.TRACKER_MISSED_CHECKS < 1:

@@ -13,6 +13,7 @@ file under its real name.
 
 from __future__ import annotations
 
+import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -35,6 +36,10 @@ from p2ptorrent.node.writer import InlineWriter, PieceWriter
 TICK = 0.02
 #: INFO requests per owner before it counts as unreachable.
 INFO_TRIES = 3
+#: Seconds between HAVE requests to a peer still downloading (or refusing us for now).
+HAVE_INTERVAL = 1.0
+#: After losing an owner with no spare left, ask the tracker again this soon at most.
+NEED_SOON = 1.0
 
 
 class DownloadError(Exception):
@@ -102,6 +107,9 @@ class Download:
         progress: Callable[[dict[str, Any]], None] | None = None,
         wallclock: Callable[[], float] = time.monotonic,
         writer: Callable[[PartFile, Callable[[StorageError], None]], PieceWriter] = InlineWriter,
+        announce: Callable[[int], Any] | None = None,
+        rng: random.Random | None = None,
+        uploaded: Callable[[], int] | None = None,
     ) -> None:
         self.meta = meta
         self.part = part
@@ -114,6 +122,17 @@ class Download:
         self.wallclock = wallclock
         self.make_writer = writer
         self.writer: PieceWriter | None = None
+        #: Tells the tracker how many pieces we hold (we serve them: swarming).
+        self.announce = announce
+        self._announced = -1
+        self._next_announce = 0.0
+        self._next_need = 0.0
+        self._next_have = 0.0
+        #: Bytes we served of this file so far (for the upload rate in status).
+        self.uploaded = uploaded
+        self._dropped_bytes = 0
+        #: (time, bytes received, bytes uploaded) a second ago and now: the rates in status.
+        self._rate_marks: deque[tuple[float, int, int]] = deque(maxlen=6)
         geo = Geometry(meta.length, meta.piece_length, settings.CHUNK_PIECES_SIZE)
         self.transfer = Transfer(
             geo,
@@ -124,13 +143,17 @@ class Download:
             max_batch=wire.max_blocks_per_request(settings.BUFFER_SIZE),
             max_inflight_bytes=settings.SOCKET_BUFFER // 2,
             check_inline=False,  # the writer checks each piece (see writer.py)
+            rng=rng,
         )
         self.shares: dict[Any, Deferred[ShareReport]] = {}
         self.ended: list[Deferred[ShareReport]] = []
         self.pieces_from: dict[Any, int] = {}
-        self.candidates: deque[Any] = deque()
+        self.candidates: deque[tuple[str, int, int, bool]] = deque()
         self.tried: set[Any] = set()
         self.greeting: set[Any] = set()
+        #: Greeted owners the tracker said are still downloading (they count
+        #: against MAX_PARTIAL_PEERS, the others against MAX_SPLITTNES_RATE).
+        self.partial_owner: dict[Any, bool] = {}
         #: Owners still being greeted after a missed answer: they keep trying,
         #: but no longer hold a slot, so a spare is greeted beside them.
         self.lagging: set[Any] = set()
@@ -173,6 +196,7 @@ class Download:
             self._complete()
             return self.result
         self._loop.start(TICK, now=False).addErrback(self._loop_died)
+        self._announce()
         self._ask_tracker()
         return self.result
 
@@ -181,11 +205,13 @@ class Download:
         if not self._finishing:  # else the file is being renamed: let that end
             self._fail(reason, keep_part=True)
 
-    def on_message(self, msg: wire.Block | wire.Error, addr: Any) -> None:
+    def on_message(self, msg: wire.Block | wire.Error | wire.Have, addr: Any) -> None:
         if self._finished or self._finishing:
             return
         if isinstance(msg, wire.Error):
             self._on_error(msg, addr)
+        elif isinstance(msg, wire.Have):
+            self._on_have(msg, addr)
         else:
             self.on_block(addr, msg.piece, msg.offset, msg.data)
 
@@ -204,6 +230,8 @@ class Download:
     def _ask_tracker(self) -> None:
         self.asked_tracker += 1
         self.asking = True
+        # Soon at first (nodes that start together meet within a second), then every SWARM_INTERVAL.
+        self._next_need = self.clock.seconds() + min(self.settings.SWARM_INTERVAL, 0.25 * 2 ** self.asked_tracker)
         d = self.need()
         d.addCallbacks(self._got_owners, self._tracker_failed)
 
@@ -218,16 +246,22 @@ class Download:
         self.asking = False
         if self._finished:
             return
+        known = {(c[0], c[1]) for c in self.candidates}
         fresh = [
-            (o.host, o.port, o.node_id)
+            (o.host, o.port, o.node_id, bool(getattr(o, "partial", False)))
             for o in owners
-            if o.node_id != self.node_id and (o.host, o.port) not in self.tried
+            if o.node_id != self.node_id and (o.host, o.port) not in self.tried and (o.host, o.port) not in known
         ]
-        self.log.info(
-            "{name}: tracker ranked owners {ranking}",
-            name=self.name, ranking=[o.node_id for o in owners],
-        )
+        if self.asked_tracker == 1 or fresh:
+            partial = [o.node_id for o in owners if getattr(o, "partial", False)]
+            self.log.info(
+                "{name}: tracker ranked owners {ranking}{partial}",
+                name=self.name, ranking=[o.node_id for o in owners],
+                partial=f"; still downloading: {partial}" if partial else "",
+            )
         self.candidates.extend(fresh)
+        if any(c[3] for c in fresh):
+            self.transfer.swarm = True
         if not fresh and not self.transfer.peers and not self.greeting:
             if self.asked_tracker == 1:
                 self._fail(f"no node is sharing {self.name}: the tracker knows no live owner")
@@ -236,17 +270,47 @@ class Download:
             return
         self._recruit()
 
+    def _taken(self) -> tuple[int, int]:
+        """(complete owners, partial owners) fetched from or being greeted."""
+        seeds = partial = 0
+        for peer in self.transfer.peers.values():
+            if peer.has is None:
+                seeds += 1
+            else:
+                partial += 1
+        for addr in self.greeting - self.lagging:
+            if self.partial_owner.get(addr):
+                partial += 1
+            else:
+                seeds += 1
+        return seeds, partial
+
     def _recruit(self) -> None:
-        want = self.settings.MAX_SPLITTNES_RATE - len(self.transfer.peers) - len(self.greeting - self.lagging)
-        while want > 0 and self.candidates:
-            host, port, node_id = self.candidates.popleft()
+        seeds, partial = self._taken()
+        room_seeds = self.settings.MAX_SPLITTNES_RATE - seeds
+        room_partial = self.settings.MAX_PARTIAL_PEERS - partial
+        waiting: deque[tuple[str, int, int, bool]] = deque()
+        while self.candidates and (room_seeds > 0 or room_partial > 0):
+            host, port, node_id, is_partial = entry = self.candidates.popleft()
             addr = (host, port)
             if addr in self.tried:
                 continue
+            if is_partial:
+                if room_partial <= 0:
+                    waiting.append(entry)
+                    continue
+                room_partial -= 1
+            else:
+                if room_seeds <= 0:
+                    waiting.append(entry)
+                    continue
+                room_seeds -= 1
             self.tried.add(addr)
             self.greeting.add(addr)
-            want -= 1
+            self.partial_owner[addr] = is_partial
             self._greet(addr, node_id, INFO_TRIES)
+        waiting.extend(self.candidates)
+        self.candidates = waiting
 
     def _greet(self, addr: Any, node_id: int, tries: int, rejoin: bool = False) -> None:
         timeout = self.settings.REQUEST_TIMEOUT * 2 ** (INFO_TRIES - tries)
@@ -258,10 +322,12 @@ class Download:
             self.lagging.discard(addr)
             if self._finished:
                 return
-            if late and not rejoin and len(self.transfer.peers) >= self.settings.MAX_SPLITTNES_RATE:
+            if late and not rejoin and self._taken()[self.partial_owner.get(addr, False)] >= (
+                self.settings.MAX_PARTIAL_PEERS if self.partial_owner.get(addr) else self.settings.MAX_SPLITTNES_RATE
+            ):
                 self.log.info("{name}: node {node} answered late; enough owners already", name=self.name, node=node_id)
                 return
-            if resp.status != wire.OK:
+            if resp.status not in (wire.OK, wire.PARTIAL):
                 self.log.info("{name}: node {node} at {addr} does not have it", name=self.name, node=node_id, addr=addr)
                 self._replace()
             elif resp.length != self.meta.length or resp.piece_length != self.meta.piece_length:
@@ -270,11 +336,20 @@ class Download:
             elif rejoin:
                 self.transfer.set_cookie(addr, resp.cookie)
             else:
-                self.transfer.add_peer(addr, node_id, resp.cookie, self.clock.seconds())
+                partial = resp.status == wire.PARTIAL
+                self.partial_owner[addr] = partial
+                self.transfer.add_peer(addr, node_id, resp.cookie, self.clock.seconds(), () if partial else None)
                 share: Deferred[ShareReport] = Deferred()
                 self.shares[addr] = share
-                self.log.info("{name}: fetching from node {node} at {host}:{port}", name=self.name, node=node_id, host=addr[0], port=addr[1])
-                self._send_requests(only=addr)
+                self.log.info(
+                    "{name}: fetching from node {node} at {host}:{port}{partial}",
+                    name=self.name, node=node_id, host=addr[0], port=addr[1],
+                    partial=" (still downloading: asking which pieces it has)" if partial else "",
+                )
+                if partial:
+                    self._ask_have(self.transfer.peers[addr])
+                else:
+                    self._send_requests(only=addr)
 
         def unanswered(f: Failure) -> None:
             if self._finished:
@@ -301,6 +376,8 @@ class Download:
         if self._finished or self.asking:
             return
         self._recruit()
+        if not self.candidates:  # short of peers: meet new ones soon
+            self._next_need = min(self._next_need, self.clock.seconds() + NEED_SOON)
         if not self.transfer.peers and not self.greeting:
             if self.asked_tracker < 2:
                 self._ask_tracker()
@@ -310,9 +387,15 @@ class Download:
     def _drop(self, addr: Any, reason: str) -> None:
         self._share_ended(addr, self.transfer.remove_peer(addr), reason)
 
+    @property
+    def _gone_bytes(self) -> int:
+        return self._dropped_bytes
+
     def _share_ended(self, addr: Any, peer: Any, reason: str) -> None:
         share = self.shares.pop(addr, None)
         node = peer.node_id if peer else "?"
+        if peer is not None:
+            self._dropped_bytes += peer.bytes
         self.log.warn("{name}: dropped node {node} at {addr}: {reason}", name=self.name, node=node, addr=addr, reason=reason)
         if share is not None:
             self.ended.append(share)
@@ -324,9 +407,62 @@ class Download:
         if msg.code == wire.E_BAD_COOKIE and addr not in self.greeting:
             self.greeting.add(addr)
             self._greet(addr, self.transfer.peers[addr].node_id, INFO_TRIES, rejoin=True)
+        elif msg.code == wire.E_CHOKED:
+            # No upload slot for us there now: its blocks go to others; HAVE tells when it has one.
+            self.transfer.choke(addr)
         elif msg.code != wire.E_BAD_COOKIE:
             self._drop(addr, f"refused: {msg.message or msg.code}")
             self._replace()
+
+    # ---- what peers have
+    def _on_have(self, msg: wire.Have, addr: Any) -> None:
+        transfer = self.transfer
+        peer = transfer.peers.get(addr)
+        if peer is None:
+            return
+        transfer.heard(addr, self.clock.seconds())
+        if msg.flags & wire.F_COMPLETE:
+            transfer.peer_complete(addr)
+        elif msg.flags & wire.F_NEWS:
+            transfer.peer_has(addr, msg.pieces())
+        else:
+            # What it offers now, in that range: a node still downloading only gains pieces;
+            # a complete owner serving several of us offers the pieces it has uploaded least.
+            transfer.set_have(addr, msg.first, msg.count, msg.pieces())
+        if msg.flags & wire.F_NEWS:
+            pass  # pushed news of a piece: our slot there is as it was
+        elif msg.flags & wire.F_CHOKED:
+            transfer.choke(addr)
+        else:
+            transfer.unchoke(addr)
+        self._send_requests(only=addr)
+
+    def _ask_have(self, peer: Any) -> None:
+        """Which pieces has this peer (and may we ask it for blocks)?  In as many requests as it takes."""
+        n = self.meta.num_pieces
+        step = wire.max_have_count(self.settings.BUFFER_SIZE)
+        flags = wire.F_INTERESTED if self.transfer.wants_from(peer.addr) else 0
+        for first in range(0, n, step):
+            count = min(step, n - first)
+            self.network.send(wire.encode_have_request(self.meta.info_hash, peer.cookie, first, count, flags), peer.addr)
+
+    def _announce(self) -> None:
+        """Tell the tracker how many pieces we hold: other downloaders may fetch them from us."""
+        if self.announce is None:
+            return
+        have = self.meta.num_pieces - self.transfer.remaining
+        self._next_announce = self.clock.seconds() + self.settings.SWARM_INTERVAL
+        if have == self._announced:
+            return
+        self._announced = have
+        try:
+            d = self.announce(have)
+        except Exception as e:  # never let a report stop the download
+            self.log.warn("{name}: could not report progress to the tracker: {why}", name=self.name, why=e)
+            return
+        if isinstance(d, Deferred):
+            d.addErrback(lambda f: self.log.warn(
+                "{name}: could not report progress to the tracker: {why}", name=self.name, why=f.getErrorMessage()))
 
     # ---- pieces
     def _checked(self, piece: int, ok: bool) -> None:
@@ -344,6 +480,9 @@ class Download:
             self._send_requests()
 
     def _on_piece(self, ok: PieceVerified) -> None:
+        news = getattr(self.network, "piece_news", None)
+        if news is not None:
+            news(self.meta.info_hash, ok.piece)
         for addr in ok.sources:
             self.pieces_from[addr] = self.pieces_from.get(addr, 0) + 1
         if ok.corrupt_from:
@@ -437,6 +576,45 @@ class Download:
             self._pieces_log = {}
         self._pieces_logged_at = self.clock.seconds()
 
+    def announce_again(self) -> None:
+        """The tracker forgot us (it restarted): report our pieces at the next tick."""
+        self._announced = -1
+        self._next_announce = 0.0
+
+    def swarm_status(self) -> dict[str, Any]:
+        """What `status` shows of this download: pieces, peers, rates, who sends what."""
+        t = self.transfer
+        n = self.meta.num_pieces
+        marks = self._rate_marks
+        down = up = 0.0
+        if len(marks) >= 2 and marks[-1][0] > marks[0][0]:
+            span = marks[-1][0] - marks[0][0]
+            down = (marks[-1][1] - marks[0][1]) / span
+            up = (marks[-1][2] - marks[0][2]) / span
+        return {
+            "pieces": n - t.remaining,
+            "pieces_total": n,
+            "download_rate": round(down),
+            "upload_rate": round(up),
+            "uploaded": self.uploaded() if self.uploaded is not None else 0,
+            "peer_details": [
+                {
+                    "node_id": p.node_id,
+                    "address": f"{p.addr[0]}:{p.addr[1]}",
+                    "complete": p.has is None,
+                    "pieces": n if p.has is None else sum(p.has),
+                    "choked_us": p.choked,
+                    "bytes_from": p.bytes,
+                    "pieces_from": self.pieces_from.get(p.addr, 0),
+                }
+                for p in sorted(t.peers.values(), key=lambda p: p.node_id)
+            ],
+        }
+
+    def _mark_rates(self, now: float) -> None:
+        received = sum(p.bytes for p in self.transfer.peers.values()) + self._gone_bytes
+        self._rate_marks.append((now, received, self.uploaded() if self.uploaded is not None else 0))
+
     def _tick(self) -> None:
         now = self.clock.seconds()
         if now - self._pieces_logged_at >= 1.0:
@@ -448,6 +626,16 @@ class Download:
             self._replace()
         if self._finished:
             return
+        if now >= self._next_have:
+            self._next_have = now + HAVE_INTERVAL
+            self._mark_rates(now)
+            for peer in list(self.transfer.peers.values()):
+                if peer.has is not None or peer.choked:
+                    self._ask_have(peer)
+        if now >= self._next_announce:
+            self._announce()
+        if now >= self._next_need and not self.asking:
+            self._ask_tracker()
         self._send_requests()
         self._report_progress()
 

@@ -270,6 +270,11 @@ class PartFile:
             raise self._error(e, f"cannot write {self.torrent_copy}") from None
 
     # ---- writing
+    @property
+    def have_map(self) -> bytearray:
+        """One byte per piece, set once the piece is written and recorded (shared with the seeder)."""
+        return self._have
+
     def verified(self) -> set[int]:
         """Pieces verified on disk: resumed ones (re-checked by prepare) and those written since."""
         return {p for p, ok in enumerate(self._have) if ok}

@@ -39,6 +39,10 @@ QUEUE_TARGET = 0.05
 MAX_REQUESTERS = 2
 #: A peer whose blocks failed verification this many times is dropped.
 MAX_STRIKES = 3
+#: Pieces a complete owner is asked for at once (started, not yet verified)
+#: while nodes still downloading serve us too: the rest comes from them, so a
+#: seeder's upload goes to pieces nobody has yet.
+SEED_PIECES_AHEAD = 2
 #: Blocks waiting to be asked again that one request looks through for a
 #: piece the peer has, before it moves on (a peer may lack them all).
 PENDING_SCAN = 1024
@@ -103,6 +107,10 @@ class PeerState:
     has: bytearray | None = None
     #: The peer holds no upload slot for us: ask it nothing until it says otherwise.
     choked: bool = False
+    #: Pieces started with this peer and not verified yet.
+    started: set[int] = field(default_factory=set)
+    #: It had every piece when we met it (even if it now offers only some).
+    complete_owner: bool = False
 
     def free(self) -> int:
         return int(self.window) - len(self.inflight)
@@ -192,6 +200,11 @@ class Transfer:
         #: Started pieces with blocks never asked yet: piece -> index of the next such block.
         #: Only new blocks come from here; a list of them all would cost ~36 bytes a block.
         self.open: dict[int, int] = {}
+        #: Nodes still downloading this file are known (from the tracker): swarm mode
+        #: (see SEED_PIECES_AHEAD) even before they are met.
+        self.swarm = False
+        #: Who each piece in progress was started with (piece -> address).
+        self.starter: dict[int, Addr] = {}
         self.pieces: dict[int, _Piece] = {}
         #: Hash pieces in on_block (True), or hand them out as PieceAssembled for
         #: someone else (a writer thread) to check, who then calls checked().
@@ -229,6 +242,7 @@ class Transfer:
         peer = PeerState(addr, node_id, cookie, since=now, rto=self.first_timeout, last_data=now)
         self.peers[addr] = peer
         if pieces is None:
+            peer.complete_owner = True
             self.picker.add_seed()
         else:
             peer.has = bytearray(self.geo.num_pieces)
@@ -247,6 +261,40 @@ class Transfer:
                 picker.peer_has(p)
                 new += 1
         return new
+
+    def set_have(self, addr: Addr, first: int, count: int, pieces: Iterable[int]) -> None:
+        """Of pieces first..first+count-1, the peer offers exactly *pieces* now (the others are no longer asked of it)."""
+        peer = self.peers.get(addr)
+        if peer is None:
+            return
+        n = self.geo.num_pieces
+        picker = self.picker
+        if peer.has is None:  # a complete owner that now offers only some: track it piece by piece
+            picker.remove_seed()
+            peer.has = bytearray(b"\x01" * n)
+            for p in range(n):
+                picker.peer_has(p)
+        has = peer.has
+        offered = set(pieces)
+        withdrawn = False
+        for p in range(max(0, first), min(n, first + count)):
+            if p in offered:
+                if not has[p]:
+                    has[p] = 1
+                    picker.peer_has(p)
+            elif has[p]:
+                has[p] = 0
+                picker.peer_lost(p)
+                withdrawn = True
+        if withdrawn:
+            # What it will not send goes to others at once: no timeout, no loss counted.
+            bpp = self.geo.blocks_per_piece
+            again = []
+            for bid in [b for b in peer.inflight if not has[b // bpp]]:
+                del peer.inflight[bid]
+                if self._release(bid, addr):
+                    again.append(bid)
+            self._requeue(again)
 
     def peer_complete(self, addr: Addr) -> None:
         """The peer now has every piece."""
@@ -383,6 +431,9 @@ class Transfer:
         buf = self.checking.pop(piece, None)
         if buf is None:
             return None
+        starter = self.peers.get(self.starter.pop(piece, None))  # type: ignore[arg-type]
+        if starter is not None:
+            starter.started.discard(piece)
         geo = self.geo
         sources = frozenset(buf.sources.values())
         if ok:
@@ -489,9 +540,11 @@ class Transfer:
             pending.extendleft(reversed(skipped))
             if found is not None:
                 return found
-        # Go on with a piece already started, so pieces complete (and can be shared) soon.
-        for piece in list(self.open):
-            if has is None or has[piece]:
+        # Go on with a piece already started, so pieces complete (and can be shared) soon;
+        # a complete owner, while nodes still downloading serve us, only with its own.
+        seed_held_back = peer.complete_owner and self.partial_peers
+        for piece in list(peer.started if seed_held_back else self.open):
+            if piece in self.open and (has is None or has[piece]):
                 bid = self._take(piece)
                 if bid is not None:
                     return bid
@@ -499,9 +552,19 @@ class Transfer:
             piece = self.picker.pick(None if has is None else has.__getitem__)
             if piece is None:
                 break
+            if seed_held_back and (
+                len(peer.started) >= SEED_PIECES_AHEAD
+                or self.picker.availability(piece) > self.picker.seeds and self._elsewhere(piece)
+            ):
+                # Even the rarest piece this owner of everything could send is held by a
+                # node still downloading that serves us: fetch it there, and leave the
+                # complete owner's upload to pieces nobody else has (swarming).
+                break
             self.picker.start(piece)
             self.started += 1
             self.open[piece] = 0
+            peer.started.add(piece)
+            self.starter[piece] = peer.addr
             bid = self._take(piece)
             if bid is not None:
                 return bid
@@ -516,6 +579,17 @@ class Transfer:
                 self.retransmits += 1
                 return bid
         return None
+
+    @property
+    def partial_peers(self) -> bool:
+        """Is any peer a node still downloading (or does the tracker say some are coming)?"""
+        return self.swarm or any(not q.complete_owner for q in self.peers.values())
+
+    def _elsewhere(self, piece: int) -> bool:
+        """Does a partial peer that does not refuse us have *piece*?"""
+        return any(
+            not q.complete_owner and not q.choked and (q.has is None or q.has[piece]) for q in self.peers.values()
+        )
 
     def _take(self, piece: int) -> int | None:
         """The next block of an open piece never asked for (None once there is none)."""
