@@ -47,6 +47,7 @@ from p2ptorrent.node.protocol import NodeProtocol
 from p2ptorrent.node.serving import Seeder
 from p2ptorrent.node.storage import INCOMPLETE, Interrupted, PartFile, StorageError, file_matches, unfinished
 from p2ptorrent.node.tracker_client import HeartbeatService, TrackerClient
+from p2ptorrent.node.choker import Choker
 from p2ptorrent.node.writer import PieceWriter, ThreadedWriter
 
 SEEDING_FILE = ".seeding.json"
@@ -237,7 +238,9 @@ class Node(MultiService):
         #: Verified pieces are written on a thread of their own (see writer.py).
         self.make_writer = writer or (lambda part, on_error: ThreadedWriter(part, on_error, reactor))
         self.folder = settings.node_dir(node_id)
-        self.seeder = Seeder.from_settings(os.urandom(32), settings)
+        #: Upload slots, across every file this node serves (see choker.py).
+        self.choker = Choker(settings.UPLOAD_SLOTS, random.Random())
+        self.seeder = Seeder.from_settings(os.urandom(32), settings, slots=self.choker)
         self.protocol = NodeProtocol(self.seeder, reactor, settings.BUFFER_SIZE, settings.SOCKET_BUFFER)
         self.downloads: dict[bytes, Download] = {}
         #: Every download under way, from its first check of the disk to its end.
@@ -306,7 +309,10 @@ class Node(MultiService):
     def _announce_all(self) -> None:
         """The tracker holds none of our ownerships (first join, or it forgot us): tell it again."""
         for shared in list(self.seeder.files.values()):
-            self._own(shared.meta)
+            if shared.complete:
+                self._own(shared.meta)
+        for dl in list(self.downloads.values()):
+            dl.announce_again()  # the pieces of what we are still downloading
 
     def _own(self, meta: Metainfo) -> Deferred[Any]:
         assert self.client is not None
@@ -328,6 +334,7 @@ class Node(MultiService):
         entries = {
             ih.hex(): {"path": str(f.path.resolve()), "torrent": self.torrents.get(ih, "")}
             for ih, f in self.seeder.files.items()
+            if f.complete  # a file still downloading is shared again by resuming it
         }
         tmp = self.folder / (SEEDING_FILE + ".tmp")
         tmp.write_text(json.dumps(entries, indent=1))
@@ -508,9 +515,20 @@ class Node(MultiService):
             job.part.close()
             raise CommandFailed("the node is stopping")
         job.state = "downloading"
+        try:
+            # Swarming: what we have verified is served from the part file while we download.
+            self.seeder.add_partial(meta, job.part.path, job.part.have_map)
+        except OSError as e:
+            self.log.warn("{name}: cannot serve the pieces we have: {why}", name=meta.name, why=e)
+
+        def announce(have: int) -> Deferred[None]:
+            return client.own(meta.info_hash_hex, meta.name, meta.length, have=have, pieces=meta.num_pieces)
+
+        shared = self.seeder.files.get(meta.info_hash)
         dl = Download(
             meta, job.part, self.protocol, lambda: client.need(meta.info_hash_hex),
             self.reactor, self.settings, self.node_id, job.progress, writer=self.make_writer,
+            announce=announce, uploaded=(lambda: shared.uploaded) if shared is not None else None,
         )
         job.download = dl
         self.downloads[meta.info_hash] = dl
@@ -519,6 +537,7 @@ class Node(MultiService):
         try:
             result: DownloadResult = await dl.start()
         except DownloadError as e:
+            self._stop_serving_partial(meta)
             raise CommandFailed(str(e)) from None
         finally:
             self.downloads.pop(meta.info_hash, None)
@@ -544,6 +563,18 @@ class Node(MultiService):
             f" ({result.rate / 1e6:.1f} MB/s) to {result.path}; SHA-256 verified;"
             f" from {from_nodes or 'nobody (empty file or all on disk)'}{resumed_text}"
         )
+
+    def _stop_serving_partial(self, meta: Metainfo) -> None:
+        """A download ended unfinished: stop serving its pieces, and tell the tracker (unless stopping)."""
+        shared = self.seeder.files.get(meta.info_hash)
+        if shared is None or shared.complete:
+            return
+        self.seeder.remove(meta.info_hash)
+        if self._stopping or self.client is None:
+            return  # EXIT tells the tracker we are gone
+        d = self.client.withdraw(meta.info_hash_hex)
+        d.addErrback(lambda f: self.log.warn("tracker not told we no longer have {name}: {why}",
+                                             name=meta.name, why=f.getErrorMessage()))
 
     def _keep_torrent(self, meta: Metainfo, torrent: bytes, path: Path) -> str:
         """A download resumed at start finished: keep its torrent beside the file, to share it again after a restart."""
@@ -572,7 +603,9 @@ class Node(MultiService):
             "seeding": [
                 {"name": f.meta.name, "info_hash": ih.hex(), "length": f.meta.length, "uploaded": f.uploaded}
                 for ih, f in self.seeder.files.items()
+                if f.complete
             ],
+            "upload_slots": sorted(f"{h}:{p}" for h, p in self.choker.unchoked),
             "downloading": [self._job_status(job) for job in self.jobs.values()],
             "datagrams": {"received": self.protocol.received, "sent": self.protocol.sent, **self.protocol.counts},
         }
@@ -587,6 +620,7 @@ class Node(MultiService):
             "done": dl.done_bytes if dl is not None else resumed.bytes,
             "total": job.meta.length,
             "peers": sorted(p.node_id for p in dl.transfer.peers.values()) if dl is not None else [],
+            **(dl.swarm_status() if dl is not None else {"pieces": resumed.pieces, "pieces_total": job.meta.num_pieces}),
             # Verified on disk by an earlier run (re-checked when this one started): not fetched again.
             "resumed_bytes": resumed.bytes,
             "resumed_pieces": resumed.pieces,
