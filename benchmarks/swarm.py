@@ -4,6 +4,14 @@
     python benchmarks/swarm.py                          # everything, 3 runs each, medians (takes a while)
     python benchmarks/swarm.py --scenarios 1-1 --sizes 512 --reps 5 --markdown results.md
     python benchmarks/swarm.py --scenarios mem --impls p2ptorrent,lt-default
+    python benchmarks/swarm.py --scenarios 1-8 --swarm-size 32 --reps 1 --impls p2ptorrent,lt-tcp
+
+Scenarios (--scenarios, default all: 1-1,3-1,1-4,1-8,mem): 1-1 one seeder to
+one node, 3-1 three seeders to one node, 1-4 one seeder to four nodes, each at
+every --sizes (default 64 and 512 MiB); 1-8 one seeder to eight nodes, all
+started together, at --swarm-size (default 128 MiB, whatever --sizes says):
+swarming, most of the file has to flow between the nodes; mem: 1-1 at every
+--mem-sizes, for the memory table.  --quick runs 1-1 and 3-1 only.
 
 What one run does
 -----------------
@@ -17,13 +25,20 @@ run then starts afresh in its own folder:
   is started for every downloading node at once, in parallel subprocesses.
   Wall seconds run from starting those commands until the last one returned
   (the commands' own start-up included: about a quarter of a second here;
-  "node s" is the slowest node's own figure without it).
+  "node s" is the slowest node's own figure without it).  The nodes find each
+  other through the tracker (a node still downloading is a partial owner there
+  and serves the pieces it has), with the default settings (MAX_PARTIAL_PEERS
+  8, UPLOAD_SLOTS 4): nothing in this harness differs between scenarios.
 * libtorrent (the PyPI package `libtorrent`, `benchmarks/lt_peer.py`, one
   process per peer): S seeders and L leechers start a session each on
   127.0.0.1 (DHT, LSD, UPnP, NAT-PMP off, several connections per IP allowed,
   no rate limits), the torrent added (seeders check their file first, as
   p2ptorrent's `send` hashes it) with the same piece length p2ptorrent picks; then every leecher is told at once to connect to
-  every seeder and to the leechers before it (what a tracker would tell it).
+  every seeder and to the leechers before it (what a tracker would tell it), so
+  that every two leechers are connected, in 1-4 as well: libtorrent's leechers
+  know each other as p2ptorrent's do through the tracker.  In 1-8 every leecher
+  is told of every seeder and of every other leecher (connect_peer to all of
+  them, both ways), so libtorrent swarms too.
   Wall seconds run from that order until the last leecher's torrent finished
   (every piece written and checked).  No tracker: nothing to wait for.
   Modes: `lt-default` (libtorrent's defaults, TCP and uTP enabled: on loopback
@@ -40,7 +55,11 @@ wall s; MB/s = bytes delivered to all nodes / wall s (1 MB = 1e6 bytes); CPU
 seconds of each process during the transfer (utime + stime, from just before
 the downloads started to when the last one ended); peak RSS of each process
 (VmHWM, read at the end); bytes each seeder uploaded (p2ptorrent: `status`
-JSON seeding[].uploaded; libtorrent: total_payload_upload); datagrams sent
+JSON seeding[].uploaded; libtorrent: total_payload_upload), also in multiples
+of the file size ("seeder upload x file": 1.00 means the seeder sent the file
+once, the nodes passed on everything else), and bytes each downloading node
+uploaded, to the other nodes (the same figures, read after every download
+completed; in 1-8 printed under each run and in an uploads table); datagrams sent
 (p2ptorrent: `status` JSON datagrams.sent; libtorrent: its uTP packets out, n/a
 over TCP); resent (p2ptorrent: blocks asked again, from each node's completion
 line in logs/node_N.log; libtorrent: uTP packets resent, summed over all peers;
@@ -49,7 +68,10 @@ themselves; "other cpu s": busy CPU seconds of the whole machine during the
 transfer beyond all of the above (other programs, this harness, kernel work
 charged to no process): well above zero means a disturbed run.  Then the medians of each figure (per process) for every
 scenario, each p2ptorrent figure beside libtorrent's and as a ratio
-p2ptorrent / libtorrent, and a memory table.
+p2ptorrent / libtorrent, and a memory table.  In 1-8, wall s is until all eight
+nodes hold the verified file, MB/s is 8 x the size / wall s (aggregate goodput),
+and the summary adds the seeder's upload in file sizes, with its ratio
+p2ptorrent / libtorrent (below 1: p2ptorrent's seeder sent less).
 
 Exit status: 0 every run completed and every copy was identical; 1 otherwise;
 2 bad usage or libtorrent missing (pip install -e '.[bench]').
@@ -105,13 +127,19 @@ STOP_GRACE = 10.0
 class Scenario:
     seeders: int
     nodes: int
+    #: A swarming scenario: its own file size (--swarm-size, not --sizes); libtorrent leechers are told of
+    #: every other leecher (both ways); the uploads of every node are printed after each run.
+    swarm: bool = False
 
     @property
     def name(self) -> str:
         return f"{self.seeders}->{self.nodes}"
 
 
-SCENARIOS = {"1-1": Scenario(1, 1), "3-1": Scenario(3, 1), "1-4": Scenario(1, 4)}
+SCENARIOS = {"1-1": Scenario(1, 1), "3-1": Scenario(3, 1), "1-4": Scenario(1, 4), "1-8": Scenario(1, 8, swarm=True)}
+DEFAULT_SCENARIOS = "1-1,3-1,1-4,1-8,mem"
+#: The swarming scenarios' file size in MiB unless --swarm-size says otherwise.
+SWARM_SIZE = 128
 
 
 @dataclass(frozen=True)
@@ -165,6 +193,8 @@ class Run:
     rss: dict[str, list[float]] = field(default_factory=dict)
     sent: dict[str, list[float | None]] = field(default_factory=dict)
     uploaded: list[float | None] = field(default_factory=list)
+    #: Bytes each downloading node uploaded (to the other nodes), read after every download completed.
+    node_uploaded: list[float | None] = field(default_factory=list)
     resent: float | None = None
     via: str = ""
     #: Busy CPU seconds of the machine during the transfer beyond the measured processes' own: other
@@ -365,6 +395,7 @@ def run_p2ptorrent(run: Run, workdir: Path, source: Path, want: str, timeout: fl
             return float(value) if value is not None else None
 
         run.uploaded = [uploaded(status[n]) for n in swarm.seeder_ids]
+        run.node_uploaded = [uploaded(status[n]) for n in swarm.node_ids]
         run.sent = {"seeders": [sent(status[n]) for n in swarm.seeder_ids],
                     "nodes": [sent(status[n]) for n in swarm.node_ids]}
         resent = [swarm.resent(n) for n in swarm.node_ids]
@@ -471,7 +502,11 @@ def run_libtorrent(run: Run, workdir: Path, source: Path, want: str, torrent: Pa
         busy_before = machine_busy()
         started = time.monotonic()
         for i, node in enumerate(nodes):
-            peers = [ports[p.name]["port"] for p in seeders + nodes[:i]]
+            # Every two leechers end up connected: each is told of those before it (1-4), or, swarming
+            # (1-8), of every other leecher, so each connects out to all of them (libtorrent keeps one
+            # connection per pair: a duplicate peer id is dropped).
+            others = [p for p in nodes if p is not node] if run.scenario.swarm else nodes[:i]
+            peers = [ports[p.name]["port"] for p in seeders + others]
             node.tell("connect " + " ".join(f"127.0.0.1:{port}" for port in peers))
         deadline = started + timeout
         done = [node.expect("done", deadline)["at"] for node in nodes]
@@ -489,6 +524,7 @@ def run_libtorrent(run: Run, workdir: Path, source: Path, want: str, torrent: Pa
         run.cpu = {"seeders": cpu[:s], "nodes": cpu[s:]}
         run.rss = {"seeders": rss[:s], "nodes": rss[s:]}
         run.uploaded = [float(st["uploaded"]) for st in stats[:s]]
+        run.node_uploaded = [float(st["uploaded"]) for st in stats[s:]]
         via = sorted({t for st in stats for t in st.get("transports", [])})
         run.via = "+".join(via) or "?"
         utp = "uTP" in via
@@ -535,6 +571,7 @@ def median_run(runs: list[Run]) -> Run:
     m.identical = all(r.identical for r in runs)
     m.cpu, m.rss, m.sent = per("cpu"), per("rss"), per("sent")  # type: ignore[assignment]
     m.uploaded = [med([r.uploaded[i] for r in runs]) for i in range(len(first.uploaded))]
+    m.node_uploaded = [med([r.node_uploaded[i] for r in runs]) for i in range(len(first.node_uploaded))]
     m.resent = med([r.resent for r in runs])
     m.via = "/".join(sorted({r.via for r in runs}))
     m.other_cpu = med([r.other_cpu for r in runs])
@@ -601,6 +638,22 @@ def run_cells(r: Run, rep: str) -> list[str]:
     ]
 
 
+def up_x_file(r: Run) -> list[float | None]:
+    """Each seeder's upload in multiples of the file size (1.00: the seeder sent the file once)."""
+    return [u / r.size if u is not None and r.size else None for u in r.uploaded]
+
+
+def uploads_line(r: Run) -> str:
+    """A swarming run's uploads: the seeder's in file sizes, each node's in MiB (what flowed between nodes)."""
+    nodes = r.node_uploaded
+    between = total(nodes)
+    return (f"   {r.job.label} {r.scenario.name} uploads: seeder {per_proc(up_x_file(r), '{:.2f}')} x file"
+            f" ({per_proc([u / MIB if u is not None else None for u in r.uploaded], '{:.1f}')} MiB);"
+            f" nodes MiB {per_proc([u / MIB if u is not None else None for u in nodes], '{:.1f}')}"
+            f" (sum {num(between / MIB if between is not None else None, '{:.1f}')} MiB ="
+            f" {num(between / r.size if between is not None and r.size else None)} x file)")
+
+
 def run_line(cells: Sequence[str]) -> str:
     return "  ".join(c.ljust(w) if i in (0, 1, 8) else c.rjust(w) for i, (c, w) in enumerate(zip(cells, RUN_WIDTHS)))
 
@@ -618,6 +671,8 @@ FIGURES: list[tuple[str, Callable[[Run], list[float | None] | None], str, Callab
     ("peak RSS MiB nodes (max)", lambda r: r.rss.get("nodes"), "{:.1f}", max),
     ("peak RSS MiB tracker", lambda r: r.rss.get("tracker"), "{:.1f}", max),
     ("uploaded MiB per seeder (sum)", lambda r: [u / MIB if u is not None else None for u in r.uploaded], "{:.1f}", sum),
+    ("seeder upload x file (max)", lambda r: up_x_file(r), "{:.2f}", max),
+    ("uploaded MiB per node (sum)", lambda r: [u / MIB if u is not None else None for u in r.node_uploaded], "{:.1f}", sum),
     ("datagrams sent seeders (sum)", lambda r: r.sent.get("seeders"), "{:.0f}", sum),
     ("datagrams sent nodes (sum)", lambda r: r.sent.get("nodes"), "{:.0f}", sum),
     ("resent", lambda r: [r.resent], "{:.0f}", sum),
@@ -672,6 +727,11 @@ class Results:
         for lt in lts:
             headers += [f"{lt.impl} MB/s", "x"]
         headers += ["node RSS MiB"] + [f"{lt.impl} node RSS" for lt in lts]
+        swarming = any(g.scenario.swarm for g in self.plan.groups)
+        if swarming:  # the seeder's upload in file sizes, for the swarming rows (1-8)
+            headers.append("seeder up x file")
+            for lt in lts:
+                headers += [f"{lt.impl} seeder up x file", "x"]
         rows = []
         for g in self.plan.groups:
             lt_runs = {lt: self.medians(g, lt) for lt in lts}
@@ -687,7 +747,34 @@ class Results:
                             ratio(m.mb_per_s if m else None, lm.mb_per_s if lm else None)]
                 row.append(num(self.node_rss(g, job), "{:.1f}") if m and job else "-")
                 row += [num(self.node_rss(g, lt), "{:.1f}") if lm else "-" for lt, lm in lt_runs.items()]
+                if swarming:
+                    up = self.seeder_up(g, job) if g.scenario.swarm and m and job else None
+                    row.append(num(up) if g.scenario.swarm and m else "-")
+                    for lt, lm in lt_runs.items():
+                        lup = self.seeder_up(g, lt) if g.scenario.swarm and lm else None
+                        row += [num(lup) if g.scenario.swarm and lm else "-",
+                                ratio(up, lup) if g.scenario.swarm else "-"]
                 rows.append(row)
+        return render(headers, rows, markdown)
+
+    def seeder_up(self, group: Group, job: Job) -> float | None:
+        """Median over runs of the most any seeder uploaded, in multiples of the file size."""
+        return med([total(up_x_file(r), max) for r in self.ok_runs(group, job)] or [None])
+
+    def uploads(self, group: Group, markdown: bool) -> str:
+        """Every run of a swarming group: the seeder's upload in file sizes, each node's upload in MiB."""
+        headers = ["implementation", "run", "seeder up x file", "seeder up MiB", "up MiB per node", "nodes' sum MiB",
+                   "nodes' sum x file"]
+        rows = []
+        for r in self.runs:
+            if r.scenario != group.scenario or r.size != group.size or not r.ok:
+                continue
+            between = total(r.node_uploaded)
+            rows.append([r.job.label, str(r.rep), per_proc(up_x_file(r), "{:.2f}"),
+                         per_proc([u / MIB if u is not None else None for u in r.uploaded], "{:.1f}"),
+                         per_proc([u / MIB if u is not None else None for u in r.node_uploaded], "{:.1f}"),
+                         num(between / MIB if between is not None else None, "{:.1f}"),
+                         num(between / r.size if between is not None else None)])
         return render(headers, rows, markdown)
 
     def comparison(self, group: Group, job: Job | None, markdown: bool) -> str:
@@ -739,7 +826,9 @@ class Results:
     def report(self, markdown: bool) -> str:
         """Everything after the runs: the summary, one comparison per scenario and chunk, the memory table."""
         hx = "### " if markdown else "== "
-        out = [f"{hx}Medians: goodput (x = p2ptorrent / libtorrent; above 1: p2ptorrent faster)", "",
+        note = ("; seeder up x file: what the seeder uploaded / the file size, its x below 1: p2ptorrent's seeder"
+                " sent less" if any(g.scenario.swarm for g in self.plan.groups) else "")
+        out = [f"{hx}Medians: goodput (x = p2ptorrent / libtorrent; above 1: p2ptorrent faster{note})", "",
                self.summary(markdown), ""]
         p2p = [j for j in self.plan.jobs if j.impl == P2P] or [None]
         for g in self.plan.groups:
@@ -747,6 +836,9 @@ class Results:
                 what = f"{g.scenario.name}, {g.size / MIB:.0f} MiB" + (f", {job.label}" if job else "")
                 out += [f"{hx}{what}: medians; x = p2ptorrent / libtorrent (per-process values a/b/c, the aggregate in brackets)",
                         "", self.comparison(g, job, markdown), ""]
+            if g.scenario.swarm:
+                out += [f"{hx}{g.scenario.name}, {g.size / MIB:.0f} MiB: uploads of every run (after every download"
+                        " completed; what the nodes uploaded went to the other nodes)", "", self.uploads(g, markdown), ""]
         if self.plan.mem_sizes:
             out += [f"{hx}Memory: peak RSS (VmHWM) per process, 1 seeder -> 1 node, medians", "",
                     self.memory(markdown), ""]
@@ -811,7 +903,7 @@ def build_plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Pla
         args.sizes, args.reps, args.reps_large, args.mem_sizes = "64", 1, 1, ""
         args.scenarios = args.scenarios or "1-1,3-1"
         args.impls = args.impls or "p2ptorrent,lt-default,lt-utp"
-    scen_names = parse_list(parser, args.scenarios or "1-1,3-1,1-4,mem", "scenario", str)
+    scen_names = parse_list(parser, args.scenarios or DEFAULT_SCENARIOS, "scenario", str)
     for name in scen_names:
         if name not in (*SCENARIOS, "mem"):
             parser.error(f"unknown scenario {name!r}: choose from {', '.join(SCENARIOS)}, mem")
@@ -825,13 +917,15 @@ def build_plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Pla
             parser.error(f"chunk {c} out of range: 1 to {MAX_DATAGRAM - BLOCK_OVERHEAD} (BUFFER_SIZE = chunk + 32)")
     sizes = [s * MIB for s in parse_list(parser, args.sizes, "size", int)]
     mem_sizes = [s * MIB for s in parse_list(parser, args.mem_sizes, "size", int)] if "mem" in scen_names else []
-    if any(s <= 0 for s in sizes + mem_sizes) or args.reps < 1 or (args.reps_large or 1) < 1:
+    swarm_size = args.swarm_size * MIB
+    if any(s <= 0 for s in sizes + mem_sizes + [swarm_size]) or args.reps < 1 or (args.reps_large or 1) < 1:
         parser.error("sizes and repetitions must be 1 or more")
 
     def reps(size: int) -> int:
         return args.reps_large if args.reps_large and size >= 512 * MIB else args.reps
 
-    groups = [Group(SCENARIOS[n], s, reps(s)) for n in scen_names if n != "mem" for s in sizes]
+    groups = [Group(SCENARIOS[n], s, reps(s)) for n in scen_names if n != "mem"
+              for s in ([swarm_size] if SCENARIOS[n].swarm else sizes)]
     for s in mem_sizes:
         if not any(g.scenario == SCENARIOS["1-1"] and g.size == s for g in groups):
             groups.append(Group(SCENARIOS["1-1"], s, reps(s)))
@@ -851,8 +945,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="64 MiB, one run each, 1->1 and 3->1, both chunk sizes, p2ptorrent, lt-default and lt-utp")
     parser.add_argument("--scenarios", default=None,
-                        help="comma list of 1-1, 3-1, 1-4, mem (default: all; mem = 1->1 at --mem-sizes)")
+                        help=f"comma list of 1-1, 3-1, 1-4, 1-8, mem (default: all, {DEFAULT_SCENARIOS};"
+                             " 1-8 = 1 seeder to 8 nodes at --swarm-size; mem = 1->1 at --mem-sizes)")
     parser.add_argument("--sizes", default="64,512", help="file sizes in MiB for 1-1, 3-1, 1-4 (default 64,512)")
+    parser.add_argument("--swarm-size", type=int, default=SWARM_SIZE,
+                        help=f"file size in MiB of the swarming scenario 1-8, whatever --sizes says (default {SWARM_SIZE})")
     parser.add_argument("--mem-sizes", default="64,512,2048", help="file sizes in MiB of the memory scenario (default 64,512,2048)")
     parser.add_argument("--impls", default=None,
                         help=f"comma list of {', '.join(IMPLS)} (default: all)")
@@ -920,6 +1017,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(run_line(run_cells(run, f"{rep}/{g.reps}")), flush=True)
                     if run.error:
                         print(f"   {job.label} failed in {workdir}: {run.error}", flush=True)
+                    elif g.scenario.swarm:
+                        print(uploads_line(run), flush=True)
                     if not args.keep:
                         shutil.rmtree(workdir, ignore_errors=True)
     except KeyboardInterrupt:
