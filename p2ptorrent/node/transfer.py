@@ -203,6 +203,9 @@ class Transfer:
         #: Nodes still downloading this file are known (from the tracker): swarm mode
         #: (see SEED_PIECES_AHEAD) even before they are met.
         self.swarm = False
+        #: Pieces started (one byte each), and where in-order picking has got to.
+        self.begun = bytearray(geometry.num_pieces)
+        self._cursor = 0
         #: Who each piece in progress was started with (piece -> address).
         self.starter: dict[int, Addr] = {}
         self.pieces: dict[int, _Piece] = {}
@@ -549,7 +552,12 @@ class Transfer:
                 if bid is not None:
                     return bid
         while True:
-            piece = self.picker.pick(None if has is None else has.__getitem__)
+            if self.partial_peers:
+                piece = self.picker.pick(None if has is None else has.__getitem__)
+            else:
+                # Only complete owners, and none expected: nothing to trade, so in file
+                # order, which the disk and the whole-file hash like best.
+                piece = self._next_in_order(has)
             if piece is None:
                 break
             if seed_held_back and (
@@ -561,6 +569,7 @@ class Transfer:
                 # complete owner's upload to pieces nobody else has (swarming).
                 break
             self.picker.start(piece)
+            self.begun[piece] = 1
             self.started += 1
             self.open[piece] = 0
             peer.started.add(piece)
@@ -590,6 +599,16 @@ class Transfer:
         return any(
             not q.complete_owner and not q.choked and (q.has is None or q.has[piece]) for q in self.peers.values()
         )
+
+    def _next_in_order(self, has: bytearray | None) -> int | None:
+        n = self.geo.num_pieces
+        begun, verified = self.begun, self.verified
+        while self._cursor < n and (begun[self._cursor] or verified[self._cursor]):
+            self._cursor += 1
+        for piece in range(self._cursor, n):
+            if not begun[piece] and not verified[piece] and (has is None or has[piece]):
+                return piece
+        return None
 
     def _take(self, piece: int) -> int | None:
         """The next block of an open piece never asked for (None once there is none)."""
