@@ -30,10 +30,10 @@ class Cluster:
         self.services: list[Any] = []
         self.tracker_port = 0
 
-    async def start_tracker(self) -> None:
+    async def start_tracker(self, port: int = 0) -> None:
         opts = tracker_tap.Options()
         opts.parseOptions([
-            "--listen", "tcp:0:interface=127.0.0.1",
+            "--listen", f"tcp:{port}:interface=127.0.0.1",
             "--tracker-db-dir", str(self.tmp / "tracker_db"),
             "--logs-dir", str(self.tmp / "logs"),
         ])

@@ -4,6 +4,7 @@
 identical, the seeder uploads at most twice the file (the rest flows between
 the nodes, which serve the pieces they have verified while they download),
 and a node that comes after the seeder has left completes from the others.
+A node restarted mid-download serves the pieces it had verified.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import DatagramProtocol
 
+from p2ptorrent import wire
 from p2ptorrent.node.service import Node
 from test_loopback import Cluster, _registered, _seeders, _sleep, cluster  # noqa: F401  (the fixture)
 
@@ -75,3 +78,85 @@ async def test_one_seeder_feeds_eight_nodes_that_share_among_themselves(cluster:
 
 async def _download(node: Node, torrent: Path) -> str:
     return await node.download(str(torrent), lambda _: None)
+
+
+class _Probe(DatagramProtocol):
+    """A bare UDP endpoint that asks a node things and keeps the answers."""
+
+    def __init__(self) -> None:
+        self.answers: list[Any] = []
+        self.waiting: defer.Deferred[Any] | None = None
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        self.answers.append(wire.decode(data))
+        if self.waiting is not None:
+            d, self.waiting = self.waiting, None
+            d.callback(None)
+
+    async def ask(self, datagram: bytes, addr: Any) -> Any:
+        self.waiting = defer.Deferred()
+        self.waiting.addTimeout(10, reactor)
+        self.transport.write(datagram, addr)
+        await self.waiting
+        return self.answers[-1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restarted_node_serves_the_pieces_it_had_verified(cluster: Cluster) -> None:
+    cluster.extra = ["--set", "NODE_TIME_INTERVAL=1"]  # it checks in soon after the tracker is back
+    [seeder], want, torrent = await _seeders(cluster, 1, 48 * MIB)
+    data = (cluster.tmp / "nf" / "1" / "data.bin").read_bytes()
+    node = cluster.node(2)
+    await _registered(node)
+    downloading = defer.ensureDeferred(_download(node, torrent))
+    while True:  # stop the node once some pieces, not all, are verified
+        job = next(iter(node.jobs.values()), None)
+        if job is not None and job.download is not None and 0 < len(job.part.verified()) < job.meta.num_pieces // 2:
+            break
+        assert not downloading.called, "the download ended before it could be stopped"
+        await _sleep(0.002)
+    await defer.maybeDeferred(node.stopService)
+    try:
+        await downloading
+    except Exception as e:
+        assert "stopping" in str(e), e
+    # The tracker goes down too: the restarted node waits for it, serving what it has meanwhile.
+    tracker = cluster.services[0]
+    port = cluster.tracker_port
+    await defer.maybeDeferred(tracker.stopService)
+    again = cluster.node(2)
+    for _ in range(500):
+        if again.jobs and next(iter(again.jobs.values())).state == "waiting for the tracker":
+            break
+        await _sleep(0.02)
+    [job] = again.jobs.values()
+    assert job.state == "waiting for the tracker"
+    held = sorted(job.part.verified())
+    assert 0 < len(held) < job.meta.num_pieces, held
+
+    probe = _Probe()
+    listening = reactor.listenUDP(0, probe, interface="127.0.0.1")
+    try:
+        at = ("127.0.0.1", again.udp.port)
+        info = await probe.ask(wire.encode_info_request(7, job.meta.info_hash), at)
+        assert info.status == wire.PARTIAL
+        have = await probe.ask(wire.encode_have_request(job.meta.info_hash, info.cookie, 0, job.meta.num_pieces, wire.F_INTERESTED), at)
+        assert isinstance(have, wire.Have) and not have.flags & wire.F_COMPLETE
+        assert have.pieces() == held
+        piece = held[-1]
+        block = await probe.ask(
+            wire.encode_block_request(job.meta.info_hash, info.cookie, [(piece, 0, 1000)]), at,
+        )
+        start = piece * job.meta.piece_length
+        assert isinstance(block, wire.Block) and block.data == data[start : start + 1000]
+    finally:
+        await listening.stopListening()
+
+    # The tracker is back (same port): the download resumes and completes.
+    await cluster.start_tracker(port)
+    for _ in range(1500):
+        if not again.jobs:
+            break
+        await _sleep(0.02)
+    out = cluster.tmp / "nf" / "2" / "data.bin"
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == want

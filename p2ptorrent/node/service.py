@@ -442,6 +442,8 @@ class Node(MultiService):
 
         def ended(outcome: str | Failure) -> None:
             self.jobs.pop(meta.info_hash, None)
+            if isinstance(outcome, Failure):
+                self._stop_serving_partial(meta)
             if isinstance(outcome, Failure) and not outcome.check(CommandFailed):
                 self.log.failure("download of {name} failed unexpectedly", outcome, name=meta.name)
                 outcome = Failure(CommandFailed(f"internal error: {outcome.getErrorMessage()}"))
@@ -500,6 +502,12 @@ class Node(MultiService):
                 name=meta.name, pieces=resumed.pieces, total=meta.num_pieces, bytes=resumed.bytes,
                 length=meta.length, rejected=rejected,
             )
+        try:
+            # Swarming: what we have verified is served from the part file from now on, while
+            # we wait for the tracker and while we download.
+            self.seeder.add_partial(meta, job.part.path, job.part.have_map)
+        except OSError as e:
+            self.log.warn("{name}: cannot serve the pieces we have: {why}", name=meta.name, why=e)
         client = self.client
         assert client is not None
         if not client.registered_once and (job.auto or resumed.pieces) and resumed.pieces < meta.num_pieces:
@@ -515,11 +523,6 @@ class Node(MultiService):
             job.part.close()
             raise CommandFailed("the node is stopping")
         job.state = "downloading"
-        try:
-            # Swarming: what we have verified is served from the part file while we download.
-            self.seeder.add_partial(meta, job.part.path, job.part.have_map)
-        except OSError as e:
-            self.log.warn("{name}: cannot serve the pieces we have: {why}", name=meta.name, why=e)
 
         def announce(have: int) -> Deferred[None]:
             return client.own(meta.info_hash_hex, meta.name, meta.length, have=have, pieces=meta.num_pieces)
@@ -537,7 +540,6 @@ class Node(MultiService):
         try:
             result: DownloadResult = await dl.start()
         except DownloadError as e:
-            self._stop_serving_partial(meta)
             raise CommandFailed(str(e)) from None
         finally:
             self.downloads.pop(meta.info_hash, None)
