@@ -34,19 +34,8 @@ from p2ptorrent.node.tracker_client import HeartbeatService, TrackerClient
 from p2ptorrent.tracker.http import TrackerHTTP, TrackerSite
 from p2ptorrent.tracker.state import SwarmState, TrackerError
 from p2ptorrent.tracker.store import JsonStore
-from trackerkit import CFG, H1, H2, URL, Harness, result
+from trackerkit import CFG, H1, H2, URL, CountingStore, Harness, result
 
-
-class CountingStore(JsonStore):
-    """The real store, counting saves."""
-
-    def __init__(self, folder: Path) -> None:
-        super().__init__(folder)
-        self.saves = 0
-
-    def save(self, nodes_doc: dict[str, Any], files_doc: dict[str, Any]) -> None:
-        self.saves += 1
-        super().save(nodes_doc, files_doc)
 
 
 class World(Harness):

@@ -25,8 +25,7 @@ from p2ptorrent.tracker.state import (
     Withdraw,
     parse_request,
 )
-from p2ptorrent.tracker.store import JsonStore
-from trackerkit import CFG, H1, H2, Harness
+from trackerkit import CFG, H1, H2, CountingStore, Harness
 
 # ---------------------------------------------------------------- state
 
@@ -224,15 +223,6 @@ def test_liveness_and_exit_drop_partial_owners() -> None:
 
 # ---------------------------------------------------------------- over HTTP
 
-
-class CountingStore(JsonStore):
-    def __init__(self, folder: Path) -> None:
-        super().__init__(folder)
-        self.saves = 0
-
-    def save(self, nodes_doc: dict[str, Any], files_doc: dict[str, Any]) -> None:
-        self.saves += 1
-        super().save(nodes_doc, files_doc)
 
 
 class Tracker(Harness):

@@ -33,6 +33,18 @@ def result(d: Deferred[Any]) -> Any:
     return out[0]
 
 
+class CountingStore(JsonStore):
+    """The real store, counting saves."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.saves = 0
+
+    def save(self, nodes_doc: dict[str, Any], files_doc: dict[str, Any]) -> None:
+        self.saves += 1
+        super().save(nodes_doc, files_doc)
+
+
 class MemoryStore(JsonStore):
     """A JsonStore that keeps the documents in memory: fast enough for hundreds of examples."""
 

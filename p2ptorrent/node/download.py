@@ -387,10 +387,6 @@ class Download:
     def _drop(self, addr: Any, reason: str) -> None:
         self._share_ended(addr, self.transfer.remove_peer(addr), reason)
 
-    @property
-    def _gone_bytes(self) -> int:
-        return self._dropped_bytes
-
     def _share_ended(self, addr: Any, peer: Any, reason: str) -> None:
         share = self.shares.pop(addr, None)
         node = peer.node_id if peer else "?"
@@ -612,7 +608,7 @@ class Download:
         }
 
     def _mark_rates(self, now: float) -> None:
-        received = sum(p.bytes for p in self.transfer.peers.values()) + self._gone_bytes
+        received = sum(p.bytes for p in self.transfer.peers.values()) + self._dropped_bytes
         self._rate_marks.append((now, received, self.uploaded() if self.uploaded is not None else 0))
 
     def _tick(self) -> None:

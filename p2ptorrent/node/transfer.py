@@ -292,12 +292,7 @@ class Transfer:
         if withdrawn:
             # What it will not send goes to others at once: no timeout, no loss counted.
             bpp = self.geo.blocks_per_piece
-            again = []
-            for bid in [b for b in peer.inflight if not has[b // bpp]]:
-                del peer.inflight[bid]
-                if self._release(bid, addr):
-                    again.append(bid)
-            self._requeue(again)
+            self._take_back(peer, [b for b in peer.inflight if not has[b // bpp]])
 
     def peer_complete(self, addr: Addr) -> None:
         """The peer now has every piece."""
@@ -332,10 +327,14 @@ class Transfer:
         if peer is None or peer.choked:
             return
         peer.choked = True
+        self._take_back(peer, list(peer.inflight))
+
+    def _take_back(self, peer: PeerState, bids: list[int]) -> None:
+        """The peer no longer owes these blocks; those nobody else owes are asked again first."""
         again = []
-        for bid in list(peer.inflight):
+        for bid in bids:
             del peer.inflight[bid]
-            if self._release(bid, addr):
+            if self._release(bid, peer.addr):
                 again.append(bid)
         self._requeue(again)
 
