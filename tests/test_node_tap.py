@@ -53,7 +53,7 @@ def test_service_tree(tmp_path: Path) -> None:
     assert isinstance(node, Node)
     kinds = [type(s) for s in node]
     assert kinds[:2] == [LogFileService, UDPService]
-    assert any(type(s).__name__ == "StreamServerEndpointService" for s in node)
+    assert any(type(s).__name__ == "ControlService" for s in node)
     assert not any(type(s).__name__ == "StdinService" for s in node)
     assert node.folder == tmp_path / "3"
     assert next(iter(node)).path == tmp_path / "logs" / "node_3.log"

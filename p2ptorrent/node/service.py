@@ -40,6 +40,7 @@ from zope.interface import implementer
 
 from p2ptorrent.config import Config
 from p2ptorrent.logfile import LogFileService
+from p2ptorrent.startup import FolderLock, StartupError, usable_folder
 from p2ptorrent.metainfo import Metainfo, MetainfoError, make_torrent, read_torrent, read_torrent_file, target_path
 from p2ptorrent.node.control import INodeCommands
 from p2ptorrent.node.download import Download, DownloadError, DownloadResult
@@ -74,9 +75,12 @@ class UDPService(Service):
         self.max_packet = max_packet
         self.listening: Any = None
 
-    def startService(self) -> None:
+    def open(self) -> None:
+        """Listen now (twistd calls this before it forks, so a busy port is reported on the terminal)."""
+        if self.listening is not None:
+            return
         candidates = [self.port] if self.port else random.sample(range(self.ports[0], self.ports[1] + 1), min(64, self.ports[1] - self.ports[0] + 1))
-        last: Exception | None = None
+        last: CannotListenError | None = None
         for port in candidates:
             try:
                 # One byte more than we accept, so an oversized datagram is seen, not cut.
@@ -85,10 +89,19 @@ class UDPService(Service):
             except CannotListenError as e:
                 last = e
         else:
-            raise CannotListenError(self.interface, self.port, last)
+            where = self.interface or "all addresses"
+            why = getattr(last.socketError, "strerror", None) or last.socketError if last else "?"
+            if self.port:
+                raise StartupError(f"cannot listen on UDP port {self.port} ({where}): {why}")
+            raise StartupError(
+                f"no free UDP port in AVAILABLE_PORTS_RANGE {self.ports[0]}-{self.ports[1]} ({where}; tried {len(candidates)}): {why}"
+            )
         host = self.listening.getHost()
         self.port = host.port
         self.log.info("node listening on UDP {host}:{port}", host=host.host, port=host.port)
+
+    def startService(self) -> None:
+        self.open()
         super().startService()
 
     def stopService(self) -> Any:
@@ -238,6 +251,8 @@ class Node(MultiService):
         #: Verified pieces are written on a thread of their own (see writer.py).
         self.make_writer = writer or (lambda part, on_error: ThreadedWriter(part, on_error, reactor))
         self.folder = settings.node_dir(node_id)
+        #: One process per node folder (see startup.py).
+        self.lock = FolderLock(self.folder)
         #: Upload slots, across every file this node serves (see choker.py).
         self.choker = Choker(settings.UPLOAD_SLOTS, random.Random())
         self.seeder = Seeder.from_settings(os.urandom(32), settings, slots=self.choker)
@@ -249,17 +264,30 @@ class Node(MultiService):
         self.torrents: dict[bytes, str] = {}
         self.client: RememberingClient | None = None
         self.heartbeat: HeartbeatService | None = None
+        #: The control endpoint's service, set by tap.py.
+        self.control: Any = None
         LogFileService(Path(settings.logs_dir) / f"node_{node_id}.log").setServiceParent(self)
         self.udp = UDPService(reactor, self.protocol, interface, port, settings.AVAILABLE_PORTS_RANGE, settings.BUFFER_SIZE)
         self.udp.setServiceParent(self)
 
     # ---- life
+    def open(self) -> None:
+        """Claim the node's folder and its UDP port, or raise StartupError saying which and why.
+
+        twistd calls this before it forks (see tap.py); a node started any
+        other way does it as it starts.
+        """
+        usable_folder(self.folder, "node folder")  # the control socket lives in it
+        usable_folder(self.settings.logs_dir, "log folder")
+        self.lock.acquire()
+        self.udp.open()
+
     def privilegedStartService(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)  # the control socket lives in it
+        self.open()
         super().privilegedStartService()
 
     def startService(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.open()
         super().startService()  # log file first, then the UDP port
         port = self.advertise_port or self.udp.port
         self.client = RememberingClient(
@@ -304,6 +332,7 @@ class Node(MultiService):
             await pool.closeCachedConnections()
         self.log.info("node {node} stopped", node=self.node_id)
         await MultiService.stopService(self)
+        self.lock.release()
 
     # ---- sharing
     def _announce_all(self) -> None:

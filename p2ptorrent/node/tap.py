@@ -7,6 +7,7 @@ from typing import Any
 from twisted.application.service import IService, Service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from p2ptorrent.node.control import (
@@ -18,6 +19,10 @@ from p2ptorrent.node.control import (
 )
 from p2ptorrent.node.service import Node, stdin_is_usable
 from p2ptorrent.options import SettingsOptions
+from p2ptorrent.startup import StartupError, check_free, fail_to_start, twistd_defaults
+
+#: A daemonised node's pid file, in its own folder (none in the foreground).
+PID_FILE = "node.pid"
 
 
 class Options(SettingsOptions):
@@ -54,11 +59,33 @@ class Options(SettingsOptions):
             self["control"] = check_control_endpoint(self["control"], bool(self["settings"].CONTROL_ALLOW_REMOTE))
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        folder = self["settings"].node_dir(self["id"])
+        twistd_defaults(self, folder / PID_FILE)
+        if getattr(self, "parent", None) is not None:
+            # Before twistd looks at pid files: our refusal names the folder and its owner.
+            try:
+                check_free(folder)
+            except StartupError as e:
+                raise fail_to_start("p2pnode", e) from None
 
 
 def makeService(config: Any, reactor: Any = None) -> IService:
+    """The node's service tree.  Run by twistd (no *reactor* given), it also claims its folder and opens
+    its sockets now, before twistd forks: a node that cannot start says why on the terminal and exits 1."""
     if reactor is None:
-        from twisted.internet import reactor  # noqa: PLC0415 - only when run by twistd
+        from twisted.internet import reactor as running  # noqa: PLC0415 - only when run by twistd
+
+        node = _build(config, running)
+        try:
+            node.open()
+            node.control.open()
+        except StartupError as e:
+            raise fail_to_start("p2pnode", e) from None
+        return node
+    return _build(config, reactor)
+
+
+def _build(config: Any, reactor: Any) -> Node:
     node = Node(
         config["settings"],
         config["id"],
@@ -69,9 +96,9 @@ def makeService(config: Any, reactor: Any = None) -> IService:
         advertise_port=config["advertise-port"],
         stop_process=reactor.stop,
     )
-    clear_stale_socket(config["control"])  # left behind if a node was killed
-    control = StreamServerEndpointService(serverFromString(reactor, config["control"]), ControlFactory(node, allow_remote=bool(config["settings"].CONTROL_ALLOW_REMOTE)))
+    control = ControlService(reactor, config["control"], ControlFactory(node, allow_remote=bool(config["settings"].CONTROL_ALLOW_REMOTE)))
     control.setServiceParent(node)
+    node.control = control
     if not config["no-stdin"]:
         StdinService(node, reactor).setServiceParent(node)
     return node
@@ -95,6 +122,31 @@ def _quiet_http(reactor: Any, interface: str = "") -> Any:
     client = HTTPClient(Agent(reactor, pool=pool, bindAddress=bind))
     client.pool = pool  # type: ignore[attr-defined]  # closed by the node when it stops
     return client
+
+
+class ControlService(StreamServerEndpointService):
+    """The control endpoint, opened before twistd forks (see makeService), or as the node starts."""
+
+    def __init__(self, reactor: Any, description: str, factory: Any) -> None:
+        super().__init__(serverFromString(reactor, description), factory)
+        self.description = description
+        self._raiseSynchronously = True
+
+    def open(self) -> None:
+        if self._waitingForPort is not None:
+            return
+        # A socket file left behind by a node that was killed; the folder lock says it is no live node's.
+        clear_stale_socket(self.description)
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            why = getattr(e.socketError, "strerror", None) or e.socketError
+            raise StartupError(f"cannot open the control endpoint {self.description}: {why}") from None
+        except OSError as e:
+            raise StartupError(f"cannot open the control endpoint {self.description}: {e.strerror or e}") from None
+
+    def privilegedStartService(self) -> None:
+        self.open()
 
 
 class StdinService(Service):

@@ -21,7 +21,10 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
+from twisted.internet.error import CannotListenError
+
 from p2ptorrent.logfile import LogFileService
+from p2ptorrent.startup import FolderLock, StartupError, check_free, fail_to_start, twistd_defaults, usable_folder
 from p2ptorrent.options import SettingsOptions
 from p2ptorrent.tracker.state import SwarmState
 from p2ptorrent.tracker.store import JsonStore
@@ -31,6 +34,10 @@ if TYPE_CHECKING:
     # only imported inside makeService: `twistd -r REACTOR p2ptracker` must be
     # able to install its reactor after parsing our Options.
     from p2ptorrent.tracker.http import TrackerHTTP
+
+
+#: A daemonised tracker's pid file, in its database folder (none in the foreground).
+PID_FILE = "tracker.pid"
 
 
 class Options(SettingsOptions):
@@ -51,6 +58,14 @@ class Options(SettingsOptions):
     def postOptions(self) -> None:
         super().postOptions()
         self["endpoint"] = self._endpoint()
+        folder = Path(self["settings"].tracker_db_dir)
+        twistd_defaults(self, folder / PID_FILE)
+        if getattr(self, "parent", None) is not None:
+            # Before twistd looks at pid files: our refusal names the folder and its owner.
+            try:
+                check_free(folder)
+            except StartupError as e:
+                raise fail_to_start("p2ptracker", e) from None
 
     def _endpoint(self) -> str:
         if self["listen"] is not None:
@@ -92,14 +107,26 @@ class TrackerServerService(StreamServerEndpointService):
         self.tracker = tracker
         self._loaded = False
 
-    def privilegedStartService(self) -> None:
-        # twistd listens here, before startService: the state must be ready by then.
+    def open(self) -> None:
+        """Load the database and listen, or raise StartupError (twistd calls this before it forks)."""
+        if self._waitingForPort is not None:
+            return
+        # The state must be ready before the first request.
         if not self._loaded:
             self.tracker.load()
             self._loaded = True
-        super().privilegedStartService()
+        self._raiseSynchronously = True
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            why = getattr(e.socketError, "strerror", None) or e.socketError
+            where = f"{e.interface or 'all addresses'} port {e.port}"
+            raise StartupError(f"cannot listen for HTTP on {where}: {why}") from None
         assert self._waitingForPort is not None
         self._waitingForPort.addCallback(self._listening)
+
+    def privilegedStartService(self) -> None:
+        self.open()
 
     def _listening(self, port: IListeningPort | None) -> IListeningPort | None:
         if port is not None:
@@ -129,18 +156,60 @@ class TrackerServerService(StreamServerEndpointService):
 
 
 class TrackerService(MultiService):
-    """The tracker's service tree; keeps its parts at hand for tests and tools."""
+    """The tracker's service tree; keeps its parts at hand for tests and tools.
 
-    def __init__(self, tracker: TrackerHTTP) -> None:
+    It holds the lock on the database folder (one tracker per database) from
+    :meth:`open` until it stops.
+    """
+
+    def __init__(self, tracker: TrackerHTTP, db_dir: Path, logs_dir: Path) -> None:
         super().__init__()
         self.tracker = tracker
+        self.db_dir = db_dir
+        self.logs_dir = logs_dir
+        self.lock = FolderLock(db_dir)
+
+    def open(self) -> None:
+        """Claim the database folder and the HTTP port, or raise StartupError saying which and why."""
+        usable_folder(self.db_dir, "database folder")
+        usable_folder(self.logs_dir, "log folder")
+        self.lock.acquire()
+        server = self.getServiceNamed("http")
+        assert isinstance(server, TrackerServerService)
+        server.open()
+
+    def privilegedStartService(self) -> None:
+        self.open()
+        super().privilegedStartService()
+
+    def stopService(self) -> Deferred[None] | None:
+        d = super().stopService()
+        if d is None:
+            self.lock.release()
+            return None
+        return d.addBoth(self._released)
+
+    def _released(self, result: Any) -> Any:
+        self.lock.release()
+        return result
 
 
 def makeService(config: Options | dict[str, Any], reactor: Any = None) -> TrackerService:
+    """The tracker's service tree.  Run by twistd (no *reactor* given), it also claims its database folder,
+    loads it and listens now, before twistd forks: a tracker that cannot start says why and exits 1."""
     if reactor is None:
-        from twisted.internet import reactor as default_reactor
+        from twisted.internet import reactor as running
 
-        reactor = default_reactor
+        top = _build(config, running)
+        try:
+            top.open()
+        except StartupError as e:
+            raise fail_to_start("p2ptracker", e) from None
+        return top
+    return _build(config, reactor)
+
+
+def _build(config: Options | dict[str, Any], reactor: Any) -> TrackerService:
     from p2ptorrent.tracker.http import TrackerHTTP, TrackerSite
 
     settings = config["settings"]
@@ -148,7 +217,7 @@ def makeService(config: Options | dict[str, Any], reactor: Any = None) -> Tracke
     store = JsonStore(settings.tracker_db_dir)
     tracker = TrackerHTTP(state, store, reactor, settings)
 
-    top = TrackerService(tracker)
+    top = TrackerService(tracker, Path(settings.tracker_db_dir), Path(settings.logs_dir))
     logfile = LogFileService(Path(settings.logs_dir) / "tracker.log")
     logfile.setName("log")
     logfile.setServiceParent(top)
