@@ -1,13 +1,15 @@
 """``p2ptorrent``: tell a running node what to do, over its control socket.
 
     p2ptorrent --node 1 send big.bin
-    p2ptorrent --node 2 download big.bin.torrent
+    p2ptorrent download big.bin.torrent --node 2   (options may follow the command)
     p2ptorrent --node 1 torrent -setMode exit      (the original grammar)
+    p2ptorrent help                                (no node needed; so is --version)
 
 The node (``twistd p2pnode --id N``) listens on ``node_files/N/.control.sock``
 by default.  We send one command line, draw a progress bar from the JSON
 progress lines, and print the node's answer.  Exit status: 0 done, 1 the node
-refused or failed, 2 no such node running (or a usage error), 130 interrupted.
+refused or failed, 2 a usage error (argparse's own status), 3 no such node
+running, 130 interrupted.
 
 One blocking socket from the standard library does it: this runs once per
 command, so it imports neither Twisted nor the node (the grammar comes from
@@ -30,6 +32,7 @@ from typing import Any, NoReturn, TextIO
 # No Twisted in here: it would cost every command ~0.4 s of imports, for one
 # blocking request and reply.  Keep it that way (tests/test_cli_fast.py checks).
 from p2ptorrent.commands import (
+    HELP,
     VERBS,
     Command,
     CommandError,
@@ -40,12 +43,15 @@ from p2ptorrent.commands import (
     control_target,
     default_control_endpoint,
     parse_command,
+    suggest,
 )
 from p2ptorrent.config import Config, ConfigError, load
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_NO_NODE = 2
+#: A command line we cannot make sense of: the status argparse exits with.
+EXIT_USAGE = 2
+EXIT_NO_NODE = 3
 #: What a shell reports for a process stopped by Ctrl-C (128 + SIGINT).
 EXIT_INTERRUPTED = 130
 
@@ -60,12 +66,19 @@ commands:
   download TORRENT   fetch the file TORRENT describes, with a progress bar
   status             show the node's id, address, seeded files and downloads
   exit               tell the tracker the node leaves, and stop the node
-  torrent -setMode send FILE | download TORRENT | status | exit
+  help               show this help (no node needed)
+  torrent -setMode send FILE | download TORRENT | status | exit | help
                      the same commands in the original grammar
 
-Options go before the command.  Exit status: 0 done, 1 the node refused or
-failed (the reason is printed), 2 no such node is running or bad usage.
+Options may go before or after the command (download x.torrent --node 3);
+a FILE that starts with "-" goes after "--" (send -- -x.bin).
+Exit status: 0 done, 1 the node refused or failed (the reason is printed),
+2 bad usage, 3 no such node is running, 130 interrupted.
 """
+
+#: Stands in for the original grammar's "-setMode" while argparse reads the
+#: options: argparse would take it for an unknown option.
+_SETMODE = "\0setMode"
 
 
 class ControlReplyError(Exception):
@@ -78,14 +91,37 @@ class ConnectionClosedEarly(Exception):
 
 # ---- command line
 
+def version() -> str:
+    """This package's version, from its installed metadata."""
+    from importlib import metadata  # only --version pays for it
+
+    try:
+        return metadata.version("p2ptorrent")
+    except metadata.PackageNotFoundError:
+        return "(version unknown: the package is not installed)"
+
+
+class _PrintVersion(argparse.Action):
+    """``--version``: like argparse's own, but the metadata is only read when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: str | None = None) -> None:
+        print(f"{parser.prog} {version()}")
+        parser.exit(EXIT_OK)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="p2ptorrent",
-        usage="%(prog)s [-h] [--node N] [--node-files-dir DIR] [--config FILE] [--control ENDPOINT] COMMAND ...",
+        usage="%(prog)s [-h] [--version] [--node N] [--node-files-dir DIR] [--config FILE] [--control ENDPOINT]"
+        " COMMAND ...",
         description="Command a running p2ptorrent node (started with: twistd p2pnode --id N).",
         epilog=COMMANDS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action=_PrintVersion, help="print the version and exit")
     parser.add_argument("-n", "--node", type=int, default=1, metavar="N", help="id of the node to command (default: 1)")
     parser.add_argument(
         "--node-files-dir",
@@ -101,8 +137,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="the node's control endpoint if it was started with --control,"
         " e.g. unix:path=/tmp/p2pnode-1.sock (default: DIR/N/.control.sock)",
     )
-    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND ...", help=argparse.SUPPRESS)
+    parser.add_argument("command", nargs="*", metavar="COMMAND ...", help=argparse.SUPPRESS)
     return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Options wherever they are among the command's words; usage errors exit 2 through argparse.
+
+    ``--`` ends the options: every word after it belongs to the command, so
+    ``send -- -x.bin`` sends a file named ``-x.bin``.  Everything before it
+    goes through argparse's intermixed parsing, with the original grammar's
+    ``-setMode`` (after ``torrent``) hidden from it.  We take the ``--`` off
+    ourselves: Python 3.11's intermixed parsing mishandles it (``-- send -x``
+    is refused).
+    """
+    words = list(sys.argv[1:] if argv is None else argv)
+    after: list[str] = []
+    if "--" in words:
+        at = words.index("--")
+        words, after = words[:at], words[at + 1 :]
+    # Only right after "torrent" (or a misspelling of it, to be answered with a
+    # suggestion): anywhere else a word starting with "-" must come after "--".
+    hidden = [
+        _SETMODE if word.lower() == "-setmode" and i and suggest(words[i - 1], ("torrent",)) else word
+        for i, word in enumerate(words)
+    ]
+    args, unknown = parser.parse_known_intermixed_args(hidden)
+    if unknown:
+        parser.error(
+            f"unrecognized arguments: {' '.join(unknown)}"
+            ' (a FILE that starts with "-" goes after "--", e.g. send -- -x.bin)'
+        )
+    args.command = ["-setMode" if word == _SETMODE else word for word in args.command] + after
+    return args
 
 
 def command_from_words(words: Sequence[str]) -> Command:
@@ -119,11 +186,14 @@ def command_from_words(words: Sequence[str]) -> Command:
             parse_command(" ".join(words))  # raises with the precise reason
         words = words[2:]
     if not words:
-        raise CommandError("missing command: send FILE, download TORRENT, status or exit")
+        raise CommandError("missing command: send FILE, download TORRENT, status, exit or help")
     verb, args = words[0].lower(), words[1:]
-    if verb not in VERBS:
-        raise CommandError(f"unknown command {words[0]!r}: use send FILE, download TORRENT, status or exit")
-    if verb in ("status", "exit"):
+    if verb not in (*VERBS, HELP):
+        meant = suggest(verb, (*VERBS, HELP) if original else ("torrent", *VERBS, HELP))
+        if meant is not None:
+            raise CommandError(f"unknown command {words[0]!r}: did you mean {meant!r}?")
+        raise CommandError(f"unknown command {words[0]!r}: use send FILE, download TORRENT, status, exit or help")
+    if verb in ("status", "exit", HELP):
         if args:
             raise CommandError(f"{verb} takes no argument, got {' '.join(args)!r}")
         return Command(verb)
@@ -151,18 +221,21 @@ class Request:
 
 
 def prepare(argv: Sequence[str] | None = None) -> Request:
-    """Parse *argv*; usage errors exit through argparse (status 2) with a message."""
+    """Parse *argv*; usage errors exit through argparse (EXIT_USAGE) with a message.
+
+    ``help`` (and ``-h``, ``--version``) exit 0 here, without a node.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if args.node < 0:
         parser.error(f"--node must be a node id (0 or more), got {args.node}")
-    if args.command[1:2] in (["-h"], ["--help"]) or args.command[:1] in (["-h"], ["--help"]):
-        parser.print_help()
-        parser.exit(0)
     try:
         command = command_from_words(args.command)
     except CommandError as e:
         parser.error(str(e))
+    if command.verb == HELP:
+        parser.print_help()
+        parser.exit(EXIT_OK)
     if command.argument is not None and os.path.exists(command.argument):
         # The node's working folder may differ from ours.  A name that is not
         # here is passed as given: the node looks for it in its own folder.

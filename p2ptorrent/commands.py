@@ -6,7 +6,9 @@ Twisted (about 0.4 s with OpenSSL): everything it shares with the node lives
 here, on the standard library alone.
 
 The original grammar is ``torrent -setMode send <file>``, ``torrent -setMode
-download <torrent file>`` and ``torrent -setMode exit``, plus our ``status``.
+download <torrent file>`` and ``torrent -setMode exit``, plus our ``status``
+and ``help`` (also typed alone: ``help``), which lists the commands.  A
+mistyped command or mode is answered with the nearest one ("did you mean").
 Endpoint descriptions follow Twisted's string syntax (``unix:path=...``,
 ``tcp:host=...:port=...``); we read the few forms a control client needs.
 """
@@ -16,15 +18,28 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from p2ptorrent.config import Config
 
+#: What a node can be told to do.
 VERBS = ("send", "download", "exit", "status")
+#: The command that lists the commands: answered without touching the node's work.
+HELP = "help"
 USAGE = (
     "usage: torrent -setMode send <file> | torrent -setMode download <torrent file>"
-    " | torrent -setMode status | torrent -setMode exit"
+    " | torrent -setMode status | torrent -setMode exit | help"
 )
+#: What ``help`` answers on a node's stdin and control socket.
+HELP_TEXT = """\
+commands, one a line:
+  torrent -setMode send FILE          seed FILE: write FILE.torrent next to it and announce it
+  torrent -setMode download TORRENT   fetch the file TORRENT describes, verify it, then seed it
+  torrent -setMode status             what the node shares and downloads
+  torrent -setMode exit               tell the tracker the node leaves, and stop the node
+  help                                this list
+  (a FILE or TORRENT without a folder is looked for in the node's folder first)"""
 
 #: Name of the control socket inside a node's folder.
 CONTROL_SOCKET_NAME = ".control.sock"
@@ -37,7 +52,11 @@ CONNECT_TIMEOUT = 30.0
 
 
 class CommandError(ValueError):
-    """A command line does not follow the grammar; ``str()`` includes the usage."""
+    """A command line does not follow the grammar.
+
+    ``str()`` includes the usage, or, for a mistyped word, only the nearest
+    right one: ``unknown mode 'downlaod': did you mean 'download'?``.
+    """
 
 
 class ControlError(ValueError):
@@ -46,7 +65,7 @@ class ControlError(ValueError):
 
 @dataclass(frozen=True)
 class Command:
-    """One parsed command: *verb* is one of :data:`VERBS`."""
+    """One parsed command: *verb* is one of :data:`VERBS`, or :data:`HELP`."""
 
     verb: str
     argument: str | None = None
@@ -78,20 +97,28 @@ def parse_command(line: str) -> Command:
     text = line.strip()
     if not text:
         raise bad("empty command")
+    if text.lower() == HELP:
+        return Command(HELP)
     m = _WORDS.fullmatch(text)
     assert m is not None  # any non-blank text matches
-    if m.group("head").lower() != "torrent":
-        raise bad(f'not a command: {_clip(text)!r} (commands start with "torrent -setMode")')
+    head = m.group("head")
+    if head.lower() != "torrent":
+        raise _not_a_command(head, text[len(head) :].strip()) or bad(
+            f'not a command: {_clip(text)!r} (commands start with "torrent -setMode")'
+        )
     if m.group("flag") is None or m.group("flag").lower() != "-setmode":
         raise bad('expected "-setMode" after "torrent"')
     mode = m.group("mode")
     if mode is None:
         raise bad("missing mode after -setMode")
     verb = mode.lower()
-    if verb not in VERBS:
+    if verb not in (*VERBS, HELP):
+        meant = suggest(verb, (*VERBS, HELP))
+        if meant is not None:
+            raise CommandError(f"unknown mode {_clip(mode)!r}: did you mean {meant!r}?")
         raise bad(f"unknown mode {_clip(mode)!r}")
     rest = (m.group("rest") or "").strip()
-    if verb in ("exit", "status"):
+    if verb in ("exit", "status", HELP):
         if rest:
             raise bad(f"{verb} takes no argument, got {_clip(rest)!r}")
         return Command(verb)
@@ -109,6 +136,30 @@ def parse_command(line: str) -> Command:
         if not rest:
             raise bad(f"{verb} needs a non-empty path")
     return Command(verb, rest)
+
+
+def suggest(word: str, choices: Iterable[str]) -> str | None:
+    """The one of *choices* that *word* most likely misspells, or None if none is close."""
+    import difflib  # only for a mistake: every p2ptorrent command imports this module
+
+    close = difflib.get_close_matches(word.lower(), list(choices), n=1, cutoff=0.7)
+    return close[0] if close else None
+
+
+def _not_a_command(head: str, rest: str) -> CommandError | None:
+    """For a line that does not start with "torrent": the command that was probably meant, if any."""
+    word = head.lower()
+    if word in VERBS:
+        line = _clip(f"torrent -setMode {word} {rest}".strip())
+        return CommandError(f'commands start with "torrent -setMode": did you mean {line!r}?')
+    meant = suggest(word, ("torrent", *VERBS, HELP))
+    if meant is None:
+        return None
+    if meant in VERBS:
+        meant = _clip(f"torrent -setMode {meant} {rest}".strip())
+    elif meant == "torrent":
+        meant = _clip(f"torrent {rest}".strip())
+    return CommandError(f"unknown command {_clip(head)!r}: did you mean {meant!r}?")
 
 
 def _clip(text: str, limit: int = 80) -> str:

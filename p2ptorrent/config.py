@@ -24,6 +24,13 @@ BLOCK_HEADER_SIZE = 32
 KIB = 1024
 MIB = 1024 * KIB
 
+#: What TRACKER_ADDR looks like, for messages that refuse it.
+TRACKER_ADDR_FORM = "HOST:PORT, e.g. 192.0.2.10:12345"
+#: What AVAILABLE_PORTS_RANGE looks like, for messages that refuse it.
+PORTS_RANGE_FORM = "LOW-HIGH, e.g. 1024-65535"
+#: LOG_LEVEL values, least severe first: the names of twisted.logger's LogLevel.
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
 
 class ConfigError(ValueError):
     """A setting is missing, of the wrong type, or makes no sense."""
@@ -98,6 +105,12 @@ class Config:
     #: Seconds between a downloading node's NEED requests (to meet new owners)
     #: and between its progress reports (OWN with the pieces held) to the tracker.
     SWARM_INTERVAL: float = 5.0
+    #: Least severe log events written to the log files (one of LOG_LEVELS).
+    LOG_LEVEL: str = "info"
+    #: Size in bytes at which a log file is rotated.
+    LOG_MAX_BYTES: int = 10 * MIB
+    #: Rotated log files kept beside the current one.
+    LOG_BACKUPS: int = 5
 
     # ---- derived values
     @property
@@ -139,12 +152,14 @@ def _problems(c: Config) -> list[str]:
     errs: list[str] = []
     lo, hi = c.AVAILABLE_PORTS_RANGE
     if not (0 < lo <= hi <= 65535):
-        errs.append(f"AVAILABLE_PORTS_RANGE must satisfy 0 < low <= high <= 65535, got {lo}-{hi}")
+        errs.append(
+            f"AVAILABLE_PORTS_RANGE must satisfy 0 < low <= high <= 65535, got {lo}-{hi} (expected {PORTS_RANGE_FORM})"
+        )
     host, port = c.TRACKER_ADDR
     if not host:
-        errs.append("TRACKER_ADDR needs a host")
+        errs.append(f"TRACKER_ADDR needs a host: expected {TRACKER_ADDR_FORM}")
     if not (0 < port <= 65535):
-        errs.append(f"TRACKER_ADDR port must be 1-65535, got {port}")
+        errs.append(f"TRACKER_ADDR port must be 1-65535, got {port}: expected {TRACKER_ADDR_FORM}")
     if not (0 < c.MAX_UDP_SEGMENT_DATA_SIZE <= 65527):
         errs.append(f"MAX_UDP_SEGMENT_DATA_SIZE must be 1-65527, got {c.MAX_UDP_SEGMENT_DATA_SIZE}")
     biggest = min(c.MAX_UDP_SEGMENT_DATA_SIZE, IPV4_MAX_UDP_PAYLOAD)
@@ -158,6 +173,7 @@ def _problems(c: Config) -> list[str]:
         errs.append(
             f"CHUNK_PIECES_SIZE must be 1-{room}: a chunk plus its {BLOCK_HEADER_SIZE}-byte header"
             f" must fit in one BUFFER_SIZE ({c.BUFFER_SIZE}) datagram, got {c.CHUNK_PIECES_SIZE}"
+            + _bigger_buffer(c)
         )
     if c.MAX_SPLITTNES_RATE < 1:
         errs.append(f"MAX_SPLITTNES_RATE must be at least 1, got {c.MAX_SPLITTNES_RATE}")
@@ -188,6 +204,14 @@ def _problems(c: Config) -> list[str]:
         errs.append(f"PEER_TABLE_SIZE must be 16-1048576, got {c.PEER_TABLE_SIZE}")
     if c.CONTROL_ALLOW_REMOTE not in (0, 1):
         errs.append(f"CONTROL_ALLOW_REMOTE must be 0 or 1, got {c.CONTROL_ALLOW_REMOTE}")
+    if c.LOG_LEVEL not in LOG_LEVELS:
+        errs.append(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {c.LOG_LEVEL!r}"
+                    + _did_you_mean(str(c.LOG_LEVEL).lower(), LOG_LEVELS))
+    if c.LOG_MAX_BYTES < 4 * KIB:
+        errs.append(f"LOG_MAX_BYTES must be at least 4096 (bytes a log file reaches before it is rotated),"
+                    f" got {c.LOG_MAX_BYTES}")
+    if c.LOG_BACKUPS < 1:
+        errs.append(f"LOG_BACKUPS must be at least 1 (rotated log files kept), got {c.LOG_BACKUPS}")
     modes = c.tracker_requests_mode
     want = set(_modes())
     if set(modes) != want:
@@ -200,12 +224,36 @@ def _problems(c: Config) -> list[str]:
     return errs
 
 
+def _bigger_buffer(c: Config) -> str:
+    """For a chunk too big for its datagram: which settings to raise, and to what."""
+    if c.CHUNK_PIECES_SIZE < 1:
+        return ""
+    need = c.CHUNK_PIECES_SIZE + BLOCK_HEADER_SIZE
+    if need > IPV4_MAX_UDP_PAYLOAD:
+        largest = IPV4_MAX_UDP_PAYLOAD - BLOCK_HEADER_SIZE
+        return (f"; no datagram is that big: a chunk can be at most {largest} bytes"
+                f" (the largest UDP payload, {IPV4_MAX_UDP_PAYLOAD}, less the header)")
+    if need > c.MAX_UDP_SEGMENT_DATA_SIZE:
+        return (f"; raise BUFFER_SIZE and MAX_UDP_SEGMENT_DATA_SIZE to at least {need}"
+                f" (--buffer-size {need} --set MAX_UDP_SEGMENT_DATA_SIZE={need})")
+    return f"; raise BUFFER_SIZE to at least {need} (--buffer-size {need})"
+
+
+def _did_you_mean(word: str, choices: tuple[str, ...]) -> str:
+    import difflib  # only when a value is refused
+
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.7)
+    return f": did you mean {close[0]!r}?" if close else ""
+
+
 # ---- typing values from JSON and from strings
 
 def _coerce(name: str, value: Any) -> Any:
     """Turn a JSON value or a command-line string into the setting's type."""
     f = _FIELDS[name]
     kind = f.type if isinstance(f.type, str) else str(f.type)
+    form = {"TRACKER_ADDR": TRACKER_ADDR_FORM, "AVAILABLE_PORTS_RANGE": PORTS_RANGE_FORM}.get(name)
+    given = value
     try:
         if kind.startswith("tuple[str"):
             if isinstance(value, str):
@@ -218,6 +266,8 @@ def _coerce(name: str, value: Any) -> Any:
                 value = value.replace(",", "-").split("-")
             lo, hi = value
             return (_int(lo), _int(hi))
+        if name == "LOG_LEVEL" and isinstance(value, str):
+            return value.strip().lower()  # INFO and info alike
         if kind.startswith("dict"):
             if isinstance(value, str):
                 value = json.loads(value)
@@ -235,7 +285,9 @@ def _coerce(name: str, value: Any) -> Any:
                 raise TypeError("expected a string")
             return value
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"bad value for {name}: {value!r} ({e})") from None
+        # The exception says what Python tripped on; the form says what to write.
+        why = f"expected {form}" if form else str(e)
+        raise ConfigError(f"bad value for {name}: {given!r} ({why})") from None
     raise ConfigError(f"cannot set {name}")  # pragma: no cover - every field is covered above
 
 

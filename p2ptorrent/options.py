@@ -4,10 +4,20 @@ Settings come from the defaults, then ``--config FILE`` (JSON, the original
 layout or flat), then ``--set NAME=VALUE`` (repeatable) and the named options
 below.  ``postOptions`` builds one validated :class:`Config` under
 ``self["settings"]`` or raises ``UsageError`` with the reason.
+
+A refused value is one line, not a page: twistd answers every ``UsageError``
+by printing its whole usage text (45 lines for a node) before the reason, so
+when twistd (or ``twist``) is the one parsing, a value refused once all the
+options are read ends the process with ``twistd p2pnode: error: <reason>`` on
+stderr instead (:class:`SettingRefused`).  Parsed on their own, as tests do,
+these options still raise ``UsageError``.  Mistakes in option *names* and
+missing option values are found before that and keep twistd's usage text:
+there it is the help that was needed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.python import usage
@@ -25,7 +35,12 @@ NAMED_SETTINGS = {
     "splittness": "MAX_SPLITTNES_RATE",
     "node-interval": "NODE_TIME_INTERVAL",
     "tracker-interval": "TRACKER_TIME_INTERVAL",
+    "log-level": "LOG_LEVEL",
 }
+
+
+class SettingRefused(SystemExit):
+    """A value refused while twistd parses: exit status 1, and ``str()`` is the one line printed."""
 
 
 class SettingsOptions(usage.Options):
@@ -40,30 +55,50 @@ class SettingsOptions(usage.Options):
         ["splittness", None, None, "Owners to fetch from in parallel (MAX_SPLITTNES_RATE, default 3)."],
         ["node-interval", None, None, "Seconds between a node's heartbeats (NODE_TIME_INTERVAL, default 20)."],
         ["tracker-interval", None, None, "Seconds between liveness checks (TRACKER_TIME_INTERVAL, default 22)."],
+        ["log-level", None, None,
+         "Least severe events logged: debug, info, warn, error or critical (LOG_LEVEL, default info)."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["set"] = []
+        #: Whether every option has been read, so a UsageError now refuses a value.
+        self._options_read = False
 
     def opt_set(self, assignment: str) -> None:
         """Override any setting: --set NAME=VALUE (repeatable), e.g. --set PEER_TIMEOUT=5."""
-        try:
-            self["set"].append(parse_assignment(assignment))
-        except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+        # Checked in settings(), with the other values, so a bad one is refused in one line.
+        self["set"].append(assignment)
 
     def settings(self) -> Config:
         overrides: dict[str, Any] = {}
-        for option, name in NAMED_SETTINGS.items():
-            if self.get(option) is not None:
-                overrides[name] = self[option]
-        for name, value in self["set"]:
-            overrides[name] = value
         try:
+            for option, name in NAMED_SETTINGS.items():
+                if self.get(option) is not None:
+                    overrides[name] = self[option]
+            for assignment in self["set"]:
+                name, value = parse_assignment(assignment)
+                overrides[name] = value
             return load(self.get("config"), overrides)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
+    def parseArgs(self, *args: str) -> None:
+        # usage.Options calls this after every option was dispatched and just
+        # before postOptions: what fails from here on is a value, not a name.
+        super().parseArgs(*args)
+        self._options_read = True
+
     def postOptions(self) -> None:
         self["settings"] = self.settings()
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            parent = getattr(self, "parent", None)
+            if parent is None or not self._options_read:
+                raise
+            # usage.Options sets parent and subCommand before it parses a subcommand's options.
+            runner = "twist" if type(parent).__name__ == "TwistOptions" else "twistd"
+            raise SettingRefused(f"{runner} {parent.subCommand}: error: {e}") from None

@@ -26,10 +26,12 @@ from twisted.internet.utils import getProcessOutputAndValue
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from p2ptorrent import cli
 from p2ptorrent.cli import (
     EXIT_FAILED,
     EXIT_NO_NODE,
     EXIT_OK,
+    EXIT_USAGE,
     ProgressBar,
     command_from_words,
     main,
@@ -128,6 +130,8 @@ def run_cli(argv: list[str], show_progress: bool | None = None) -> Deferred[tupl
         (["torrent", "-setMode", "send", "my", "file.bin"], Command("send", "my file.bin")),
         (["torrent", "-setMode", "send", "my file.bin"], Command("send", "my file.bin")),
         (["torrent", "-setMode", "exit"], Command("exit")),
+        (["help"], Command("help")),
+        (["torrent", "-setMode", "HELP"], Command("help")),
     ],
 )
 def test_command_from_words(words: list[str], expected: Command) -> None:
@@ -138,7 +142,13 @@ def test_command_from_words(words: list[str], expected: Command) -> None:
     ("words", "why"),
     [
         ([], "missing command"),
-        (["fly"], "unknown command 'fly'"),
+        (["fly"], "unknown command 'fly': use send FILE, download TORRENT, status, exit or help"),
+        (["downlaod", "x"], "unknown command 'downlaod': did you mean 'download'?"),
+        (["Stauts"], "unknown command 'Stauts': did you mean 'status'?"),
+        (["hlep"], "unknown command 'hlep': did you mean 'help'?"),
+        (["torrnet", "-setMode", "exit"], "unknown command 'torrnet': did you mean 'torrent'?"),
+        (["torrent", "-setMode", "sned", "x"], "unknown command 'sned': did you mean 'send'?"),
+        (["help", "me"], "help takes no argument"),
         (["send"], "send needs a FILE"),
         (["download", ""], "download needs a TORRENT"),
         (["send", "a", "b"], "quote a path"),
@@ -188,10 +198,15 @@ def test_prepare_options(tmp_path: Path) -> None:
         (["--node-files-dir", "/" + "d" * 120, "status"], "--control"),
         (["--config", "/nonexistent.json", "status"], "cannot read config file"),
         (["send", "a\nb"], "line breaks"),
+        (["downlaod", "x"], "p2ptorrent: error: unknown command 'downlaod': did you mean 'download'?\n"),
+        (["send", "-x.bin"], 'unrecognized arguments: -x.bin (a FILE that starts with "-" goes after "--"'),
+        (["send", "-setMode"], "unrecognized arguments: -setMode"),
+        (["status", "--node"], "argument -n/--node: expected one argument"),
+        (["status", "--nodes", "2"], "unrecognized arguments: --nodes"),
     ],
 )
 def test_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(argv) == 2
+    assert main(argv) == EXIT_USAGE == 2
     err = capsys.readouterr().err
     assert "usage: p2ptorrent" in err
     assert message in err
@@ -203,6 +218,58 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
     for text in ("--node N", "--control ENDPOINT", "send FILE", "download TORRENT", "torrent -setMode", "Exit status"):
         assert text in out
     assert main(["send", "--help"]) == 0
+    assert "--version" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["help"], ["HELP"], ["torrent", "-setMode", "help"], ["--node", "9", "help"]])
+def test_help_command_needs_no_node(argv: list[str], monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    def no_node(*args: Any) -> None:
+        raise AssertionError("help must not reach a node")
+
+    monkeypatch.setattr(cli, "request", no_node)
+    assert main(argv) == EXIT_OK
+    out, err = capsys.readouterr()
+    assert out.startswith("usage: p2ptorrent") and "help               show this help (no node needed)" in out
+    assert err == ""
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib import metadata
+
+    assert main(["--version"]) == EXIT_OK
+    assert capsys.readouterr() == (f"p2ptorrent {metadata.version('p2ptorrent')}\n", "")
+    assert main(["status", "--version"]) == EXIT_OK  # an option like any other, after the command too
+
+
+# ---- options after the command
+
+@pytest.mark.parametrize(
+    ("argv", "same_as"),
+    [
+        (["download", "x.torrent", "--node", "3"], ["--node", "3", "download", "x.torrent"]),
+        (["download", "--node", "3", "x.torrent"], ["--node", "3", "download", "x.torrent"]),
+        (["status", "-n", "2", "--node-files-dir", "/srv/p2p"], ["--node-files-dir", "/srv/p2p", "-n", "2", "status"]),
+        (["--node", "2", "status", "--node", "4"], ["--node", "4", "status"]),  # the last one wins, as before
+        (["send", "x.bin", "--control", "unix:path=/tmp/c.sock"], ["--control", "unix:path=/tmp/c.sock", "send", "x.bin"]),
+        (["torrent", "-setMode", "send", "x.bin", "-n", "5"], ["-n", "5", "torrent", "-setMode", "send", "x.bin"]),
+        (["TORRENT", "-SETMODE", "status", "-n", "5"], ["-n", "5", "status"]),
+        (["torrent", "-setMode", "send", "my", "file.bin", "--node", "2"], ["--node", "2", "send", "my file.bin"]),
+        # After "--" every word is the command's, even one that looks like an option.
+        (["send", "--", "-x.bin"], ["--", "send", "-x.bin"]),
+        (["--node", "2", "send", "--", "--node"], ["-n", "2", "--", "send", "--node"]),
+        (["torrent", "-setMode", "send", "--", "-x.bin"], ["send", "--", "-x.bin"]),
+        (["torrent", "-setMode", "send", "--", "-setMode"], ["send", "--", "-setMode"]),
+    ],
+)
+def test_options_anywhere(argv: list[str], same_as: list[str]) -> None:
+    assert prepare(argv) == prepare(same_as)
+
+
+def test_options_anywhere_reach_the_request() -> None:
+    req = prepare(["download", "x.torrent", "--node", "3"])
+    assert (req.command, req.node, req.where) == (Command("download", "x.torrent"), 3, "node_files/3/.control.sock")
+    assert prepare(["send", "--", "-x.bin"]).command == Command("send", "-x.bin")
 
 
 def test_progress_bar() -> None:
@@ -349,7 +416,7 @@ async def test_subprocess_failing_download(listening: tuple[ScriptedNode, Path],
 @pytest_twisted.ensureDeferred
 async def test_subprocess_no_node(short_dir: Path) -> None:
     out, err, code = await cli_process(["--node", "1", "status"], short_dir)
-    assert code == 2
+    assert code == EXIT_NO_NODE == 3
     assert out == b""
     assert err == b"no node 1 is running: cannot connect to node_files/1/.control.sock (No such file or directory)\n"
 

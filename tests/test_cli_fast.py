@@ -30,6 +30,7 @@ from p2ptorrent.cli import (
     EXIT_INTERRUPTED,
     EXIT_NO_NODE,
     EXIT_OK,
+    EXIT_USAGE,
     MAX_REPLY_LINE,
     ConnectionClosedEarly,
     ControlReplyError,
@@ -59,11 +60,38 @@ def test_cli_does_not_import_twisted() -> None:
     assert "no node 99 is running" in done.stderr
 
 
+def test_version_without_twisted_or_a_node() -> None:
+    from importlib import metadata
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from p2ptorrent.cli import main; code = main(['--version']);"
+         " print(sorted(m for m in sys.modules if m.split('.')[0] in ('twisted', 'zope'))); sys.exit(code)"],
+        env=ENV, cwd=tempfile.gettempdir(), capture_output=True, text=True, timeout=60,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"p2ptorrent {metadata.version('p2ptorrent')}\n[]\n", "")
+
+
+def test_exit_statuses_are_distinct() -> None:
+    """A script must tell "you typed it wrong" (2, as argparse) from "that node is not running"."""
+    assert (EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_NODE, EXIT_INTERRUPTED) == (0, 1, 2, 3, 130)
+
+
+def test_usage_error_and_no_node_exit_differently(short_dir: Path) -> None:
+    def status(*argv: str) -> tuple[int, str]:
+        done = subprocess.run([sys.executable, "-m", "p2ptorrent.cli", *argv], env=ENV, cwd=short_dir,
+                              capture_output=True, text=True, timeout=60)
+        return done.returncode, done.stderr.splitlines()[-1]
+
+    assert status("downlaod", "x") == (2, "p2ptorrent: error: unknown command 'downlaod': did you mean 'download'?")
+    assert status("download", "x.torrent", "--node", "3") == (
+        3, "no node 3 is running: cannot connect to node_files/3/.control.sock (No such file or directory)")
+
+
 def test_node_control_still_exports_the_grammar() -> None:
     from p2ptorrent import commands
     from p2ptorrent.node import control
 
-    for name in ("VERBS", "USAGE", "Command", "CommandError", "ControlError", "parse_command", "client_endpoint",
+    for name in ("VERBS", "HELP", "HELP_TEXT", "USAGE", "Command", "CommandError", "ControlError", "parse_command", "client_endpoint",
                  "control_socket_path", "default_control_endpoint", "escape_endpoint", "CONTROL_SOCKET_NAME"):
         assert getattr(control, name) is getattr(commands, name)
 
@@ -124,7 +152,7 @@ def test_client_endpoint_takes_a_client_host_and_port() -> None:
     ],
 )
 def test_bad_endpoint_is_a_usage_error(control: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--control", control, "status"]) == 2
+    assert main(["--control", control, "status"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "usage: p2ptorrent" in err and message in err
 

@@ -90,3 +90,102 @@ def test_command_line_options() -> None:
         SettingsOptions().parseOptions(["--chunk-size", "10000"])
     with pytest.raises(usage.UsageError, match="NAME=VALUE"):
         SettingsOptions().parseOptions(["--set", "oops"])
+
+
+# ---- refusals that say what to do
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"CHUNK_PIECES_SIZE": "60000"},
+            "CHUNK_PIECES_SIZE must be 1-9184: a chunk plus its 32-byte header must fit in one BUFFER_SIZE (9216)"
+            " datagram, got 60000; raise BUFFER_SIZE to at least 60032 (--buffer-size 60032)",
+        ),
+        (
+            {"CHUNK_PIECES_SIZE": "2000", "BUFFER_SIZE": "1024"},
+            "CHUNK_PIECES_SIZE must be 1-992: a chunk plus its 32-byte header must fit in one BUFFER_SIZE (1024)"
+            " datagram, got 2000; raise BUFFER_SIZE to at least 2032 (--buffer-size 2032)",
+        ),
+        (
+            {"CHUNK_PIECES_SIZE": "30000", "MAX_UDP_SEGMENT_DATA_SIZE": "20000"},
+            "CHUNK_PIECES_SIZE must be 1-9184: a chunk plus its 32-byte header must fit in one BUFFER_SIZE (9216)"
+            " datagram, got 30000; raise BUFFER_SIZE and MAX_UDP_SEGMENT_DATA_SIZE to at least 30032"
+            " (--buffer-size 30032 --set MAX_UDP_SEGMENT_DATA_SIZE=30032)",
+        ),
+        (
+            {"CHUNK_PIECES_SIZE": "65476"},
+            "CHUNK_PIECES_SIZE must be 1-9184: a chunk plus its 32-byte header must fit in one BUFFER_SIZE (9216)"
+            " datagram, got 65476; no datagram is that big: a chunk can be at most 65475 bytes"
+            " (the largest UDP payload, 65507, less the header)",
+        ),
+        ({"CHUNK_PIECES_SIZE": "0"}, "CHUNK_PIECES_SIZE must be 1-9184: a chunk plus its 32-byte header must fit"
+                                     " in one BUFFER_SIZE (9216) datagram, got 0"),
+        ({"TRACKER_ADDR": "nohost"}, "bad value for TRACKER_ADDR: 'nohost' (expected HOST:PORT, e.g. 192.0.2.10:12345)"),
+        ({"TRACKER_ADDR": "host:"}, "bad value for TRACKER_ADDR: 'host:' (expected HOST:PORT, e.g. 192.0.2.10:12345)"),
+        ({"TRACKER_ADDR": "host:http"}, "bad value for TRACKER_ADDR: 'host:http' (expected HOST:PORT, e.g. 192.0.2.10:12345)"),
+        ({"TRACKER_ADDR": ":12345"}, "TRACKER_ADDR needs a host: expected HOST:PORT, e.g. 192.0.2.10:12345"),
+        ({"TRACKER_ADDR": "host:0"}, "TRACKER_ADDR port must be 1-65535, got 0: expected HOST:PORT, e.g. 192.0.2.10:12345"),
+        ({"AVAILABLE_PORTS_RANGE": "many"}, "bad value for AVAILABLE_PORTS_RANGE: 'many' (expected LOW-HIGH, e.g. 1024-65535)"),
+        ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL must be one of debug, info, warn, error, critical, got 'verbose'"),
+        ({"LOG_LEVEL": "warning"},
+         "LOG_LEVEL must be one of debug, info, warn, error, critical, got 'warning': did you mean 'warn'?"),
+        ({"LOG_MAX_BYTES": "4095"},
+         "LOG_MAX_BYTES must be at least 4096 (bytes a log file reaches before it is rotated), got 4095"),
+        ({"LOG_BACKUPS": "0"}, "LOG_BACKUPS must be at least 1 (rotated log files kept), got 0"),
+    ],
+)
+def test_refusals_say_what_to_do(overrides: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load(overrides=overrides)
+    assert str(e.value) == message
+
+
+def test_tracker_addr_from_json_of_the_wrong_shape(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"TRACKER_ADDR": ["a", 1, 2]}))
+    with pytest.raises(ConfigError, match=r"expected HOST:PORT, e\.g\. 192\.0\.2\.10:12345"):
+        load(path)
+
+
+# ---- the log settings
+
+def test_log_settings() -> None:
+    c = Config()
+    assert (c.LOG_LEVEL, c.LOG_MAX_BYTES, c.LOG_BACKUPS) == ("info", 10 * 1024 * 1024, 5)
+    assert as_dict(c)["constants"]["LOG_LEVEL"] == "info"
+    c = load(overrides={"log_level": " WARN ", "LOG_MAX_BYTES": "4096", "log_backups": "1"})
+    assert (c.LOG_LEVEL, c.LOG_MAX_BYTES, c.LOG_BACKUPS) == ("warn", 4096, 1)
+    for level in ("debug", "info", "warn", "error", "critical"):
+        assert load(overrides={"LOG_LEVEL": level}).LOG_LEVEL == level
+    with pytest.raises(ConfigError, match="bad value for LOG_LEVEL: 3 .expected a string"):
+        load(overrides={"LOG_LEVEL": 3})
+
+
+def test_log_levels_are_twisted_level_names() -> None:
+    from twisted.logger import LogLevel
+
+    from p2ptorrent.config import LOG_LEVELS
+
+    assert [LogLevel.levelWithName(name) for name in LOG_LEVELS] == sorted(LogLevel.iterconstants())
+
+
+def test_log_level_option_for_tracker_and_node() -> None:
+    from p2ptorrent.node import tap as node_tap
+    from p2ptorrent.tracker import tap as tracker_tap
+
+    for options in (SettingsOptions(), node_tap.Options(), tracker_tap.Options()):
+        options.parseOptions(["--log-level", "debug", *(["--id", "1"] if isinstance(options, node_tap.Options) else [])])
+        assert options["settings"].LOG_LEVEL == "debug"
+        assert "--log-level" in str(options)
+    with pytest.raises(usage.UsageError, match="LOG_LEVEL must be one of debug, info, warn, error, critical"):
+        SettingsOptions().parseOptions(["--log-level", "loud"])
+
+
+def test_set_checks_names_with_the_other_values() -> None:
+    """--set is read like every other value: its refusal comes from postOptions, after all the options."""
+    with pytest.raises(usage.UsageError, match="unknown setting 'NO_SUCH'"):
+        SettingsOptions().parseOptions(["--set", "NO_SUCH=1"])
+    opts = SettingsOptions()
+    opts.parseOptions(["--set", "LOG_BACKUPS=9", "--set", "log_backups=10"])
+    assert opts["settings"].LOG_BACKUPS == 10  # the last one wins

@@ -24,6 +24,7 @@ from zope.interface.verify import verifyObject
 
 from p2ptorrent.config import Config
 from p2ptorrent.node.control import (
+    HELP_TEXT,
     MAX_LINE,
     Command,
     CommandError,
@@ -97,6 +98,9 @@ def node() -> RecordingNode:
         ('torrent -setMode send "it\'s.bin"', Command("send", "it's.bin")),
         ("torrent -setMode send it's.bin", Command("send", "it's.bin")),
         ("Torrent -SETMODE Download x.torrent", Command("download", "x.torrent")),
+        ("help", Command("help")),
+        ("  Help \r\n", Command("help")),
+        ("torrent -setMode help", Command("help")),
     ],
 )
 def test_parse_good_lines(line: str, expected: Command) -> None:
@@ -109,7 +113,8 @@ def test_parse_good_lines(line: str, expected: Command) -> None:
         ("", "empty command"),
         ("   \t ", "empty command"),
         ("hello", "not a command"),
-        ("send big.bin", "not a command"),
+        ("copy big.bin", "not a command"),
+        ("torrent -setMode help me", "help takes no argument"),
         ("torrent", 'expected "-setMode"'),
         ("torrent send x", 'expected "-setMode"'),
         ("torrent -setMode", "missing mode"),
@@ -130,6 +135,26 @@ def test_parse_bad_lines(line: str, why: str) -> None:
     assert "usage: torrent -setMode send <file>" in str(e.value)
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("torrent -setMode downlaod x.torrent", "unknown mode 'downlaod': did you mean 'download'?"),
+        ("torrent -setMode Stauts", "unknown mode 'Stauts': did you mean 'status'?"),
+        ("torrent -setMode hlep", "unknown mode 'hlep': did you mean 'help'?"),
+        ("downlaod x.torrent", "unknown command 'downlaod': did you mean 'torrent -setMode download x.torrent'?"),
+        ("exti", "unknown command 'exti': did you mean 'torrent -setMode exit'?"),
+        ("hlep", "unknown command 'hlep': did you mean 'help'?"),
+        ("torrnet -setMode send a b", "unknown command 'torrnet': did you mean 'torrent -setMode send a b'?"),
+        ("send big.bin", 'commands start with "torrent -setMode": did you mean \'torrent -setMode send big.bin\'?'),
+        ("status", 'commands start with "torrent -setMode": did you mean \'torrent -setMode status\'?'),
+    ],
+)
+def test_typos_get_a_suggestion(line: str, message: str) -> None:
+    with pytest.raises(CommandError) as e:
+        parse_command(line)
+    assert str(e.value) == message
+
+
 @given(st.sampled_from(["send", "download"]), st.text(min_size=1).filter(lambda s: "\n" not in s and "\r" not in s))
 def test_line_round_trips(verb: str, path: str) -> None:
     assert parse_command(Command(verb, path).line()) == Command(verb, path)
@@ -147,7 +172,7 @@ def test_parse_never_raises_anything_else(line: str) -> None:
         command = parse_command(line)
     except CommandError:
         return
-    assert command.verb in ("send", "download", "exit", "status")
+    assert command.verb in ("send", "download", "exit", "status", "help")
 
 
 # ---- dispatch
@@ -171,6 +196,12 @@ def test_dispatch(node: RecordingNode) -> None:
     node.pending[2].callback(None)
     assert "stopping" in str(d.result)
     assert node.calls == [("send", "/a b"), ("download", "/t.torrent"), ("status",), ("exit",)]
+
+
+def test_dispatch_help_leaves_the_node_alone(node: RecordingNode) -> None:
+    d = dispatch(node, Command("help"), lambda p: None)
+    assert d.result == HELP_TEXT
+    assert node.calls == []
 
 
 def test_dispatch_turns_exceptions_into_failures(node: RecordingNode) -> None:
@@ -235,6 +266,29 @@ def test_stdin_errors_and_blank_lines(node: RecordingNode) -> None:
     proto.dataReceived(b"torrent -setMode send y\n")
     node.pending[1].errback(RuntimeError("tracker unreachable\nsecond line"))
     assert lines(transport) == ["ERROR: tracker unreachable second line"]
+
+
+def test_stdin_help(node: RecordingNode) -> None:
+    """The command list on its own lines, answered by the front end: the node (and so the tracker) never hears of it."""
+    proto, transport, _ = stdin_control(node)
+    proto.dataReceived(b"help\n")
+    out = lines(transport)
+    assert out == ["OK: commands, one a line:", *HELP_TEXT.splitlines()[1:]]
+    assert out[1] == "  torrent -setMode send FILE          seed FILE: write FILE.torrent next to it and announce it"
+    assert "  help                                this list" in out
+    proto.dataReceived(b"torrent -setMode HELP\r\n")
+    assert lines(transport) == out
+    assert node.calls == []
+
+
+def test_stdin_typos(node: RecordingNode) -> None:
+    proto, transport, _ = stdin_control(node)
+    proto.dataReceived(b"downlaod big.bin.torrent\ntorrent -setMode downlaod big.bin.torrent\n")
+    assert lines(transport) == [
+        "ERROR: unknown command 'downlaod': did you mean 'torrent -setMode download big.bin.torrent'?",
+        "ERROR: unknown mode 'downlaod': did you mean 'download'?",
+    ]
+    assert node.calls == []
 
 
 def test_stdin_download_progress_once_per_second(node: RecordingNode) -> None:
@@ -340,6 +394,13 @@ def test_control_status(node: RecordingNode) -> None:
     proto, transport, _ = control(node)
     proto.dataReceived(b"torrent -setMode status\n")
     assert replies(transport) == [{"ok": True, "result": {"id": 1, "path": "/x", "seeding": []}}]
+
+
+def test_control_help(node: RecordingNode) -> None:
+    proto, transport, _ = control(node)
+    proto.dataReceived(b"torrent -setMode help\n")
+    assert replies(transport) == [{"ok": True, "result": HELP_TEXT}]
+    assert node.calls == []
 
 
 def test_control_result_that_cannot_be_encoded(node: RecordingNode) -> None:

@@ -128,7 +128,7 @@ def test_seed_download_logs_exit_status_and_failure(procs: Processes) -> None:
     assert code == 0, procs.tail("node2")
     wait_for(lambda: "node 2 left" in (procs.logs / "tracker.log").read_text(), "the tracker to log that node 2 left")
     gone = procs.ctl(2, "status")
-    assert gone.returncode == 2 and "no node 2 is running" in gone.stderr, gone
+    assert gone.returncode == 3 and "no node 2 is running" in gone.stderr, gone
 
     # status on node 1 is JSON naming the seeded file.
     status = json.loads(procs.ok(1, "status"))

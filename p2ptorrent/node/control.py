@@ -2,7 +2,8 @@
 
 The original project took ``torrent -setMode send <file>``,
 ``torrent -setMode download <torrent file>`` and ``torrent -setMode exit`` on
-a node's terminal; we keep that grammar (plus ``status``) for two front ends:
+a node's terminal; we keep that grammar (plus ``status``, and ``help``, which
+the front end answers itself) for two front ends:
 
 * :class:`StdinControl` for a node in the foreground (``twistd -n p2pnode``):
   one command per line, one ``OK: ...``/``ERROR: ...`` line per result.
@@ -52,7 +53,7 @@ import sys
 from typing import Any, Callable
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
@@ -64,6 +65,8 @@ from zope.interface import Interface, implementer
 # "X as X" form re-exports them for code that imports them from here.
 from p2ptorrent.commands import (
     CONTROL_SOCKET_NAME as CONTROL_SOCKET_NAME,
+    HELP as HELP,
+    HELP_TEXT as HELP_TEXT,
     MAX_UNIX_PATH as MAX_UNIX_PATH,
     USAGE as USAGE,
     VERBS as VERBS,
@@ -127,9 +130,11 @@ def dispatch(commands: INodeCommands, command: Command, progress: Progress) -> D
     """Run *command*; fires with the result line (a dict for ``status``).
 
     Exceptions raised synchronously by the node become failures, so callers
-    have one error path.
+    have one error path.  ``help`` is answered here: the node is not asked.
     """
     argument = command.argument
+    if command.verb == HELP:
+        return succeed(HELP_TEXT)
     if command.verb in ("send", "download") and not argument:
         return fail(CommandError(f"{command.verb} needs a path; {USAGE}"))
     if command.verb == "send" and argument:
@@ -215,9 +220,11 @@ def _default_clock() -> IReactorTime:
 class StdinControl(LineReceiver):
     """Commands typed on a foreground node's terminal; one result line each.
 
-    Commands run concurrently (``status`` works during a download).  End of
-    input only stops reading: a node started with stdin from /dev/null keeps
-    running.  It is half-closeable so StandardIO keeps stdout open after EOF.
+    ``help`` is the exception: ``OK: commands, one a line:``, then the list
+    on the lines after it, indented.  Commands run concurrently (``status``
+    works during a download).  End of input only stops reading: a node
+    started with stdin from /dev/null keeps running.  It is half-closeable so
+    StandardIO keeps stdout open after EOF.
     """
 
     delimiter = b"\n"
@@ -240,6 +247,11 @@ class StdinControl(LineReceiver):
             command = parse_command(text)
         except CommandError as e:
             self._say(f"ERROR: {e}")
+            return
+        if command.verb == HELP:
+            # The list on its own lines (one result line would be unreadable), the first one marked as usual.
+            for i, help_line in enumerate(HELP_TEXT.splitlines()):
+                self._say(("OK: " if i == 0 else "") + help_line)
             return
         label = command.verb if command.argument is None else f"{command.verb} {os.path.basename(command.argument)}"
         throttle = Throttle(self._clock, STDIN_PROGRESS_INTERVAL)
