@@ -239,6 +239,7 @@ class Node(MultiService):
         stop_process: Callable[[], None] | None = None,
         run_blocking: Callable[..., Deferred[Any]] | None = None,
         writer: Callable[[PartFile, Callable[[StorageError], None]], PieceWriter] | None = None,
+        log_file: bool = True,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -266,7 +267,10 @@ class Node(MultiService):
         self.heartbeat: HeartbeatService | None = None
         #: The control endpoint's service, set by tap.py.
         self.control: Any = None
-        LogFileService(Path(settings.logs_dir) / f"node_{node_id}.log").setServiceParent(self)
+        if log_file:  # else twistd's own log is logs/node_<id>.log already (see tap.py)
+            LogFileService(
+                log_path(settings, node_id), settings.LOG_LEVEL, settings.LOG_MAX_BYTES, settings.LOG_BACKUPS,
+            ).setServiceParent(self)
         self.udp = UDPService(reactor, self.protocol, interface, port, settings.AVAILABLE_PORTS_RANGE, settings.BUFFER_SIZE)
         self.udp.setServiceParent(self)
 
@@ -663,6 +667,10 @@ class Node(MultiService):
             # A moment's grace so the answer to this command reaches its sender.
             self.reactor.callLater(0.2, self.stop_process)
         return succeed(None)
+
+
+def log_path(settings: Config, node_id: int) -> Path:
+    return Path(settings.logs_dir) / f"node_{node_id}.log"
 
 
 def stdin_is_usable() -> bool:

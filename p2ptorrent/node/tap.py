@@ -17,7 +17,8 @@ from p2ptorrent.node.control import (
     clear_stale_socket,
     default_control_endpoint,
 )
-from p2ptorrent.node.service import Node, stdin_is_usable
+from p2ptorrent.logfile import take_over_twistd_log
+from p2ptorrent.node.service import Node, log_path, stdin_is_usable
 from p2ptorrent.options import SettingsOptions
 from p2ptorrent.startup import StartupError, check_free, fail_to_start, twistd_defaults
 
@@ -59,8 +60,14 @@ class Options(SettingsOptions):
             self["control"] = check_control_endpoint(self["control"], bool(self["settings"].CONTROL_ALLOW_REMOTE))
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-        folder = self["settings"].node_dir(self["id"])
+        settings = self["settings"]
+        folder = settings.node_dir(self["id"])
         twistd_defaults(self, folder / PID_FILE)
+        # Under twistd, its own log becomes logs/node_<id>.log: each line written once.
+        self["log_taken_over"] = take_over_twistd_log(
+            getattr(self, "parent", None), log_path(settings, self["id"]),
+            settings.LOG_LEVEL, settings.LOG_MAX_BYTES, settings.LOG_BACKUPS,
+        )
         if getattr(self, "parent", None) is not None:
             # Before twistd looks at pid files: our refusal names the folder and its owner.
             try:
@@ -95,6 +102,7 @@ def _build(config: Any, reactor: Any) -> Node:
         port=config["port"],
         advertise_port=config["advertise-port"],
         stop_process=reactor.stop,
+        log_file=not config.get("log_taken_over"),
     )
     control = ControlService(reactor, config["control"], ControlFactory(node, allow_remote=bool(config["settings"].CONTROL_ALLOW_REMOTE)))
     control.setServiceParent(node)

@@ -23,7 +23,7 @@ from twisted.web.server import Site
 
 from twisted.internet.error import CannotListenError
 
-from p2ptorrent.logfile import LogFileService
+from p2ptorrent.logfile import LogFileService, take_over_twistd_log
 from p2ptorrent.startup import FolderLock, StartupError, check_free, fail_to_start, twistd_defaults, usable_folder
 from p2ptorrent.options import SettingsOptions
 from p2ptorrent.tracker.state import SwarmState
@@ -58,8 +58,14 @@ class Options(SettingsOptions):
     def postOptions(self) -> None:
         super().postOptions()
         self["endpoint"] = self._endpoint()
-        folder = Path(self["settings"].tracker_db_dir)
+        settings = self["settings"]
+        folder = Path(settings.tracker_db_dir)
         twistd_defaults(self, folder / PID_FILE)
+        # Under twistd, its own log becomes logs/tracker.log: each line written once.
+        self["log_taken_over"] = take_over_twistd_log(
+            getattr(self, "parent", None), Path(settings.logs_dir) / "tracker.log",
+            settings.LOG_LEVEL, settings.LOG_MAX_BYTES, settings.LOG_BACKUPS,
+        )
         if getattr(self, "parent", None) is not None:
             # Before twistd looks at pid files: our refusal names the folder and its owner.
             try:
@@ -218,9 +224,12 @@ def _build(config: Options | dict[str, Any], reactor: Any) -> TrackerService:
     tracker = TrackerHTTP(state, store, reactor, settings)
 
     top = TrackerService(tracker, Path(settings.tracker_db_dir), Path(settings.logs_dir))
-    logfile = LogFileService(Path(settings.logs_dir) / "tracker.log")
-    logfile.setName("log")
-    logfile.setServiceParent(top)
+    if not config.get("log_taken_over"):  # else twistd's own log is logs/tracker.log already
+        logfile = LogFileService(
+            Path(settings.logs_dir) / "tracker.log", settings.LOG_LEVEL, settings.LOG_MAX_BYTES, settings.LOG_BACKUPS,
+        )
+        logfile.setName("log")
+        logfile.setServiceParent(top)
 
     site = TrackerSite(tracker.resource(), settings.TRACKER_MAX_BODY, reactor=reactor)
     server = TrackerServerService(tracker, serverFromString(reactor, config["endpoint"]), site)
