@@ -406,8 +406,18 @@ class ProgressBar:
         self._description = description
         self._enabled = enabled
         self._bar: Any = None
+        self._note: str | None = None
 
     def update(self, progress: dict[str, Any]) -> None:
+        note = progress.get("note")
+        if isinstance(note, str) and note != self._note:
+            # What the node is waiting for, said once, also when no bar is drawn.
+            self._note = note
+            line = f"{self._description}: {note}"
+            if self._bar is not None and not self._bar.disable:
+                self._bar.write(line, file=self._file)
+            else:
+                print(line, file=self._file, flush=True)
         done = progress.get("done")
         total = progress.get("total")
         if not isinstance(done, int) or isinstance(done, bool):

@@ -75,7 +75,10 @@ def test_every_owner_gone_fails_cleanly(tmp_path: Path) -> None:
     assert "gone" in str(result.value)
     assert swarm.clock.seconds() - started < 60
     assert not (swarm.folder / "file.bin").exists()
-    assert not list((swarm.folder / ".incomplete").iterdir())
+    # The verified pieces stay for a later resume, and the message says so and names each owner's fate.
+    assert f"{dl.done_bytes} of {4 * MIB} bytes verified are kept; run download again to resume" in str(result.value)
+    assert "node 1 (" in str(result.value) and "node 2 (" in str(result.value)
+    assert {".have", ".part"} <= {p.suffix for p in (swarm.folder / ".incomplete").iterdir()}
     assert not swarm.clock.getDelayedCalls()
 
 

@@ -190,7 +190,7 @@ def test_seed_and_download_across_namespaces(tmp_path: Path, net: Network, daemo
     said = ok(1, "send", str(source))
     assert "announced to the tracker" in said, said
     said = ok(2, "download", str(nodes_dir / "1" / "across.bin.torrent"))
-    assert "downloaded across.bin" in said and "SHA-256 verified" in said, said
+    assert "downloaded across.bin" in said and "the whole file (SHA-256) verified" in said, said
     assert sha256(nodes_dir / "2" / "across.bin") == hashlib.sha256(data).hexdigest()
 
     node2_log = (logs / "node_2.log").read_text()

@@ -72,7 +72,7 @@ def test_commands_on_stdin(tmp_path: Path) -> None:
         leecher.stdin.write(f"torrent -setMode download {torrent}\n".encode())
         leecher.stdin.flush()
         line = _read_until(leecher, b"OK: downloaded typed.bin", out2)
-        assert "SHA-256 verified" in line
+        assert "and the whole file (SHA-256) verified" in line
         got = (tmp_path / "nf" / "2" / "typed.bin").read_bytes()
         assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
 

@@ -257,7 +257,9 @@ class StdinControl(LineReceiver):
         throttle = Throttle(self._clock, STDIN_PROGRESS_INTERVAL)
 
         def progress(p: dict[str, Any]) -> None:
-            if throttle.ready():
+            if isinstance(p.get("note"), str):
+                self._say(f"{label}: {p['note']}")
+            elif throttle.ready():
                 self._say(f"{label}: {format_progress(p)}")
 
         d = dispatch(self._commands, command, progress)
@@ -385,7 +387,8 @@ class ControlProtocol(LineReceiver):
         self._finish({"ok": False, "error": f"request line too long (over {self.MAX_LENGTH} bytes)"})
 
     def _progress(self, progress: dict[str, Any]) -> None:
-        if self._finished or not self._throttle.ready():
+        # A note (what the node waits for) is rare and must not be lost to the throttle.
+        if self._finished or ("note" not in progress and not self._throttle.ready()):
             return
         try:
             self._send({"progress": progress})

@@ -161,6 +161,8 @@ class Download:
         #: second, not once a piece, so logging stays off the hot path.
         self._pieces_log: dict[int, list[int]] = {}
         self._pieces_logged_at = 0.0
+        #: What became of each owner we gave up on, by address: the failure message names them.
+        self.outcomes: dict[Any, str] = {}
         self.asked_tracker = 0
         self.asking = False
         self.result: Deferred[DownloadResult] = Deferred()
@@ -170,6 +172,8 @@ class Download:
         self._wall_started = 0.0
         self._last_progress = -1.0
         self._finished = False
+        #: Ended by stop() (the node is stopping), not by a failure.
+        self._stopped = False
         #: Every piece verified; the writer is finishing the file.
         self._finishing = False
 
@@ -203,7 +207,8 @@ class Download:
     def stop(self, reason: str) -> None:
         """End it early (the node is stopping): keep the verified pieces for a later resume."""
         if not self._finishing:  # else the file is being renamed: let that end
-            self._fail(reason, keep_part=True)
+            self._stopped = True
+            self._fail(reason)
 
     def on_message(self, msg: wire.Block | wire.Error | wire.Have, addr: Any) -> None:
         if self._finished or self._finishing:
@@ -266,7 +271,7 @@ class Download:
             if self.asked_tracker == 1:
                 self._fail(f"no node is sharing {self.name}: the tracker knows no live owner")
             else:
-                self._fail(f"every owner of {self.name} is gone ({len(self.tried)} tried); {self._progress_text()}")
+                self._fail(self._gone_text())
             return
         self._recruit()
 
@@ -329,9 +334,11 @@ class Download:
                 return
             if resp.status not in (wire.OK, wire.PARTIAL):
                 self.log.info("{name}: node {node} at {addr} does not have it", name=self.name, node=node_id, addr=addr)
+                self.outcomes[addr] = f"node {node_id} ({_where(addr)}) does not have it"
                 self._replace()
             elif resp.length != self.meta.length or resp.piece_length != self.meta.piece_length:
                 self.log.warn("{name}: node {node} describes a different file; ignoring it", name=self.name, node=node_id)
+                self.outcomes[addr] = f"node {node_id} ({_where(addr)}) describes a different file"
                 self._replace()
             elif rejoin:
                 self.transfer.set_cookie(addr, resp.cookie)
@@ -365,6 +372,7 @@ class Download:
             self.greeting.discard(addr)
             self.lagging.discard(addr)
             self.log.warn("{name}: node {node} at {addr} is unreachable: {why}", name=self.name, node=node_id, addr=addr, why=f.getErrorMessage())
+            self.outcomes[addr] = f"node {node_id} ({_where(addr)}) did not answer ({INFO_TRIES} tries)"
             if rejoin:
                 self._drop(addr, "stopped answering")
             self._replace()
@@ -382,7 +390,7 @@ class Download:
             if self.asked_tracker < 2:
                 self._ask_tracker()
             else:
-                self._fail(f"every owner of {self.name} is gone ({len(self.tried)} tried); {self._progress_text()}")
+                self._fail(self._gone_text())
 
     def _drop(self, addr: Any, reason: str) -> None:
         self._share_ended(addr, self.transfer.remove_peer(addr), reason)
@@ -393,6 +401,7 @@ class Download:
         if peer is not None:
             self._dropped_bytes += peer.bytes
         self.log.warn("{name}: dropped node {node} at {addr}: {reason}", name=self.name, node=node, addr=addr, reason=reason)
+        self.outcomes[addr] = f"node {node} ({_where(addr)}) {reason}"
         if share is not None:
             self.ended.append(share)
             share.errback(PeerLost(self._report(addr, peer, f"dropped: {reason}")))
@@ -651,14 +660,17 @@ class Download:
         elapsed = max(1e-9, self.wallclock() - self._wall_started)
         self.progress({"done": done, "total": self.meta.length, "rate": done / elapsed, "peers": len(self.transfer.peers)})
 
-    def _progress_text(self) -> str:
-        return f"{self.done_bytes} of {self.meta.length} bytes verified"
+    def _gone_text(self) -> str:
+        """Every owner failed us: say how, each in a few words."""
+        causes = "; ".join(self.outcomes.values()) or f"{len(self.tried)} tried"
+        return f"every owner of {self.name} is gone: {causes}"
 
     def _ids(self, addrs: Any) -> list[int]:
         return sorted(self.transfer.peers[a].node_id if a in self.transfer.peers else -1 for a in addrs)
 
     # ---- ending
-    def _fail(self, reason: str, keep_part: bool = False) -> None:
+    def _fail(self, reason: str) -> None:
+        """End unfinished.  Verified pieces always stay in .incomplete/: `download` again resumes from them."""
         if self._finished:
             return
         self._log_pieces()
@@ -666,17 +678,21 @@ class Download:
         self._stop_loop()
         if self.writer is not None:
             self.writer.close()  # before the part file is closed under it
-        if keep_part:
-            self.part.close()
+        if self.done_bytes or self._stopped:
+            self.part.close()  # a stopped node resumes it when it starts again
         else:
-            self.part.discard()
+            self.part.discard()  # nothing verified: nothing worth keeping, nothing to resume
         for addr, share in list(self.shares.items()):
             share.errback(PeerLost(self._report(addr, self.transfer.peers.get(addr), "download failed")))
             self.ended.append(share)
         self.shares.clear()
         for d in self.ended:
             d.addErrback(lambda _: None)
-        self.log.error("{name}: download failed: {reason}", name=self.name, reason=reason)
+        reason = f"{reason}; {kept_text(self.done_bytes, self.meta.length)}"
+        if self._stopped:
+            self.log.info("{name}: download stopped: {reason}", name=self.name, reason=reason)
+        else:
+            self.log.error("{name}: download failed: {reason}", name=self.name, reason=reason)
         self.result.errback(DownloadError(reason))
 
     def _stop_loop(self) -> None:
@@ -686,6 +702,19 @@ class Download:
     def _loop_died(self, f: Failure) -> None:
         self.log.failure("download timer failed", f)
         self._fail(f"internal error: {f.getErrorMessage()}")
+
+
+def kept_text(done: int, total: int) -> str:
+    if done <= 0:
+        return f"no piece was verified yet (0 of {total} bytes)"
+    return f"{done} of {total} bytes verified are kept; run download again to resume"
+
+
+def _where(addr: Any) -> str:
+    try:
+        return f"{addr[0]}:{addr[1]}"
+    except (TypeError, IndexError):
+        return str(addr)
 
 
 def _ranges(pieces: list[int]) -> str:

@@ -43,11 +43,13 @@ from p2ptorrent.logfile import LogFileService
 from p2ptorrent.startup import FolderLock, StartupError, usable_folder
 from p2ptorrent.metainfo import Metainfo, MetainfoError, make_torrent, read_torrent, read_torrent_file, target_path
 from p2ptorrent.node.control import INodeCommands
-from p2ptorrent.node.download import Download, DownloadError, DownloadResult
+from p2ptorrent.node.download import Download, DownloadError, DownloadResult, kept_text
 from p2ptorrent.node.protocol import NodeProtocol
 from p2ptorrent.node.serving import Seeder
 from p2ptorrent.node.storage import INCOMPLETE, Interrupted, PartFile, StorageError, file_matches, unfinished
-from p2ptorrent.node.tracker_client import HeartbeatService, TrackerClient
+from p2ptorrent.node.outbox import OUTBOX_FILE, Outbox
+from p2ptorrent.node.tracker_client import HeartbeatService, TrackerClient, TrackerRefused
+from p2ptorrent.atomicfile import atomic_write
 from p2ptorrent.node.choker import Choker
 from p2ptorrent.node.writer import PieceWriter, ThreadedWriter
 
@@ -215,6 +217,11 @@ class _Job:
     listeners: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
     waiters: list[Deferred[str]] = field(default_factory=list)
 
+    def note(self, text: str) -> None:
+        """What the download waits for: its state, and said to everyone following it (and to who joins later)."""
+        self.state = text
+        self.progress({"note": text})
+
     def progress(self, report: dict[str, Any]) -> None:
         for listener in list(self.listeners):
             try:
@@ -264,6 +271,9 @@ class Node(MultiService):
         self._stopping = False
         self.torrents: dict[bytes, str] = {}
         self.client: RememberingClient | None = None
+        #: OWN and UPDATE the tracker has not acknowledged yet (see outbox.py); made as the node starts.
+        self.outbox: Outbox | None = None
+        self._flushing = False
         self.heartbeat: HeartbeatService | None = None
         #: The control endpoint's service, set by tap.py.
         self.control: Any = None
@@ -298,11 +308,14 @@ class Node(MultiService):
             self.http, self.settings.tracker_url, self.reactor, self.settings, self.node_id, port,
             token_file=self.folder / TOKEN_FILE,
         )
+        self.outbox = Outbox(self.folder / OUTBOX_FILE)
         self._load_seeding()
         self.run_blocking(unfinished, self.folder).addCallbacks(
             self._resume_unfinished, lambda f: self.log.failure("cannot look for unfinished downloads", f),
         )
-        self.heartbeat = HeartbeatService(self.client, self.settings.NODE_TIME_INTERVAL, self.reactor, self._announce_all)
+        self.heartbeat = HeartbeatService(
+            self.client, self.settings.NODE_TIME_INTERVAL, self.reactor, self._announce_all, on_contact=self._on_contact,
+        )
         self.heartbeat.setServiceParent(self)
         self.log.info(
             "node {node} started: folder {folder}, UDP port {port}, tracker {tracker}",
@@ -347,14 +360,92 @@ class Node(MultiService):
         for dl in list(self.downloads.values()):
             dl.announce_again()  # the pieces of what we are still downloading
 
-    def _own(self, meta: Metainfo) -> Deferred[Any]:
-        assert self.client is not None
+    def _own(self, meta: Metainfo) -> Deferred[bool]:
+        """OWN a complete file; fires True once the tracker acknowledged it, False if it is left pending.
+
+        It goes into the outbox first and leaves it only when acknowledged, so
+        a tracker that is down hears of it at the next heartbeat that gets
+        through, even after a restart of this node.  Never fails.
+        """
+        assert self.client is not None and self.outbox is not None
+        outbox = self.outbox
+        outbox.add_own(meta.info_hash_hex, meta.name, meta.length)
         d = self.client.own(meta.info_hash_hex, meta.name, meta.length)
-        d.addCallbacks(
-            lambda _: self.log.info("OWN {name} ({hash}) announced", name=meta.name, hash=meta.info_hash_hex),
-            lambda f: self.log.warn("OWN {name} not announced: {why}", name=meta.name, why=f.getErrorMessage()),
-        )
-        return d
+
+        def done(_: object) -> bool:
+            outbox.own_done(meta.info_hash_hex)
+            self.log.info("OWN {name} ({hash}) announced", name=meta.name, hash=meta.info_hash_hex)
+            return True
+
+        def pending(f: Failure) -> bool:
+            self.log.warn("OWN {name} not announced yet ({why}); it will be when the tracker answers",
+                          name=meta.name, why=f.getErrorMessage())
+            return False
+
+        return d.addCallbacks(done, pending)
+
+    def _update(self, meta: Metainfo, uploaders: list[int]) -> Deferred[bool]:
+        """UPDATE the uploaders' credit for a finished download, through the outbox like OWN.  Never fails."""
+        assert self.client is not None and self.outbox is not None
+        outbox = self.outbox
+        outbox.add_update(meta.info_hash_hex, uploaders)
+        d = self.client.update(meta.info_hash_hex, uploaders)
+
+        def done(credited: list[int]) -> bool:
+            outbox.update_done(meta.info_hash_hex)
+            self.log.info("UPDATE credited nodes {nodes} for {name}", nodes=credited, name=meta.name)
+            return True
+
+        def pending(f: Failure) -> bool:
+            if f.check(TrackerRefused):  # a credit the tracker will never take (an owner left): drop it
+                outbox.update_done(meta.info_hash_hex)
+                self.log.warn("UPDATE for {name} refused: {why}", name=meta.name, why=f.getErrorMessage())
+                return True
+            self.log.warn("UPDATE for {name} not sent yet ({why}); it will be when the tracker answers",
+                          name=meta.name, why=f.getErrorMessage())
+            return False
+
+        return d.addCallbacks(done, pending)
+
+    def _on_contact(self) -> None:
+        """A heartbeat got through: send what the tracker missed while it was away, and our progress."""
+        for dl in list(self.downloads.values()):
+            dl.announce_again()
+        if self._flushing or self.outbox is None or not len(self.outbox) or self.client is None:
+            return
+        ensureDeferred(self._flush()).addErrback(lambda f: self.log.failure("sending what the tracker missed", f))
+
+    async def _flush(self) -> None:
+        assert self.outbox is not None and self.client is not None
+        self._flushing = True
+        try:
+            self.log.info("telling the tracker what it missed: {owns} OWN, {updates} UPDATE",
+                          owns=len(self.outbox.owns), updates=len(self.outbox.updates))
+            for own in list(self.outbox.owns.values()):
+                shared = self.seeder.files.get(bytes.fromhex(own.info_hash_hex))
+                if shared is None or not shared.complete:
+                    self.outbox.forget(own.info_hash_hex)  # no longer shared: nothing to announce
+                    continue
+                if not await self._own(shared.meta):
+                    return  # the tracker is away again: the next heartbeat retries
+            for update in list(self.outbox.updates.values()):
+                shared = self.seeder.files.get(bytes.fromhex(update.info_hash_hex))
+                meta = shared.meta if shared is not None else None
+                if meta is None:
+                    self.outbox.update_done(update.info_hash_hex)
+                    continue
+                if not await self._update(meta, list(update.uploaders)):
+                    return
+        finally:
+            self._flushing = False
+
+    def _tracker_problem(self) -> str:
+        problem = self.heartbeat.problem if self.heartbeat is not None else None
+        return problem or "no answer yet"
+
+    def _not_announced(self) -> str:
+        return (f"not announced yet: the tracker at {self.settings.tracker_url} did not answer;"
+                " it will be announced when it answers")
 
     def _share(self, meta: Metainfo, path: Path, torrent: str) -> None:
         if self._unfinished_area(path):
@@ -403,22 +494,15 @@ class Node(MultiService):
         path = self._resolve(path_text)
         if self._unfinished_area(path):
             raise CommandFailed(f"refusing to share {path}: it is an unfinished download, in {self.folder / INCOMPLETE}")
-        torrent = Path(str(path) + ".torrent")
+        # Always into the node's folder, whatever folder the file is in: one place to find torrents.
+        torrent = self.folder / (path.name + ".torrent")
         try:
             meta, data = await self.run_blocking(make_torrent, path, self.settings.tracker_url, self.settings.PIECE_LENGTH)
-            tmp = torrent.with_name(torrent.name + ".tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, torrent)
+            atomic_write(torrent, data, fsync=False)
         except (OSError, MetainfoError) as e:
             raise CommandFailed(f"cannot share {path}: {getattr(e, 'strerror', None) or e}") from None
         self._share(meta, path, str(torrent))
-        announced = "announced to the tracker"
-        try:
-            await self._own(meta)
-            if not self.client or not self.client.token:
-                announced = "not yet announced (the tracker will hear of it at the next heartbeat)"
-        except Exception:
-            announced = "not yet announced (the tracker will hear of it at the next heartbeat)"
+        announced = "announced to the tracker" if await self._own(meta) else self._not_announced()
         return (
             f"seeding {meta.name} ({meta.length} bytes, {meta.num_pieces} pieces, info hash {meta.info_hash_hex}),"
             f" torrent written to {torrent}; {announced}"
@@ -450,9 +534,13 @@ class Node(MultiService):
         where = str(Path(torrent_path).resolve())
         job = self.jobs.get(meta.info_hash)
         if job is None:
+            seeding = self._seeding(meta)
+            if seeding is not None:
+                return await self._already_seeding(meta, seeding)
             if await self.run_blocking(file_matches, final, meta):
                 self._share(meta, final, where)
-                return f"{meta.name} is already complete in {self.folder} (verified); nothing to download"
+                told = "announced to the tracker" if await self._own(meta) else self._not_announced()
+                return f"already complete: {final} is {meta.name}, verified; seeding it, {told}"
             job = self.jobs.get(meta.info_hash)  # one may have started while we looked
         if job is None:
             job = self._start_job(meta, torrent, where)
@@ -460,10 +548,31 @@ class Node(MultiService):
             job.torrent_path = where  # a resumed download: share it with the torrent named here
         return await self._join(job, progress)
 
+    def _seeding(self, meta: Metainfo) -> Path | None:
+        """Where we seed this very file (same info hash) complete, if we do and it is still there."""
+        shared = self.seeder.files.get(meta.info_hash)
+        if shared is None or not shared.complete:
+            return None
+        try:
+            if shared.path.stat().st_size == meta.length:
+                return shared.path
+        except OSError:
+            pass
+        self.log.warn("{name}: {path} is gone or changed; no longer seeding it", name=meta.name, path=str(shared.path))
+        self.seeder.remove(meta.info_hash)
+        self._save_seeding()
+        return None
+
+    async def _already_seeding(self, meta: Metainfo, path: Path) -> str:
+        told = "announced to the tracker" if await self._own(meta) else self._not_announced()
+        return f"already complete: seeding {meta.name} ({path}), {told}"
+
     async def _join(self, job: _Job, progress: Callable[[dict[str, Any]], None]) -> str:
         done: Deferred[str] = Deferred()
         job.waiters.append(done)
         job.listeners.append(progress)
+        if job.state.startswith("waiting"):
+            progress({"note": job.state})  # joining a download that waits: say why at once
         try:
             return await done
         finally:
@@ -517,17 +626,20 @@ class Node(MultiService):
             self.log.info("{name} was already complete in {folder}; sharing it", name=meta.name, folder=str(self.folder))
             await self._own(meta)  # logs, never fails
             return f"{meta.name} is already complete in {self.folder} (verified); nothing to download"
-        if meta.info_hash in self.seeder.files:
-            self.seeder.remove(meta.info_hash)
+        seeding = self._seeding(meta)
+        if seeding is not None:
+            # Left in .incomplete/ by a download that finished as the node died: the file is here, complete.
+            job.part.discard()
+            return await self._already_seeding(meta, seeding)
         try:
             # Re-verifying what an earlier run recorded reads it all back: not on the reactor.
             resumed = await self.run_blocking(job.part.prepare)
         except Interrupted:
             raise CommandFailed("the node is stopping") from None
         except StorageError as e:
-            job.part.discard()  # keeps verified pieces when the disk is full
+            job.part.close()  # the verified pieces stay, for the next try
             self.log.error("{name}: download failed: {reason}", name=meta.name, reason=str(e))
-            raise CommandFailed(str(e)) from None
+            raise CommandFailed(f"{e}; {kept_text(job.part.resumed.bytes, meta.length)}") from None
         if resumed.found:
             rejected = f" ({resumed.rejected} recorded pieces failed their check and will be fetched again)" if resumed.rejected else ""
             self.log.info(
@@ -546,7 +658,8 @@ class Node(MultiService):
         if not client.registered_once and (job.auto or resumed.pieces) and resumed.pieces < meta.num_pieces:
             # The first heartbeat is not through yet (the node just started, or the tracker is
             # down): asking for owners now would fail the download and lose what is on disk.
-            job.state = "waiting for the tracker"
+            job.note(f"waiting for the tracker at {self.settings.tracker_url}: retrying every"
+                     f" {self.settings.NODE_TIME_INTERVAL:g} s ({self._tracker_problem()})")
             try:
                 await client.when_registered()
             except CommandFailed:
@@ -579,13 +692,9 @@ class Node(MultiService):
             self.protocol.downloads.pop(meta.info_hash, None)
         torrent_path = job.torrent_path or self._keep_torrent(meta, job.torrent, result.path)
         self._share(meta, result.path, torrent_path)
-        try:
-            await self._own(meta)
-            if result.credited:
-                credited = await client.update(meta.info_hash_hex, result.credited)
-                self.log.info("UPDATE credited nodes {nodes} for {name}", nodes=credited, name=meta.name)
-        except Exception as e:
-            self.log.warn("tracker not told of the finished download: {why}", why=e)
+        owned = await self._own(meta)
+        credited = await self._update(meta, result.credited) if result.credited else True
+        told = "announced to the tracker" if owned and credited else self._not_announced()
         from_nodes = ", ".join(f"node {s.node_id}: {s.bytes} bytes" for s in result.shares)
         fetched = sum(s.bytes for s in result.shares)
         resumed_text = (
@@ -593,10 +702,14 @@ class Node(MultiService):
             f" on disk, {fetched} bytes fetched now"
             if resumed.found else ""
         )
+        renamed = (
+            f" (not {result.path.with_name(meta.name)}: that name holds another file)"
+            if result.path.name != meta.name else ""
+        )
         return (
             f"downloaded {meta.name} ({meta.length} bytes) in {result.seconds:.2f} s"
-            f" ({result.rate / 1e6:.1f} MB/s) to {result.path}; SHA-256 verified;"
-            f" from {from_nodes or 'nobody (empty file or all on disk)'}{resumed_text}"
+            f" ({result.rate / 1e6:.1f} MB/s) to {result.path}{renamed}; {verified_text(meta)};"
+            f" from {from_nodes or 'nobody (empty file or all on disk)'}{resumed_text}; {told}"
         )
 
     def _stop_serving_partial(self, meta: Metainfo) -> None:
@@ -667,6 +780,13 @@ class Node(MultiService):
             # A moment's grace so the answer to this command reaches its sender.
             self.reactor.callLater(0.2, self.stop_process)
         return succeed(None)
+
+
+def verified_text(meta: Metainfo) -> str:
+    """What a finished download checked, said truthfully: a foreign torrent may carry no whole-file hash."""
+    if meta.sha256 is not None:
+        return f"all {meta.num_pieces} pieces (SHA-1) and the whole file (SHA-256) verified"
+    return f"all {meta.num_pieces} pieces verified (SHA-1; the torrent has no whole-file SHA-256)"
 
 
 def log_path(settings: Config, node_id: int) -> Path:

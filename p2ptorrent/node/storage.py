@@ -32,10 +32,14 @@ verified prefix: about 2 s per GB, measured), so :meth:`PartFile.prepare` is
 blocking and the node runs it in a thread before the download starts;
 :meth:`PartFile.open` calls it in place if nobody did (tests, small files).
 
-Disk full.  A write refused for lack of space (ENOSPC, EDQUOT) raises a
-:class:`StorageError` saying so, and then :meth:`PartFile.discard` keeps the
-verified pieces and their record instead of deleting them, so a retry once
-space is back resumes where it stopped; the file never gets its real name.
+Failures.  A download that fails for any reason (owners gone, a refusal, a
+full disk: ENOSPC and EDQUOT say so) only closes its part file: the verified
+pieces and their record stay, and the next ``download`` of the same torrent
+resumes from them.  Only :meth:`PartFile.discard` deletes them.
+
+Names.  A finished file takes the torrent's name in the node folder, or the
+first free ``name (N).ext`` if that name holds another file: a download never
+replaces a file it did not write.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from p2ptorrent.metainfo import MAX_TORRENT_SIZE, Metainfo, MetainfoError, parse, target_path
 
@@ -340,7 +345,7 @@ class PartFile:
             os.fsync(self._fd)
             self.sync_seconds = time.monotonic() - started
             self._close_fds()
-            os.replace(self.path, self.final)
+            self.final = _move_to_free_name(self.path, self.final)
         except OSError as e:
             raise self._error(e, f"cannot move {self.path} to {self.final}") from None
         # After the rename: a crash in between leaves a record without a part, which starts afresh.
@@ -353,11 +358,10 @@ class PartFile:
         self._close_fds()
 
     def discard(self) -> None:
-        """Close and remove the part file (a failed download leaves nothing that looks complete).
+        """Close and remove the part file, its record and its torrent copy (nothing worth keeping is left).
 
-        After a full disk the verified pieces are kept instead, for a retry:
-        they sit in ``.incomplete/`` under the info hash, never under the
-        file's real name, and are re-verified before anything trusts them.
+        A full disk (see :meth:`write_piece`) sets the part file to be kept
+        anyway, for a retry once there is space.
         """
         self._close_fds()
         if self._keep:
@@ -404,6 +408,44 @@ class _Flusher:
                 os.fdatasync(self._fd)
             except OSError:
                 pass  # the fsync before the rename meets the same error and reports it
+
+
+#: How many "name (N).ext" a finished download tries before it gives up.
+MAX_NAME_TRIES = 1000
+
+
+def free_names(wanted: Path) -> Iterator[Path]:
+    """*wanted*, then ``stem (2).suffix``, ``stem (3).suffix``, ...: where a finished file may go."""
+    yield wanted
+    for n in range(2, MAX_NAME_TRIES + 1):
+        yield wanted.with_name(f"{wanted.stem} ({n}){wanted.suffix}")
+
+
+def _move_to_free_name(src: Path, wanted: Path) -> Path:
+    """Rename *src* to *wanted*, or to the first free ``name (N).ext`` beside it; never over an existing file.
+
+    Another file with the same name (a different torrent, or the user's own)
+    is never replaced.  A hard link claims the name atomically (it fails if
+    the name exists); where the file system has no hard links, an exclusive
+    create reserves the name instead.
+    """
+    for candidate in free_names(wanted):
+        try:
+            os.link(src, candidate, follow_symlinks=False)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            try:
+                os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+            except FileExistsError:
+                continue
+            os.replace(src, candidate)
+            return candidate
+        os.unlink(src)
+        return candidate
+    raise OSError(errno.EEXIST, f"no free name like {wanted.name} left", str(wanted))
 
 
 def _write_all(path: Path, data: bytes) -> None:

@@ -382,11 +382,18 @@ class HeartbeatService(Service):
         interval: float,
         clock: IReactorTime,
         on_new: Callable[[], Any],
+        on_contact: Callable[[], Any] | None = None,
     ) -> None:
         self.client = client
         self.interval = interval
         self.clock = clock
         self.on_new = on_new
+        #: Called after every heartbeat that got through (the node sends what the tracker missed).
+        self.on_contact = on_contact
+        #: Why the last heartbeat failed (None: it got through): shown by `status`.
+        self.problem: str | None = None
+        #: The tracker refuses this node (4xx): it is not registered, and says so loudly.
+        self.refused = False
         self._loop: LoopingCall | None = None
         self._stopped: Deferred[None] = succeed(None)
         self._inflight: Deferred[bool] | None = None
@@ -431,11 +438,20 @@ class HeartbeatService(Service):
         return result
 
     def _registered(self, new: bool) -> None:
+        if self.problem is not None:
+            self.log.info("the tracker at {url} answers again", url=self.client.base_url)
+        self.problem = None
+        self.refused = False
         if new:
             self.log.info("the tracker holds none of our files: announcing what we share")
             self._announce_due = True
         if self._announce_due and not self._announcing:
             self._announce()
+        if self.on_contact is not None:
+            try:
+                self.on_contact()
+            except Exception:
+                self.log.failure("sending what the tracker missed failed")
 
     def _announce(self) -> None:
         self._announcing = True
@@ -455,7 +471,22 @@ class HeartbeatService(Service):
     def _failed(self, failure: Failure) -> None:
         if not self.running:
             self.log.debug("heartbeat cancelled: the node is stopping")
+            return
+        why = failure.getErrorMessage()
+        again = why == self.problem
+        self.problem = why
+        if failure.check(TrackerRefused):
+            # Not a passing outage: this node runs unregistered until the cause is fixed.
+            self.refused = True
+            if not again:
+                self.log.error(
+                    "heartbeat failed, NOT REGISTERED: {why}; no other node learns of our files until this is fixed"
+                    " (another node with id {node} from another host? a stale token?); trying again every {interval} s",
+                    why=why, node=self.client.node_id, interval=self.interval,
+                )
         elif failure.check(TrackerClientError):
-            self.log.warn("heartbeat failed: {error}", error=failure.getErrorMessage())
+            self.refused = False
+            # Once per outage at warn; every further miss at debug.
+            (self.log.debug if again else self.log.warn)("heartbeat failed: {error}", error=why)
         else:
             self.log.failure("heartbeat failed", failure)
