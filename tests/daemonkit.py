@@ -15,11 +15,11 @@ import pytest
 from p2ptorrent.procs import Daemons, connects, wait_for
 
 
-def start_tracker(d: Daemons, port: int, timeout: float) -> None:
+def start_tracker(d: Daemons, port: int, timeout: float, *extra: str) -> None:
     """`twistd -n p2ptracker` on 127.0.0.1:*port* (database and logs under *d*'s root); returns once it listens."""
     d.start("tracker", [
         "p2ptracker", "--host", "127.0.0.1", "--port", str(port),
-        "--tracker-db-dir", str(d.root / "tracker_db"), "--logs-dir", str(d.root / "logs"),
+        "--tracker-db-dir", str(d.root / "tracker_db"), "--logs-dir", str(d.root / "logs"), *extra,
     ])
     wait_for(lambda: connects(port), "the tracker to listen", timeout=timeout,
              alive=lambda: d.check_alive("tracker"), fail=pytest.fail)

@@ -117,10 +117,10 @@ class INodeCommands(Interface):
     def status() -> dict[str, Any]:
         """A JSON-able snapshot: node id, address, files seeded, downloads in progress."""
 
-    def exit() -> Deferred[None]:
-        """Tell the tracker we leave (EXIT), then stop the node.
+    def exit() -> Deferred[str]:
+        """Tell the tracker we leave (EXIT), then stop the node; fires with what the tracker said, for people.
 
-        Should fire once EXIT is sent and *before* the reactor stops (stop it
+        Should fire once EXIT is answered and *before* the reactor stops (stop it
         with ``callLater(0, ...)`` after firing), so the control reply that
         says "exiting" can still be flushed to the client.
         """
@@ -144,7 +144,7 @@ def dispatch(commands: INodeCommands, command: Command, progress: Progress) -> D
     if command.verb == "status":
         return maybeDeferred(commands.status)
     if command.verb == "exit":
-        return maybeDeferred(commands.exit).addCallback(lambda _: "EXIT sent to the tracker; the node is stopping")
+        return maybeDeferred(commands.exit).addCallback(lambda said: said if isinstance(said, str) else "the node is stopping")
     return fail(CommandError(f"unknown mode {command.verb!r}; {USAGE}"))
 
 

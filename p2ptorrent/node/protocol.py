@@ -43,6 +43,10 @@ class DownloadSink(Protocol):
 
 #: Rejections logged one by one; after that, one summary per interval (seconds).
 REJECTS_LOGGED = 10
+#: Seconds after a download ends during which blocks still arriving for it are late, not strangers'.
+LATE_GRACE = 30.0
+#: Ended downloads remembered for that at most (a bound on memory, whatever a peer sends).
+MAX_ENDED = 1024
 REJECT_LOG_INTERVAL = 60.0
 
 
@@ -68,6 +72,8 @@ class NodeProtocol(DatagramProtocol):
         self.received = 0  # plain ints: counted on the hot path
         self.sent = 0
         self._next_summary = 0.0
+        #: info hash -> until when blocks for that ended download count as late (see ended()).
+        self._ended: dict[bytes, float] = {}
 
     def startProtocol(self) -> None:
         if self.socket_buffer:
@@ -131,7 +137,7 @@ class NodeProtocol(DatagramProtocol):
         if head is not None:
             sink = self.downloads.get(head[0])
             if sink is None:
-                self._reject(addr, "unknown download")
+                self._unknown(head[0], addr)
                 return
             if addr not in self._partners.get(head[0], ()):
                 self._reject(addr, "stranger")
@@ -174,7 +180,7 @@ class NodeProtocol(DatagramProtocol):
         else:  # Block (when too short to peek), Error or Have: for one of our downloads
             sink = self.downloads.get(msg.info_hash)
             if sink is None:
-                self._reject(addr, "unknown download")
+                self._unknown(msg.info_hash, addr)
             elif addr not in self._partners.get(msg.info_hash, ()):
                 self._reject(addr, "stranger")
             else:
@@ -184,6 +190,20 @@ class NodeProtocol(DatagramProtocol):
             self._reject(addr, reason)
         for reply in replies:
             self.send(reply, addr)
+
+    def ended(self, info_hash: bytes) -> None:
+        """A download ended: forget it, and take what peers still had on the way as late, not hostile."""
+        self.downloads.pop(info_hash, None)
+        now = self.clock.seconds()
+        self._ended = {ih: t for ih, t in self._ended.items() if t > now}
+        if len(self._ended) < MAX_ENDED:
+            self._ended[info_hash] = now + LATE_GRACE
+
+    def _unknown(self, info_hash: bytes, addr: Any) -> None:
+        if self._ended.get(info_hash, 0.0) > self.clock.seconds():
+            self.counts["late"] += 1  # sent before the peer heard we stopped: not worth a warning
+            return
+        self._reject(addr, "unknown download")
 
     def _reject(self, addr: Any, reason: str, detail: str | None = None) -> None:
         counts = self.counts

@@ -274,6 +274,8 @@ class Node(MultiService):
         #: OWN and UPDATE the tracker has not acknowledged yet (see outbox.py); made as the node starts.
         self.outbox: Outbox | None = None
         self._flushing = False
+        #: Set once the node said goodbye to the tracker (or found it could not).
+        self._left: str | None = None
         self.heartbeat: HeartbeatService | None = None
         #: The control endpoint's service, set by tap.py.
         self.control: Any = None
@@ -333,16 +335,8 @@ class Node(MultiService):
             self.client.give_up_waiting(CommandFailed("the node is stopping"))
         for dl in list(self.downloads.values()):
             dl.stop("the node is stopping")
-        if self.heartbeat is not None and self.heartbeat.running:
-            await self.heartbeat.stopService()
-        if self.client is not None:
-            try:
-                d = self.client.exit()
-                d.addTimeout(EXIT_TIMEOUT, self.reactor)
-                await d
-                self.log.info("node {node} left the tracker (EXIT)", node=self.node_id)
-            except Exception as e:
-                self.log.warn("EXIT not acknowledged by the tracker: {why}", why=e)
+        if self._left is None:
+            await self._leave()
         self.seeder.close()
         pool = getattr(self.http, "pool", None)
         if pool is not None:
@@ -689,7 +683,7 @@ class Node(MultiService):
             raise CommandFailed(str(e)) from None
         finally:
             self.downloads.pop(meta.info_hash, None)
-            self.protocol.downloads.pop(meta.info_hash, None)
+            self.protocol.ended(meta.info_hash)
         torrent_path = job.torrent_path or self._keep_torrent(meta, job.torrent, result.path)
         self._share(meta, result.path, torrent_path)
         owned = await self._own(meta)
@@ -747,7 +741,11 @@ class Node(MultiService):
             "udp_port": self.udp.port,
             "folder": str(self.folder),
             "tracker": self.settings.tracker_url,
-            "registered": bool(self.client and self.client.token),
+            "registered": bool(self.client and self.client.token) and not (self.heartbeat and self.heartbeat.refused),
+            # Why the last heartbeat failed (null when the tracker answers).
+            "tracker_problem": self.heartbeat.problem if self.heartbeat is not None else None,
+            # OWN and UPDATE the tracker has not acknowledged yet: sent when it answers again.
+            "pending_announcements": len(self.outbox) if self.outbox is not None else 0,
             "seeding": [
                 {"name": f.meta.name, "info_hash": ih.hex(), "length": f.meta.length, "uploaded": f.uploaded}
                 for ih, f in self.seeder.files.items()
@@ -774,12 +772,38 @@ class Node(MultiService):
             "resumed_pieces": resumed.pieces,
         }
 
-    def exit(self) -> Deferred[None]:
+    def exit(self) -> Deferred[str]:
+        """Leave the tracker (EXIT), then stop; the answer says whether the tracker acknowledged it."""
         self.log.info("exit requested")
+        return ensureDeferred(self._exit())
+
+    async def _exit(self) -> str:
+        said = await self._leave()
         if self.stop_process is not None:
             # A moment's grace so the answer to this command reaches its sender.
             self.reactor.callLater(0.2, self.stop_process)
-        return succeed(None)
+        return f"{said}; the node is stopping"
+
+    async def _leave(self) -> str:
+        """No more heartbeats, then EXIT: what happened, for people (the tracker may be down)."""
+        self._left = "leaving"
+        if self.heartbeat is not None and self.heartbeat.running:
+            await self.heartbeat.stopService()
+        if self.client is None or self.client.token is None:
+            self._left = "not registered with the tracker: no EXIT to send"
+            return self._left
+        try:
+            d = self.client.exit()
+            d.addTimeout(EXIT_TIMEOUT, self.reactor)
+            await d
+        except Exception as e:
+            self.log.warn("EXIT not acknowledged by the tracker: {why}", why=e)
+            self._left = (f"the tracker did not acknowledge EXIT ({e}); it forgets this node once its"
+                          " heartbeats stop being seen")
+        else:
+            self.log.info("node {node} left the tracker (EXIT)", node=self.node_id)
+            self._left = "left the tracker (EXIT acknowledged)"
+        return self._left
 
 
 def verified_text(meta: Metainfo) -> str:

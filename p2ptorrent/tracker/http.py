@@ -217,7 +217,8 @@ class TrackerHTTP:
             return {}
         if isinstance(req, Need):
             result = state.need(req.node_id, req.token, req.info_hash)
-            self.log.info(
+            # Debug: downloading nodes ask every few seconds.
+            self.log.debug(
                 "node {node_id} needs {info_hash}: ranking {ranking}",
                 node_id=req.node_id, info_hash=req.info_hash, ranking=result.ranking,
             )
