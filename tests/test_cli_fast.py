@@ -439,3 +439,17 @@ def test_signal_in_a_subprocess(short_dir: Path, sig: signal.Signals) -> None:
                 proc.wait()
     assert proc.returncode == EXIT_INTERRUPTED
     assert (out, err) == (b"", b"\ninterrupted: the node keeps preparing the file\n")
+
+
+def test_the_progress_bar_says_each_note_once_even_without_a_bar() -> None:
+    import io
+
+    from p2ptorrent.cli import ProgressBar
+
+    out = io.StringIO()
+    bar = ProgressBar(out, "big.iso", enabled=False)
+    note = {"note": "waiting for the tracker at http://192.0.2.1:12345: retrying every 20 s (connection refused)"}
+    bar.update(note)
+    bar.update(note)
+    bar.update({"done": 5, "total": 10})
+    assert out.getvalue() == f"big.iso: {note['note']}\n"

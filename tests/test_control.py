@@ -629,3 +629,15 @@ def test_real_stdin_end_keeps_running(tmp_path: Path, stdin: bytes | None, expec
     assert len(out) == len(expected)
     for line, start in zip(out, expected, strict=True):
         assert line.startswith(start)
+
+
+def test_what_a_download_waits_for_is_said_at_once(node: RecordingNode) -> None:
+    """A note (e.g. waiting for the tracker) reaches the terminal even between two throttled progress lines."""
+    proto, transport, _ = stdin_control(node)
+    proto.dataReceived(b"torrent -setMode download /t/x.torrent\n")
+    node.progress({"done": 1, "total": 10})
+    node.progress({"note": "waiting for the tracker at http://192.0.2.1:12345: retrying every 20 s (refused)"})
+    assert lines(transport) == [
+        "download x.torrent: 1 B of 10 B (10%)",
+        "download x.torrent: waiting for the tracker at http://192.0.2.1:12345: retrying every 20 s (refused)",
+    ]
