@@ -286,3 +286,34 @@ def test_the_success_line_says_what_was_verified() -> None:
     Meta.sha256 = None
     assert "SHA-256" not in verified_text(Meta()).split(";")[0]  # type: ignore[arg-type]
     assert verified_text(Meta()) == "all 3 pieces verified (SHA-1; the torrent has no whole-file SHA-256)"  # type: ignore[arg-type]
+
+
+def test_blocks_arriving_just_after_a_download_ended_are_late_not_hostile() -> None:
+    import os
+
+    from twisted.internet.task import Clock
+    from twisted.logger import globalLogPublisher
+
+    from p2ptorrent import wire
+    from p2ptorrent.config import load
+    from p2ptorrent.node.protocol import LATE_GRACE, NodeProtocol
+    from p2ptorrent.node.serving import Seeder
+
+    settings = load(None, {})
+    clock = Clock()
+    proto = NodeProtocol(Seeder.from_settings(os.urandom(32), settings), clock, settings.BUFFER_SIZE, settings.SOCKET_BUFFER)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        ih = b"\x07" * 20
+        block = wire.encode_block(ih, 0, 0, b"x" * 100)
+        proto.ended(ih)
+        for _ in range(50):
+            proto.datagramReceived(block, ("192.0.2.9", 6881))
+        assert proto.counts["late"] == 50 and proto.counts["rejected"] == 0
+        assert not [e for e in events if "refused" in str(e.get("log_format", ""))]
+        clock.advance(LATE_GRACE + 1)  # long after: a stranger's block again
+        proto.datagramReceived(block, ("192.0.2.9", 6881))
+        assert proto.counts["rejected:unknown download"] == 1
+    finally:
+        globalLogPublisher.removeObserver(events.append)
