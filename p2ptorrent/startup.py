@@ -85,10 +85,18 @@ class FolderLock:
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise FolderBusy(self.folder, holder(self.folder)) from None
             raise StartupError(f"cannot lock {self.path}: {_why(e)}") from None
-        # Who holds it, for the refusal another process prints.
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        self.mark()
+
+    def mark(self) -> None:
+        """Write our pid in the lock file, for the refusal another process prints.
+
+        Called again once the process runs for good: twistd takes the lock
+        before it forks into the background, and the daemon's pid differs.
+        """
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
 
     def release(self) -> None:
         if self._fd is not None:

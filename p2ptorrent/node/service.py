@@ -304,6 +304,7 @@ class Node(MultiService):
 
     def startService(self) -> None:
         self.open()
+        self.lock.mark()  # our pid now, after twistd's fork
         super().startService()  # log file first, then the UDP port
         port = self.advertise_port or self.udp.port
         self.client = RememberingClient(

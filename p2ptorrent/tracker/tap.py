@@ -188,6 +188,11 @@ class TrackerService(MultiService):
         self.open()
         super().privilegedStartService()
 
+    def startService(self) -> None:
+        self.open()
+        self.lock.mark()  # our pid now, after twistd's fork
+        super().startService()
+
     def stopService(self) -> Deferred[None] | None:
         d = super().stopService()
         if d is None:
