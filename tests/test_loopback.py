@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
+from gates import watch_verdicts
+from p2ptorrent.metainfo import read_torrent
 from p2ptorrent.node import tap as node_tap
 from p2ptorrent.node.service import CommandFailed, Node
 from p2ptorrent.tracker import tap as tracker_tap
@@ -83,17 +85,22 @@ def _file(path: Path, size: int, seed: int = 5) -> str:
 
 
 async def _registered(node: Node) -> None:
-    for _ in range(200):
-        if node.client is not None and node.client.token:
-            return
-        await _sleep(0.02)
-    raise AssertionError(f"node {node.node_id} never registered")
+    await _until(lambda: node.client is not None and bool(node.client.token), f"node {node.node_id} to register")
 
 
 def _sleep(seconds: float) -> defer.Deferred[None]:
     d: defer.Deferred[None] = defer.Deferred()
     reactor.callLater(seconds, d.callback, None)
     return d
+
+
+async def _until(check: Callable[[], bool], what: str, seconds: float = 60.0) -> None:
+    """Poll *check* every 10 ms; fail after *seconds* (a guard against a hang, not a speed limit)."""
+    deadline = reactor.seconds() + seconds
+    while not check():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"{what}: not seen in {seconds:.0f} s")
+        await _sleep(0.01)
 
 
 async def _seeders(cluster: Cluster, n: int, size: int) -> tuple[list[Node], str, Path]:
@@ -144,7 +151,7 @@ async def test_three_seeders_one_downloader(cluster: Cluster) -> None:
     message = await downloader.download(str(torrent), progress.append)
     out = cluster.tmp / "nf" / "4" / "data.bin"
     assert hashlib.sha256(out.read_bytes()).hexdigest() == want
-    assert "SHA-256 verified" in message
+    assert "and the whole file (SHA-256) verified" in message
     for i in (1, 2, 3):
         assert f"node {i}:" in message
     assert progress and progress[-1]["done"] == progress[-1]["total"] == 6 * MIB + 4321
@@ -178,18 +185,23 @@ async def test_seeder_stops_mid_download(cluster: Cluster) -> None:
     seeders, want, torrent = await _seeders(cluster, 3, 24 * MIB)
     downloader = cluster.node(4)
     await _registered(downloader)
-    progress: list[dict[str, Any]] = []
+    verified: list[int] = []
 
-    def watch(p: dict[str, Any]) -> None:
-        progress.append(p)
-        if len(progress) == 1:
-            # The first progress report: pull the plug on seeder 1 (its UDP port closes).
+    def first_piece(piece: int, ok: bool) -> None:
+        if not ok:
+            return
+        verified.append(piece)
+        if len(verified) == 1:
+            # The first piece verified (of 96, while every seeder owes blocks): pull the plug on
+            # seeder 1 (its UDP port closes).  A point in the file, not in time: mid-download on any machine.
             seeders[0].udp.listening.stopListening()
 
-    message = await downloader.download(str(torrent), watch)
+    downloader.make_writer = watch_verdicts(downloader.make_writer, first_piece)
+    message = await downloader.download(str(torrent), lambda p: None)
     out = cluster.tmp / "nf" / "4" / "data.bin"
     assert hashlib.sha256(out.read_bytes()).hexdigest() == want
-    assert progress[0]["done"] < progress[-1]["total"]
+    # Mid-download: the plug was pulled at the first piece verified, and every other piece came after it.
+    assert sorted(verified) == list(range(read_torrent(torrent).num_pieces)), verified
     assert "node 2:" in message and "node 3:" in message
 
 

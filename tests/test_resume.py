@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -29,14 +30,15 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from daemonkit import node_args, registered, seed_file, start_tracker
+from gates import NatGate, share_only
 from netsim import Faults
 from p2ptorrent import wire
 from p2ptorrent.config import Config
-from p2ptorrent.metainfo import Metainfo, make_torrent
+from p2ptorrent.metainfo import Metainfo, make_torrent, read_torrent
 from p2ptorrent.node.download import DownloadResult
 from p2ptorrent.node.service import CommandFailed
 from p2ptorrent.node.storage import (
@@ -309,22 +311,23 @@ def test_a_stopped_download_started_again_fetches_only_the_missing_pieces(tmp_pa
 
 # ---- the node service: stopped mid-download, started again (one reactor, loopback)
 
-def _sleep(seconds: float) -> defer.Deferred[None]:
-    d: defer.Deferred[None] = defer.Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d
-
-
 @pytest_twisted.ensureDeferred
 async def test_node_started_again_resumes_by_itself_and_download_joins_it(tmp_path: Path) -> None:
-    from test_loopback import Cluster, _registered, _seeders
+    from test_loopback import Cluster, _registered, _seeders, _until
 
-    cluster = Cluster(tmp_path, ["--set", "MAX_REQUESTS_IN_FLIGHT=2"])  # slow enough to stop half way
+    cluster = Cluster(tmp_path)
     try:
-        _, want, torrent = await _seeders(cluster, 1, 12 * MIB)
+        [seeder], want, torrent = await _seeders(cluster, 1, 12 * MIB)
+        meta = read_torrent(torrent)
+        size = 12 * MIB
+        # The seeder serves the first half of the pieces only, until the test lets it share the
+        # rest: the download stops at exactly half however fast the machine, and stays unfinished
+        # (a restarted node stays resuming) for as long as the test looks at it.
+        half_pieces = -(-(size // 2) // meta.piece_length)
+        assert 0 < half_pieces < meta.num_pieces
+        share_everything = share_only(seeder.seeder, meta.info_hash, half_pieces)
         node = cluster.node(4)
         await _registered(node)
-        size = 12 * MIB
         half: defer.Deferred[None] = defer.Deferred()
 
         def watch(p: dict[str, Any]) -> None:
@@ -351,19 +354,16 @@ async def test_node_started_again_resumes_by_itself_and_download_joins_it(tmp_pa
 
         again = cluster.node(4)
         # It resumes by itself; a download of the same torrent joins the resumed one.
-        for _ in range(200):
-            if again.jobs:
-                break
-            await _sleep(0.01)
+        await _until(lambda: bool(again.jobs), "node 4 resuming data.bin by itself")
         [job] = again.jobs.values()
-        for _ in range(300):
-            if job.state == "downloading":
-                break
-            await _sleep(0.01)
+        await _until(lambda: job.state == "downloading", "the resumed download under way")
         [entry] = again.status()["downloading"]
         assert entry["resumed_bytes"] >= size // 2 and entry["done"] >= entry["resumed_bytes"], entry
         assert again.status()["seeding"] == []
-        message = await again.download(str(torrent), lambda p: None)
+        joined = again.download(str(torrent), lambda p: None)
+        assert not joined.called and len(again.jobs) == 1  # it joined the resumed download, still under way
+        share_everything()
+        message = await joined
         assert "resumed:" in message and "already verified on disk" in message, message
         out = folder / "data.bin"
         assert hashlib.sha256(out.read_bytes()).hexdigest() == want
@@ -379,7 +379,7 @@ async def test_node_started_again_resumes_by_itself_and_download_joins_it(tmp_pa
 @pytest_twisted.ensureDeferred
 async def test_leftovers_of_a_finished_download_are_cleared_and_the_file_shared(tmp_path: Path) -> None:
     """Killed after the rename but before .incomplete/ was cleared: nothing is fetched again."""
-    from test_loopback import Cluster, _registered
+    from test_loopback import Cluster, _registered, _until
 
     cluster = Cluster(tmp_path)
     try:
@@ -390,10 +390,7 @@ async def test_leftovers_of_a_finished_download_are_cleared_and_the_file_shared(
         os.replace(part.path, folder / meta.name)
         node = cluster.node(5)
         await _registered(node)
-        for _ in range(300):
-            if not node.jobs and node.status()["seeding"]:
-                break
-            await _sleep(0.01)
+        await _until(lambda: not node.jobs and bool(node.status()["seeding"]), "node 5 sharing the finished file")
         assert [f["name"] for f in node.status()["seeding"]] == [meta.name]
         assert not any((folder / ".incomplete").iterdir())
         assert (folder / meta.name).read_bytes() == data
@@ -411,21 +408,26 @@ def test_sigkill_half_way_then_restart_resumes(tmp_path: Path) -> None:
     d = Daemons(tmp_path, fail=pytest.fail, search_path=False, ctl_timeout=60.0)
     port = free_port()
     size = 48 * MIB
-    # A downloader with a tiny request window, so the download lasts long enough to kill it half way.
-    slow = ("--set", "MAX_REQUESTS_IN_FLIGHT=2")
+    # Node 1 is reached through a NAT the test owns (it advertises the gate's port).  Until the
+    # gate opens, node 2 gets the blocks of the first half of the pieces and no others: it is
+    # killed with exactly half verified, and after the restart it is still resuming when the test
+    # looks, however fast the machine.  A long PEER_TIMEOUT: node 2 never gives up on node 1
+    # while the gate holds the rest back, however slowly the test gets round to it.
+    gate = NatGate()
+    patient = ("--set", "PEER_TIMEOUT=3600")
     try:
         start_tracker(d, port, timeout=30.0)
         seed_dir, want = seed_file(d, "payload.bin", size, seed=9)
-        d.start("node1", node_args(d, 1, port))
-        d.start("node2", node_args(d, 2, port, *slow))
+        d.start("node1", node_args(d, 1, port, "--advertise-port", str(gate.port)))
+        d.start("node2", node_args(d, 2, port, *patient))
         for n in (1, 2):
             wait_for(lambda n=n: (d.nodes_dir / str(n) / ".control.sock").exists() and registered(d, n),
                      f"node {n} to register", alive=lambda n=n: d.check_alive(f"node{n}"))
         d.ok(1, "send", "payload.bin")
         torrent = seed_dir / "payload.bin.torrent"
-        from p2ptorrent.metainfo import read_torrent
-
         meta = read_torrent(torrent)
+        half = meta.num_pieces // 2
+        gate.start(json.loads(d.ok(1, "status"))["udp_port"], held_from=half)
         record = record_path(d.nodes_dir / "2", meta.info_hash)
 
         def recorded() -> int:
@@ -434,20 +436,18 @@ def test_sigkill_half_way_then_restart_resumes(tmp_path: Path) -> None:
             except FileNotFoundError:
                 return 0
 
+        def download_command() -> subprocess.Popen[str]:
+            return subprocess.Popen(
+                [d.script("p2ptorrent"), "--node", "2", "--node-files-dir", str(d.nodes_dir), "download", str(torrent)],
+                cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+
         # The download runs in the background (its p2ptorrent command dies with the node).
         started = time.monotonic()
-        command = subprocess.Popen(
-            [d.script("p2ptorrent"), "--node", "2", "--node-files-dir", str(d.nodes_dir), "download", str(torrent)],
-            cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
+        command = download_command()
         try:
-            # Watch the record itself (cheap, every 2 ms): kill as soon as half the pieces are verified.
-            deadline = time.monotonic() + 120
-            while recorded() < meta.num_pieces // 2:
-                d.check_alive("node2")
-                if time.monotonic() > deadline:
-                    pytest.fail(f"node 2 verified only {recorded()} of {meta.num_pieces} pieces in 120 s")
-                time.sleep(0.002)
+            wait_for(lambda: recorded() >= half, f"node 2 to verify the first {half} of {meta.num_pieces} pieces",
+                     timeout=300, alive=lambda: d.check_alive("node2"))
             d.procs["node2"].send_signal(signal.SIGKILL)
             d.procs["node2"].wait(10)
             first_run = time.monotonic() - started
@@ -460,29 +460,43 @@ def test_sigkill_half_way_then_restart_resumes(tmp_path: Path) -> None:
         node2 = d.nodes_dir / "2"
         # A partial file is never reported as complete: no file under its real name.
         assert not (node2 / "payload.bin").exists()
-        assert 0.4 <= at_kill / meta.num_pieces <= 0.7, (at_kill, meta.num_pieces)
+        assert at_kill == half, (at_kill, half)
 
         # Restart with the same arguments: it resumes by itself.
         restarted = time.monotonic()
-        d.start("node2", node_args(d, 2, port, *slow))
         log = tmp_path / "logs" / "node_2.log"
-        wait_for(lambda: "resuming payload.bin: " in log.read_text(), "node 2 to resume payload.bin",
+        mark = len(log.read_text())
+        d.start("node2", node_args(d, 2, port, *patient))
+        wait_for(lambda: "resuming payload.bin: " in log.read_text()[mark:], "node 2 to resume payload.bin",
                  alive=lambda: d.check_alive("node2"))
         wait_for(lambda: (node2 / ".control.sock").exists() and d.ctl(2, "status").returncode == 0,
                  "node 2's control socket")
+        # Still at half (the gate is closed): shown as downloading and resumed, never as shared.
         status = json.loads(d.ok(2, "status"))
-        if status["downloading"]:  # not finished yet: shown as downloading and resumed
-            [entry] = status["downloading"]
-            assert entry["resumed_pieces"] == at_kill and entry["done"] <= size, entry
-            if entry["done"] < size:  # (done == size while it is being renamed and announced)
-                assert status["seeding"] == [], status  # never shared before it is complete
-        # The same download command joins the resumed download (or finds the file complete).
-        said = d.ok(2, "download", str(torrent), timeout=180)
+        [entry] = status["downloading"]
+        assert entry["resumed_pieces"] == at_kill and entry["done"] < size, entry
+        assert status["seeding"] == [], status
+        # The same download command joins the resumed download; then the gate opens.
+        commands = len(log.read_text())
+        joining = download_command()
+        try:
+            wait_for(lambda: "control command download" in log.read_text()[commands:], "node 2 to take the download command",
+                     alive=lambda: d.check_alive("node2"))
+            gate.open()
+            said, err = joining.communicate(timeout=180)
+        finally:
+            if joining.poll() is None:
+                joining.kill()
+                joining.wait()
+        assert joining.returncode == 0, err
         resumed_for = time.monotonic() - restarted
-        # It spoke to the tracker as itself at once (its token was kept), rather than
-        # waiting for the tracker to drop its killed self (about a minute).
-        assert resumed_for < 40, resumed_for
-        assert "resumed:" in said or "already complete" in said, said
+        assert "resumed:" in said, said
+        # It spoke to the tracker as itself at once (its token was kept), rather than waiting for the
+        # tracker to drop its killed self (about a minute): its first heartbeat was taken, none refused.
+        after = log.read_text()[mark:]
+        assert "tracker ranked owners [1]" in after and "heartbeat failed" not in after, after
+        tracker_log = (tmp_path / "logs" / "tracker.log").read_text()
+        assert not re.search(r"refused \w+ from \S+ node 2:", tracker_log), tracker_log
         got = node2 / "payload.bin"
         assert sha256(got) == want
         text = log.read_text()
@@ -493,7 +507,8 @@ def test_sigkill_half_way_then_restart_resumes(tmp_path: Path) -> None:
         assert fetched < 0.6 * size, (fetched, size, complete_line)
         print(f"\nkilled at {at_kill}/{meta.num_pieces} pieces after {first_run:.1f} s; {resume_line.split('] ', 1)[1]};"
               f" after the restart fetched {fetched} bytes = {100 * fetched / size:.1f}% of the file"
-              f" in {resumed_for:.1f} s")
+              f" in {resumed_for:.1f} s; the gate dropped {gate.dropped} blocks")
         assert not any((node2 / ".incomplete").iterdir())
     finally:
         d.stop(grace=5)
+        gate.stop()

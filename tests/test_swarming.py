@@ -17,9 +17,11 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import DatagramProtocol
 
+from gates import FinishGate, share_only
 from p2ptorrent import wire
+from p2ptorrent.metainfo import read_torrent
 from p2ptorrent.node.service import Node
-from test_loopback import Cluster, _registered, _seeders, _sleep, cluster  # noqa: F401  (the fixture)
+from test_loopback import Cluster, _registered, _seeders, _sleep, _until, cluster  # noqa: F401  (the fixture)
 
 MIB = 1024 * 1024
 SIZE = 32 * MIB
@@ -34,7 +36,11 @@ def _uploaded(node: Node) -> int:
 async def test_one_seeder_feeds_eight_nodes_that_share_among_themselves(cluster: Cluster) -> None:
     [seeder], want, torrent = await _seeders(cluster, 1, SIZE)
     nodes = [cluster.node(i) for i in NODES]
+    # No node may finish before the test has seen them all under way: each one holds back the
+    # verdict that would complete its file until all eight have every piece on disk.
+    finish = FinishGate()
     for node in nodes:
+        node.make_writer = finish.writers(node.make_writer)
         await _registered(node)
     statuses: list[dict[str, Any]] = []
 
@@ -48,7 +54,15 @@ async def test_one_seeder_feeds_eight_nodes_that_share_among_themselves(cluster:
 
     downloads = [defer.ensureDeferred(_download(n, torrent)) for n in nodes]
     watcher = defer.ensureDeferred(watch())
-    messages = await defer.gatherResults(downloads, consumeErrors=True)
+    ended = defer.gatherResults(downloads, consumeErrors=True)
+    await defer.DeferredList([finish.when_holding(len(nodes)), ended], fireOnOneCallback=True, fireOnOneErrback=True)
+    assert not ended.called, "a download ended before the others had every piece"
+    # Every node has fetched everything and none has finished: status shows each part way.
+    held = [job for n in nodes for job in n.status()["downloading"]]
+    assert len(held) == len(nodes) and all(0 < s["pieces"] < s["pieces_total"] for s in held), held
+    statuses.extend(held)
+    finish.release()
+    messages = await ended
     await watcher
     for i, message in zip(NODES, messages):
         out = cluster.tmp / "nf" / str(i) / "data.bin"
@@ -106,15 +120,22 @@ async def test_a_restarted_node_serves_the_pieces_it_had_verified(cluster: Clust
     cluster.extra = ["--set", "NODE_TIME_INTERVAL=1"]  # it checks in soon after the tracker is back
     [seeder], want, torrent = await _seeders(cluster, 1, 48 * MIB)
     data = (cluster.tmp / "nf" / "1" / "data.bin").read_bytes()
+    meta = read_torrent(torrent)
+    # The seeder serves a quarter of the pieces until the test lets it share the rest: the node
+    # stops with some pieces, not all, however fast the machine.
+    quarter = meta.num_pieces // 4
+    share_everything = share_only(seeder.seeder, meta.info_hash, quarter)
     node = cluster.node(2)
     await _registered(node)
-    downloading = defer.ensureDeferred(_download(node, torrent))
-    while True:  # stop the node once some pieces, not all, are verified
-        job = next(iter(node.jobs.values()), None)
-        if job is not None and job.download is not None and 0 < len(job.part.verified()) < job.meta.num_pieces // 2:
-            break
-        assert not downloading.called, "the download ended before it could be stopped"
-        await _sleep(0.002)
+    got_quarter: defer.Deferred[None] = defer.Deferred()
+
+    def watch(p: dict[str, Any]) -> None:
+        if p["done"] >= quarter * meta.piece_length and not got_quarter.called:
+            got_quarter.callback(None)
+
+    downloading = defer.ensureDeferred(node.download(str(torrent), watch))
+    await got_quarter
+    assert not downloading.called, "the download ended before it could be stopped"
     await defer.maybeDeferred(node.stopService)
     try:
         await downloading
@@ -125,14 +146,12 @@ async def test_a_restarted_node_serves_the_pieces_it_had_verified(cluster: Clust
     port = cluster.tracker_port
     await defer.maybeDeferred(tracker.stopService)
     again = cluster.node(2)
-    for _ in range(500):
-        if again.jobs and next(iter(again.jobs.values())).state == "waiting for the tracker":
-            break
-        await _sleep(0.02)
+    await _until(lambda: bool(again.jobs) and next(iter(again.jobs.values())).state.startswith("waiting for the tracker at "),
+                 "the restarted node waiting for the tracker")
     [job] = again.jobs.values()
-    assert job.state == "waiting for the tracker"
+    assert job.state.startswith(f"waiting for the tracker at {again.settings.tracker_url}: retrying every"), job.state
     held = sorted(job.part.verified())
-    assert 0 < len(held) < job.meta.num_pieces, held
+    assert held == list(range(quarter)), held  # all the seeder served, and no more
 
     probe = _Probe()
     listening = reactor.listenUDP(0, probe, interface="127.0.0.1")
@@ -152,11 +171,10 @@ async def test_a_restarted_node_serves_the_pieces_it_had_verified(cluster: Clust
     finally:
         await listening.stopListening()
 
-    # The tracker is back (same port): the download resumes and completes.
+    # The seeder shares the whole file again, and the tracker is back (same port): the download
+    # resumes and completes.
+    share_everything()
     await cluster.start_tracker(port)
-    for _ in range(1500):
-        if not again.jobs:
-            break
-        await _sleep(0.02)
+    await _until(lambda: not again.jobs, "the resumed download to end")
     out = cluster.tmp / "nf" / "2" / "data.bin"
     assert hashlib.sha256(out.read_bytes()).hexdigest() == want
