@@ -12,6 +12,7 @@ import errno
 import fcntl
 import os
 from pathlib import Path
+from typing import Any
 
 LOCK_FILE = ".lock"
 
@@ -149,3 +150,22 @@ def twistd_defaults(options: object, pidfile: Path) -> None:
 def fail_to_start(command: str, error: Exception) -> SystemExit:
     """The one line a daemon that cannot start prints (to stderr), and its non-zero exit."""
     return SystemExit(f"twistd {command}: cannot start: {error}")
+
+
+def claim_under_twistd(options: Any, command: str, folder: Path, pidfile: Path, log_file: Path) -> bool:
+    """What a daemon's Options do once parsed, under twistd: its own pid file, twistd's log as *log_file*
+    (True if taken over: the daemon then adds no log file of its own), and a refusal naming the folder's
+    owner if another process holds *folder* (before twistd looks at pid files).
+    """
+    from p2ptorrent.logfile import take_over_twistd_log
+
+    settings = options["settings"]
+    twistd_defaults(options, pidfile)
+    parent = getattr(options, "parent", None)
+    taken = take_over_twistd_log(parent, log_file, settings.LOG_LEVEL, settings.LOG_MAX_BYTES, settings.LOG_BACKUPS)
+    if parent is not None:
+        try:
+            check_free(folder)
+        except StartupError as e:
+            raise fail_to_start(command, e) from None
+    return taken

@@ -17,10 +17,9 @@ from p2ptorrent.node.control import (
     clear_stale_socket,
     default_control_endpoint,
 )
-from p2ptorrent.logfile import take_over_twistd_log
 from p2ptorrent.node.service import Node, log_path, stdin_is_usable
 from p2ptorrent.options import SettingsOptions
-from p2ptorrent.startup import StartupError, check_free, fail_to_start, twistd_defaults
+from p2ptorrent.startup import StartupError, claim_under_twistd, fail_to_start
 
 #: A daemonised node's pid file, in its own folder (none in the foreground).
 PID_FILE = "node.pid"
@@ -60,20 +59,10 @@ class Options(SettingsOptions):
             self["control"] = check_control_endpoint(self["control"], bool(self["settings"].CONTROL_ALLOW_REMOTE))
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-        settings = self["settings"]
-        folder = settings.node_dir(self["id"])
-        twistd_defaults(self, folder / PID_FILE)
-        # Under twistd, its own log becomes logs/node_<id>.log: each line written once.
-        self["log_taken_over"] = take_over_twistd_log(
-            getattr(self, "parent", None), log_path(settings, self["id"]),
-            settings.LOG_LEVEL, settings.LOG_MAX_BYTES, settings.LOG_BACKUPS,
+        folder = self["settings"].node_dir(self["id"])
+        self["log_taken_over"] = claim_under_twistd(
+            self, "p2pnode", folder, folder / PID_FILE, log_path(self["settings"], self["id"]),
         )
-        if getattr(self, "parent", None) is not None:
-            # Before twistd looks at pid files: our refusal names the folder and its owner.
-            try:
-                check_free(folder)
-            except StartupError as e:
-                raise fail_to_start("p2pnode", e) from None
 
 
 def makeService(config: Any, reactor: Any = None) -> IService:

@@ -23,8 +23,8 @@ from twisted.web.server import Site
 
 from twisted.internet.error import CannotListenError
 
-from p2ptorrent.logfile import LogFileService, take_over_twistd_log
-from p2ptorrent.startup import FolderLock, StartupError, check_free, fail_to_start, twistd_defaults, usable_folder
+from p2ptorrent.logfile import LogFileService
+from p2ptorrent.startup import FolderLock, StartupError, claim_under_twistd, fail_to_start, usable_folder
 from p2ptorrent.options import SettingsOptions
 from p2ptorrent.tracker.state import SwarmState
 from p2ptorrent.tracker.store import JsonStore
@@ -59,19 +59,10 @@ class Options(SettingsOptions):
         super().postOptions()
         self["endpoint"] = self._endpoint()
         settings = self["settings"]
-        folder = Path(settings.tracker_db_dir)
-        twistd_defaults(self, folder / PID_FILE)
-        # Under twistd, its own log becomes logs/tracker.log: each line written once.
-        self["log_taken_over"] = take_over_twistd_log(
-            getattr(self, "parent", None), Path(settings.logs_dir) / "tracker.log",
-            settings.LOG_LEVEL, settings.LOG_MAX_BYTES, settings.LOG_BACKUPS,
+        self["log_taken_over"] = claim_under_twistd(
+            self, "p2ptracker", Path(settings.tracker_db_dir), Path(settings.tracker_db_dir) / PID_FILE,
+            Path(settings.logs_dir) / "tracker.log",
         )
-        if getattr(self, "parent", None) is not None:
-            # Before twistd looks at pid files: our refusal names the folder and its owner.
-            try:
-                check_free(folder)
-            except StartupError as e:
-                raise fail_to_start("p2ptracker", e) from None
 
     def _endpoint(self) -> str:
         if self["listen"] is not None:
@@ -179,6 +170,9 @@ class TrackerService(MultiService):
         """Claim the database folder and the HTTP port, or raise StartupError saying which and why."""
         usable_folder(self.db_dir, "database folder")
         usable_folder(self.logs_dir, "log folder")
+        for child in self:
+            if isinstance(child, LogFileService):
+                child.privilegedStartService()  # first, so loading the database is in the file too
         self.lock.acquire()
         server = self.getServiceNamed("http")
         assert isinstance(server, TrackerServerService)
