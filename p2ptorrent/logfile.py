@@ -23,11 +23,13 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, MutableMapping
+from typing import Any, Callable, MutableMapping, cast
 
 from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     InvalidLogLevelError,
     LogEvent,
@@ -57,19 +59,25 @@ def parse_level(name: str) -> LogLevel:
         raise ValueError(f"unknown log level {name!r}: use one of {', '.join(LEVELS)}") from None
 
 
-def level_filtered(observer: ILogObserver, level: LogLevel) -> FilteringLogObserver:
-    """*observer*, seeing only the events at *level* or above."""
-    by_namespace = LogLevelFilterPredicate(defaultLogLevel=level)
+@implementer(ILogFilterPredicate)
+class _Unlabelled:
+    """LogLevelFilterPredicate drops every event without a level or a namespace
+    (raw publisher calls); judge those by their level, or as info, rather than
+    lose them without a trace."""
 
-    def unlabelled(event: LogEvent) -> Any:
-        # LogLevelFilterPredicate drops every event without a level or a
-        # namespace (raw publisher calls); judge those by their level, or as
-        # info, rather than lose them without a trace.
+    def __init__(self, level: LogLevel) -> None:
+        self.level = level
+
+    def __call__(self, event: LogEvent) -> PredicateResult:
         if event.get("log_level") is None or not event.get("log_namespace"):
-            return PredicateResult.yes if event.get("log_level", LogLevel.info) >= level else PredicateResult.no
+            return PredicateResult.yes if event.get("log_level", LogLevel.info) >= self.level else PredicateResult.no
         return PredicateResult.maybe
 
-    return FilteringLogObserver(observer, [unlabelled, by_namespace])
+
+def level_filtered(observer: Callable[[LogEvent], None], level: LogLevel) -> FilteringLogObserver:
+    """*observer* (an ILogObserver, or any callable taking events), seeing only the events at *level* or above."""
+    by_namespace = LogLevelFilterPredicate(defaultLogLevel=level)
+    return FilteringLogObserver(cast(ILogObserver, observer), [_Unlabelled(level), by_namespace])
 
 
 @implementer(ILogObserver)
@@ -280,7 +288,7 @@ def twistd_observer() -> ILogObserver:
         def rotate(signum: int, frame: Any) -> None:
             from twisted.internet import reactor  # noqa: PLC0415 - installed by twistd long before a signal
 
-            reactor.callFromThread(observer.file.rotate)
+            cast(IReactorFromThreads, reactor).callFromThread(observer.file.rotate)
 
         signal.signal(signal.SIGUSR1, rotate)
     return observer

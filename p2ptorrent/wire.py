@@ -248,7 +248,7 @@ def peek_block(data: bytes) -> tuple[bytes, int, int] | None:
     """
     if len(data) < BLOCK_OVERHEAD or data[:HEADER_SIZE] != _BLOCK_HEAD:
         return None
-    return _BLOCK.unpack_from(data, HEADER_SIZE)  # type: ignore[return-value]
+    return _BLOCK.unpack_from(data, HEADER_SIZE)
 
 
 def decode(data: bytes, max_size: int = 65507) -> Message:

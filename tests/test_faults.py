@@ -80,7 +80,7 @@ def test_seven_percent_loss(tmp_path: Path) -> None:
     """Item 2: what 1% packet loss becomes when each datagram spans seven IP fragments."""
     swarm = Swarm(tmp_path, 8 * MIB, seeders=3, seed=2, faults=Faults(loss=0.07))
     dl, outcome = swarm.start()
-    result = _complete(swarm, swarm.run(outcome))
+    _complete(swarm, swarm.run(outcome))
     assert swarm.net.lost > 0.05 * swarm.net.sent
 
 

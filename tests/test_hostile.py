@@ -401,7 +401,7 @@ def test_hostile_datagrams_while_serving_a_download(tmp_path: Path, events: list
     ticks = [0]
 
     def inject() -> None:
-        for name, (proto, addr) in targets.items():
+        for name, (proto, _addr) in targets.items():
             for data, source in _take(streams[name], per_tick):
                 src = proven if source == PROVEN else source or rng.choice(list(attackers))
                 reason = expected_verdict(data, src, views[name])
@@ -777,7 +777,7 @@ async def test_hostile_datagrams_over_real_udp(tmp_path: Path, events: list[dict
         for s in (attacker, proven):
             s.bind(("127.0.0.1", 0))
             s.setblocking(False)
-        attacker_addr, proven_addr = attacker.getsockname(), proven.getsockname()
+        attacker_addr = attacker.getsockname()
         # The INFO round trip, for a real cookie.
         proven.sendto(wire.encode_info_request(9, meta.info_hash), seeder_addr)
         for _ in range(200):

@@ -298,7 +298,7 @@ def test_twistds_observer_writes_the_file_and_the_same_lines_to_stdout(tmp_path:
     log.debug("hidden")
     log.info("shown")
     try:
-        1 / 0
+        raise ZeroDivisionError("division by zero")
     except ZeroDivisionError:
         log.failure("failed")
     observer.file.close()

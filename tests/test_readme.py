@@ -454,7 +454,7 @@ class Session:
             target.type(line.command, line)
             answer: list[str] = []
 
-            def answered(fg: Foreground = target, mark: int = mark) -> bool:
+            def answered(fg: Foreground = target, mark: int = mark, answer: list[str] = answer) -> bool:
                 for said in fg.stdout[mark:]:
                     if said.startswith(("OK:", "ERROR:")):
                         answer.append(said)

@@ -37,7 +37,6 @@ from daemonkit import node_args, registered, seed_file, start_tracker
 from gates import NatGate, share_only
 from netsim import Faults
 from p2ptorrent import wire
-from p2ptorrent.config import Config
 from p2ptorrent.metainfo import Metainfo, make_torrent, read_torrent
 from p2ptorrent.node.download import DownloadResult
 from p2ptorrent.node.service import CommandFailed

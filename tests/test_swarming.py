@@ -21,7 +21,7 @@ from gates import FinishGate, share_only
 from p2ptorrent import wire
 from p2ptorrent.metainfo import read_torrent
 from p2ptorrent.node.service import Node
-from test_loopback import Cluster, _registered, _seeders, _sleep, _until, cluster  # noqa: F401  (the fixture)
+from test_loopback import Cluster, _registered, _seeders, _sleep, _until, cluster  # noqa: F401, F811  (the fixture)
 
 MIB = 1024 * 1024
 SIZE = 32 * MIB

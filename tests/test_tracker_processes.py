@@ -291,7 +291,10 @@ def run_kill_loop(cluster: Cluster, kills: int, seed: int) -> dict[str, Any]:
         killed = threading.Event()
         failed: list[BaseException] = []
 
-        def killer(up: float = up, delay: float = delay) -> None:
+        def killer(
+            up: float = up, delay: float = delay, n: int = n,
+            failed: list[BaseException] = failed, killed: threading.Event = killed,
+        ) -> None:
             try:
                 if n > 0:
                     check_in_after(up)

@@ -80,7 +80,7 @@ def test_commands_on_stdin(tmp_path: Path) -> None:
         leecher.stdin.flush()
         assert "ERROR" in _read_until(leecher, b"unknown mode 'fly'", out2)
 
-        for proc, out in ((leecher, out2), (seeder, out1)):
+        for proc, _out in ((leecher, out2), (seeder, out1)):
             assert proc.stdin is not None
             proc.stdin.write(b"torrent -setMode exit\n")
             proc.stdin.flush()

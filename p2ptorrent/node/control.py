@@ -211,7 +211,7 @@ def format_progress(progress: dict[str, Any]) -> str:
 def _default_clock() -> IReactorTime:
     from twisted.internet import reactor
 
-    return reactor  # type: ignore[return-value]
+    return reactor
 
 
 # ---- stdin
@@ -336,6 +336,7 @@ class ControlProtocol(LineReceiver):
         if self._check_peer:
             why = peer_refusal(self.transport)
             if why is not None:
+                assert self.transport is not None
                 self.log.warn("control connection from {peer} refused: {why}", peer=self.transport.getPeer(), why=why)
                 self._refuse(why)
                 return
@@ -374,12 +375,14 @@ class ControlProtocol(LineReceiver):
         self.setRawMode()
         self._send({"ok": False, "error": f"refused: {why}"})
         self._finished = True
-        lose_write = getattr(self.transport, "loseWriteConnection", None)
+        transport = self.transport
+        assert transport is not None
+        lose_write = getattr(transport, "loseWriteConnection", None)
         if lose_write is None:
-            self.transport.loseConnection()
+            transport.loseConnection()
             return
         lose_write()
-        self._timeout = self._clock.callLater(REFUSED_LINGER, self.transport.abortConnection)
+        self._timeout = self._clock.callLater(REFUSED_LINGER, getattr(transport, "abortConnection", transport.loseConnection))
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._cancel_timeout()

@@ -29,7 +29,7 @@ from p2ptorrent import wire
 from p2ptorrent.config import Config
 from p2ptorrent.metainfo import Metainfo
 from p2ptorrent.node.storage import PartFile, StorageError
-from p2ptorrent.node.transfer import Geometry, PeerDropped, PieceAssembled, PieceFailed, PieceVerified, Transfer
+from p2ptorrent.node.transfer import Geometry, PieceAssembled, PieceFailed, PieceVerified, Transfer
 from p2ptorrent.node.writer import InlineWriter, PieceWriter
 
 #: How often timeouts are checked (seconds).
@@ -334,11 +334,11 @@ class Download:
                 return
             if resp.status not in (wire.OK, wire.PARTIAL):
                 self.log.info("{name}: node {node} at {addr} does not have it", name=self.name, node=node_id, addr=addr)
-                self.outcomes[addr] = f"node {node_id} ({_where(addr)}) does not have it"
+                self.outcomes[addr] = f"node {node_id} ({address_text(addr)}) does not have it"
                 self._replace()
             elif resp.length != self.meta.length or resp.piece_length != self.meta.piece_length:
                 self.log.warn("{name}: node {node} describes a different file; ignoring it", name=self.name, node=node_id)
-                self.outcomes[addr] = f"node {node_id} ({_where(addr)}) describes a different file"
+                self.outcomes[addr] = f"node {node_id} ({address_text(addr)}) describes a different file"
                 self._replace()
             elif rejoin:
                 self.transfer.set_cookie(addr, resp.cookie)
@@ -372,7 +372,7 @@ class Download:
             self.greeting.discard(addr)
             self.lagging.discard(addr)
             self.log.warn("{name}: node {node} at {addr} is unreachable: {why}", name=self.name, node=node_id, addr=addr, why=f.getErrorMessage())
-            self.outcomes[addr] = f"node {node_id} ({_where(addr)}) did not answer ({INFO_TRIES} tries)"
+            self.outcomes[addr] = f"node {node_id} ({address_text(addr)}) did not answer ({INFO_TRIES} tries)"
             if rejoin:
                 self._drop(addr, "stopped answering")
             self._replace()
@@ -401,7 +401,7 @@ class Download:
         if peer is not None:
             self._dropped_bytes += peer.bytes
         self.log.warn("{name}: dropped node {node} at {addr}: {reason}", name=self.name, node=node, addr=addr, reason=reason)
-        self.outcomes[addr] = f"node {node} ({_where(addr)}) {reason}"
+        self.outcomes[addr] = f"node {node} ({address_text(addr)}) {reason}"
         if share is not None:
             self.ended.append(share)
             share.errback(PeerLost(self._report(addr, peer, f"dropped: {reason}")))
@@ -605,7 +605,7 @@ class Download:
             "peer_details": [
                 {
                     "node_id": p.node_id,
-                    "address": f"{p.addr[0]}:{p.addr[1]}",
+                    "address": address_text(p.addr),
                     "complete": p.has is None,
                     "pieces": n if p.has is None else sum(p.has),
                     "choked_us": p.choked,
@@ -710,7 +710,8 @@ def kept_text(done: int, total: int) -> str:
     return f"{done} of {total} bytes verified are kept; run download again to resume"
 
 
-def _where(addr: Any) -> str:
+def address_text(addr: Any) -> str:
+    """host:port for people, whatever form the address takes."""
     try:
         return f"{addr[0]}:{addr[1]}"
     except (TypeError, IndexError):

@@ -81,6 +81,7 @@ class NodeProtocol(DatagramProtocol):
 
     # ---- out
     def send(self, datagram: bytes, addr: Any) -> None:
+        assert self.transport is not None, "send() before the port is open"
         try:
             self.transport.write(datagram, addr)
             self.sent += 1
@@ -102,7 +103,10 @@ class NodeProtocol(DatagramProtocol):
         From now on *addr* may send blocks and errors for *info_hash*.
         """
         req_id = self._new_id()
-        d: Deferred[wire.InfoResponse] = Deferred(lambda _: self._pending.pop(req_id, None))
+        def cancel(_: Deferred[wire.InfoResponse]) -> None:
+            self._pending.pop(req_id, None)
+
+        d: Deferred[wire.InfoResponse] = Deferred(cancel)
         self._pending[req_id] = (d, addr, info_hash)
         self._partner(info_hash, addr)
         call = self.clock.callLater(timeout, self._info_timeout, req_id, addr, timeout)

@@ -43,7 +43,7 @@ from p2ptorrent.logfile import LogFileService
 from p2ptorrent.startup import FolderLock, StartupError, usable_folder
 from p2ptorrent.metainfo import Metainfo, MetainfoError, make_torrent, read_torrent, read_torrent_file, target_path
 from p2ptorrent.node.control import INodeCommands
-from p2ptorrent.node.download import Download, DownloadError, DownloadResult, kept_text
+from p2ptorrent.node.download import Download, DownloadError, DownloadResult, address_text, kept_text
 from p2ptorrent.node.protocol import NodeProtocol
 from p2ptorrent.node.serving import Seeder
 from p2ptorrent.node.storage import INCOMPLETE, Interrupted, PartFile, StorageError, file_matches, unfinished
@@ -138,7 +138,7 @@ class RememberingClient(TrackerClient):
         if self._token is None:
             self._token = self._load()
 
-    @property  # type: ignore[override]
+    @property
     def token(self) -> str | None:
         return self._token
 
@@ -752,7 +752,7 @@ class Node(MultiService):
                 for ih, f in self.seeder.files.items()
                 if f.complete
             ],
-            "upload_slots": sorted(f"{h}:{p}" for h, p in self.choker.unchoked),
+            "upload_slots": sorted(address_text(a) for a in self.choker.unchoked),
             "downloading": [self._job_status(job) for job in self.jobs.values()],
             "datagrams": {"received": self.protocol.received, "sent": self.protocol.sent, **self.protocol.counts},
         }

@@ -174,9 +174,9 @@ class TrackerClient:
         d = self._call("EXIT", {})
 
         def forgotten(failure: Failure) -> None:
-            failure.trap(TrackerRefused)
-            if failure.value.status != 404:
-                return failure  # type: ignore[return-value]
+            refused = failure.value
+            if not isinstance(refused, TrackerRefused) or refused.status != 404:
+                return failure  # type: ignore[return-value]  # an errback passes the failure on
             return None
 
         def done(_: object) -> None:
@@ -244,15 +244,13 @@ class TrackerClient:
         d.addCallback(lambda _: self._call(mode, fields))
 
         def forgotten(failure: Failure) -> Deferred[dict[str, Any]]:
-            failure.trap(TrackerRefused)
-            if failure.value.status != 404:
-                return failure  # type: ignore[return-value]
+            refused = failure.value
+            if not isinstance(refused, TrackerRefused) or refused.status != 404:
+                return failure  # type: ignore[return-value]  # an errback passes the failure on
             # Keep the token: a forgotten node registers afresh whatever it sends,
             # and a heartbeat may already have joined again with a new token.
             self.log.info("tracker forgot node {node_id}; registering again", node_id=self.node_id)
-            again = self._register()
-            again.addCallback(lambda _: self._call(mode, fields))
-            return again
+            return self._register().addCallback(lambda _: self._call(mode, fields))
 
         return d.addErrback(forgotten)
 
@@ -361,7 +359,7 @@ def _describe(failure: Failure, timeout: float) -> str:
         return f"cannot connect ({failure.getErrorMessage()})"
     if failure.check(ResponseNeverReceived, ResponseFailed, RequestTransmissionFailed):
         return "the connection was lost before an answer arrived"
-    return f"{failure.type.__name__}: {failure.getErrorMessage()}"
+    return f"{getattr(failure.type, '__name__', 'error')}: {failure.getErrorMessage()}"
 
 
 class HeartbeatService(Service):
@@ -427,11 +425,10 @@ class HeartbeatService(Service):
         """One heartbeat.  The returned Deferred never fails."""
         d = maybeDeferred(self.client.register)
         self._inflight = d
-        d.addBoth(self._landed)
-        d.addCallbacks(self._registered, self._failed)
+        done: Deferred[None] = d.addBoth(self._landed).addCallbacks(self._registered, self._failed)
         # Last line of defence: a failure here would stop the LoopingCall for good.
-        d.addErrback(lambda f: self.log.failure("heartbeat bookkeeping failed", f))
-        return d
+        done.addErrback(lambda f: self.log.failure("heartbeat bookkeeping failed", f))
+        return done
 
     def _landed(self, result: Any) -> Any:
         self._inflight = None

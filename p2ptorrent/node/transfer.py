@@ -319,7 +319,7 @@ class Transfer:
         if peer.has is None:
             return True
         verified = self.verified
-        return any(h and not v for h, v in zip(peer.has, verified))
+        return any(h and not v for h, v in zip(peer.has, verified, strict=True))
 
     def choke(self, addr: Addr) -> None:
         """The peer refuses us blocks for now: what it owes goes to others; ask it nothing more."""
@@ -433,7 +433,7 @@ class Transfer:
         buf = self.checking.pop(piece, None)
         if buf is None:
             return None
-        starter = self.peers.get(self.starter.pop(piece, None))  # type: ignore[arg-type]
+        starter = self.peers.get(self.starter.pop(piece, None))
         if starter is not None:
             starter.started.discard(piece)
         geo = self.geo
@@ -532,27 +532,28 @@ class Transfer:
             skipped = []
             found = None
             for _ in range(min(len(pending), PENDING_SCAN)):
-                bid = pending.popleft()
-                if self.received[bid] or bid in self.requesters:
+                queued = pending.popleft()
+                if self.received[queued] or queued in self.requesters:
                     continue  # stale entry: already here or already asked
-                if has is None or has[bid // bpp]:
-                    found = bid
+                if has is None or has[queued // bpp]:
+                    found = queued
                     break
-                skipped.append(bid)  # for a peer that has it
+                skipped.append(queued)  # for a peer that has it
             pending.extendleft(reversed(skipped))
             if found is not None:
                 return found
         # Go on with a piece already started, so pieces complete (and can be shared) soon;
         # a complete owner, while nodes still downloading serve us, only with its own.
         seed_held_back = peer.complete_owner and self.partial_peers
-        for piece in list(peer.started if seed_held_back else self.open):
-            if piece in self.open and (has is None or has[piece]):
-                bid = self._take(piece)
+        for going in list(peer.started if seed_held_back else self.open):
+            if going in self.open and (has is None or has[going]):
+                bid = self._take(going)
                 if bid is not None:
                     return bid
         while True:
+            piece: int | None
             if self.partial_peers:
-                piece = self.picker.pick(None if has is None else has.__getitem__)
+                piece = self.picker.pick(None if has is None else lambda p: bool(has[p]))
             else:
                 # Only complete owners, and none expected: nothing to trade, so in file
                 # order, which the disk and the whole-file hash like best.

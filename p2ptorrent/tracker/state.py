@@ -20,7 +20,7 @@ import random
 import secrets
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterable, Mapping, Union
+from typing import Any, Iterable, Mapping, TypeGuard, Union
 
 from p2ptorrent.config import Config
 
@@ -377,7 +377,7 @@ class _File:
     credits: dict[int, set[int]] = field(default_factory=dict)
 
 
-def proposed_token(token: str | None) -> bool:
+def proposed_token(token: str | None) -> TypeGuard[str]:
     """Whether a joining node's token is one the tracker adopts: enough lowercase hex digits."""
     low, high = PROPOSED_TOKEN_DIGITS
     return token is not None and low <= len(token) <= high and _HEX.issuperset(token)

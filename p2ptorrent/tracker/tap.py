@@ -70,7 +70,7 @@ class Options(SettingsOptions):
                 raise usage.UsageError("--listen replaces --host and --port: give one or the other")
             try:
                 # Parsing needs no reactor; this only catches typos before twistd starts.
-                serverFromString(None, self["listen"])  # type: ignore[arg-type]
+                serverFromString(None, self["listen"])
             except (ValueError, TypeError, KeyError) as e:
                 raise usage.UsageError(f"bad --listen endpoint {self['listen']!r}: {e}") from None
             return str(self["listen"])
