@@ -59,6 +59,13 @@ EXIT_INTERRUPTED = 130
 MAX_REPLY_LINE = 16 * 1024 * 1024
 #: Bytes asked of the socket at a time.
 RECEIVE_SIZE = 64 * 1024
+#: Seconds between two looks at whether Ctrl-C or SIGTERM came, while waiting for the node.
+INTERRUPT_POLL = 0.2
+
+#: Set by SIGINT or SIGTERM (see main).  The handler only sets it: a KeyboardInterrupt raised
+#: in the middle of an import (tqdm's, when the first progress arrives) can be swallowed by
+#: Python, and the client would then wait for ever; the reply loop looks at this instead.
+_interrupted = False
 
 COMMANDS_HELP = """\
 commands:
@@ -380,9 +387,14 @@ def request(target: ControlTarget, line: str, progress: Callable[[dict[str, Any]
             sock.sendall(line.encode("utf-8", "surrogateescape") + b"\n")
         except OSError:
             pass  # a node that refuses us may close first: its reason can still be read
+        sock.settimeout(INTERRUPT_POLL)
         while True:
+            if _interrupted:
+                raise KeyboardInterrupt
             try:
                 data = sock.recv(RECEIVE_SIZE)
+            except TimeoutError:
+                continue  # nothing yet: a download takes as long as it takes
             except OSError:
                 data = b""  # reset by the node: the same as a close
             if not data:
@@ -510,7 +522,8 @@ def run(req: Request, out: TextIO, err: TextIO, show_progress: bool | None = Non
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+    global _interrupted
+    _interrupted = True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -520,11 +533,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse: -h, or a usage error
         return e.code if isinstance(e.code, int) else EXIT_OK
 
-    # SIGTERM stops us like Ctrl-C (as Twisted's reactor did): with the same message and status.
+    # Ctrl-C and SIGTERM (as Twisted's reactor did) stop us with the same message and status.
     try:
-        previous = signal.signal(signal.SIGTERM, _interrupt)
+        previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread (an embedding program): leave signals alone
-        previous = None
+        previous = {}
     try:
         return run(req, sys.stdout, sys.stderr)
     except KeyboardInterrupt:
@@ -532,8 +545,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\ninterrupted" + (f": the node keeps {keeps}" if keeps else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

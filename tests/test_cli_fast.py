@@ -453,3 +453,21 @@ def test_the_progress_bar_says_each_note_once_even_without_a_bar() -> None:
     bar.update(note)
     bar.update({"done": 5, "total": 10})
     assert out.getvalue() == f"big.iso: {note['note']}\n"
+
+
+def test_an_interruption_is_never_lost_while_waiting(endpoint: tuple[socket.socket, str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C only marks the client interrupted (an exception raised inside an import can be swallowed by
+    Python); the reply loop sees the mark within INTERRUPT_POLL and stops, even if the node never answers."""
+    listener, control = endpoint
+    monkeypatch.setattr(cli, "_interrupted", False)
+    progress = json.dumps({"progress": {"done": 1, "total": 10}}).encode() + b"\n"
+    with serving(listener, [progress], hold=True) as served:  # a node that keeps the download going
+        def interrupted_once_served() -> None:
+            served.got_request.wait(30)
+            cli._interrupt(signal.SIGINT, None)
+
+        threading.Thread(target=interrupted_once_served, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            cli.request(prepare(["--control", control, "download", "/t/x.torrent"]).target, "download /t/x.torrent",
+                        lambda p: None)
