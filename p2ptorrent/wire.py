@@ -230,6 +230,13 @@ def pack_bits(have: bytes | bytearray, first: int, count: int) -> bytes:
     return bytes(out)
 
 
+def encode_have_requests(info_hash: bytes, cookie: bytes, num_pieces: int, buffer_size: int, flags: int = 0) -> list[bytes]:
+    """HAVE_REQ datagrams asking about every piece of a file, as few as *buffer_size* allows."""
+    step = max_have_count(buffer_size)
+    return [encode_have_request(info_hash, cookie, first, min(step, num_pieces - first), flags)
+            for first in range(0, num_pieces, step)]
+
+
 def max_have_count(buffer_size: int) -> int:
     """How many pieces one HAVE of at most *buffer_size* bytes can describe."""
     return max(8, min(MAX_HAVE_COUNT, (buffer_size - HAVE_OVERHEAD) * 8))

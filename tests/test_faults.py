@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from netsim import Faults
 from p2ptorrent import wire
 from p2ptorrent.config import Config
-from p2ptorrent.node import download as download_module
+from p2ptorrent.node.session import INFO_TRIES
 from p2ptorrent.node.download import DownloadError, DownloadResult
 from p2ptorrent.node.storage import PartFile
 from p2ptorrent.node.transfer import MAX_REQUESTERS, Transfer
@@ -159,7 +159,7 @@ def test_dead_owners_beside_a_live_one(tmp_path: Path) -> None:
     dl, outcome = swarm.start()
     result = _complete(swarm, swarm.run(outcome, limit=60))
     for owner in dead:
-        assert info_to[(owner.host, owner.port)] <= download_module.INFO_TRIES
+        assert info_to[(owner.host, owner.port)] <= INFO_TRIES
     assert [s.node_id for s in result.shares] == [1]
     # The live owner is greeted as soon as the first dead one misses its first answer.
     assert swarm.clock.seconds() < 2 * swarm.settings.REQUEST_TIMEOUT + 1.0

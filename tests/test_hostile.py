@@ -39,7 +39,7 @@ from p2ptorrent import wire
 from p2ptorrent.config import Config
 from p2ptorrent.metainfo import Metainfo, make_torrent
 from p2ptorrent.node import protocol as protocol_module
-from p2ptorrent.node.download import Download, DownloadResult
+from p2ptorrent.node.download import Download, DownloadResult, Hooks
 from p2ptorrent.node.protocol import NodeProtocol
 from p2ptorrent.node.serving import ERROR_BURST, ERRORS_PER_SECOND, INFO_ANSWER_BURST, INFO_ANSWERS_PER_SECOND, Seeder
 from p2ptorrent.node.storage import PartFile
@@ -795,7 +795,7 @@ async def test_hostile_datagrams_over_real_udp(tmp_path: Path, events: list[dict
         finish = FinishGate()
         dl = Download(meta, PartFile(folder, meta), downloader,
                       lambda: defer.succeed([Owner(1, *seeder_addr)]), reactor, settings, 100,
-                      writer=finish.writers(InlineWriter))
+                      Hooks(writer=finish.writers(InlineWriter)))
         downloader.downloads[meta.info_hash] = dl
         outcome = dl.start()
         views = {

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -43,7 +43,8 @@ from p2ptorrent.logfile import LogFileService
 from p2ptorrent.startup import FolderLock, StartupError, usable_folder
 from p2ptorrent.metainfo import Metainfo, MetainfoError, make_torrent, read_torrent, read_torrent_file, target_path
 from p2ptorrent.node.control import INodeCommands
-from p2ptorrent.node.download import Download, DownloadError, DownloadResult, address_text, kept_text
+from p2ptorrent.node.download import Download, DownloadError, DownloadResult, Hooks, kept_text
+from p2ptorrent.node.session import where
 from p2ptorrent.node.protocol import NodeProtocol
 from p2ptorrent.node.serving import Seeder
 from p2ptorrent.node.storage import INCOMPLETE, Interrupted, PartFile, StorageError, file_matches, unfinished
@@ -665,14 +666,17 @@ class Node(MultiService):
             raise CommandFailed("the node is stopping")
         job.state = "downloading"
 
-        def announce(have: int) -> Deferred[None]:
-            return client.own(meta.info_hash_hex, meta.name, meta.length, have=have, pieces=meta.num_pieces)
+        def announce(have: int) -> None:
+            """Our progress, for the tracker (other downloaders may fetch what we have); never fails the download."""
+            d = maybeDeferred(client.own, meta.info_hash_hex, meta.name, meta.length, have=have, pieces=meta.num_pieces)
+            d.addErrback(lambda f: self.log.warn("{name}: could not report progress to the tracker: {why}",
+                                                 name=meta.name, why=f.getErrorMessage()))
 
         shared = self.seeder.files.get(meta.info_hash)
         dl = Download(
-            meta, job.part, self.protocol, lambda: client.need(meta.info_hash_hex),
-            self.reactor, self.settings, self.node_id, job.progress, writer=self.make_writer,
-            announce=announce, uploaded=(lambda: shared.uploaded) if shared is not None else None,
+            meta, job.part, self.protocol, lambda: client.need(meta.info_hash_hex), self.reactor, self.settings,
+            self.node_id, Hooks(progress=job.progress, announce=announce, writer=self.make_writer,
+                                uploaded=(lambda: shared.uploaded) if shared is not None else None),
         )
         job.download = dl
         self.downloads[meta.info_hash] = dl
@@ -752,7 +756,7 @@ class Node(MultiService):
                 for ih, f in self.seeder.files.items()
                 if f.complete
             ],
-            "upload_slots": sorted(address_text(a) for a in self.choker.unchoked),
+            "upload_slots": sorted(where(a) for a in self.choker.unchoked),
             "downloading": [self._job_status(job) for job in self.jobs.values()],
             "datagrams": {"received": self.protocol.received, "sent": self.protocol.sent, **self.protocol.counts},
         }

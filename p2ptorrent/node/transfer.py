@@ -21,6 +21,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Hashable, Iterable
 
+from p2ptorrent import wire
+from p2ptorrent.config import Config
+from p2ptorrent.metainfo import Metainfo
 from p2ptorrent.node.picker import PiecePicker
 
 Addr = Hashable
@@ -337,6 +340,32 @@ class Transfer:
             if self._release(bid, peer.addr):
                 again.append(bid)
         self._requeue(again)
+
+    @classmethod
+    def for_download(cls, meta: Metainfo, settings: Config, rng: random.Random | None = None) -> Transfer:
+        """The scheduler of one download, as the settings ask; pieces are checked by the writer thread."""
+        return cls(
+            Geometry(meta.length, meta.piece_length, settings.CHUNK_PIECES_SIZE), meta.pieces,
+            first_timeout=settings.REQUEST_TIMEOUT, peer_timeout=settings.PEER_TIMEOUT,
+            max_window=settings.MAX_REQUESTS_IN_FLIGHT, max_batch=wire.max_blocks_per_request(settings.BUFFER_SIZE),
+            max_inflight_bytes=settings.SOCKET_BUFFER // 2, check_inline=False, rng=rng,
+        )
+
+    def on_have(self, addr: Addr, flags: int, first: int, count: int, pieces: Iterable[int], now: float) -> None:
+        """A HAVE from a peer: what it has (or offers) in that range, and whether it refuses us for now."""
+        if addr not in self.peers:
+            return
+        self.heard(addr, now)
+        if flags & wire.F_COMPLETE:
+            self.peer_complete(addr)
+        elif flags & wire.F_NEWS:
+            self.peer_has(addr, pieces)
+        else:
+            # What it offers now, in that range: a node still downloading only gains pieces;
+            # a complete owner serving several of us offers the pieces it has uploaded least.
+            self.set_have(addr, first, count, pieces)
+        if not flags & wire.F_NEWS:  # pushed news of a piece: our slot there is as it was
+            (self.choke if flags & wire.F_CHOKED else self.unchoke)(addr)
 
     def heard(self, addr: Addr, now: float) -> None:
         """The peer answered something (a HAVE): it is alive."""
