@@ -23,6 +23,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from p2ptorrent.config import Config
+from p2ptorrent.node.access import clear_stale_socket
 from p2ptorrent.node.control import (
     HELP_TEXT,
     MAX_LINE,
@@ -33,7 +34,6 @@ from p2ptorrent.node.control import (
     ControlProtocol,
     INodeCommands,
     StdinControl,
-    clear_stale_socket,
     client_endpoint,
     control_socket_path,
     default_control_endpoint,
