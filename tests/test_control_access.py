@@ -32,15 +32,11 @@ from twisted.internet.utils import getProcessOutputAndValue
 from zope.interface import implementer
 
 from daemonkit import end_process, pid_alive
+from p2ptorrent.commands import ControlError, default_control_endpoint
 from p2ptorrent.config import Config
 from p2ptorrent.node import access
 from p2ptorrent.node.access import check_control_endpoint, is_loopback
-from p2ptorrent.node.control import (
-    ControlError,
-    ControlFactory,
-    INodeCommands,
-    default_control_endpoint,
-)
+from p2ptorrent.node.control import ControlFactory, INodeCommands
 from p2ptorrent.procs import find_script, free_port, wait_for
 
 NOBODY = 65534

@@ -13,7 +13,7 @@ the front end answers itself) for two front ends:
 
 Parsing and dispatch are pure; the node supplies :class:`INodeCommands`.
 The grammar and the control socket's name are in :mod:`p2ptorrent.commands`
-(re-exported here), so the CLI can use them without importing Twisted.
+(import them from there), so the CLI can use them without importing Twisted.
 
 Who may command a node (the endpoint's mode, the peer's user) is decided
 in :mod:`p2ptorrent.node.access`.
@@ -34,24 +34,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-# The grammar and the socket's name live without Twisted, for the CLI; the
-# "X as X" form re-exports them for code that imports them from here.
-from p2ptorrent.commands import (
-    CONTROL_SOCKET_NAME as CONTROL_SOCKET_NAME,
-    HELP as HELP,
-    HELP_TEXT as HELP_TEXT,
-    MAX_UNIX_PATH as MAX_UNIX_PATH,
-    USAGE as USAGE,
-    VERBS as VERBS,
-    Command as Command,
-    CommandError as CommandError,
-    ControlError as ControlError,
-    client_endpoint as client_endpoint,
-    control_socket_path as control_socket_path,
-    default_control_endpoint as default_control_endpoint,
-    escape_endpoint as escape_endpoint,
-    parse_command as parse_command,
-)
+from p2ptorrent.commands import HELP, HELP_TEXT, USAGE, Command, CommandError, parse_command
 from p2ptorrent.node.access import is_loopback, peer_refusal
 
 #: Longest request line the control socket and stdin accept (paths are < 4 KiB).

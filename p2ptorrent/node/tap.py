@@ -10,8 +10,9 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
+from p2ptorrent.commands import default_control_endpoint
 from p2ptorrent.node.access import check_control_endpoint, clear_stale_socket
-from p2ptorrent.node.control import ControlFactory, StdinControl, default_control_endpoint
+from p2ptorrent.node.control import ControlFactory, StdinControl
 from p2ptorrent.node.service import Node, log_path, stdin_is_usable
 from p2ptorrent.options import SettingsOptions
 from p2ptorrent.startup import StartupError, claim_under_twistd, fail_to_start
