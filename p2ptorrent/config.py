@@ -352,15 +352,3 @@ def parse_assignment(text: str) -> tuple[str, str]:
     if not sep or not name.strip():
         raise ConfigError(f"expected NAME=VALUE, got {text!r}")
     return _canonical(name), value
-
-
-def as_dict(c: Config) -> dict[str, Any]:
-    """The settings in the original nested layout (for docs and `--print-config`)."""
-    flat = dataclasses.asdict(c)
-    directory = {k: flat.pop(k) for k in ("logs_dir", "node_files_dir", "tracker_db_dir")}
-    modes = flat.pop("tracker_requests_mode")
-    return {
-        "directory": directory,
-        "constants": {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()},
-        "tracker_requests_mode": modes,
-    }

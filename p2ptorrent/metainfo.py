@@ -92,11 +92,6 @@ class Metainfo:
         self._check_index(index)
         return min(self.piece_length, self.length - index * self.piece_length)
 
-    def piece_offset(self, index: int) -> int:
-        """Byte offset of piece *index* in the file."""
-        self._check_index(index)
-        return index * self.piece_length
-
     def _check_index(self, index: int) -> None:
         if not 0 <= index < self.num_pieces:
             raise IndexError(f"piece {index} out of range: {self.name} has {self.num_pieces} pieces")

@@ -83,7 +83,6 @@ Reply = tuple[Optional[str], Iterable[bytes]]
 class UploadSlots(Protocol):
     def tick(self, now: float) -> None: ...
     def allowed(self, peer: Hashable, now: float) -> bool: ...
-    def sent_to(self, peer: Hashable, nbytes: int) -> None: ...
     def received_from(self, peer: Hashable, nbytes: int) -> None: ...
 
 
@@ -343,7 +342,7 @@ class Seeder:
         granted = self.blocks.take(addr, wanted, now, force=not self._contended(addr, now))
         if granted < wanted:
             self.counts["limited:blocks"] += wanted - granted
-        replies = self._read(shared, msg.info_hash, blocks[:granted] if granted < wanted else blocks, addr)
+        replies = self._read(shared, msg.info_hash, blocks[:granted] if granted < wanted else blocks)
         return None, (itertools.chain(offer, replies) if offer else replies)
 
     def _watch(self, info_hash: bytes, addr: Any, now: float) -> None:
@@ -381,12 +380,9 @@ class Seeder:
         self._last_served, self._last_served_at = addr, now
         return now <= self._contended_until
 
-    def _read(
-        self, shared: SharedFile, info_hash: bytes, blocks: Iterable[tuple[int, int, int]], addr: Any = None,
-    ) -> Iterator[bytes]:
+    def _read(self, shared: SharedFile, info_hash: bytes, blocks: Iterable[tuple[int, int, int]]) -> Iterator[bytes]:
         """Each block as a datagram, read from disk when the protocol is ready to send it."""
         piece_length = shared.meta.piece_length
-        sent = 0
         levels = shared.levels
         for piece, offset, length in blocks:
             try:
@@ -403,12 +399,9 @@ class Seeder:
                 return
             shared.uploaded += length
             shared.blocks_served += 1
-            sent += length
             if levels is not None:
                 _count_upload(shared, piece, length)
             yield wire.encode_block(info_hash, piece, offset, data)
-        if self.slots is not None and sent:
-            self.slots.sent_to(addr, sent)
 
     def _error(self, addr: Any, now: float, size: int, info_hash: bytes, code: int, text: str) -> tuple[bytes, ...]:
         if not self.errors.take(addr, 1, now):
