@@ -1,11 +1,19 @@
-"""The seeding side: answer INFO and BLOCK requests for the files this node shares.
+"""The seeding side: answer INFO, HAVE and BLOCK requests for the files this node shares.
 
 Requests name a file only by info hash, so a peer can never reach a path the
-node did not choose to share.  Decisions are pure: each request comes in with
-the time (``now``) and goes out as ``(reason, replies)``, where *reason* is
-None for a request served, or a short label the protocol counts as a
-rejection (``"bad cookie"``, ``"not shared"``, ``"bad block"``,
-``"unknown file"``).
+node did not choose to share.  Each request comes in with the time (``now``)
+and goes out as ``(reason, replies)``, where *reason* is None for a request
+served, or a short label the protocol counts as a rejection (``"bad
+cookie"``, ``"not shared"``, ``"bad block"``, ``"unknown file"``); no socket
+and no clock here, so tests call :class:`Seeder` directly.
+
+It is not pure, and that is deliberate.  A request updates state as it is
+answered: the per-address rate budgets, the peers watching a file, how much
+of each piece went out, and the upload slots (the :class:`Choker`'s ``tick``
+and ``allowed``).  And the seeder owns the disk side of sharing: an open
+descriptor per shared file, and *replies* is a lazy iterator that reads each
+block (``pread``) only when the protocol sends it, so a file found changed
+on disk while a reply is read is logged and stops being shared right there.
 
 What a peer can make us send:
 
