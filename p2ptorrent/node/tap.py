@@ -11,6 +11,7 @@ from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from p2ptorrent.commands import default_control_endpoint
+from p2ptorrent.config import MAX_NODE_ID
 from p2ptorrent.node.access import check_control_endpoint, clear_stale_socket
 from p2ptorrent.node.control import ControlFactory, StdinControl
 from p2ptorrent.node.service import Node, log_path, stdin_is_usable
@@ -46,7 +47,7 @@ class Options(SettingsOptions):
                 self[name] = int(self[name])
             except ValueError:
                 raise usage.UsageError(f"--{name} must be a whole number, got {self[name]!r}") from None
-            if not low <= self[name] <= (2**31 - 1 if name == "id" else 65535):
+            if not low <= self[name] <= (MAX_NODE_ID if name == "id" else 65535):
                 raise usage.UsageError(f"--{name} is out of range: {self[name]}")
         try:
             if self["control"] is None:
