@@ -1,7 +1,7 @@
 """Replace a small file whole: readers see the old bytes or the new, never a torn mix.
 
-Every file the tracker or a node rewrites whole goes through :func:`atomic_write`,
-so there is one set of guarantees to know:
+The tracker and the nodes replace files whole with :func:`atomic_write`, so
+there is one set of guarantees to know:
 
 * Always: *data* goes to a temporary file beside *path* (same folder, so the
   final step is a rename, not a copy), which is then renamed over *path*.
@@ -19,7 +19,8 @@ so there is one set of guarantees to know:
   cannot be rebuilt or checked on reading: the tracker's database, a node's
   token, anything a restart trusts as is.  The folder's fsync is best effort:
   the rename is done by then, so a file system that cannot sync a folder does
-  not make a write that happened look failed.
+  not make a write that happened look failed (there, a crash soon after may
+  still bring back the old file, but never a partial one).
 * ``fsync=False``: the same while the machine runs, but after a power cut
   *path* may hold the old file, the new one, or an empty or partial file.
   Use it only for files whose reader checks them and can do without them
