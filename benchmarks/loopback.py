@@ -33,11 +33,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from p2ptorrent.procs import MIB, Daemons, connects, free_port, sha256, wait_for
+from p2ptorrent.config import MIB, Config
+from p2ptorrent.procs import Daemons, connects, free_port, sha256, wait_for
+from p2ptorrent.wire import BLOCK_OVERHEAD  # the bytes of a data datagram that are not file data
 
-#: wire.BLOCK_OVERHEAD: the bytes of a data datagram that are not file data.
-BLOCK_OVERHEAD = 32
-DEFAULT_CHUNK = 7216
+DEFAULT_CHUNK = Config.CHUNK_PIECES_SIZE
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

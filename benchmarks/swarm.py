@@ -107,15 +107,14 @@ sys.path.insert(0, str(HERE))  # loopback.py's /proc readers
 from loopback import BLOCK_OVERHEAD, CLK_TCK, DEFAULT_CHUNK, cpu_seconds, peak_rss_mib  # noqa: E402
 
 from p2ptorrent.metainfo import auto_piece_length, read_torrent  # noqa: E402
-from p2ptorrent.procs import MIB, Daemons, connects, free_port, sha256, wait_for  # noqa: E402
+from p2ptorrent.config import IPV4_MAX_UDP_PAYLOAD, MIB  # noqa: E402
+from p2ptorrent.procs import Daemons, connects, free_port, sha256, wait_for  # noqa: E402
 
 LT_PEER = HERE / "lt_peer.py"
 P2P = "p2ptorrent"
 LT_MODES = ("lt-default", "lt-utp", "lt-tcp")
 IMPLS = (P2P, *LT_MODES)
 BEST_CHUNK = 60000
-#: Largest IPv4 UDP payload: a chunk plus its header must fit.
-MAX_DATAGRAM = 65507
 #: Startup and wind-down limits (seconds); the transfer's own limit depends on the size (see Plan.transfer_timeout).
 START_TIMEOUT = 60.0
 STOP_GRACE = 10.0
@@ -913,8 +912,9 @@ def build_plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Pla
             parser.error(f"unknown implementation {impl!r}: choose from {', '.join(IMPLS)}")
     chunks = parse_list(parser, args.chunks or f"{DEFAULT_CHUNK},{args.best_chunk}", "chunk", int)
     for c in chunks:
-        if not 1 <= c <= MAX_DATAGRAM - BLOCK_OVERHEAD:
-            parser.error(f"chunk {c} out of range: 1 to {MAX_DATAGRAM - BLOCK_OVERHEAD} (BUFFER_SIZE = chunk + 32)")
+        if not 1 <= c <= IPV4_MAX_UDP_PAYLOAD - BLOCK_OVERHEAD:  # a chunk plus its header must fit in one datagram
+            parser.error(f"chunk {c} out of range: 1 to {IPV4_MAX_UDP_PAYLOAD - BLOCK_OVERHEAD}"
+                         f" (BUFFER_SIZE = chunk + {BLOCK_OVERHEAD})")
     sizes = [s * MIB for s in parse_list(parser, args.sizes, "size", int)]
     mem_sizes = [s * MIB for s in parse_list(parser, args.mem_sizes, "size", int)] if "mem" in scen_names else []
     swarm_size = args.swarm_size * MIB
@@ -954,7 +954,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impls", default=None,
                         help=f"comma list of {', '.join(IMPLS)} (default: all)")
     parser.add_argument("--best-chunk", type=int, default=BEST_CHUNK,
-                        help=f"the larger chunk size to compare with {DEFAULT_CHUNK} (default {BEST_CHUNK}; BUFFER_SIZE = chunk + 32)")
+                        help=f"the larger chunk size to compare with {DEFAULT_CHUNK} (default {BEST_CHUNK}; BUFFER_SIZE = chunk + {BLOCK_OVERHEAD})")
     parser.add_argument("--chunks", default=None, help=f"comma list of p2ptorrent chunk sizes (default {DEFAULT_CHUNK},BEST)")
     parser.add_argument("--reps", type=int, default=3, help="runs of each scenario and implementation (default 3)")
     parser.add_argument("--reps-large", type=int, default=None, help="runs for sizes of 512 MiB and more (default: --reps)")

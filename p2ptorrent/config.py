@@ -15,14 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from p2ptorrent.wire import BLOCK_OVERHEAD
+
 #: The largest UDP payload IPv4 can carry (65535 - 20 IP - 8 UDP header).
 IPV4_MAX_UDP_PAYLOAD = 65507
 
-#: Bytes of our datagram header in front of a block's payload (see wire.py).
-BLOCK_HEADER_SIZE = 32
-
 KIB = 1024
 MIB = 1024 * KIB
+
+#: Largest node id (ids are signed 32-bit integers in the original).
+MAX_NODE_ID = 2**31 - 1
+
+#: Largest piece length a torrent may have, ours or another's (the largest
+#: real clients use is 16-64 MiB).
+MAX_PIECE_LENGTH = 64 * MIB
 
 #: What TRACKER_ADDR looks like, for messages that refuse it.
 TRACKER_ADDR_FORM = "HOST:PORT, e.g. 192.0.2.10:12345"
@@ -168,10 +174,10 @@ def _problems(c: Config) -> list[str]:
             f"BUFFER_SIZE must be between 512 and {biggest} (the largest UDP payload allowed),"
             f" got {c.BUFFER_SIZE}"
         )
-    room = c.BUFFER_SIZE - BLOCK_HEADER_SIZE
+    room = c.BUFFER_SIZE - BLOCK_OVERHEAD
     if not (1 <= c.CHUNK_PIECES_SIZE <= room):
         errs.append(
-            f"CHUNK_PIECES_SIZE must be 1-{room}: a chunk plus its {BLOCK_HEADER_SIZE}-byte header"
+            f"CHUNK_PIECES_SIZE must be 1-{room}: a chunk plus its {BLOCK_OVERHEAD}-byte header"
             f" must fit in one BUFFER_SIZE ({c.BUFFER_SIZE}) datagram, got {c.CHUNK_PIECES_SIZE}"
             + _bigger_buffer(c)
         )
@@ -186,8 +192,9 @@ def _problems(c: Config) -> list[str]:
             errs.append(f"{name} must be a positive number of seconds, got {getattr(c, name)}")
     if c.TRACKER_MISSED_CHECKS < 1:
         errs.append(f"TRACKER_MISSED_CHECKS must be at least 1, got {c.TRACKER_MISSED_CHECKS}")
-    if c.PIECE_LENGTH and not (16 * KIB <= c.PIECE_LENGTH <= 64 * MIB and c.PIECE_LENGTH & (c.PIECE_LENGTH - 1) == 0):
-        errs.append(f"PIECE_LENGTH must be 0 (automatic) or a power of two from 16 KiB to 64 MiB, got {c.PIECE_LENGTH}")
+    if c.PIECE_LENGTH and not (16 * KIB <= c.PIECE_LENGTH <= MAX_PIECE_LENGTH and c.PIECE_LENGTH & (c.PIECE_LENGTH - 1) == 0):
+        errs.append(f"PIECE_LENGTH must be 0 (automatic) or a power of two from 16 KiB to {MAX_PIECE_LENGTH // MIB} MiB,"
+                    f" got {c.PIECE_LENGTH}")
     if c.PIECE_LENGTH < 0:
         errs.append(f"PIECE_LENGTH must not be negative, got {c.PIECE_LENGTH}")
     if c.TRACKER_MAX_BODY < 1024:
@@ -228,9 +235,9 @@ def _bigger_buffer(c: Config) -> str:
     """For a chunk too big for its datagram: which settings to raise, and to what."""
     if c.CHUNK_PIECES_SIZE < 1:
         return ""
-    need = c.CHUNK_PIECES_SIZE + BLOCK_HEADER_SIZE
+    need = c.CHUNK_PIECES_SIZE + BLOCK_OVERHEAD
     if need > IPV4_MAX_UDP_PAYLOAD:
-        largest = IPV4_MAX_UDP_PAYLOAD - BLOCK_HEADER_SIZE
+        largest = IPV4_MAX_UDP_PAYLOAD - BLOCK_OVERHEAD
         return (f"; no datagram is that big: a chunk can be at most {largest} bytes"
                 f" (the largest UDP payload, {IPV4_MAX_UDP_PAYLOAD}, less the header)")
     if need > c.MAX_UDP_SEGMENT_DATA_SIZE:
@@ -352,15 +359,3 @@ def parse_assignment(text: str) -> tuple[str, str]:
     if not sep or not name.strip():
         raise ConfigError(f"expected NAME=VALUE, got {text!r}")
     return _canonical(name), value
-
-
-def as_dict(c: Config) -> dict[str, Any]:
-    """The settings in the original nested layout (for docs and `--print-config`)."""
-    flat = dataclasses.asdict(c)
-    directory = {k: flat.pop(k) for k in ("logs_dir", "node_files_dir", "tracker_db_dir")}
-    modes = flat.pop("tracker_requests_mode")
-    return {
-        "directory": directory,
-        "constants": {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()},
-        "tracker_requests_mode": modes,
-    }

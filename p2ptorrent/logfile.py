@@ -44,9 +44,8 @@ from twisted.logger import (
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
-MB = 1024 * 1024
-#: The names ``level`` accepts, lowest first (those of twisted.logger.LogLevel).
-LEVELS = ("debug", "info", "warn", "error", "critical")
+from p2ptorrent.config import LOG_LEVELS, MIB
+
 #: twistd options that mean "the user chose twistd's log": then we leave it alone.
 TWISTD_LOG_OPTIONS = ("logfile", "logger", "syslog")
 
@@ -56,7 +55,7 @@ def parse_level(name: str) -> LogLevel:
     try:
         return LogLevel.levelWithName(name.strip().lower())
     except InvalidLogLevelError:
-        raise ValueError(f"unknown log level {name!r}: use one of {', '.join(LEVELS)}") from None
+        raise ValueError(f"unknown log level {name!r}: use one of {', '.join(LOG_LEVELS)}") from None
 
 
 @implementer(ILogFilterPredicate)
@@ -92,7 +91,7 @@ class RotatingFileObserver:
     *max_bytes* 0 never rotates.
     """
 
-    def __init__(self, path: Path | str, level: str = "info", max_bytes: int = 10 * MB, backups: int = 5) -> None:
+    def __init__(self, path: Path | str, level: str = "info", max_bytes: int = 10 * MIB, backups: int = 5) -> None:
         if max_bytes < 0 or backups < 0:
             raise ValueError(f"max_bytes and backups must be 0 or more, got {max_bytes} and {backups}")
         self.path = Path(path)
@@ -160,7 +159,7 @@ class LogFileService(Service):
         self,
         path: Path | str,
         level: str = "info",
-        max_bytes: int = 10 * MB,
+        max_bytes: int = 10 * MIB,
         backups: int = 5,
         publisher: LogPublisher = globalLogPublisher,
     ) -> None:
@@ -228,7 +227,7 @@ def take_over_twistd_log(
 
     A relative *path* is taken from twistd's ``--rundir``, as the daemon's
     other folders are: twistd opens its log before it changes directory.
-    Raises ValueError for a *level* not in :data:`LEVELS`.
+    Raises ValueError for a *level* not in :data:`~p2ptorrent.config.LOG_LEVELS`.
     """
     global twistd_log
     parse_level(level)  # a typo must fail now, not once twistd starts logging

@@ -28,14 +28,11 @@ from typing import Any, BinaryIO
 
 from fastbencode import bdecode, bencode
 
-KIB = 1024
-MIB = 1024 * KIB
+from p2ptorrent.config import KIB, MAX_PIECE_LENGTH, MIB
 
 #: Largest torrent file we read or write.  Real single-file torrents are a few
 #: KiB to a few MiB; the cap bounds memory spent on hostile input.
 MAX_TORRENT_SIZE = 16 * MIB
-#: Largest piece length we accept (the largest real clients use is 16-64 MiB).
-MAX_PIECE_LENGTH = 64 * MIB
 #: Largest file length we accept: beyond 2**53 byte offsets stop being exact
 #: in JSON numbers and floats, which progress reports and peers may use.
 MAX_LENGTH = 2**53
@@ -92,11 +89,6 @@ class Metainfo:
         self._check_index(index)
         return min(self.piece_length, self.length - index * self.piece_length)
 
-    def piece_offset(self, index: int) -> int:
-        """Byte offset of piece *index* in the file."""
-        self._check_index(index)
-        return index * self.piece_length
-
     def _check_index(self, index: int) -> None:
         if not 0 <= index < self.num_pieces:
             raise IndexError(f"piece {index} out of range: {self.name} has {self.num_pieces} pieces")
@@ -134,7 +126,7 @@ def make_torrent(
     if isinstance(piece_length, bool) or not isinstance(piece_length, int):
         raise MetainfoError(f"piece length must be an integer, got {piece_length!r}")
     if piece_length < 0 or piece_length > MAX_PIECE_LENGTH:
-        raise MetainfoError(f"piece length must be 0 (automatic) or 1 byte to 64 MiB, got {piece_length}")
+        raise MetainfoError(f"piece length must be 0 (automatic) or 1 byte to {MAX_PIECE_LENGTH // MIB} MiB, got {piece_length}")
     try:
         # Checked before opening too: opening a FIFO would block until a writer comes.
         if not stat.S_ISREG(path.stat().st_mode):
@@ -240,7 +232,7 @@ def parse(data: bytes) -> Metainfo:
 
     piece_length = _field(info, b"piece length", int, "info piece length")
     if not 0 < piece_length <= MAX_PIECE_LENGTH:
-        raise MetainfoError(f"piece length must be 1 byte to 64 MiB, got {piece_length}")
+        raise MetainfoError(f"piece length must be 1 byte to {MAX_PIECE_LENGTH // MIB} MiB, got {piece_length}")
     length = _field(info, b"length", int, "info length")
     if length < 0:
         raise MetainfoError(f"file length must not be negative, got {length}")

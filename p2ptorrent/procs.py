@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence, TypeVar
 
+from p2ptorrent.config import MIB
+
 T = TypeVar("T")
 Fail = Callable[[str], NoReturn]
-MIB = 1024 * 1024
 
 
 def raise_error(message: str) -> NoReturn:

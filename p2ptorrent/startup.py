@@ -67,10 +67,6 @@ class FolderLock:
         self.path = self.folder / LOCK_FILE
         self._fd: int | None = None
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def acquire(self) -> None:
         """Take the lock, or raise FolderBusy (held elsewhere) or StartupError (cannot open it)."""
         if self._fd is not None:

@@ -89,7 +89,7 @@ HEADER_SIZE = _HEADER.size
 INFO_REQ_SIZE = HEADER_SIZE + _INFO_REQ.size
 INFO_RESP_SIZE = HEADER_SIZE + _INFO_RESP.size
 ERROR_OVERHEAD = HEADER_SIZE + _ERROR.size
-#: Bytes in front of a block's data: must equal config.BLOCK_HEADER_SIZE.
+#: Bytes in front of a block's data (config.py checks that a chunk and this fit in BUFFER_SIZE).
 BLOCK_OVERHEAD = HEADER_SIZE + _BLOCK.size
 #: Bytes of a BLOCK_REQ before its triples, and of each triple.
 BLOCK_REQ_OVERHEAD = HEADER_SIZE + _BLOCK_REQ.size

@@ -38,8 +38,9 @@ from p2ptorrent.cli import (
     prepare,
     run,
 )
+from p2ptorrent.commands import Command, CommandError, default_control_endpoint
 from p2ptorrent.config import Config
-from p2ptorrent.node.control import Command, CommandError, ControlFactory, INodeCommands, default_control_endpoint
+from p2ptorrent.node.control import ControlFactory, INodeCommands
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -87,15 +87,6 @@ def test_usage_error_and_no_node_exit_differently(short_dir: Path) -> None:
         3, "no node 3 is running: cannot connect to node_files/3/.control.sock (No such file or directory)")
 
 
-def test_node_control_still_exports_the_grammar() -> None:
-    from p2ptorrent import commands
-    from p2ptorrent.node import control
-
-    for name in ("VERBS", "HELP", "HELP_TEXT", "USAGE", "Command", "CommandError", "ControlError", "parse_command", "client_endpoint",
-                 "control_socket_path", "default_control_endpoint", "escape_endpoint", "CONTROL_SOCKET_NAME"):
-        assert getattr(control, name) is getattr(commands, name)
-
-
 # ---- endpoint descriptions the client connects to
 
 @pytest.mark.parametrize(

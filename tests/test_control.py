@@ -22,24 +22,26 @@ from twisted.internet.task import Clock
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from p2ptorrent.config import Config
-from p2ptorrent.node.control import (
+from p2ptorrent.commands import (
     HELP_TEXT,
-    MAX_LINE,
     Command,
     CommandError,
     ControlError,
+    client_endpoint,
+    control_socket_path,
+    default_control_endpoint,
+    parse_command,
+)
+from p2ptorrent.config import Config
+from p2ptorrent.node.access import clear_stale_socket
+from p2ptorrent.node.control import (
+    MAX_LINE,
     ControlFactory,
     ControlProtocol,
     INodeCommands,
     StdinControl,
-    clear_stale_socket,
-    client_endpoint,
-    control_socket_path,
-    default_control_endpoint,
     dispatch,
     format_progress,
-    parse_command,
 )
 
 

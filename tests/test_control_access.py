@@ -32,16 +32,11 @@ from twisted.internet.utils import getProcessOutputAndValue
 from zope.interface import implementer
 
 from daemonkit import end_process, pid_alive
+from p2ptorrent.commands import ControlError, default_control_endpoint
 from p2ptorrent.config import Config
-from p2ptorrent.node import control
-from p2ptorrent.node.control import (
-    ControlError,
-    ControlFactory,
-    INodeCommands,
-    check_control_endpoint,
-    default_control_endpoint,
-    is_loopback,
-)
+from p2ptorrent.node import access
+from p2ptorrent.node.access import check_control_endpoint, is_loopback
+from p2ptorrent.node.control import ControlFactory, INodeCommands
 from p2ptorrent.procs import find_script, free_port, wait_for
 
 NOBODY = 65534
@@ -280,9 +275,9 @@ def test_tcp_peer_uid_from_the_kernel_table(tmp_path: Path) -> None:
     )
     (tmp_path / "tcp6").write_text("  sl  local_address remote_address st ...\n")
     if sys.byteorder == "little":
-        assert control._tcp_peer_uid("127.0.0.1", 0x9C40, "127.0.0.1", 0x1F40, proc=str(tmp_path)) == 1234
-        assert control._tcp_peer_uid("127.0.0.1", 0x1F40, "127.0.0.1", 0x9C40, proc=str(tmp_path)) == 0
-        assert control._tcp_peer_uid("127.0.0.1", 1, "127.0.0.1", 0x1F40, proc=str(tmp_path)) is None
+        assert access._tcp_peer_uid("127.0.0.1", 0x9C40, "127.0.0.1", 0x1F40, proc=str(tmp_path)) == 1234
+        assert access._tcp_peer_uid("127.0.0.1", 0x1F40, "127.0.0.1", 0x9C40, proc=str(tmp_path)) == 0
+        assert access._tcp_peer_uid("127.0.0.1", 1, "127.0.0.1", 0x1F40, proc=str(tmp_path)) is None
     # And on the real table: our own connection to a listening socket.
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -290,7 +285,7 @@ def test_tcp_peer_uid_from_the_kernel_table(tmp_path: Path) -> None:
     client = socket.create_connection(server.getsockname())
     try:
         peer = client.getsockname()
-        assert control._tcp_peer_uid(peer[0], peer[1], *server.getsockname()) == me
+        assert access._tcp_peer_uid(peer[0], peer[1], *server.getsockname()) == me
     finally:
         client.close()
         server.close()

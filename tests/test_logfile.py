@@ -20,6 +20,7 @@ from twisted.python import usage
 from twisted.scripts import _twistd_unix
 
 from p2ptorrent import logfile
+from p2ptorrent.config import LOG_LEVELS
 from p2ptorrent.logfile import LogFileService, TwistdLog, file_observer, observer_for, take_over_twistd_log
 from p2ptorrent.procs import wait_for
 
@@ -135,7 +136,7 @@ def test_events_below_the_level_are_not_written(tmp_path: Path, level: str, writ
     path = tmp_path / "a.log"
     observer = file_observer(path, level, max_bytes=10_000, backups=1)
     log = Logger(namespace="test", observer=observer)
-    for name in logfile.LEVELS:
+    for name in LOG_LEVELS:
         log.emit(LogLevel.levelWithName(name), "event at {name}", name=name)
     observer.close()
     assert [line.split("event at ")[1] for line in lines_of(path)] == written

@@ -51,7 +51,7 @@ def test_unmatched_losses_are_ignored() -> None:
 
 
 def test_availability_changes_while_started_or_held() -> None:
-    picker = _picker(3)
+    picker = _picker(4)
     picker.start(0)
     picker.have(1)
     for p in (0, 1):
@@ -59,16 +59,18 @@ def test_availability_changes_while_started_or_held() -> None:
         picker.peer_has(p)
         picker.peer_lost(p)
     assert picker.availability(0) == picker.availability(1) == 1
-    picker.release(0)
     picker.peer_has(2)
     picker.peer_has(2)
-    # 0 went back to the bucket of its current count, below 2.
-    assert {picker.pick(None) for _ in range(20)} == {0}
+    picker.peer_has(3)
+    # Counts moved on pieces out of the buckets leave the buckets right: the rarest free piece wins.
+    assert {picker.pick(None) for _ in range(20)} == {3}
+    picker.start(3)
+    assert picker.pick(None) == 2
 
 
 def test_out_of_range_pieces_raise() -> None:
     picker = _picker(3)
-    for call in (picker.have, picker.start, picker.release, picker.peer_has, picker.peer_lost, picker.availability):
+    for call in (picker.have, picker.start, picker.peer_has, picker.peer_lost, picker.availability):
         with pytest.raises(IndexError):
             call(3)
         with pytest.raises(IndexError):
@@ -123,27 +125,22 @@ def test_never_a_piece_the_peer_lacks() -> None:
             assert got is None
 
 
-def test_never_held_or_started_pieces_and_release_restores() -> None:
+def test_never_held_or_started_pieces() -> None:
     picker = _with_counts([0, 0, 1, 1])
     picker.have(0)
     picker.start(1)
     for _ in range(30):
         assert picker.pick(None) in (2, 3)
+    assert picker.pickable == 2
     picker.start(2)
     picker.start(3)
-    assert picker.pick(None) is None
-    picker.release(1)
-    assert picker.pick(None) == 1
-    picker.release(0)  # held: release is no use
-    picker.release(1)  # not started: no-op
-    assert picker.pickable == 1
-    picker.have(1)
-    assert picker.pick(None) is None
-    picker.release(2)
-    assert picker.pick(None) == 2
+    assert picker.pick(None) is None and picker.pickable == 0
+    picker.have(1)  # a started piece verified
+    picker.have(2)
+    assert picker.pick(None) is None and picker.held == 3
 
 
-def test_have_start_release_are_idempotent() -> None:
+def test_have_and_start_are_idempotent() -> None:
     picker = _picker(3)
     for _ in range(3):
         picker.have(0)
@@ -151,9 +148,8 @@ def test_have_start_release_are_idempotent() -> None:
     assert picker.held == 1 and picker.pickable == 1
     picker.have(1)  # a started piece that verified
     assert picker.held == 2 and picker.pickable == 1
-    picker.release(2)
-    picker.release(2)
-    assert picker.pickable == 1 and picker.pick(None) == 2
+    picker.start(0)  # held: starting it changes nothing
+    assert picker.held == 2 and picker.pickable == 1 and picker.pick(None) == 2
 
 
 def test_none_when_nothing_fits() -> None:
@@ -257,35 +253,18 @@ def test_download_from_partial_peers_with_failures() -> None:
                 picker.start(piece)
                 fetching.append(piece)
         rng.shuffle(fetching)
-        piece = fetching.pop()
+        piece = fetching[-1]
         if rng.random() < 0.1:
-            picker.release(piece)  # failed its check
-        else:
-            picker.have(piece)
-            done.append(piece)
+            continue  # failed its check: fetched again, never picked a second time
+        fetching.pop()
+        picker.have(piece)
+        done.append(piece)
     assert sorted(done) == list(range(n))
-
-
-def test_pick_from_matches_pick() -> None:
-    for seed in range(100):
-        rng = random.Random(seed)
-        counts = [rng.randrange(5) for _ in range(40)]
-        pieces = rng.sample(range(40), 8) + [-1, 40]
-        a, b = _with_counts(counts, seed), _with_counts(counts, seed)
-        got = a.pick_from(pieces)
-        valid = [p for p in pieces if 0 <= p < 40]
-        assert got in valid and counts[got] == min(counts[p] for p in valid)
-        assert b.pick(set(pieces).__contains__) in valid
-    picker = _with_counts([0, 3, 3], random_first=1)
-    assert {_with_counts([0, 3, 3], s, random_first=1).pick_from([1, 2]) for s in range(30)} == {1, 2}
-    picker.start(1)
-    picker.have(2)
-    assert picker.pick_from([1, 2]) is None
 
 
 # ---- against a model
 _ops = st.lists(
-    st.tuples(st.sampled_from(["have", "start", "release", "peer_has", "peer_lost", "seed", "unseed", "pick"]),
+    st.tuples(st.sampled_from(["have", "start", "peer_has", "peer_lost", "seed", "unseed", "pick"]),
               st.integers(0, 19), st.frozensets(st.integers(0, 19)), st.booleans()),
     max_size=120,
 )
@@ -309,9 +288,6 @@ def test_matches_a_model(ops: list[tuple[str, int, frozenset[int], bool]], seed:
             picker.start(piece)
             if piece not in held:
                 started.add(piece)
-        elif op == "release":
-            picker.release(piece)
-            started.discard(piece)
         elif op == "peer_has":
             picker.peer_has(piece)
             counts[piece] += 1
@@ -328,14 +304,12 @@ def test_matches_a_model(ops: list[tuple[str, int, frozenset[int], bool]], seed:
             has = None if is_seed else has_set.__contains__
             candidates = [p for p in range(n) if p not in held and p not in started and (has is None or has(p))]
             got = picker.pick(has)
-            via_list = picker.pick_from(range(n) if has is None else sorted(has_set))
             if not candidates:
-                assert got is None and via_list is None
+                assert got is None
                 continue
-            assert got in candidates and via_list in candidates
+            assert got in candidates
             if len(held) >= random_first:
-                least = min(counts[p] for p in candidates)
-                assert counts[got] == least and counts[via_list] == least
+                assert counts[got] == min(counts[p] for p in candidates)
             picker.start(got)
             started.add(got)
         assert picker.held == len(held)

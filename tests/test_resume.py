@@ -243,6 +243,22 @@ def test_discard_and_finish_leave_nothing_behind(tmp_path: Path) -> None:
     assert not (folder / meta.name).exists()
 
 
+def test_leftovers_of_an_interrupted_rewrite_are_removed(tmp_path: Path) -> None:
+    meta, data, torrent = _file(tmp_path)
+    folder = tmp_path / "node"
+    part = _partial(folder, meta, data, [0, 1], torrent)
+    # What a node killed while rewriting the record or the torrent copy leaves behind.
+    left = [path.with_name(f".{path.name}.99999.tmp") for path in (part.record, part.torrent_copy)]
+    for path in left:
+        path.write_bytes(b"half")
+    again = PartFile(folder, meta, torrent)
+    assert again.prepare().pieces == 2
+    again.close()
+    assert sorted(p.name for p in (folder / ".incomplete").iterdir()) == sorted(
+        p.name for p in (part.path, part.record, part.torrent_copy)
+    )
+
+
 # ---- a download stopped and started again (in memory, virtual time)
 
 class Wiretap:

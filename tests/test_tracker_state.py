@@ -9,9 +9,8 @@ from typing import Any, Callable
 import pytest
 from twisted.internet.task import Clock, LoopingCall
 
-from p2ptorrent.config import Config
+from p2ptorrent.config import MAX_NODE_ID, Config
 from p2ptorrent.tracker.state import (
-    MAX_NODE_ID,
     Exit,
     Need,
     Own,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ def test_save_then_load_round_trip(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "db" / "nodes.json").read_text()) == NODES
     assert JsonStore(tmp_path / "db").load() == (NODES, FILES)
     assert sorted(p.name for p in (tmp_path / "db").iterdir()) == ["files.json", "nodes.json"]
+    # The nodes' token hashes are nobody else's business.
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "db").iterdir()} == {0o600}
 
 
 def test_missing_folder_or_file_loads_empty(tmp_path: Path) -> None:

@@ -9,14 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2ptorrent import wire
-from p2ptorrent.config import BLOCK_HEADER_SIZE
 
 H = bytes(range(20))
 u32 = st.integers(0, 2**32 - 1)
-
-
-def test_block_header_matches_config() -> None:
-    assert wire.BLOCK_OVERHEAD == BLOCK_HEADER_SIZE
 
 
 @given(u32, st.binary(min_size=20, max_size=20))

@@ -37,7 +37,7 @@ yes or no; the caller sends the blocks or the refusal.  Peers are keys
   table holds at most ``max_peers``; a new peer beyond that evicts the
   least recently seen one that holds no slot.
 
-Cost: ``allowed``, ``received_from``, ``sent_to``, ``forget`` O(1) (O(slots)
+Cost: ``allowed``, ``received_from``, ``forget`` O(1) (O(slots)
 when all slots are taken); ``tick`` O(slots) plus, at a rotation or when it
 frees a slot, O(p log p) for the p known peers.
 """
@@ -70,8 +70,6 @@ class _Peer:
     last_asked: float = -math.inf
     #: Bytes it sent us since the last rotation: its tit-for-tat credit.
     received: int = 0
-    total_received: int = 0
-    total_sent: int = 0
 
 
 class Choker:
@@ -134,13 +132,6 @@ class Choker:
         """We downloaded *nbytes* from the peer: credit for the next rotation."""
         p = self._see(peer, self._now)
         p.received += nbytes
-        p.total_received += nbytes
-
-    def sent_to(self, peer: Hashable, nbytes: int) -> None:
-        """We uploaded *nbytes* to the peer (kept for statistics; unknown peers are ignored)."""
-        p = self._peers.get(peer)
-        if p is not None:
-            p.total_sent += nbytes
 
     def forget(self, peer: Hashable) -> None:
         """The peer is gone: its slot (if any) is free for the next asker."""
@@ -191,11 +182,6 @@ class Choker:
         """Has the peer asked within interest_timeout?"""
         p = self._peers.get(peer)
         return p is not None and now - p.last_asked <= self.interest_timeout
-
-    def totals(self, peer: Hashable) -> tuple[int, int]:
-        """(bytes received from, bytes sent to) the peer while it was known."""
-        p = self._peers.get(peer)
-        return (0, 0) if p is None else (p.total_received, p.total_sent)
 
     def __len__(self) -> int:
         """Peers in the table."""

@@ -21,8 +21,8 @@ of those a peer has, not the one after the longest run of pieces it lacks.
 
 Complexity (n pieces, b buckets = the largest count + 1, at most peers + 1):
 
-- ``have``, ``start``, ``release``, ``peer_has``, ``peer_lost``,
-  ``add_seed``, ``remove_seed``, ``availability``: O(1).
+- ``have``, ``start``, ``peer_has``, ``peer_lost``, ``add_seed``,
+  ``remove_seed``, ``availability``: O(1).
 - ``pick(None)`` (a seed): O(1) amortised; empty buckets below the rarest
   are skipped once and remembered.
 - ``pick(has)`` (a partial peer): per bucket from the rarest, up to
@@ -31,15 +31,14 @@ Complexity (n pieces, b buckets = the largest count + 1, at most peers + 1):
   to the first piece it has, about size / (hits + 1) probes, and uniform too
   as the order is random.
   A bucket in which the peer has nothing costs its full size, so the worst
-  case is O(n) calls of ``has``; :meth:`pick_from` costs O(len(pieces)) and
-  suits a peer known to hold few pieces.
+  case is O(n) calls of ``has``.
 """
 
 from __future__ import annotations
 
 import random
 from itertools import chain
-from typing import Callable, Iterable
+from typing import Callable
 
 #: Random draws from a bucket before walking it: a peer holding a fraction f of
 #: the bucket is found by sampling with probability 1 - (1 - f) ** SAMPLES.
@@ -90,16 +89,11 @@ class PiecePicker:
         self._held += 1
 
     def start(self, piece: int) -> None:
-        """The piece is being fetched: leave it out until released or held."""
+        """The piece is being fetched: leave it out for good (the caller finishes it, and fetches it
+        again if it fails its check)."""
         if self._state[self._check(piece)] == _FREE:
             self._unlist(piece)
             self._state[piece] = _STARTED
-
-    def release(self, piece: int) -> None:
-        """The piece is no longer being fetched (it failed its check, its peer left): pickable again."""
-        if self._state[self._check(piece)] == _STARTED:
-            self._state[piece] = _FREE
-            self._list(piece)
 
     @property
     def held(self) -> int:
@@ -172,28 +166,6 @@ class PiecePicker:
                     return piece
         return None
 
-    def pick_from(self, pieces: Iterable[int]) -> int | None:
-        """As :meth:`pick`, for a peer whose pieces are listed: O(len(pieces)) whatever the buckets hold.
-
-        Ties are broken uniformly (reservoir sampling); pieces out of range are ignored.
-        """
-        state, count, n, rng = self._state, self._count, self.num_pieces, self.rng
-        rarest_only = self._held >= self.random_first
-        best: int | None = None
-        best_count = 0
-        ties = 0
-        for p in pieces:
-            if not 0 <= p < n or state[p] != _FREE:
-                continue
-            c = count[p] if rarest_only else 0
-            if best is None or c < best_count:
-                best, best_count, ties = p, c, 1
-            elif c == best_count:
-                ties += 1
-                if rng.randrange(ties) == 0:
-                    best = p
-        return best
-
     def _choose(self, seq: list[int], has: Callable[[int], bool] | None) -> int | None:
         """A piece of *seq* that the peer has, at random; None if it has none of them."""
         n = len(seq)
@@ -226,10 +198,6 @@ class PiecePicker:
         if not 0 <= piece < self.num_pieces:
             raise IndexError(f"piece {piece} out of range 0..{self.num_pieces - 1}")
         return piece
-
-    def _list(self, piece: int) -> None:
-        self._bucket_add(piece)
-        self._insert(self._free, self._free_pos, piece)
 
     def _unlist(self, piece: int) -> None:
         self._bucket_remove(piece)

@@ -1,9 +1,18 @@
-"""The node's UDP endpoint: decode datagrams, hand them on, write the answers.
+"""The node's UDP endpoint: decode datagrams, decide who may be heard, hand them on, write the answers.
 
-No decisions live here.  Requests go to the :class:`Seeder`; INFO answers to
-the id-keyed table of pending INFO requests; blocks and errors to the download
-of that info hash.  Nothing from the network can raise out of
-``datagramReceived``.
+Requests go to the :class:`Seeder`; INFO answers to the id-keyed table of
+pending INFO requests (timed out through the injected clock); blocks, errors
+and HAVEs to the download of that info hash.  Nothing from the network can
+raise out of ``datagramReceived``.
+
+A few decisions live here, because they are about where a datagram comes
+from and this is the one place that sees every sender before anything is
+done with it, blocks included (they are only peeked at, on the hot path): a
+block, error or HAVE is taken only from an address its download greeted
+(:meth:`NodeProtocol.ask_info`), an INFO answer only from the address asked
+and about the file asked; one for a download that ended less than
+``LATE_GRACE`` ago is late, not hostile; and each block received credits
+its sender's upload slot (tit-for-tat, :class:`Choker`).
 
 Every datagram that is not useful traffic is dropped and counted once, in
 ``counts["rejected"]`` and ``counts["rejected:<reason>"]``: malformed ones by

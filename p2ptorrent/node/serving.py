@@ -1,11 +1,19 @@
-"""The seeding side: answer INFO and BLOCK requests for the files this node shares.
+"""The seeding side: answer INFO, HAVE and BLOCK requests for the files this node shares.
 
 Requests name a file only by info hash, so a peer can never reach a path the
-node did not choose to share.  Decisions are pure: each request comes in with
-the time (``now``) and goes out as ``(reason, replies)``, where *reason* is
-None for a request served, or a short label the protocol counts as a
-rejection (``"bad cookie"``, ``"not shared"``, ``"bad block"``,
-``"unknown file"``).
+node did not choose to share.  Each request comes in with the time (``now``)
+and goes out as ``(reason, replies)``, where *reason* is None for a request
+served, or a short label the protocol counts as a rejection (``"bad
+cookie"``, ``"not shared"``, ``"bad block"``, ``"unknown file"``); no socket
+and no clock here, so tests call :class:`Seeder` directly.
+
+It is not pure, and that is deliberate.  A request updates state as it is
+answered: the per-address rate budgets, the peers watching a file, how much
+of each piece went out, and the upload slots (the :class:`Choker`'s ``tick``
+and ``allowed``).  And the seeder owns the disk side of sharing: an open
+descriptor per shared file, and *replies* is a lazy iterator that reads each
+block (``pread``) only when the protocol sends it, so a file found changed
+on disk while a reply is read is logged and stops being shared right there.
 
 What a peer can make us send:
 
@@ -83,7 +91,6 @@ Reply = tuple[Optional[str], Iterable[bytes]]
 class UploadSlots(Protocol):
     def tick(self, now: float) -> None: ...
     def allowed(self, peer: Hashable, now: float) -> bool: ...
-    def sent_to(self, peer: Hashable, nbytes: int) -> None: ...
     def received_from(self, peer: Hashable, nbytes: int) -> None: ...
 
 
@@ -343,7 +350,7 @@ class Seeder:
         granted = self.blocks.take(addr, wanted, now, force=not self._contended(addr, now))
         if granted < wanted:
             self.counts["limited:blocks"] += wanted - granted
-        replies = self._read(shared, msg.info_hash, blocks[:granted] if granted < wanted else blocks, addr)
+        replies = self._read(shared, msg.info_hash, blocks[:granted] if granted < wanted else blocks)
         return None, (itertools.chain(offer, replies) if offer else replies)
 
     def _watch(self, info_hash: bytes, addr: Any, now: float) -> None:
@@ -381,12 +388,9 @@ class Seeder:
         self._last_served, self._last_served_at = addr, now
         return now <= self._contended_until
 
-    def _read(
-        self, shared: SharedFile, info_hash: bytes, blocks: Iterable[tuple[int, int, int]], addr: Any = None,
-    ) -> Iterator[bytes]:
+    def _read(self, shared: SharedFile, info_hash: bytes, blocks: Iterable[tuple[int, int, int]]) -> Iterator[bytes]:
         """Each block as a datagram, read from disk when the protocol is ready to send it."""
         piece_length = shared.meta.piece_length
-        sent = 0
         levels = shared.levels
         for piece, offset, length in blocks:
             try:
@@ -403,12 +407,9 @@ class Seeder:
                 return
             shared.uploaded += length
             shared.blocks_served += 1
-            sent += length
             if levels is not None:
                 _count_upload(shared, piece, length)
             yield wire.encode_block(info_hash, piece, offset, data)
-        if self.slots is not None and sent:
-            self.slots.sent_to(addr, sent)
 
     def _error(self, addr: Any, now: float, size: int, info_hash: bytes, code: int, text: str) -> tuple[bytes, ...]:
         if not self.errors.take(addr, 1, now):

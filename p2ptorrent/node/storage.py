@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from p2ptorrent.atomicfile import atomic_write, stale_temporaries
 from p2ptorrent.metainfo import MAX_TORRENT_SIZE, Metainfo, MetainfoError, parse, target_path
 
 INCOMPLETE = ".incomplete"
@@ -68,6 +69,15 @@ RECORD_ENTRY_SIZE = _ENTRY.size
 #: Bytes written between background fdatasync calls: the disk takes the data
 #: while the download runs, so the fsync before the rename finds little left.
 SYNC_EVERY = 32 * 1024 * 1024
+
+#: The record and the torrent copy are replaced whole but not fsynced (see
+#: p2ptorrent.atomicfile): neither is trusted when read back (recorded pieces
+#: are re-verified, the copy is parsed and must match its name), and the part
+#: file they describe is not fsynced per piece either.  After a power cut, a
+#: lost or empty record means starting that file afresh, a lost copy that the
+#: node resumes it only when asked to download it again; an fsync of each
+#: would only slow the start of every download.
+SYNC_SIDE_FILES = False
 
 #: errno values that mean "the disk (or the user's quota) is full".
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -140,7 +150,7 @@ class PartFile:
         self.final = target_path(folder, meta.name)
         incomplete = Path(folder) / INCOMPLETE
         self.path = incomplete / f"{meta.info_hash.hex()}.part"
-        self.record = incomplete / f"{meta.info_hash.hex()}.have"
+        self.record = record_path(folder, meta.info_hash)
         self.torrent_copy = incomplete / f"{meta.info_hash.hex()}.torrent"
         self.torrent = torrent
         self.resumed = ResumeReport(0, 0, 0, False)
@@ -174,6 +184,11 @@ class PartFile:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise self._error(e, f"cannot create {self.path.parent}") from None
+        for leftover in stale_temporaries(self.record) + stale_temporaries(self.torrent_copy):
+            try:
+                leftover.unlink()  # of a node that died while rewriting them; harmless if it stays
+            except OSError:
+                pass
         entries = self._candidates()
         self._unchecked = entries is not None
         self._save_torrent()
@@ -249,13 +264,7 @@ class PartFile:
         """A fresh record naming the trusted pieces (so garbage or a torn tail is gone), open for appending."""
         body = _HEADER.pack(RECORD_MAGIC, self.meta.info_hash, self.meta.length, self.meta.piece_length)
         body += b"".join(_ENTRY.pack(p) for p, ok in enumerate(self._have) if ok)
-        tmp = self.record.with_name(self.record.name + ".tmp")
-        try:
-            _write_all(tmp, body)
-            os.replace(tmp, self.record)
-        except OSError:
-            _unlink(tmp)
-            raise
+        atomic_write(self.record, body, fsync=SYNC_SIDE_FILES)
         self._record_fd = os.open(self.record, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
 
     def _save_torrent(self) -> None:
@@ -266,12 +275,9 @@ class PartFile:
                 return
         except OSError:
             pass
-        tmp = self.torrent_copy.with_name(self.torrent_copy.name + ".tmp")
         try:
-            _write_all(tmp, self.torrent)
-            os.replace(tmp, self.torrent_copy)
+            atomic_write(self.torrent_copy, self.torrent, fsync=SYNC_SIDE_FILES)
         except OSError as e:
-            _unlink(tmp)
             raise self._error(e, f"cannot write {self.torrent_copy}") from None
 
     # ---- writing
@@ -446,17 +452,6 @@ def _move_to_free_name(src: Path, wanted: Path) -> Path:
         os.unlink(src)
         return candidate
     raise OSError(errno.EEXIST, f"no free name like {wanted.name} left", str(wanted))
-
-
-def _write_all(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    try:
-        view = memoryview(data)
-        done = 0
-        while done < len(view):
-            done += os.write(fd, view[done:])
-    finally:
-        os.close(fd)
 
 
 def _unlink(path: Path) -> None:

@@ -10,13 +10,10 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
-from p2ptorrent.node.control import (
-    ControlFactory,
-    StdinControl,
-    check_control_endpoint,
-    clear_stale_socket,
-    default_control_endpoint,
-)
+from p2ptorrent.commands import default_control_endpoint
+from p2ptorrent.config import MAX_NODE_ID
+from p2ptorrent.node.access import check_control_endpoint, clear_stale_socket
+from p2ptorrent.node.control import ControlFactory, StdinControl
 from p2ptorrent.node.service import Node, log_path, stdin_is_usable
 from p2ptorrent.options import SettingsOptions
 from p2ptorrent.startup import StartupError, claim_under_twistd, fail_to_start
@@ -50,7 +47,7 @@ class Options(SettingsOptions):
                 self[name] = int(self[name])
             except ValueError:
                 raise usage.UsageError(f"--{name} must be a whole number, got {self[name]!r}") from None
-            if not low <= self[name] <= (2**31 - 1 if name == "id" else 65535):
+            if not low <= self[name] <= (MAX_NODE_ID if name == "id" else 65535):
                 raise usage.UsageError(f"--{name} is out of range: {self[name]}")
         try:
             if self["control"] is None:

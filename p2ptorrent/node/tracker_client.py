@@ -25,8 +25,8 @@ from twisted.python.failure import Failure
 from twisted.web._newclient import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
 
 from p2ptorrent.config import Config
+from p2ptorrent.tracker.state import TOKEN_BYTES, is_info_hash_hex, is_json_int
 
-_HEX = frozenset("0123456789abcdef")
 _JSON_HEADERS = {b"Content-Type": [b"application/json"], b"Accept": [b"application/json"]}
 
 
@@ -107,7 +107,7 @@ class TrackerClient:
         self._registering: Deferred[Any] | None = None
         # The token we propose when joining without one, kept until a join is answered: a join
         # whose answer was lost is sent again with it, and the tracker then knows us by it.
-        self._proposal = secrets.token_hex(16)
+        self._proposal = secrets.token_hex(TOKEN_BYTES)
 
     # ---- the five messages
 
@@ -139,7 +139,7 @@ class TrackerClient:
         if (have is None) != (pieces is None):
             raise ValueError("own() takes both have and pieces, or neither")
         if have is not None and pieces is not None:
-            if not (_is_int(have) and _is_int(pieces)) or not 0 <= have <= pieces or pieces < 1:
+            if not (is_json_int(have) and is_json_int(pieces)) or not 0 <= have <= pieces or pieces < 1:
                 raise ValueError(f"own() needs 0 <= have <= pieces and pieces >= 1, got have={have} pieces={pieces}")
             fields["have"], fields["pieces"] = have, pieces
         return self._registered_call("OWN", fields).addCallback(lambda _: None)
@@ -211,7 +211,7 @@ class TrackerClient:
                 # "new": false here means an earlier join of ours got through unanswered: the
                 # tracker holds none of our files all the same.
                 new = True
-                self._proposal = secrets.token_hex(16)
+                self._proposal = secrets.token_hex(TOKEN_BYTES)
             self.token = token
             if isinstance(host, str):
                 self.public_host = host
@@ -315,7 +315,7 @@ def _owner(entry: Any) -> Owner:
     if not partial:
         return Owner(node_id, host, port, frequency)
     have, pieces = entry["have"], entry["pieces"]
-    if not _is_int(have) or not _is_int(pieces):
+    if not is_json_int(have) or not is_json_int(pieces):
         raise TypeError("'have' and 'pieces' must be integers")
     if not 0 <= have < pieces:
         # A partial owner lacks at least one piece; anything else would mislead the download.
@@ -323,19 +323,15 @@ def _owner(entry: Any) -> Owner:
     return Owner(node_id, host, port, frequency, True, have, pieces)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _info_hash(value: str) -> str:
     info_hash = value.lower()
-    if len(info_hash) != 40 or not _HEX.issuperset(info_hash):
+    if not is_info_hash_hex(info_hash):
         raise ValueError(f"an info hash is 40 hexadecimal digits, got {value!r}")
     return info_hash
 
 
 def _int_list(value: Any, name: str) -> list[int]:
-    if not isinstance(value, list) or not all(_is_int(v) for v in value):
+    if not isinstance(value, list) or not all(is_json_int(v) for v in value):
         raise TrackerProtocolError(f"tracker answer has no list of node ids in {name!r}")
     return list(value)
 

@@ -22,22 +22,19 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Iterable, Mapping, TypeGuard, Union
 
-from p2ptorrent.config import Config
+from p2ptorrent.config import MAX_NODE_ID, Config
+from p2ptorrent.metainfo import MAX_LENGTH, MAX_NAME_BYTES
 
-#: Largest node id (ids are signed 32-bit integers in the original).
-MAX_NODE_ID = 2**31 - 1
-#: Largest file length: the largest integer a JSON double holds exactly.
-MAX_LENGTH = 2**53
 #: Most uploaders one UPDATE may list.
 MAX_UPLOADERS = 1000
-#: Longest file name, in UTF-8 bytes (the usual file-system limit).
-MAX_NAME_BYTES = 255
 #: Most pieces a file may have (OWN's ``pieces``; ``have`` counts up to it).
 MAX_PIECES = 2**31
 #: Version of the database documents written by :meth:`SwarmState.snapshot`.
 DB_VERSION = 1
+#: Random bytes in a token the tracker makes, and in one a node proposes (as hex digits, twice as many).
+TOKEN_BYTES = 16
 #: Lengths of a token a joining node may propose (lowercase hex; 32 digits are 128 random bits).
-PROPOSED_TOKEN_DIGITS = (32, 128)
+PROPOSED_TOKEN_DIGITS = (2 * TOKEN_BYTES, 128)
 
 _HEX = frozenset("0123456789abcdef")
 
@@ -187,14 +184,19 @@ def _field(doc: Mapping[str, Any], name: str) -> Any:
     return doc[name]
 
 
-def _is_int(value: Any) -> bool:
-    # bool is a subclass of int in Python but true/false are not numbers in JSON.
+def is_json_int(value: Any) -> bool:
+    """Whether a decoded JSON value is an integer (bool is an int in Python, but true and false are not numbers)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_info_hash_hex(value: str) -> bool:
+    """Whether *value* is an info hash as the tracker's messages spell it: 40 lowercase hexadecimal digits."""
+    return len(value) == 40 and _HEX.issuperset(value)
 
 
 def _integer(doc: Mapping[str, Any], name: str, low: int, high: int) -> int:
     value = _field(doc, name)
-    if not _is_int(value):
+    if not is_json_int(value):
         raise TrackerError(400, f"field {name!r} must be an integer, got {_json_kind(value)}")
     if not low <= value <= high:
         raise TrackerError(400, f"field {name!r} must be {low}..{high}, got {_short(value)}")
@@ -214,7 +216,7 @@ def _info_hash(doc: Mapping[str, Any]) -> str:
     value = _field(doc, "info_hash")
     if not isinstance(value, str):
         raise TrackerError(400, f"field 'info_hash' must be a string, got {_json_kind(value)}")
-    if len(value) != 40 or not _HEX.issuperset(value):
+    if not is_info_hash_hex(value):
         raise TrackerError(400, "field 'info_hash' must be 40 lowercase hexadecimal digits")
     return value
 
@@ -270,7 +272,7 @@ def _uploaders(doc: Mapping[str, Any]) -> tuple[int, ...]:
         raise TrackerError(400, f"field 'uploaders' lists {len(value)} nodes, at most {MAX_UPLOADERS} allowed")
     seen: dict[int, None] = {}
     for item in value:
-        if not _is_int(item) or not 0 <= item <= MAX_NODE_ID:
+        if not is_json_int(item) or not 0 <= item <= MAX_NODE_ID:
             raise TrackerError(400, f"field 'uploaders' must hold node ids 0..{MAX_NODE_ID}, got {_short(item)}")
         seen[int(item)] = None
     return tuple(seen)  # duplicates removed, order kept
@@ -448,7 +450,7 @@ class SwarmState:
         node = self._nodes.get(node_id)
         if node is None:
             self._check_room(host)
-            fresh = token if proposed_token(token) else secrets.token_hex(16)
+            fresh = token if proposed_token(token) else secrets.token_hex(TOKEN_BYTES)
             self._nodes[node_id] = _Node(node_id, host, port, 0, _digest(fresh), last_seen=now)
             self._count(host, +1)
             self.revision += 1
@@ -657,7 +659,7 @@ class SwarmState:
         for entry in _entries(files_doc, "files", problems):
             try:
                 info_hash = _checked_str(entry["info_hash"])
-                if len(info_hash) != 40 or not _HEX.issuperset(info_hash):
+                if not is_info_hash_hex(info_hash):
                     raise ValueError("bad info_hash")
                 file = _File(info_hash, _checked_str(entry["name"]), _checked_int(entry["length"], 0, MAX_LENGTH))
                 for owner in entry["owners"]:
@@ -787,7 +789,7 @@ def _entries(doc: Mapping[str, Any], key: str, problems: list[str]) -> list[Any]
 
 
 def _checked_int(value: Any, low: int, high: int | None) -> int:
-    if not _is_int(value):
+    if not is_json_int(value):
         raise TypeError(f"{value!r} is not an integer")
     if value < low or (high is not None and value > high):
         raise ValueError(f"{value} is out of range")

@@ -1,26 +1,28 @@
 """The tracker's database: nodes.json and files.json in tracker_db_dir.
 
-Each file is replaced atomically (temporary file in the same folder, fsync,
-``os.replace``, fsync of the folder), so a crash or a full disk leaves either
-the old or the new document, never half of one.  Reading is forgiving: a
-missing folder or file is an empty start, and a corrupt file is moved aside
-as ``NAME.corrupt-N`` (kept for a person to look at) and started empty, because
-a tracker that refuses to start helps nobody.
+Each file is replaced with :func:`~p2ptorrent.atomicfile.atomic_write` and
+``fsync=True`` (temporary file in the same folder, fsync, rename, fsync of the
+folder), so a crash or a full disk leaves either the old or the new document,
+never half of one; mode 600, as the nodes' token hashes are nobody else's
+business.  Reading is forgiving: a missing folder or file is an empty start,
+and a corrupt file is moved aside as ``NAME.corrupt-N`` (kept for a person to
+look at) and started empty, because a tracker that refuses to start helps
+nobody.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from twisted.logger import Logger
 
+from p2ptorrent.atomicfile import atomic_write, stale_temporaries
+
 NODES_FILE = "nodes.json"
 FILES_FILE = "files.json"
-_TEMP_SUFFIX = ".tmp"
 
 
 class JsonStore:
@@ -40,7 +42,7 @@ class JsonStore:
             data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode("utf-8")
             if self._written.get(name) == data:
                 continue
-            self._replace(name, data)
+            atomic_write(self.folder / name, data, mode=0o600, fsync=True)
             self._written[name] = data
 
     def load(self) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -49,36 +51,6 @@ class JsonStore:
         return self._load_one(NODES_FILE), self._load_one(FILES_FILE)
 
     # ---- internals
-
-    def _replace(self, name: str, data: bytes) -> None:
-        fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=_TEMP_SUFFIX, dir=self.folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temp, self.folder / name)
-        except BaseException:
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
-            raise
-        self._fsync_folder()
-
-    def _fsync_folder(self) -> None:
-        # Makes the rename itself durable.  Some platforms (Windows) cannot
-        # open a directory; the rename is then as durable as they allow.
-        try:
-            fd = os.open(self.folder, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
 
     def _load_one(self, name: str) -> dict[str, Any]:
         path = self.folder / name
@@ -123,7 +95,7 @@ class JsonStore:
         if not self.folder.is_dir():
             return
         for name in (NODES_FILE, FILES_FILE):
-            for temp in self.folder.glob(f".{name}.*{_TEMP_SUFFIX}"):
+            for temp in stale_temporaries(self.folder / name):
                 try:
                     temp.unlink()
                 except OSError:
