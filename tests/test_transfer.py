@@ -31,8 +31,12 @@ def _transfer(**kw: object) -> Transfer:
 
 
 def _answer(t: Transfer, addr: object, piece: int, offset: int, length: int, now: float, data: bytes = DATA):
+    """One block in; a piece it completes is judged at once, as the writer thread would."""
     start = piece * PIECE + offset
-    return t.on_block(addr, piece, offset, data[start : start + length], now)
+    out = t.on_block(addr, piece, offset, data[start : start + length], now)
+    if isinstance(out, PieceAssembled):
+        return t.checked(out.piece, hashlib.sha1(out.data).digest() == t.piece_hash(out.piece))
+    return out
 
 
 def test_geometry() -> None:
@@ -163,11 +167,11 @@ def test_endgame_asks_a_second_peer_for_what_the_first_still_owes() -> None:
 
 
 def test_pieces_checked_elsewhere_are_handed_out_then_judged() -> None:
-    """Without check_inline a full piece comes back assembled; checked() gives the verdict later."""
-    t = _transfer(check_inline=False)
+    """A full piece comes back assembled; checked() gives the verdict later."""
+    t = _transfer()
     t.add_peer(B, 2, b"b" * 8, 0.0)
     for b in range(4):
-        out = _answer(t, A, 0, b * CHUNK, CHUNK, 0.1)
+        out = t.on_block(A, 0, b * CHUNK, DATA[b * CHUNK : (b + 1) * CHUNK], 0.1)
     assert isinstance(out, PieceAssembled) and out.piece == 0 and out.sources == {A}
     assert bytes(out.data) == DATA[:PIECE]
     assert not t.verified[0] and t.remaining == GEO.num_pieces
@@ -181,12 +185,12 @@ def test_pieces_checked_elsewhere_are_handed_out_then_judged() -> None:
     assert t.checked(0, True) is None  # judged once
 
     for b in range(4):
-        out = _answer(t, B, 1, b * CHUNK, CHUNK, 0.4, data=bytes(len(DATA)))
+        out = t.on_block(B, 1, b * CHUNK, bytes(CHUNK), 0.4)
     assert isinstance(out, PieceAssembled)
     bad = t.checked(1, False)
     assert isinstance(bad, PieceFailed) and bad.sources == {B}
     assert t.peers[B].strikes == 1 and not t.verified[1]
-    assert list(t.pending)[:4] == list(GEO.block_ids(1))  # asked again first
+    assert list(t.ask_again)[:4] == list(GEO.block_ids(1))  # asked again first
 
 
 def test_scheduler_state_grows_by_bytes_per_block_not_objects() -> None:

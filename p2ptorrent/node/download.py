@@ -66,7 +66,7 @@ class Download:
 
     # ---- life
     def start(self) -> Deferred[DownloadResult]:
-        self.stats.started, self.stats.wall_started = self.clock.seconds(), self.hooks.wallclock()
+        self.stats.wall_started = self.hooks.wallclock()
         try:
             self.part.open()
         except StorageError as e:

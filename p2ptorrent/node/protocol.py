@@ -34,6 +34,7 @@ import errno
 import secrets
 import socket
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -72,7 +73,8 @@ class NodeProtocol(DatagramProtocol):
         self.clock = clock
         self.max_datagram = max_datagram
         self.socket_buffer = socket_buffer
-        self.downloads: dict[bytes, DownloadSink] = {}
+        #: The downloads to route blocks to, by info hash (the node gives a view of its registry).
+        self.downloads: Mapping[bytes, DownloadSink] = {}
         self._pending: dict[int, tuple[Deferred[wire.InfoResponse], Any, bytes]] = {}
         #: info hash -> the addresses its download greeted: only they may send it blocks and errors.
         self._partners: dict[bytes, set[Any]] = {}
@@ -205,8 +207,7 @@ class NodeProtocol(DatagramProtocol):
             self.send(reply, addr)
 
     def ended(self, info_hash: bytes) -> None:
-        """A download ended: forget it, and take what peers still had on the way as late, not hostile."""
-        self.downloads.pop(info_hash, None)
+        """A download ended (the node no longer lists it): what peers still had on the way is late, not hostile."""
         now = self.clock.seconds()
         self._ended = {ih: t for ih, t in self._ended.items() if t > now}
         if len(self._ended) < MAX_ENDED:

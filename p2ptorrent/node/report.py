@@ -62,7 +62,6 @@ class Stats:
         self.pieces_log: dict[int, list[int]] = {}
         self.logged_at = 0.0
         self.last_progress = -1.0
-        self.started = 0.0
         self.wall_started = 0.0
 
     def mark(self, now: float, transfer: Transfer) -> None:

@@ -28,6 +28,7 @@ import random
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
 from twisted.application.service import MultiService, Service
@@ -47,7 +48,7 @@ from p2ptorrent.node.download import Download, DownloadError, DownloadResult, Ho
 from p2ptorrent.node.session import where
 from p2ptorrent.node.protocol import NodeProtocol
 from p2ptorrent.node.serving import Seeder
-from p2ptorrent.node.storage import INCOMPLETE, Interrupted, PartFile, StorageError, file_matches, unfinished
+from p2ptorrent.node.storage import INCOMPLETE, Interrupted, PartFile, ResumeReport, StorageError, file_matches, unfinished
 from p2ptorrent.node.outbox import OUTBOX_FILE, Outbox
 from p2ptorrent.node.tracker_client import HeartbeatService, TrackerClient, TrackerRefused
 from p2ptorrent.atomicfile import atomic_write
@@ -190,13 +191,8 @@ class RememberingClient(TrackerClient):
             if token is None:
                 self.token_file.unlink(missing_ok=True)
                 return
-            tmp = self.token_file.with_name(self.token_file.name + ".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            try:
-                os.write(fd, json.dumps({"tracker": self.base_url, "token": token}).encode())
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.token_file)
+            # A restart trusts it as is: on disk before we go on (fsync), readable by this user only.
+            atomic_write(self.token_file, json.dumps({"tracker": self.base_url, "token": token}).encode(), mode=0o600)
         except OSError as e:
             # Not fatal: a restarted node then waits for the tracker to forget its old self.
             self.log.warn("cannot keep the tracker token in {file}: {why}", file=str(self.token_file), why=e.strerror or e)
@@ -229,6 +225,30 @@ class _Job:
                 listener(report)
             except Exception:
                 Node.log.failure("a progress listener failed")
+
+
+class RunningDownloads(Mapping[bytes, Download]):
+    """The downloads fetching now, derived from the node's jobs: what the protocol routes blocks to."""
+
+    def __init__(self, jobs: dict[bytes, _Job]) -> None:
+        self._jobs = jobs
+
+    def get(self, info_hash: bytes, default: Any = None) -> Any:
+        # Once per block received: one dict look-up.
+        job = self._jobs.get(info_hash)
+        return default if job is None or job.download is None else job.download
+
+    def __getitem__(self, info_hash: bytes) -> Download:
+        download = self.get(info_hash)
+        if download is None:
+            raise KeyError(info_hash)
+        return download
+
+    def __iter__(self) -> Iterator[bytes]:
+        return (ih for ih, job in list(self._jobs.items()) if job.download is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 @implementer(INodeCommands)
@@ -266,9 +286,11 @@ class Node(MultiService):
         self.choker = Choker(settings.UPLOAD_SLOTS, random.Random())
         self.seeder = Seeder.from_settings(os.urandom(32), settings, slots=self.choker)
         self.protocol = NodeProtocol(self.seeder, reactor, settings.BUFFER_SIZE, settings.SOCKET_BUFFER)
-        self.downloads: dict[bytes, Download] = {}
-        #: Every download under way, from its first check of the disk to its end.
+        #: Every download under way, from its first check of the disk to its end: the one registry.
         self.jobs: dict[bytes, _Job] = {}
+        #: Those fetching, as the protocol routes blocks to them: a view of the jobs, never a copy.
+        self.downloads = RunningDownloads(self.jobs)
+        self.protocol.downloads = self.downloads
         self._stopping = False
         self.torrents: dict[bytes, str] = {}
         self.client: RememberingClient | None = None
@@ -456,9 +478,7 @@ class Node(MultiService):
             for ih, f in self.seeder.files.items()
             if f.complete  # a file still downloading is shared again by resuming it
         }
-        tmp = self.folder / (SEEDING_FILE + ".tmp")
-        tmp.write_text(json.dumps(entries, indent=1))
-        os.replace(tmp, self.folder / SEEDING_FILE)
+        atomic_write(self.folder / SEEDING_FILE, json.dumps(entries, indent=1).encode())
 
     def _load_seeding(self) -> None:
         try:
@@ -580,6 +600,7 @@ class Node(MultiService):
 
         def ended(outcome: str | Failure) -> None:
             self.jobs.pop(meta.info_hash, None)
+            self.protocol.ended(meta.info_hash)  # what peers still send it is late, not hostile
             if isinstance(outcome, Failure):
                 self._stop_serving_partial(meta)
             if isinstance(outcome, Failure) and not outcome.check(CommandFailed):
@@ -614,6 +635,19 @@ class Node(MultiService):
             self._start_job(u.meta, u.torrent, None)
 
     async def _fetch(self, job: _Job) -> str:
+        """One download, step by step: already here? -> the disk checked -> served while it runs -> the
+        tracker answers -> fetched -> shared and announced."""
+        done = await self._already_here(job)
+        if done is not None:
+            return done
+        resumed = await self._check_disk(job)
+        self._serve_partial(job)
+        await self._wait_for_tracker(job, resumed)
+        result = await self._run_download(job)
+        return await self._finish(job, result, resumed)
+
+    async def _already_here(self, job: _Job) -> str | None:
+        """The answer if the file needs no download: left complete by a node that died as it finished."""
         meta = job.meta
         if job.auto and await self.run_blocking(file_matches, job.part.final, meta):
             # Finished and renamed, but the node died before it cleared .incomplete/.
@@ -627,9 +661,13 @@ class Node(MultiService):
             # Left in .incomplete/ by a download that finished as the node died: the file is here, complete.
             job.part.discard()
             return await self._already_seeding(meta, seeding)
+        return None
+
+    async def _check_disk(self, job: _Job) -> ResumeReport:
+        """Open the part file; what an earlier run verified is re-verified in a thread, off the reactor."""
+        meta = job.meta
         try:
-            # Re-verifying what an earlier run recorded reads it all back: not on the reactor.
-            resumed = await self.run_blocking(job.part.prepare)
+            resumed: ResumeReport = await self.run_blocking(job.part.prepare)
         except Interrupted:
             raise CommandFailed("the node is stopping") from None
         except StorageError as e:
@@ -643,15 +681,19 @@ class Node(MultiService):
                 name=meta.name, pieces=resumed.pieces, total=meta.num_pieces, bytes=resumed.bytes,
                 length=meta.length, rejected=rejected,
             )
+        return resumed
+
+    def _serve_partial(self, job: _Job) -> None:
+        """Swarming: what we verified is served from the part file from now on, while we wait and download."""
         try:
-            # Swarming: what we have verified is served from the part file from now on, while
-            # we wait for the tracker and while we download.
-            self.seeder.add_partial(meta, job.part.path, job.part.have_map)
+            self.seeder.add_partial(job.meta, job.part.path, job.part.have_map)
         except OSError as e:
-            self.log.warn("{name}: cannot serve the pieces we have: {why}", name=meta.name, why=e)
+            self.log.warn("{name}: cannot serve the pieces we have: {why}", name=job.meta.name, why=e)
+
+    async def _wait_for_tracker(self, job: _Job, resumed: ResumeReport) -> None:
         client = self.client
         assert client is not None
-        if not client.registered_once and (job.auto or resumed.pieces) and resumed.pieces < meta.num_pieces:
+        if not client.registered_once and (job.auto or resumed.pieces) and resumed.pieces < job.meta.num_pieces:
             # The first heartbeat is not through yet (the node just started, or the tracker is
             # down): asking for owners now would fail the download and lose what is on disk.
             job.note(f"waiting for the tracker at {self.settings.tracker_url}: retrying every"
@@ -664,6 +706,10 @@ class Node(MultiService):
         if self._stopping:
             job.part.close()
             raise CommandFailed("the node is stopping")
+
+    async def _run_download(self, job: _Job) -> DownloadResult:
+        meta, client = job.meta, self.client
+        assert client is not None
         job.state = "downloading"
 
         def announce(have: int) -> None:
@@ -673,22 +719,21 @@ class Node(MultiService):
                                                  name=meta.name, why=f.getErrorMessage()))
 
         shared = self.seeder.files.get(meta.info_hash)
-        dl = Download(
+        # Registered in the job, the one registry: the protocol routes blocks to it through self.downloads.
+        job.download = Download(
             meta, job.part, self.protocol, lambda: client.need(meta.info_hash_hex), self.reactor, self.settings,
             self.node_id, Hooks(progress=job.progress, announce=announce, writer=self.make_writer,
                                 uploaded=(lambda: shared.uploaded) if shared is not None else None),
         )
-        job.download = dl
-        self.downloads[meta.info_hash] = dl
-        self.protocol.downloads[meta.info_hash] = dl
         self.log.info("download of {name} ({size} bytes, {hash}) started", name=meta.name, size=meta.length, hash=meta.info_hash_hex)
         try:
-            result: DownloadResult = await dl.start()
+            return await job.download.start()
         except DownloadError as e:
             raise CommandFailed(str(e)) from None
-        finally:
-            self.downloads.pop(meta.info_hash, None)
-            self.protocol.ended(meta.info_hash)
+
+    async def _finish(self, job: _Job, result: DownloadResult, resumed: ResumeReport) -> str:
+        """Share the file, tell the tracker (OWN, UPDATE), and say what happened."""
+        meta = job.meta
         torrent_path = job.torrent_path or self._keep_torrent(meta, job.torrent, result.path)
         self._share(meta, result.path, torrent_path)
         owned = await self._own(meta)
@@ -731,9 +776,7 @@ class Node(MultiService):
                     return str(candidate)
                 if candidate.exists() or candidate.is_symlink():
                     continue
-                tmp = candidate.with_name(candidate.name + ".tmp")
-                tmp.write_bytes(torrent)
-                os.replace(tmp, candidate)
+                atomic_write(candidate, torrent, fsync=False)  # a copy: .incomplete/ keeps the torrent until then
                 return str(candidate)
             except OSError as e:
                 self.log.warn("cannot write {path}: {why}", path=str(candidate), why=e.strerror or e)

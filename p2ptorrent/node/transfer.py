@@ -15,7 +15,6 @@ and timeouts back off, so a dead or congested path gets few datagrams.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -111,7 +110,7 @@ class PeerState:
     #: The peer holds no upload slot for us: ask it nothing until it says otherwise.
     choked: bool = False
     #: Pieces started with this peer and not verified yet.
-    started: set[int] = field(default_factory=set)
+    in_progress: set[int] = field(default_factory=set)
     #: It had every piece when we met it (even if it now offers only some).
     complete_owner: bool = False
 
@@ -170,7 +169,6 @@ class Transfer:
         max_window: int = 512,
         max_batch: int = 64,
         max_inflight_bytes: int = 0,
-        check_inline: bool = True,
         rng: random.Random | None = None,
         random_first: int = 4,
     ) -> None:
@@ -192,31 +190,28 @@ class Transfer:
         self.asked = bytearray(len(self.received))
         self.requesters: dict[int, list[Addr]] = {}
         #: Blocks to ask for again (timed out, dropped, failed), before any new one.
-        self.pending: deque[int] = deque()
+        self.ask_again: deque[int] = deque()
         #: Which piece to start next (rarest first); a piece is started once.
         self.picker = PiecePicker(geometry.num_pieces, rng or random.Random(), random_first)
         for p, ok in enumerate(self.verified):
             if ok:
                 self.picker.have(p)
         #: Pieces started (or held): when every piece is, the endgame may begin.
-        self.started = geometry.num_pieces - self.remaining
+        self.pieces_started = geometry.num_pieces - self.remaining
         #: Started pieces with blocks never asked yet: piece -> index of the next such block.
         #: Only new blocks come from here; a list of them all would cost ~36 bytes a block.
-        self.open: dict[int, int] = {}
+        self.next_new_block: dict[int, int] = {}
         #: Nodes still downloading this file are known (from the tracker): swarm mode
         #: (see SEED_PIECES_AHEAD) even before they are met.
         self.swarm = False
         #: Pieces started (one byte each), and where in-order picking has got to.
-        self.begun = bytearray(geometry.num_pieces)
+        self.is_started = bytearray(geometry.num_pieces)
         self._cursor = 0
         #: Who each piece in progress was started with (piece -> address).
-        self.starter: dict[int, Addr] = {}
+        self.started_with: dict[int, Addr] = {}
         self.pieces: dict[int, _Piece] = {}
-        #: Hash pieces in on_block (True), or hand them out as PieceAssembled for
-        #: someone else (a writer thread) to check, who then calls checked().
-        self.check_inline = check_inline
         #: Pieces handed out and not yet checked: no block of theirs is asked for.
-        self.checking: dict[int, _Piece] = {}
+        self.judging: dict[int, _Piece] = {}
         #: The last copy of each piece that failed its hash, kept until a good copy
         #: shows which blocks (and so which peers) were wrong.
         self.failed: dict[int, _Piece] = {}
@@ -231,8 +226,8 @@ class Transfer:
                 self.verified[p] = 1
                 self.remaining -= 1
                 self.picker.have(p)
-                if self.open.pop(p, None) is None:
-                    self.started += 1
+                if self.next_new_block.pop(p, None) is None:
+                    self.pieces_started += 1
                 for bid in self.geo.block_ids(p):
                     self.received[bid] = 1
 
@@ -348,7 +343,7 @@ class Transfer:
             Geometry(meta.length, meta.piece_length, settings.CHUNK_PIECES_SIZE), meta.pieces,
             first_timeout=settings.REQUEST_TIMEOUT, peer_timeout=settings.PEER_TIMEOUT,
             max_window=settings.MAX_REQUESTS_IN_FLIGHT, max_batch=wire.max_blocks_per_request(settings.BUFFER_SIZE),
-            max_inflight_bytes=settings.SOCKET_BUFFER // 2, check_inline=False, rng=rng,
+            max_inflight_bytes=settings.SOCKET_BUFFER // 2, rng=rng,
         )
 
     def on_have(self, addr: Addr, flags: int, first: int, count: int, pieces: Iterable[int], now: float) -> None:
@@ -405,17 +400,14 @@ class Transfer:
 
     def _requeue(self, bids: list[int]) -> None:
         # To the front, in their original order: the oldest pieces finish first.
-        self.pending.extendleft(reversed(bids))
+        self.ask_again.extendleft(reversed(bids))
 
     # ---- data in
     def on_block(
         self, addr: Addr, piece: int, offset: int, data: bytes, now: float,
-    ) -> PieceVerified | PieceFailed | PieceAssembled | None:
-        """Take one block's data; say when it completed a piece, and how that piece checked.
-
-        Without ``check_inline``, a completed piece comes back as PieceAssembled
-        and its check is reported later through :meth:`checked`.
-        """
+    ) -> PieceAssembled | None:
+        """Take one block's data; a completed piece comes back as PieceAssembled, for the writer thread to
+        check (its verdict comes back through :meth:`checked`)."""
         peer = self.peers.get(addr)
         geo = self.geo
         if peer is None or piece >= geo.num_pieces or offset % geo.chunk:
@@ -449,22 +441,20 @@ class Transfer:
         if buf.missing:
             return None
         del self.pieces[piece]
-        self.checking[piece] = buf
-        if not self.check_inline:
-            return PieceAssembled(piece, buf.data, frozenset(buf.sources.values()))
-        return self.checked(piece, hashlib.sha1(buf.data).digest() == self.piece_hash(piece))
+        self.judging[piece] = buf  # someone else (the writer thread) checks it, then calls checked()
+        return PieceAssembled(piece, buf.data, frozenset(buf.sources.values()))
 
     def piece_hash(self, piece: int) -> bytes:
         return self.hashes[piece * 20 : piece * 20 + 20]
 
     def checked(self, piece: int, ok: bool) -> PieceVerified | PieceFailed | None:
         """The verdict on an assembled piece: verified, or its blocks go back to the queue."""
-        buf = self.checking.pop(piece, None)
+        buf = self.judging.pop(piece, None)
         if buf is None:
             return None
-        starter = self.peers.get(self.starter.pop(piece, None))
+        starter = self.peers.get(self.started_with.pop(piece, None))
         if starter is not None:
-            starter.started.discard(piece)
+            starter.in_progress.discard(piece)
         geo = self.geo
         sources = frozenset(buf.sources.values())
         if ok:
@@ -556,26 +546,26 @@ class Transfer:
     def _next_block(self, peer: PeerState) -> int | None:
         has = peer.has
         bpp = self.geo.blocks_per_piece
-        pending = self.pending
-        if pending:
+        ask_again = self.ask_again
+        if ask_again:
             skipped = []
             found = None
-            for _ in range(min(len(pending), PENDING_SCAN)):
-                queued = pending.popleft()
+            for _ in range(min(len(ask_again), PENDING_SCAN)):
+                queued = ask_again.popleft()
                 if self.received[queued] or queued in self.requesters:
                     continue  # stale entry: already here or already asked
                 if has is None or has[queued // bpp]:
                     found = queued
                     break
                 skipped.append(queued)  # for a peer that has it
-            pending.extendleft(reversed(skipped))
+            ask_again.extendleft(reversed(skipped))
             if found is not None:
                 return found
         # Go on with a piece already started, so pieces complete (and can be shared) soon;
         # a complete owner, while nodes still downloading serve us, only with its own.
         seed_held_back = peer.complete_owner and self.partial_peers
-        for going in list(peer.started if seed_held_back else self.open):
-            if going in self.open and (has is None or has[going]):
+        for going in list(peer.in_progress if seed_held_back else self.next_new_block):
+            if going in self.next_new_block and (has is None or has[going]):
                 bid = self._take(going)
                 if bid is not None:
                     return bid
@@ -590,7 +580,7 @@ class Transfer:
             if piece is None:
                 break
             if seed_held_back and (
-                len(peer.started) >= SEED_PIECES_AHEAD
+                len(peer.in_progress) >= SEED_PIECES_AHEAD
                 or self.picker.availability(piece) > self.picker.seeds and self._elsewhere(piece)
             ):
                 # Even the rarest piece this owner of everything could send is held by a
@@ -598,15 +588,15 @@ class Transfer:
                 # complete owner's upload to pieces nobody else has (swarming).
                 break
             self.picker.start(piece)
-            self.begun[piece] = 1
-            self.started += 1
-            self.open[piece] = 0
-            peer.started.add(piece)
-            self.starter[piece] = peer.addr
+            self.is_started[piece] = 1
+            self.pieces_started += 1
+            self.next_new_block[piece] = 0
+            peer.in_progress.add(piece)
+            self.started_with[piece] = peer.addr
             bid = self._take(piece)
             if bid is not None:
                 return bid
-        if self.started < self.geo.num_pieces:
+        if self.pieces_started < self.geo.num_pieces:
             return None  # pieces nobody started are left: no endgame yet
         # Endgame: everything is asked for; help with what others still owe.
         for bid, holders in self.requesters.items():
@@ -631,17 +621,17 @@ class Transfer:
 
     def _next_in_order(self, has: bytearray | None) -> int | None:
         n = self.geo.num_pieces
-        begun, verified = self.begun, self.verified
-        while self._cursor < n and (begun[self._cursor] or verified[self._cursor]):
+        is_started, verified = self.is_started, self.verified
+        while self._cursor < n and (is_started[self._cursor] or verified[self._cursor]):
             self._cursor += 1
         for piece in range(self._cursor, n):
-            if not begun[piece] and not verified[piece] and (has is None or has[piece]):
+            if not is_started[piece] and not verified[piece] and (has is None or has[piece]):
                 return piece
         return None
 
     def _take(self, piece: int) -> int | None:
         """The next block of an open piece never asked for (None once there is none)."""
-        k = self.open[piece]
+        k = self.next_new_block[piece]
         last = self.geo.blocks_in_piece(piece)
         first = piece * self.geo.blocks_per_piece
         received, requesters = self.received, self.requesters
@@ -650,11 +640,11 @@ class Transfer:
             k += 1
             if not received[bid] and bid not in requesters:  # (a block may come unasked)
                 if k < last:
-                    self.open[piece] = k
+                    self.next_new_block[piece] = k
                 else:
-                    del self.open[piece]
+                    del self.next_new_block[piece]
                 return bid
-        del self.open[piece]
+        del self.next_new_block[piece]
         return None
 
     # ---- time
