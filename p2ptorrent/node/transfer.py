@@ -18,14 +18,14 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Hashable, Iterable
+from typing import Iterable
 
 from p2ptorrent import wire
 from p2ptorrent.config import Config
 from p2ptorrent.metainfo import Metainfo
 from p2ptorrent.node.picker import PiecePicker
+from p2ptorrent.node.pieces import Addr, Geometry, PieceAssembled, PieceFailed, PieceVerified, _Piece
 
-Addr = Hashable
 
 #: Bounds of the retransmission timeout (seconds).
 MIN_RTO = 0.2
@@ -48,39 +48,6 @@ SEED_PIECES_AHEAD = 2
 #: Blocks waiting to be asked again that one request looks through for a
 #: piece the peer has, before it moves on (a peer may lack them all).
 PENDING_SCAN = 1024
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """How a file divides into pieces (hashed) and blocks (one datagram each)."""
-
-    length: int
-    piece_length: int
-    chunk: int
-
-    @property
-    def num_pieces(self) -> int:
-        return -(-self.length // self.piece_length)
-
-    @property
-    def blocks_per_piece(self) -> int:
-        return -(-self.piece_length // self.chunk)
-
-    def piece_size(self, piece: int) -> int:
-        return min(self.piece_length, self.length - piece * self.piece_length)
-
-    def blocks_in_piece(self, piece: int) -> int:
-        return -(-self.piece_size(piece) // self.chunk)
-
-    def block(self, bid: int) -> tuple[int, int, int]:
-        """Block id -> (piece, offset in piece, length)."""
-        piece, k = divmod(bid, self.blocks_per_piece)
-        offset = k * self.chunk
-        return piece, offset, min(self.chunk, self.piece_size(piece) - offset)
-
-    def block_ids(self, piece: int) -> range:
-        first = piece * self.blocks_per_piece
-        return range(first, first + self.blocks_in_piece(piece))
 
 
 @dataclass
@@ -116,37 +83,6 @@ class PeerState:
 
     def free(self) -> int:
         return int(self.window) - len(self.inflight)
-
-
-@dataclass
-class _Piece:
-    data: bytearray
-    missing: int
-    sources: dict[int, Addr] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PieceAssembled:
-    """Every block of a piece is here; its hash is to be checked elsewhere (see :meth:`Transfer.checked`)."""
-
-    piece: int
-    data: bytearray
-    sources: frozenset[Addr]
-
-
-@dataclass(frozen=True)
-class PieceVerified:
-    piece: int
-    data: bytes | bytearray
-    sources: frozenset[Addr]
-    #: Peers whose blocks in an earlier, failed copy of this piece differ from the good one.
-    corrupt_from: frozenset[Addr] = frozenset()
-
-
-@dataclass(frozen=True)
-class PieceFailed:
-    piece: int
-    sources: frozenset[Addr]
 
 
 @dataclass(frozen=True)
