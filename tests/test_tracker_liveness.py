@@ -18,7 +18,7 @@ import random
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, LoopingCall
@@ -31,6 +31,8 @@ from trackerkit import CFG, H1, MemoryStore
 
 I = CFG.TRACKER_TIME_INTERVAL
 M = CFG.TRACKER_MISSED_CHECKS
+#: Slack for float rounding in times computed as sums (seconds).
+EPSILON = 1e-9
 
 
 def run(beats: list[float], phase: float, settings: Config = CFG, until: float | None = None) -> float | None:
@@ -101,6 +103,7 @@ def test_the_margin_is_real_a_24_s_late_heartbeat_still_counts() -> None:
     delays=st.lists(st.floats(min_value=0, max_value=3), min_size=1, max_size=10),
     missed=st.sampled_from([1, 2, 3]),
 )
+@example(phase=20.999999999999993, start=20.999999999999993, delays=[0.0], missed=1)  # found by hypothesis: 44.00000000000001
 def test_a_silent_node_disappears_within_the_documented_bound(
     phase: float, start: float, delays: list[float], missed: int
 ) -> None:
@@ -110,7 +113,8 @@ def test_a_silent_node_disappears_within_the_documented_bound(
     dropped = run(beats, phase, settings_, until=beats[-1] + 10 * I)
     assert dropped is not None
     silent = dropped - beats[-1]
-    assert missed * I <= silent <= (missed + 1) * I
+    # Times are sums of floats: a heartbeat landing on a check (to within rounding) may come out 1e-14 over.
+    assert missed * I - EPSILON <= silent <= (missed + 1) * I + EPSILON
     if missed == M:
         assert silent <= 66.0  # the figure docs/tracker-http.md and the README give
 
