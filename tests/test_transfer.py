@@ -25,7 +25,8 @@ A, B = ("10.0.0.1", 1), ("10.0.0.2", 2)
 
 
 def _transfer(**kw: object) -> Transfer:
-    t = Transfer(GEO, HASHES, first_timeout=1.0, peer_timeout=5.0, max_batch=8, **kw)  # type: ignore[arg-type]
+    kw.setdefault("peer_timeout", 5.0)
+    t = Transfer(GEO, HASHES, first_timeout=1.0, max_batch=8, **kw)  # type: ignore[arg-type]
     t.add_peer(A, 1, b"a" * 8, 0.0)
     return t
 
@@ -72,7 +73,7 @@ def test_whole_file_from_one_peer_verifies_every_piece() -> None:
 
 
 def test_lost_requests_time_out_back_off_and_go_to_another_peer() -> None:
-    t = _transfer()
+    t = _transfer(peer_timeout=10.0)  # the back-off's ceiling is PEER_TIMEOUT / PROBES_BEFORE_DROP = 2.5 s
     lost = [b for _, batch in t.requests(0.0) for b in batch]
     assert t.tick(0.5) == []  # not yet
     assert t.tick(1.01) == []
@@ -214,3 +215,37 @@ def test_scheduler_state_grows_by_bytes_per_block_not_objects() -> None:
         tracemalloc.stop()
     assert used < 2 * 1024 * 1024, used
     assert sum(len(b) for _, b in t.requests(0.0)) == 0  # the window is full: nothing more asked
+
+
+def test_a_silent_peer_is_probed_steadily_and_kept_if_it_answers_before_the_peer_timeout() -> None:
+    """Requests lost for 9 s of a 10 s PEER_TIMEOUT: the back-off stays under PEER_TIMEOUT / PROBES_BEFORE_DROP,
+    so the peer is asked again all along, and one answer just before the deadline keeps it."""
+    from p2ptorrent.node.transfer import PROBES_BEFORE_DROP
+
+    t = _transfer(peer_timeout=10.0)
+    asked_at = []
+    now = 0.0
+    while now < 9.0:  # everything sent is lost
+        now = round(now + 0.05, 2)
+        assert not t.tick(now)
+        if t.requests(now):
+            asked_at.append(now)
+    assert t.peers[A].rto <= 10.0 / PROBES_BEFORE_DROP
+    assert len([x for x in asked_at if x > 1.0]) >= PROBES_BEFORE_DROP  # asked again, again and again
+    # It answers at last: alive.
+    piece, offset, length = GEO.block(next(iter(t.peers[A].inflight)))
+    _answer(t, A, piece, offset, length, 9.5)
+    assert not t.tick(10.5) and A in t.peers
+
+
+def test_a_peer_silent_past_the_peer_timeout_is_dropped_with_the_figures() -> None:
+    t = _transfer(peer_timeout=10.0)
+    now, dropped = 0.0, []
+    while not dropped and now < 30.0:
+        now = round(now + 0.05, 2)
+        dropped = t.tick(now)
+        t.requests(now)
+    [gone] = dropped
+    assert 10.0 < now <= 10.1
+    assert gone.reason.startswith("sent nothing for 10.") and "requests timed out" in gone.reason
+    assert "round trip never measured" in gone.reason and "last timeout 2.5 s" in gone.reason

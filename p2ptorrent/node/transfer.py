@@ -30,6 +30,9 @@ from p2ptorrent.node.pieces import Addr, Geometry, PieceAssembled, PieceFailed, 
 #: Bounds of the retransmission timeout (seconds).
 MIN_RTO = 0.2
 MAX_RTO = 8.0
+#: A silent peer is asked again at least this many times within PEER_TIMEOUT before it is dropped: the
+#: timeout's back-off never outlasts the peer timeout, so a live peer behind a lossy path is probed, not lost.
+PROBES_BEFORE_DROP = 4
 #: A window starts here (blocks) and never falls below MIN_WINDOW.
 INITIAL_WINDOW = 32
 MIN_WINDOW = 2
@@ -112,6 +115,8 @@ class Transfer:
         self.hashes = piece_hashes
         self.first_timeout = first_timeout
         self.peer_timeout = peer_timeout
+        #: The retransmission timeout's ceiling for this download (see PROBES_BEFORE_DROP).
+        self.max_rto = max(MIN_RTO, min(MAX_RTO, peer_timeout / PROBES_BEFORE_DROP))
         self.max_window = max_window
         self.max_batch = max_batch
         #: All peers together never owe us more than this (the receive buffer's share):
@@ -176,7 +181,7 @@ class Transfer:
         self, addr: Addr, node_id: int, cookie: bytes, now: float, pieces: Iterable[int] | None = None,
     ) -> PeerState:
         """A peer to fetch from: one with every piece (*pieces* None), or with those *pieces* so far."""
-        peer = PeerState(addr, node_id, cookie, since=now, rto=self.first_timeout, last_data=now)
+        peer = PeerState(addr, node_id, cookie, since=now, rto=min(self.first_timeout, self.max_rto), last_data=now)
         self.peers[addr] = peer
         if pieces is None:
             peer.complete_owner = True
@@ -431,7 +436,7 @@ class Transfer:
             else:
                 peer.rttvar = 0.75 * peer.rttvar + 0.25 * abs(peer.srtt - sample)
                 peer.srtt = 0.875 * peer.srtt + 0.125 * sample
-            peer.rto = min(MAX_RTO, max(MIN_RTO, peer.srtt + 4 * peer.rttvar))
+            peer.rto = min(self.max_rto, max(MIN_RTO, peer.srtt + 4 * peer.rttvar))
             peer.min_rtt = min(peer.min_rtt, sample)
             if sample - peer.min_rtt > QUEUE_TARGET:
                 peer.window = max(MIN_WINDOW, peer.window - 1)
@@ -611,7 +616,7 @@ class Transfer:
                     # One multiplicative decrease per round trip, and back off the timer.
                     peer.threshold = max(MIN_WINDOW, peer.window / 2)
                     peer.window = peer.threshold
-                    peer.rto = min(MAX_RTO, peer.rto * 2)
+                    peer.rto = min(self.max_rto, peer.rto * 2)
                     peer.last_loss = now
             reason = None
             if peer.strikes >= MAX_STRIKES:
@@ -619,7 +624,9 @@ class Transfer:
             elif now - peer.last_data > self.peer_timeout and (
                 peer.inflight or lost or peer.choked or peer.has is not None  # (those are asked HAVE every second)
             ):
-                reason = f"sent nothing for {now - peer.last_data:.1f} s"
+                rtt = f"{peer.srtt * 1e3:.1f} ms" if peer.srtt is not None else "never measured"
+                reason = (f"sent nothing for {now - peer.last_data:.1f} s ({peer.timeouts} requests timed out,"
+                          f" {peer.blocks} blocks received, round trip {rtt}, last timeout {peer.rto:.1f} s)")
             if reason is not None:
                 self.remove_peer(peer.addr)
                 dropped.append(PeerDropped(peer, reason))
