@@ -215,3 +215,26 @@ def test_every_owner_gone_fails_in_bounded_time_without_busy_looping(tmp_path: P
     assert f"{dl.done_bytes} of {swarm.meta.length} bytes verified are kept" in str(result.value)
     assert len(list((swarm.folder / ".incomplete").glob("*.part"))) == 1
     assert not swarm.clock.getDelayedCalls()
+
+
+def test_a_seeder_silent_for_a_while_is_greeted_again_and_serves_again(tmp_path: Path) -> None:
+    """A seeder unreachable for longer than PEER_TIMEOUT (a lossy path can do that) is dropped; the tracker
+    still lists it, so once it answers again it is greeted again and sends blocks again."""
+    swarm = Swarm(tmp_path, 16 * MIB, seeders=2, seed=9, faults=Faults(bandwidth=4e5))
+    dl, outcome = swarm.start()
+    swarm.net.run(lambda: dl.done_bytes >= 0.1 * swarm.meta.length)
+    cut = swarm.seeders[1]
+    addr = cut.transport.addr
+    swarm.net.detach(addr)
+    dropped_at = swarm.clock.seconds()
+    swarm.net.run(lambda: addr not in dl.transfer.peers)
+    assert swarm.clock.seconds() - dropped_at > swarm.settings.PEER_TIMEOUT
+    swarm.net.hosts[addr] = cut  # it answers again
+    back = swarm.clock.seconds()
+    swarm.net.run(lambda: addr in dl.transfer.peers or bool(outcome))
+    assert not outcome, "finished before the seeder came back: make the link slower"
+    greeted_again = swarm.clock.seconds() - back
+    result = _complete(swarm, swarm.run(outcome))
+    share = next(s for s in result.shares if s.addr == addr)
+    assert share.status == "finished" and share.bytes > 0, share  # it served again after coming back
+    print(f"seeder greeted again {greeted_again:.1f} s after it answered again")

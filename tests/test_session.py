@@ -212,3 +212,34 @@ def test_an_owner_whose_info_describes_another_file_is_given_up() -> None:
     s.tracker_answered([owner(A), owner(B)], 0.0)
     assert decisions(s.info_answered(A, info("complete", False, COOKIE), 0.1)) == [Greet(B, 2, 1.0)]
     assert s.owners[A].outcome == "describes a different file"
+
+
+def test_an_owner_dropped_for_silence_is_greeted_again_when_listed_with_back_off_and_not_for_ever() -> None:
+    from p2ptorrent.node.session import MAX_REGREETS, REGREET_AFTER
+
+    s = session()
+    s.started(0.0, 0)
+    s.tracker_answered([owner(A), owner(B)], 0.0)
+    s.info_answered(A, info("complete"), 0.0)
+    s.info_answered(B, info("complete"), 0.0)
+    t = 10.0
+    for n in range(1, MAX_REGREETS + 1):
+        s.went_silent(A, "sent nothing for 10.0 s", t)  # loss, perhaps: B goes on meanwhile
+        assert s.owners[A].state is OwnerState.DROPPED
+        wait = REGREET_AFTER * 2 ** (n - 1)
+        assert decisions(s.tracker_answered([owner(A), owner(B)], t + wait - 0.1)) == []  # not yet
+        assert decisions(s.tracker_answered([owner(A), owner(B)], t + wait)) == [Greet(A, 1, 1.0)]
+        assert s.info_answered(A, info("complete"), t + wait + 0.1) == [StartFetching(A, 1, COOKIE, False)]
+        t += wait + 10.0
+    s.went_silent(A, "sent nothing for 10.0 s", t)
+    assert decisions(s.tracker_answered([owner(A), owner(B)], t + 1000.0)) == []  # given up for good
+
+
+def test_an_owner_dropped_for_bad_data_is_never_greeted_again() -> None:
+    s = session()
+    s.started(0.0, 0)
+    s.tracker_answered([owner(A), owner(B)], 0.0)
+    s.info_answered(A, info("complete"), 0.0)
+    s.info_answered(B, info("complete"), 0.0)
+    s.went_silent(A, "sent corrupt data for 3 pieces", 5.0, silent=False)
+    assert decisions(s.tracker_answered([owner(A), owner(B)], 100.0)) == []

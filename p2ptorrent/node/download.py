@@ -134,6 +134,7 @@ class Download:
 
     def _start_fetching(self, a: s.StartFetching) -> None:
         self.transfer.add_peer(a.addr, a.node_id, a.cookie, self.clock.seconds(), () if a.partial else None)
+        self.shares.pop(a.addr, Deferred()).addErrback(lambda _: None)  # greeted again: its old share ended
         self.shares[a.addr] = Deferred()
         self.log.info("{name}: fetching from node {node} at {addr}{partial}", name=self.meta.name, node=a.node_id,
                       addr=s.where(a.addr), partial=" (still downloading: asking which pieces it has)" if a.partial else "")
@@ -213,7 +214,7 @@ class Download:
         dropped = self.transfer.tick(now)
         for d in dropped:
             self._share_ended(d.peer.addr, d.peer, f"dropped: {d.reason}")
-            self._run(self.session.went_silent(d.peer.addr, d.reason, now))
+            self._run(self.session.went_silent(d.peer.addr, d.reason, now, d.silent))
         self.stats.mark(now, self.transfer)
         unsure = [p.addr for p in self.transfer.peers.values() if p.has is not None or p.choked]
         self._run(self.session.ticked(now, self.meta.num_pieces - self.transfer.remaining, unsure, lost=bool(dropped)))

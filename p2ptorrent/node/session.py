@@ -32,6 +32,10 @@ INFO_TRIES = 3
 NEED_SOON = 1.0
 #: Seconds between HAVE requests to a peer still downloading (or refusing us for now).
 HAVE_INTERVAL = 1.0
+#: An owner dropped for silence (loss can do that to a live one) is greeted again when the tracker lists it
+#: again, after REGREET_AFTER s, then twice that, ... at most MAX_REGREETS times.
+REGREET_AFTER = 2.0
+MAX_REGREETS = 3
 
 Addr = Hashable
 
@@ -55,6 +59,9 @@ class OwnerRecord:
     outcome: str | None = None
     #: Fetching, and greeted again for a fresh cookie (it refused ours).
     regreeting: bool = False
+    #: Times it was given up for silence, and when the tracker listing it may bring it back.
+    silent_drops: int = 0
+    retry_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -222,7 +229,7 @@ class Session:
             return []
         listed = list(owners)
         fresh = [o for o in listed if o.node_id != self.node_id and o.addr not in self.owners]
-        actions: list[Action] = []
+        actions: list[Action] = self._revive(listed, now)
         if self.asked_tracker == 1 or fresh:
             partial = [o.node_id for o in listed if o.partial]
             still = f"; still downloading: {partial}" if partial else ""
@@ -232,11 +239,29 @@ class Session:
             self._queue.append(o.addr)
         if any(o.partial for o in fresh):
             actions.append(StartSwarming())
-        if not fresh and not self._alive():
+        if not fresh and not self._alive() and not self._queue:
             if self.asked_tracker == 1:
                 return actions + self._fail(f"no node is sharing {self.name}: the tracker knows no live owner")
             return actions + self._fail(self.gone_text())
         return actions + self._recruit()
+
+    def _revive(self, listed: list[OwnerListed], now: float) -> list[Action]:
+        """Owners dropped for silence that the tracker still lists: greet them again, with back-off."""
+        actions: list[Action] = []
+        for entry in listed:
+            o = self.owners.get(entry.addr)
+            if (o is None or o.state is not OwnerState.DROPPED or not 0 < o.silent_drops <= MAX_REGREETS
+                    or now < o.retry_at):
+                continue
+            o.state, o.partial = OwnerState.CANDIDATE, entry.partial
+            self._queue.append(o.addr)
+            actions.append(Note("info", f"{self.name}: node {o.node_id} is listed again; greeting it again"
+                                        f" (given up {o.silent_drops} time(s) for silence)"))
+        return actions
+
+    def _silent(self, o: OwnerRecord, now: float) -> None:
+        o.silent_drops += 1
+        o.retry_at = now + REGREET_AFTER * 2 ** (o.silent_drops - 1)
 
     def tracker_failed(self, why: str, now: float) -> list[Action]:
         self.asking = False
@@ -286,6 +311,7 @@ class Session:
                 actions += self._recruit()
             return actions
         del self._tries[addr]
+        self._silent(o, now)
         actions = [Note("warn", f"{self.name}: node {o.node_id} at {where(addr)} is unreachable: {why}")]
         if o.regreeting:
             o.regreeting = False
@@ -306,13 +332,15 @@ class Session:
             return [Choke(addr)]  # no upload slot for us now: not a reason to drop it
         return self._drop(o, f"refused: {message or code}", now)
 
-    def went_silent(self, addr: Addr, reason: str, now: float) -> list[Action]:
-        """The transfer dropped an owner (silent too long, or bad pieces): it is out already."""
+    def went_silent(self, addr: Addr, reason: str, now: float, silent: bool = True) -> list[Action]:
+        """The transfer dropped an owner: silent too long (*silent*), or it sent bad pieces; it is out already."""
         o = self.owners.get(addr)
         if o is None or o.state is not OwnerState.FETCHING:
             return []
         o.state = OwnerState.DROPPED
         o.outcome = reason
+        if silent:
+            self._silent(o, now)
         return [Note("warn", f"{self.name}: dropped node {o.node_id} at {where(addr)}: {reason}")]
 
     def owner_completed(self, addr: Addr) -> None:

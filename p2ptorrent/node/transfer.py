@@ -92,6 +92,8 @@ class PeerState:
 class PeerDropped:
     peer: PeerState
     reason: str
+    #: Dropped for silence (a live peer behind a lossy path may come back), not for lying.
+    silent: bool = True
 
 
 class Transfer:
@@ -629,7 +631,7 @@ class Transfer:
                           f" {peer.blocks} blocks received, round trip {rtt}, last timeout {peer.rto:.1f} s)")
             if reason is not None:
                 self.remove_peer(peer.addr)
-                dropped.append(PeerDropped(peer, reason))
+                dropped.append(PeerDropped(peer, reason, silent=peer.strikes < MAX_STRIKES))
         return dropped
 
     def outstanding(self) -> int:
