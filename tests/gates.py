@@ -81,9 +81,25 @@ class FinishGate:
             d.callback(None)
 
 
-class _HeldWriter:
-    def __init__(self, inner: PieceWriter, part: PartFile, gate: FinishGate) -> None:
+class _Passing:
+    """A writer that hands everything on to *inner*; the gates below change only what a verdict does."""
+
+    def __init__(self, inner: PieceWriter) -> None:
         self.inner = inner
+
+    def submit(self, piece: int, data: Any, expected: bytes, checked: Checked) -> None:
+        self.inner.submit(piece, data, expected, checked)
+
+    def finish(self) -> Deferred[Any]:
+        return self.inner.finish()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _HeldWriter(_Passing):
+    def __init__(self, inner: PieceWriter, part: PartFile, gate: FinishGate) -> None:
+        super().__init__(inner)
         self.part = part
         self.gate = gate
         self.holding = False
@@ -99,32 +115,17 @@ class _HeldWriter:
 
         self.inner.submit(piece, data, expected, verdict)
 
-    def finish(self) -> Deferred[Any]:
-        return self.inner.finish()
-
-    def close(self) -> None:
-        self.inner.close()
-
 
 def watch_verdicts(make: WriterFactory, on_verdict: Callable[[int, bool], None]) -> WriterFactory:
     """*make*'s writers, calling ``on_verdict(piece, ok)`` before the download hears each verdict."""
 
-    class Watched:
-        def __init__(self, inner: PieceWriter) -> None:
-            self.inner = inner
-
+    class Watched(_Passing):
         def submit(self, piece: int, data: Any, expected: bytes, checked: Checked) -> None:
             def verdict(p: int, ok: bool) -> None:
                 on_verdict(p, ok)
                 checked(p, ok)
 
             self.inner.submit(piece, data, expected, verdict)
-
-        def finish(self) -> Deferred[Any]:
-            return self.inner.finish()
-
-        def close(self) -> None:
-            self.inner.close()
 
     return lambda part, on_error: Watched(make(part, on_error))
 
