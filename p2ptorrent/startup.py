@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from twisted.application.service import MultiService
+
 LOCK_FILE = ".lock"
 
 
@@ -126,6 +128,25 @@ def check_free(folder: Path | str) -> None:
     pid = holder(folder)
     if pid is not None:
         raise FolderBusy(Path(folder), pid or None)
+
+
+class FolderDaemon(MultiService):
+    """A daemon that claims its folder and sockets in :meth:`open` (twistd calls it before it forks), or as it
+    starts, and writes its own pid in the lock once it runs for good (after the fork)."""
+
+    lock: FolderLock
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def privilegedStartService(self) -> None:
+        self.open()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        self.open()
+        self.lock.mark()  # our pid now, after twistd's fork
+        super().startService()
 
 
 def twistd_defaults(options: object, pidfile: Path) -> None:

@@ -41,7 +41,7 @@ from zope.interface import implementer
 
 from p2ptorrent.config import Config
 from p2ptorrent.logfile import LogFileService
-from p2ptorrent.startup import FolderLock, StartupError, usable_folder
+from p2ptorrent.startup import FolderDaemon, FolderLock, StartupError, usable_folder
 from p2ptorrent.metainfo import Metainfo, MetainfoError, make_torrent, read_torrent, read_torrent_file, target_path
 from p2ptorrent.node.control import INodeCommands
 from p2ptorrent.node.download import Download, DownloadError, DownloadResult, Hooks, kept_text
@@ -252,7 +252,7 @@ class RunningDownloads(Mapping[bytes, Download]):
 
 
 @implementer(INodeCommands)
-class Node(MultiService):
+class Node(FolderDaemon):
     log = Logger()
 
     def __init__(
@@ -321,14 +321,8 @@ class Node(MultiService):
         self.lock.acquire()
         self.udp.open()
 
-    def privilegedStartService(self) -> None:
-        self.open()
-        super().privilegedStartService()
-
     def startService(self) -> None:
-        self.open()
-        self.lock.mark()  # our pid now, after twistd's fork
-        super().startService()  # log file first, then the UDP port
+        super().startService()  # the folder and port claimed (FolderDaemon), then the log file, the UDP port
         port = self.advertise_port or self.udp.port
         self.client = RememberingClient(
             self.http, self.settings.tracker_url, self.reactor, self.settings, self.node_id, port,

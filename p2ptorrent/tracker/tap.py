@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
@@ -24,7 +23,7 @@ from twisted.web.server import Site
 from twisted.internet.error import CannotListenError
 
 from p2ptorrent.logfile import LogFileService
-from p2ptorrent.startup import FolderLock, StartupError, claim_under_twistd, fail_to_start, usable_folder
+from p2ptorrent.startup import FolderDaemon, FolderLock, StartupError, claim_under_twistd, fail_to_start, usable_folder
 from p2ptorrent.options import SettingsOptions
 from p2ptorrent.tracker.state import SwarmState
 from p2ptorrent.tracker.store import JsonStore
@@ -152,7 +151,7 @@ class TrackerServerService(StreamServerEndpointService):
         return d
 
 
-class TrackerService(MultiService):
+class TrackerService(FolderDaemon):
     """The tracker's service tree; keeps its parts at hand for tests and tools.
 
     It holds the lock on the database folder (one tracker per database) from
@@ -177,15 +176,6 @@ class TrackerService(MultiService):
         server = self.getServiceNamed("http")
         assert isinstance(server, TrackerServerService)
         server.open()
-
-    def privilegedStartService(self) -> None:
-        self.open()
-        super().privilegedStartService()
-
-    def startService(self) -> None:
-        self.open()
-        self.lock.mark()  # our pid now, after twistd's fork
-        super().startService()
 
     def stopService(self) -> Deferred[None] | None:
         d = super().stopService()
