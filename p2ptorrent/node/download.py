@@ -90,6 +90,10 @@ class Download:
         """The tracker forgot us (it restarted): report our pieces at the next tick."""
         self.session.tracker_forgot_us()
 
+    @property
+    def max_datagram(self) -> int:
+        return min(self.settings.BUFFER_SIZE, wire.SAFE_DATAGRAM)
+
     def swarm_status(self) -> dict[str, Any]:
         return self.stats.swarm_status(self.transfer, self.meta.num_pieces)
 
@@ -151,7 +155,7 @@ class Download:
         """Which pieces has this peer (and may we ask it for blocks)?"""
         peer, meta = self.transfer.peers.get(addr), self.meta
         flags = wire.F_INTERESTED if self.transfer.wants_from(addr) else 0
-        for request in wire.encode_have_requests(meta.info_hash, peer.cookie, meta.num_pieces, self.settings.BUFFER_SIZE,
+        for request in wire.encode_have_requests(meta.info_hash, peer.cookie, meta.num_pieces, self.max_datagram,
                                                  flags) if peer is not None else ():
             self.network.send(request, addr)
 
@@ -160,6 +164,7 @@ class Download:
         if self.phase is not Phase.RUNNING:
             pass
         elif isinstance(msg, wire.Error):
+            self.transfer.heard(addr, self.clock.seconds())  # a peer that answers anything is alive
             self._feed(self.session.refused, addr, msg.code, msg.message)
         elif isinstance(msg, wire.Have):
             self.transfer.on_have(addr, msg.flags, msg.first, msg.count, msg.pieces(), self.clock.seconds())
@@ -176,9 +181,12 @@ class Download:
         if isinstance(outcome, PieceAssembled):
             assert self.writer is not None
             self.writer.submit(outcome.piece, outcome.data, self.transfer.piece_hash(outcome.piece), self._checked)
-            if self.phase is not Phase.RUNNING:  # an in-line writer finished the piece, or failed
-                return
-        self._send_requests(only=addr)
+
+    def batch_done(self) -> None:
+        """A batch of datagrams was read: what the peers that sent blocks lost on the way, and what to ask next."""
+        if self.phase is Phase.RUNNING:
+            for addr in self.transfer.batch_done(self.clock.seconds()):
+                self._send_requests(only=addr)
 
     # ---- pieces
     def _checked(self, piece: int, ok: bool) -> None:
