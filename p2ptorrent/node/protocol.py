@@ -100,6 +100,8 @@ class NodeProtocol(DatagramProtocol):
         self._ended: dict[bytes, float] = {}
         #: Downloads that got blocks in the batch being read.
         self._fed: set[DownloadSink] = set()
+        #: Block bytes received from each address in the batch being read.
+        self._credit: dict[Any, int] = {}
 
     def startProtocol(self) -> None:
         if self.socket_buffer:
@@ -220,6 +222,12 @@ class NodeProtocol(DatagramProtocol):
 
     def readDone(self) -> None:
         """The batch has been read: each download that got blocks decides what to ask next."""
+        credit, slots = self._credit, self.seeder.slots
+        if credit:
+            self._credit = {}
+            if slots is not None:
+                for addr, nbytes in credit.items():
+                    slots.received_from(addr, nbytes)
         fed = self._fed
         if fed:
             self._fed = set()
@@ -241,9 +249,9 @@ class NodeProtocol(DatagramProtocol):
             if addr not in self._partners.get(head[0], ()):
                 self._reject(addr, "stranger")
                 return
-            slots = self.seeder.slots
-            if slots is not None:  # tit-for-tat: what each peer gives us earns it an upload slot
-                slots.received_from(addr, len(view) - wire.BLOCK_OVERHEAD)
+            # Tit-for-tat: what each peer gives us earns it an upload slot (credited once per batch).
+            credit = self._credit
+            credit[addr] = credit.get(addr, 0) + len(view) - wire.BLOCK_OVERHEAD
             self._fed.add(sink)
             try:
                 sink.on_block(addr, head[1], head[2], view[wire.BLOCK_OVERHEAD :])

@@ -103,6 +103,8 @@ class PeerState:
     round_lost: int = 0
     #: Blocks taken as lost because later ones arrived first.
     lost_in_order: int = 0
+    #: The piece whose new blocks this peer was given last (-1: none yet).
+    current: int = -1
     blocks: int = 0
     bytes: int = 0
     timeouts: int = 0
@@ -388,18 +390,23 @@ class Transfer:
     ) -> PieceAssembled | None:
         """Take one block's data; a completed piece comes back as PieceAssembled, for the writer thread to
         check (its verdict comes back through :meth:`checked`)."""
+        # The hot path of a download (every block): plain arithmetic, no calls it can do without.
         peer = self.peers.get(addr)
         geo = self.geo
-        if peer is None or piece >= geo.num_pieces:
+        num_pieces = geo.num_pieces
+        if peer is None or piece >= num_pieces:
             self.rejected += 1
             return None
-        k, inside = divmod(offset, geo.chunk)
-        size = len(data) if data is not None else 0
-        if k >= geo.blocks_in_piece(piece):
+        chunk = geo.chunk
+        k, inside = divmod(offset, chunk)
+        start = offset - inside
+        psize = geo.piece_length if piece < num_pieces - 1 else geo.last_size
+        if start >= psize:
             self.rejected += 1
             return None
         bid = piece * geo.blocks_per_piece + k
-        whole = min(geo.chunk, geo.piece_size(piece) - (offset - inside))
+        whole = chunk if start + chunk <= psize else psize - start
+        size = len(data) if data is not None else 0
         if inside or size != whole:  # a part of a block the sender's path could not carry whole
             if data is None or not size or inside + size > whole or not self.asked[bid]:
                 self.rejected += 1
@@ -429,7 +436,7 @@ class Transfer:
         peer.bytes += whole
         buf = self.pieces.get(piece)
         if buf is None:
-            buf = self.pieces[piece] = _Piece(bytearray(geo.piece_size(piece)), geo.blocks_in_piece(piece))
+            buf = self.pieces[piece] = _Piece(bytearray(psize), -(-psize // chunk))
         if data is not None:
             buf.data[offset : offset + whole] = data
         buf.missing -= 1
@@ -585,11 +592,18 @@ class Transfer:
                 return found
         # Go on with a piece already started, so pieces complete (and can be shared) soon;
         # a complete owner, while nodes still downloading serve us, only with its own.
+        # The piece this peer was last given comes first (the common case: no search).
+        going = peer.current
+        if going in self.next_new_block and (has is None or has[going]):
+            bid = self._take(going)
+            if bid is not None:
+                return bid
         seed_held_back = peer.complete_owner and self.partial_peers
         for going in list(peer.in_progress if seed_held_back else self.next_new_block):
             if going in self.next_new_block and (has is None or has[going]):
                 bid = self._take(going)
                 if bid is not None:
+                    peer.current = going
                     return bid
         while True:
             piece: int | None
@@ -617,6 +631,7 @@ class Transfer:
             self.started_with[piece] = peer.addr
             bid = self._take(piece)
             if bid is not None:
+                peer.current = piece
                 return bid
         if self.pieces_started < self.geo.num_pieces:
             return None  # pieces nobody started are left: no endgame yet
@@ -654,8 +669,9 @@ class Transfer:
     def _take(self, piece: int) -> int | None:
         """The next block of an open piece never asked for (None once there is none)."""
         k = self.next_new_block[piece]
-        last = self.geo.blocks_in_piece(piece)
-        first = piece * self.geo.blocks_per_piece
+        geo = self.geo
+        last = geo.blocks_per_piece if piece < geo.num_pieces - 1 else -(-geo.last_size // geo.chunk)
+        first = piece * geo.blocks_per_piece
         received, requesters = self.received, self.requesters
         while k < last:
             bid = first + k
