@@ -24,8 +24,7 @@ from p2ptorrent.node.storage import PartFile, StorageError
 from p2ptorrent.node.transfer import PieceAssembled, PieceFailed, PieceVerified, Transfer
 from p2ptorrent.node.writer import PieceWriter
 
-#: How often timeouts are checked (seconds).
-TICK = 0.02
+TICK = 0.02  #: how often timeouts are checked (seconds)
 
 
 class DownloadError(Exception):
@@ -90,10 +89,6 @@ class Download:
         """The tracker forgot us (it restarted): report our pieces at the next tick."""
         self.session.tracker_forgot_us()
 
-    @property
-    def max_datagram(self) -> int:
-        return min(self.settings.BUFFER_SIZE, wire.SAFE_DATAGRAM)
-
     def swarm_status(self) -> dict[str, Any]:
         return self.stats.swarm_status(self.transfer, self.meta.num_pieces)
 
@@ -155,8 +150,8 @@ class Download:
         """Which pieces has this peer (and may we ask it for blocks)?"""
         peer, meta = self.transfer.peers.get(addr), self.meta
         flags = wire.F_INTERESTED if self.transfer.wants_from(addr) else 0
-        for request in wire.encode_have_requests(meta.info_hash, peer.cookie, meta.num_pieces, self.max_datagram,
-                                                 flags) if peer is not None else ():
+        size = min(self.settings.BUFFER_SIZE, wire.SAFE_DATAGRAM)  # never a fragmented datagram
+        for request in wire.encode_have_requests(meta.info_hash, peer.cookie, meta.num_pieces, size, flags) if peer else ():
             self.network.send(request, addr)
 
     # ---- datagrams in
@@ -175,11 +170,8 @@ class Download:
             self.on_block(addr, msg.piece, msg.offset, msg.data)
 
     def on_block(self, addr: Any, piece: int, offset: int, data: Any) -> None:
-        if self.phase is not Phase.RUNNING:
-            return
-        outcome = self.transfer.on_block(addr, piece, offset, data, self.clock.seconds())
-        if isinstance(outcome, PieceAssembled):
-            assert self.writer is not None
+        outcome = self.transfer.on_block(addr, piece, offset, data, self.clock.seconds()) if self.phase is Phase.RUNNING else None
+        if isinstance(outcome, PieceAssembled) and self.writer is not None:
             self.writer.submit(outcome.piece, outcome.data, self.transfer.piece_hash(outcome.piece), self._checked)
 
     def batch_done(self) -> None:
