@@ -61,8 +61,10 @@ Bottleneck: `rate_mbit` puts `tc qdisc replace dev eth0 root tbf rate R burst B 
 host's egress (tbf splits a GSO packet larger than its burst into segments itself).
 
 Counters: `snmp()` reads /proc/net/snmp inside every host (per namespace): Udp RcvbufErrors and
-InErrors (datagrams dropped at a full receive buffer), Ip ReasmFails, ReasmOKs, FragCreates; the
-lab benchmark prints the difference over a run.
+InErrors (datagrams dropped at a full receive buffer), Ip ReasmFails, ReasmOKs, ReasmReqds (fragments
+that arrived), FragCreates; the lab benchmark prints the difference over a run.  The kernel counts a
+reassembly failure when the incomplete datagram times out (net.ipv4.ipfrag_time, 30 s, left as it is)
+or at once when incomplete datagrams hold more than ipfrag_high_thresh (4 MiB) of memory.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ SUBNET = "10.77.0"
 MTU = 1500
 #: What snmp() reports, (section, field) of /proc/net/snmp.
 SNMP_FIELDS = (("Udp", "RcvbufErrors"), ("Udp", "InErrors"), ("Ip", "ReasmFails"), ("Ip", "ReasmOKs"),
-               ("Ip", "FragCreates"))
+               ("Ip", "ReasmReqds"), ("Ip", "FragCreates"))
 #: Offloads (ethtool -K) of each host's eth0 and of each bridge port, per where the loss is applied.
 HOST_OFFLOADS = {"wire": ("tso", "off", "tx-udp-segmentation", "off", "gro", "on"),
                  "host": ("tso", "off", "tx-udp-segmentation", "off", "gro", "off")}
