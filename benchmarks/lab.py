@@ -72,7 +72,7 @@ import netlab  # noqa: E402
 import swarm  # noqa: E402
 from swarm import (  # noqa: E402
     MIB, P2P, Group, Job, LtPeer, Placement, Run, RunFailed, Scenario, fail, make_lt_torrent, make_payload,
-    med, median_run, num, parse_list, ratio, render, run_libtorrent, run_p2ptorrent,
+    med, median_run, num, parse_list, render, run_libtorrent, run_p2ptorrent,
 )
 
 from loopback import cpu_seconds, peak_rss_mib  # noqa: E402
@@ -252,10 +252,35 @@ def target_for(loss_pct: float) -> float:
     return TARGET_VS_LT_TCP[max(k for k in TARGET_VS_LT_TCP if k <= loss_pct)]
 
 
+def bounded_ratio(a: tuple[float | None, str], b: tuple[float | None, str]) -> tuple[float | None, str]:
+    """a / b where either may be a bound ("<": every run timed out, so at most size / timeout): the ratio's bound."""
+    (x, xs), (y, ys) = a, b
+    if x is None or y is None or not y or (xs and ys):
+        return None, ""
+    return x / y, ">" if ys else "<" if xs else ""
+
+
+def show(value: tuple[float | None, str], fmt: str = "{:.2f}x") -> str:
+    return value[1] + num(value[0], fmt) if value[0] is not None else "n/a"
+
+
 class LabResults:
-    def __init__(self, groups: list[Group], jobs: list[Job]) -> None:
-        self.groups, self.jobs = groups, jobs
+    def __init__(self, groups: list[Group], jobs: list[Job], timeouts: dict[Group, float]) -> None:
+        self.groups, self.jobs, self.timeouts = groups, jobs, timeouts
         self.runs: list[Run] = []
+
+    def rate(self, g: Group, impl: str) -> tuple[float | None, str]:
+        """Median goodput of *impl*'s completed runs, or ("<", size / timeout) when every run of it timed out."""
+        job = next((j for j in self.jobs if j.impl == impl), None)
+        if job is None:
+            return None, ""
+        m = self.median(g, job)
+        if m:
+            return m.mb_per_s, ""
+        everyone = self.of(g, job, ok_only=False)
+        if everyone and all(state(r) == "TIMEOUT" for r in everyone):
+            return g.size * g.scenario.nodes / self.timeouts[g] / 1e6, "<"
+        return None, ""
 
     def of(self, g: Group, job: Job, ok_only: bool = True) -> list[Run]:
         return [r for r in self.runs if r.job == job and r.scenario == g.scenario and r.size == g.size
@@ -273,7 +298,7 @@ class LabResults:
         headers = ["implementation", "runs", "wall s", "MB/s", "CPU s seeders", "CPU s nodes", "CPU s tracker",
                    "CPU s cmds", "CPU s/GB", "peak RSS MiB node", "rcvbuf drops", "reasm fails", "frags created",
                    "wire lost", "seeders dropped", "x lt-tcp", "x lt-utp", "x tcp"]
-        refs = {impl: self.by_impl(g, impl) for impl in ("lt-tcp", "lt-utp", TCP)}
+        refs = {impl: self.rate(g, impl) for impl in ("lt-tcp", "lt-utp", TCP)}
         rows = []
         for job in self.jobs:
             everyone = self.of(g, job, ok_only=False)
@@ -284,7 +309,9 @@ class LabResults:
             bad = sorted({state(r) for r in everyone if not r.ok})
             row = [job.label, f"{len(runs)}/{len(everyone)}" + (f" ({', '.join(bad)})" if bad else "")]
             if m is None:
-                rows.append(row + ["-"] * (len(headers) - 2))
+                mine = self.rate(g, job.impl)
+                rows.append(row + ["-", show(mine, "{:.1f}")] + ["-"] * (len(headers) - 7)
+                            + [show(bounded_ratio(mine, refs[i])) if job.impl != i else "-" for i in ("lt-tcp", "lt-utp", TCP)])
                 continue
             wire_lost = med([r.net.get("wire dropped", 0) / max(1.0, r.net.get("wire dropped", 0) + r.net.get("wire passed", 0))
                              for r in runs])
@@ -295,7 +322,7 @@ class LabResults:
                     num(m.net.get("Udp.RcvbufErrors"), "{:.0f}"), num(m.net.get("Ip.ReasmFails"), "{:.0f}"),
                     num(m.net.get("Ip.FragCreates"), "{:.0f}"), num(wire_lost * 100 if wire_lost is not None else None, "{:.2f}%"),
                     num(m.net.get("seeders dropped"), "{:.0f}") if job.impl == P2P else "-"]
-            row += [ratio(m.mb_per_s, refs[i].mb_per_s) if refs[i] and job.impl != i else "-" for i in ("lt-tcp", "lt-utp", TCP)]
+            row += [show(bounded_ratio((m.mb_per_s, ""), refs[i])) if job.impl != i else "-" for i in ("lt-tcp", "lt-utp", TCP)]
             rows.append(row)
         return render(headers, rows, markdown)
 
@@ -311,9 +338,11 @@ class LabResults:
             everyone = self.of(g, p2p, ok_only=False)
             runs = self.of(g, p2p)
             m = median_run(runs) if runs else None
-            lt_tcp, lt_utp, tcp = (self.by_impl(g, i) for i in ("lt-tcp", "lt-utp", TCP))
-            x_tcp = m.mb_per_s / lt_tcp.mb_per_s if m and lt_tcp else None
-            x_utp = m.mb_per_s / lt_utp.mb_per_s if m and lt_utp else None
+            lt_tcp = self.by_impl(g, "lt-tcp")
+            mine = self.rate(g, P2P)
+            x_tcp = bounded_ratio(mine, self.rate(g, "lt-tcp"))
+            x_utp = bounded_ratio(mine, self.rate(g, "lt-utp"))
+            x_plain = bounded_ratio(mine, self.rate(g, TCP))
             cpu_x = None
             if m and lt_tcp:
                 mine = med([cpu_per_gb(r) for r in runs])
@@ -323,17 +352,16 @@ class LabResults:
             misses = []
             if len(runs) < len(everyone) or not everyone:
                 misses.append(f"{len(everyone) - len(runs)} run(s) failed")
-            if x_tcp is None or x_tcp < want:
-                misses.append(f"goodput {num(x_tcp)}x lt-tcp < {want}x")
+            if x_tcp[0] is None or x_tcp[0] < want or x_tcp[1] == "<":
+                misses.append(f"goodput {show(x_tcp)} lt-tcp, not >= {want}x")
             if loss_pct == 0 and (cpu_x is None or cpu_x > TARGET_CPU_VS_LT_TCP):
                 misses.append(f"CPU/byte {num(cpu_x)}x lt-tcp > {TARGET_CPU_VS_LT_TCP}x")
-            if x_utp is None or x_utp < TARGET_VS_LT_UTP:
-                misses.append(f"goodput {num(x_utp)}x lt-utp < {TARGET_VS_LT_UTP}x")
+            if x_utp[0] is None or x_utp[0] < TARGET_VS_LT_UTP or x_utp[1] == "<":
+                misses.append(f"goodput {show(x_utp)} lt-utp, not >= {TARGET_VS_LT_UTP}x")
             rows.append([g.scenario.name, f"{g.size / MIB:.0f}", f"{len(runs)}/{len(everyone)}",
-                         num(m.mb_per_s, "{:.1f}") if m else "-", f"{num(x_tcp)}x", f">= {want}x",
+                         show(mine, "{:.1f}"), show(x_tcp), f">= {want}x",
                          f"{num(cpu_x)}x" if loss_pct == 0 else "-", f"<= {TARGET_CPU_VS_LT_TCP}x" if loss_pct == 0 else "-",
-                         f"{num(x_utp)}x", f">= {TARGET_VS_LT_UTP}x",
-                         ratio(m.mb_per_s, tcp.mb_per_s) if m and tcp else "-",
+                         show(x_utp), f">= {TARGET_VS_LT_UTP}x", show(x_plain),
                          "met" if not misses else "MISSED: " + "; ".join(misses)])
         return render(headers, rows, markdown)
 
@@ -439,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="lab-", dir=args.workdir)).resolve()
-    results = LabResults(groups, jobs)
+    timeouts = {g: 60.0 + g.size * g.scenario.nodes / (min_rate * 1e6) for g in groups}
+    results = LabResults(groups, jobs, timeouts)
     begun = time.monotonic()
     command = "python benchmarks/lab.py " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"# p2ptorrent {swarm.git_describe()}, libtorrent {swarm.lt_version()}, python {platform.python_version()},"
@@ -458,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
                 payloads[g.size] = make_payload(root, g.size)
             source, want = payloads[g.size]
             lt_torrent = None
-            timeout = 60.0 + g.size * g.scenario.nodes / (min_rate * 1e6)
+            timeout = timeouts[g]
             group_jobs = [j for j in jobs if j.impl != TCP or (g.scenario.seeders, g.scenario.nodes) == (1, 1)]
             for rep in range(1, g.reps + 1):
                 shift = (rep - 1) % len(group_jobs)
