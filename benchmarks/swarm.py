@@ -73,6 +73,9 @@ nodes hold the verified file, MB/s is 8 x the size / wall s (aggregate goodput),
 and the summary adds the seeder's upload in file sizes, with its ratio
 p2ptorrent / libtorrent (below 1: p2ptorrent's seeder sent less).
 
+The same runs on separate hosts with packet loss: benchmarks/lab.py (it reuses these runs and
+tables through a Placement: where each process runs and which address it binds).
+
 Exit status: 0 every run completed and every copy was identical; 1 otherwise;
 2 bad usage or libtorrent missing (pip install -e '.[bench]').
 """
@@ -108,7 +111,7 @@ from loopback import BLOCK_OVERHEAD, CLK_TCK, DEFAULT_CHUNK, cpu_seconds, peak_r
 
 from p2ptorrent.metainfo import auto_piece_length, read_torrent  # noqa: E402
 from p2ptorrent.config import IPV4_MAX_UDP_PAYLOAD, MIB  # noqa: E402
-from p2ptorrent.procs import Daemons, free_port, sha256, wait_for  # noqa: E402
+from p2ptorrent.procs import Daemons, free_port, sha256, tcp_listening, wait_for  # noqa: E402
 
 LT_PEER = HERE / "lt_peer.py"
 P2P = "p2ptorrent"
@@ -298,15 +301,6 @@ class Placement:
 
 
 LOOPBACK = Placement()
-
-
-def tcp_listening(pid: int, port: int) -> bool:
-    """Whether some socket listens on TCP *port* in process *pid*'s network namespace (/proc/PID/net/tcp)."""
-    try:
-        lines = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
-    except OSError:
-        return False
-    return any(f.split()[1].endswith(f":{port:04X}") and f.split()[3] == "0A" for f in lines)
 
 
 # ---------------------------------------------------------------------------------------------- p2ptorrent
