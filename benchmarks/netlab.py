@@ -349,7 +349,7 @@ def stale(prefix: str = PREFIX, every: bool = False) -> list[str]:
 
 def clean(prefix: str = PREFIX, every: bool = False, say: Callable[[str], None] = print) -> int:
     names = stale(prefix, every)
-    problems = _remove(sorted(names, key=lambda n: n.endswith("-br")), ip_command())  # hosts first, bridge last
+    problems = _remove(names, ip_command())
     for ns in names:
         say(f"removed {ns}")
     for p in problems:
