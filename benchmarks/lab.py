@@ -102,6 +102,8 @@ class LabPlacement(Placement):
 
     def __init__(self, lab: netlab.Lab) -> None:
         self.lab = lab
+        #: The last snapshot, so a run stopped before its own counters were read still gets them.
+        self.taken: Any = None
 
     def prefix(self, role: str) -> list[str]:
         return self.lab.exec_in(role)
@@ -110,7 +112,8 @@ class LabPlacement(Placement):
         return self.lab.host(role).addr
 
     def snapshot(self) -> Any:
-        return self.lab.snmp(), self.lab.wire_counters()
+        self.taken = self.lab.snmp(), self.lab.wire_counters()
+        return self.taken
 
     def counters(self, before: Any) -> dict[str, float]:
         snmp_before, wire_before = before
@@ -182,12 +185,12 @@ def roles(scenario: Scenario) -> list[str]:
 def run_on_lab(run: Run, workdir: Path, source: Path, want: str, timeout: float, rate: float | None,
                lt_torrent: Path | None) -> None:
     lab = netlab.Lab(roles(run.scenario), loss=run.scenario.loss)
+    place = LabPlacement(lab)
     try:
         lab.build()
         if rate:
             for i in range(1, run.scenario.seeders + 1):
                 lab.set_rate(f"seed{i}", rate)
-        place = LabPlacement(lab)
         if run.job.impl == P2P:
             run_p2ptorrent(run, workdir, source, want, timeout, place)
         elif run.job.impl == TCP:
@@ -196,6 +199,11 @@ def run_on_lab(run: Run, workdir: Path, source: Path, want: str, timeout: float,
             assert lt_torrent is not None
             run_libtorrent(run, workdir, source, want, lt_torrent, timeout, 0, place)
     finally:
+        if place.taken is not None and not any(k.startswith("wire") for k in run.net):  # stopped before reading them
+            try:
+                run.net = {**place.counters(place.taken), **run.net}
+            except netlab.LabError:
+                pass
         problems = lab.destroy()
         if problems:
             print("   lab cleanup: " + "; ".join(problems), flush=True)
@@ -348,9 +356,9 @@ class LabResults:
             x_plain = bounded_ratio(mine, self.rate(g, TCP))
             cpu_x = None
             if m and lt_tcp:
-                mine = med([cpu_per_gb(r) for r in runs])
-                theirs = med([cpu_per_gb(r) for r in self.of(g, next(j for j in self.jobs if j.impl == "lt-tcp"))])
-                cpu_x = mine / theirs if mine is not None and theirs else None
+                my_cpu = med([cpu_per_gb(r) for r in runs])
+                their_cpu = med([cpu_per_gb(r) for r in self.of(g, next(j for j in self.jobs if j.impl == "lt-tcp"))])
+                cpu_x = my_cpu / their_cpu if my_cpu is not None and their_cpu else None
             want = target_for(loss_pct)
             misses = []
             if len(runs) < len(everyone) or not everyone:
