@@ -37,8 +37,9 @@ stopped and reported as TIMEOUT.  Figures per run: wall s, goodput MB/s (bytes d
 commands) and CPU s per GB delivered (all of them), peak RSS, and the kernel's counters from
 /proc/net/snmp of every host over the transfer: UDP receive-buffer drops (Udp RcvbufErrors),
 reassembly failures (Ip ReasmFails; a failure is counted when the incomplete datagram times out,
-30 s, so a run's failures can show in a later snapshot or not at all), fragments created, and the
-frames the wire dropped; for p2ptorrent the seeders its nodes dropped ("dropped node" in
+30 s, so a run's failures can show in a later snapshot or not at all), fragments created, the peak
+memory of incomplete datagrams on any host ("frag KiB", /proc/net/sockstat, sampled 4 times a second:
+at 4 MiB the kernel drops every new fragment), and the frames the wire dropped; for p2ptorrent the seeders its nodes dropped ("dropped node" in
 logs/node_N.log).  Then, per scenario, the medians, the ratios p2ptorrent / lt-tcp, / lt-utp and
 / tcp, and the targets: no loss >= 1.0x lt-tcp goodput with CPU s per byte <= 1.5x lt-tcp's;
 1% >= 0.7x lt-tcp; 5% >= 0.5x; 10% every run complete and identical and >= 0.3x; every loss level
@@ -61,6 +62,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -104,6 +106,18 @@ class LabPlacement(Placement):
         self.lab = lab
         #: The last snapshot, so a run stopped before its own counters were read still gets them.
         self.taken: Any = None
+        #: Peak bytes of incomplete datagrams held per host (Frag.memory), sampled 4 times a second
+        #: from snapshot() to counters(): the level that stops all reassembly when it reaches 4 MiB.
+        self.frag_peak: dict[str, int] = {}
+        self._sampling = threading.Event()
+
+    def _sample(self, stop: threading.Event) -> None:
+        while not stop.wait(0.25):
+            try:
+                for role, fields in self.lab.snmp().items():
+                    self.frag_peak[role] = max(self.frag_peak.get(role, 0), fields.get("Frag.memory", 0))
+            except (netlab.LabError, OSError):
+                return
 
     def prefix(self, role: str) -> list[str]:
         return self.lab.exec_in(role)
@@ -113,16 +127,23 @@ class LabPlacement(Placement):
 
     def snapshot(self) -> Any:
         self.taken = self.lab.snmp(), self.lab.wire_counters()
+        self._sampling.set()
+        self._sampling = threading.Event()
+        self.frag_peak = {}
+        threading.Thread(target=self._sample, args=(self._sampling,), daemon=True).start()
         return self.taken
 
     def counters(self, before: Any) -> dict[str, float]:
         snmp_before, wire_before = before
+        self._sampling.set()
         delta = netlab.snmp_delta(snmp_before, self.lab.snmp())
         out: dict[str, float] = {}
         for role, fields in delta.items():  # per host, for the run's own line (only what is not zero)
+            fields["Frag.memory"] = max(fields.get("Frag.memory", 0), self.frag_peak.get(role, 0))  # the peak
             for name, value in fields.items():
-                if value:
+                if value and name != "Frag.inuse":
                     out[f"{role} {name}"] = float(value)
+        out["Frag.memory"] = float(max((fields["Frag.memory"] for fields in delta.values()), default=0))
         for name in ("Udp.RcvbufErrors", "Udp.InErrors", "Ip.ReasmFails", "Ip.ReasmOKs", "Ip.FragCreates"):
             out[name] = float(sum(fields[name] for fields in delta.values()))
         wire = self.lab.wire_counters()
@@ -232,8 +253,9 @@ def per(values: list[float | None] | None, fmt: str) -> str:
 
 
 RUN_HEADERS = ["impl", "scenario", "MiB", "rep", "wall s", "MB/s", "copies", "cpu s seed", "cpu s node", "cpu s trk",
-               "cpu s cmd", "cpu s/GB", "rss MiB node", "rcvbuf drops", "reasm fails", "wire lost", "seeders dropped"]
-RUN_WIDTHS = [10, 11, 4, 4, 7, 7, 9, 14, 19, 9, 9, 8, 19, 12, 11, 9, 15]
+               "cpu s cmd", "cpu s/GB", "rss MiB node", "rcvbuf drops", "reasm fails", "frag KiB", "wire lost",
+               "seeders dropped"]
+RUN_WIDTHS = [10, 11, 4, 4, 7, 7, 9, 14, 19, 9, 9, 8, 19, 12, 11, 8, 9, 15]
 
 
 def run_cells(r: Run, rep: str) -> list[str]:
@@ -243,6 +265,7 @@ def run_cells(r: Run, rep: str) -> list[str]:
             per(r.cpu.get("seeders"), "{:.2f}"), per(r.cpu.get("nodes"), "{:.2f}"), per(r.cpu.get("tracker"), "{:.2f}"),
             per(r.cpu.get("commands"), "{:.2f}"), num(cpu_per_gb(r), "{:.1f}"), per(r.rss.get("nodes"), "{:.1f}"),
             num(r.net.get("Udp.RcvbufErrors"), "{:.0f}"), num(r.net.get("Ip.ReasmFails"), "{:.0f}"),
+            num(r.net["Frag.memory"] / 1024 if "Frag.memory" in r.net else None, "{:.0f}"),
             num(lost * 100 if lost is not None else None, "{:.2f}%"),
             num(r.net.get("seeders dropped"), "{:.0f}") if r.job.impl == P2P else "-"]
 
@@ -308,7 +331,7 @@ class LabResults:
     def scenario_table(self, g: Group, markdown: bool) -> str:
         headers = ["implementation", "runs", "wall s", "MB/s", "CPU s seeders", "CPU s nodes", "CPU s tracker",
                    "CPU s cmds", "CPU s/GB", "peak RSS MiB node", "rcvbuf drops", "reasm fails", "frags created",
-                   "wire lost", "seeders dropped", "x lt-tcp", "x lt-utp", "x tcp"]
+                   "peak frag KiB", "wire lost", "seeders dropped", "x lt-tcp", "x lt-utp", "x tcp"]
         refs = {impl: self.rate(g, impl) for impl in ("lt-tcp", "lt-utp", TCP)}
         rows = []
         for job in self.jobs:
@@ -319,21 +342,27 @@ class LabResults:
             m = median_run(runs) if runs else None
             bad = sorted({state(r) for r in everyone if not r.ok})
             row = [job.label, f"{len(runs)}/{len(everyone)}" + (f" ({', '.join(bad)})" if bad else "")]
-            if m is None:
-                mine = self.rate(g, job.impl)
-                rows.append(row + ["-", show(mine, "{:.1f}")] + ["-"] * (len(headers) - 7)
-                            + [show(bounded_ratio(mine, refs[i])) if job.impl != i else "-" for i in ("lt-tcp", "lt-utp", TCP)])
-                continue
+            mine = (m.mb_per_s, "") if m else self.rate(g, job.impl)
+            if m:
+                row += [num(m.seconds), num(m.mb_per_s, "{:.1f}"), per(m.cpu.get("seeders"), "{:.2f}"),
+                        per(m.cpu.get("nodes"), "{:.2f}"), per(m.cpu.get("tracker"), "{:.2f}"),
+                        per(m.cpu.get("commands"), "{:.2f}"), num(med([cpu_per_gb(r) for r in runs]), "{:.1f}"),
+                        num(med([swarm.total(r.rss.get("nodes"), max) for r in runs]), "{:.1f}")]
+            else:
+                row += ["-", show(mine, "{:.1f}"), "-", "-", "-", "-", "-", "-"]
+            # The network's figures over every run, failed ones too: a failure is when they matter most.
+            counted = [r for r in everyone if r.net]
+
+            def net(name: str, scale: float = 1.0, counted: list[Run] = counted) -> str:
+                value = med([r.net.get(name) for r in counted]) if counted else None
+                return num(value / scale if value is not None else None, "{:.0f}")
+
             wire_lost = med([r.net.get("wire dropped", 0) / max(1.0, r.net.get("wire dropped", 0) + r.net.get("wire passed", 0))
-                             for r in runs])
-            row += [num(m.seconds), num(m.mb_per_s, "{:.1f}"), per(m.cpu.get("seeders"), "{:.2f}"),
-                    per(m.cpu.get("nodes"), "{:.2f}"), per(m.cpu.get("tracker"), "{:.2f}"), per(m.cpu.get("commands"), "{:.2f}"),
-                    num(med([cpu_per_gb(r) for r in runs]), "{:.1f}"),
-                    num(med([swarm.total(r.rss.get("nodes"), max) for r in runs]), "{:.1f}"),
-                    num(m.net.get("Udp.RcvbufErrors"), "{:.0f}"), num(m.net.get("Ip.ReasmFails"), "{:.0f}"),
-                    num(m.net.get("Ip.FragCreates"), "{:.0f}"), num(wire_lost * 100 if wire_lost is not None else None, "{:.2f}%"),
-                    num(m.net.get("seeders dropped"), "{:.0f}") if job.impl == P2P else "-"]
-            row += [show(bounded_ratio((m.mb_per_s, ""), refs[i])) if job.impl != i else "-" for i in ("lt-tcp", "lt-utp", TCP)]
+                             for r in counted]) if counted else None
+            row += [net("Udp.RcvbufErrors"), net("Ip.ReasmFails"), net("Ip.FragCreates"), net("Frag.memory", 1024),
+                    num(wire_lost * 100 if wire_lost is not None else None, "{:.2f}%"),
+                    net("seeders dropped") if job.impl == P2P else "-"]
+            row += [show(bounded_ratio(mine, refs[i])) if job.impl != i else "-" for i in ("lt-tcp", "lt-utp", TCP)]
             rows.append(row)
         return render(headers, rows, markdown)
 
