@@ -1,13 +1,14 @@
 """One libtorrent peer as its own process, driven by benchmarks/swarm.py (a benchmark tool, not part of p2ptorrent).
 
     python benchmarks/lt_peer.py make FILE TORRENT --piece-length N
-    python benchmarks/lt_peer.py peer --torrent T --save DIR --role seed|leech --mode default|utp|tcp
+    python benchmarks/lt_peer.py peer --torrent T --save DIR --role seed|leech --mode default|utp|tcp [--bind ADDR]
 
 ``make`` writes a v1-only torrent of FILE (the same kind of torrent p2ptorrent
 makes: SHA-1 pieces, one file) with the given piece length.
 
-``peer`` starts a libtorrent session listening on 127.0.0.1 (on a port free for
-both TCP and UDP), with DHT, LSD, UPnP and NAT-PMP off, several connections per IP allowed
+``peer`` starts a libtorrent session listening on 127.0.0.1, or on --bind's
+address (a lab host's, benchmarks/lab.py), on a port free there for both TCP
+and UDP, with DHT, LSD, UPnP and NAT-PMP off, several connections per IP allowed
 (every peer is 127.0.0.1) and no rate limits; ``--mode`` picks the transports:
 ``default`` leaves libtorrent's own choice (TCP and uTP both enabled; libtorrent
 tries uTP first and falls back to TCP), ``utp`` turns TCP off both ways, ``tcp``
@@ -87,8 +88,8 @@ def make(file: Path, torrent: Path, piece_length: int) -> None:
     torrent.write_bytes(lt.bencode(ct.generate()))
 
 
-def free_port() -> int:
-    """A port free on 127.0.0.1 for both TCP and UDP right now.
+def free_port(addr: str = "127.0.0.1") -> int:
+    """A port free on *addr* for both TCP and UDP right now.
 
     libtorrent listens for TCP and uTP on one port number; with port 0 it takes
     the ephemeral TCP port and may find that UDP port taken by another program,
@@ -97,20 +98,20 @@ def free_port() -> int:
     """
     for _ in range(100):
         with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            tcp.bind(("127.0.0.1", 0))
+            tcp.bind((addr, 0))
             port = int(tcp.getsockname()[1])
             try:
-                udp.bind(("127.0.0.1", port))
+                udp.bind((addr, port))
             except OSError:
                 continue
             return port
-    raise OSError("no port free for both TCP and UDP on 127.0.0.1")
+    raise OSError(f"no port free for both TCP and UDP on {addr}")
 
 
-def settings_for(mode: str, socket_buffer: int, port: int) -> dict[str, Any]:
+def settings_for(mode: str, socket_buffer: int, port: int, addr: str = "127.0.0.1") -> dict[str, Any]:
     tcp, utp = mode in ("default", "tcp"), mode in ("default", "utp")
     s: dict[str, Any] = {
-        "listen_interfaces": f"127.0.0.1:{port}",
+        "listen_interfaces": f"{addr}:{port}",
         "enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
         "allow_multiple_connections_per_ip": True,
         "enable_outgoing_tcp": tcp, "enable_incoming_tcp": tcp,
@@ -144,8 +145,8 @@ def counters(ses: Any) -> dict[str, int]:
 
 
 def peer(args: argparse.Namespace) -> int:
-    port = free_port()
-    ses = lt.session(settings_for(args.mode, args.socket_buffer, port))
+    port = free_port(args.bind)
+    ses = lt.session(settings_for(args.mode, args.socket_buffer, port, args.bind))
     info = lt.torrent_info(str(args.torrent))
     params = lt.add_torrent_params()
     params.ti = info
@@ -229,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save", type=Path, required=True, help="folder holding (seed) or receiving (leech) the file")
     p.add_argument("--role", choices=("seed", "leech"), required=True)
     p.add_argument("--mode", choices=("default", "utp", "tcp"), default="default")
+    p.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--ready-timeout", type=float, default=300, help="seconds to get ready (a seeder checks its file)")
     p.add_argument("--socket-buffer", type=int, default=0, help="SO_RCVBUF/SO_SNDBUF in bytes (0: libtorrent's default)")
     args = parser.parse_args(argv)

@@ -73,6 +73,9 @@ nodes hold the verified file, MB/s is 8 x the size / wall s (aggregate goodput),
 and the summary adds the seeder's upload in file sizes, with its ratio
 p2ptorrent / libtorrent (below 1: p2ptorrent's seeder sent less).
 
+The same runs on separate hosts with packet loss: benchmarks/lab.py (it reuses these runs and
+tables through a Placement: where each process runs and which address it binds).
+
 Exit status: 0 every run completed and every copy was identical; 1 otherwise;
 2 bad usage or libtorrent missing (pip install -e '.[bench]').
 """
@@ -108,7 +111,7 @@ from loopback import BLOCK_OVERHEAD, CLK_TCK, DEFAULT_CHUNK, cpu_seconds, peak_r
 
 from p2ptorrent.metainfo import auto_piece_length, read_torrent  # noqa: E402
 from p2ptorrent.config import IPV4_MAX_UDP_PAYLOAD, MIB  # noqa: E402
-from p2ptorrent.procs import Daemons, connects, free_port, sha256, wait_for  # noqa: E402
+from p2ptorrent.procs import Daemons, free_port, sha256, tcp_listening, wait_for  # noqa: E402
 
 LT_PEER = HERE / "lt_peer.py"
 P2P = "p2ptorrent"
@@ -129,10 +132,12 @@ class Scenario:
     #: A swarming scenario: its own file size (--swarm-size, not --sizes); libtorrent leechers are told of
     #: every other leecher (both ways); the uploads of every node are printed after each run.
     swarm: bool = False
+    #: Probability of losing each IP packet (the lab benchmark's hosts; always 0 on loopback).
+    loss: float = 0.0
 
     @property
     def name(self) -> str:
-        return f"{self.seeders}->{self.nodes}"
+        return f"{self.seeders}->{self.nodes}" + (f" {self.loss * 100:g}%" if self.loss else "")
 
 
 SCENARIOS = {"1-1": Scenario(1, 1), "3-1": Scenario(3, 1), "1-4": Scenario(1, 4), "1-8": Scenario(1, 8, swarm=True)}
@@ -150,7 +155,7 @@ class Job:
 
     @property
     def label(self) -> str:
-        return f"{P2P} {self.chunk}" if self.impl == P2P else self.impl
+        return (f"{P2P} {self.chunk}" if self.chunk else P2P) if self.impl == P2P else self.impl
 
 
 @dataclass(frozen=True)
@@ -199,6 +204,9 @@ class Run:
     #: Busy CPU seconds of the machine during the transfer beyond the measured processes' own: other
     #: programs, the harness, kernel work not charged to a process.  Large values mean a disturbed run.
     other_cpu: float | None = None
+    #: The network's own figures over the transfer (Placement.counters: the lab's kernel counters), and
+    #: p2ptorrent's "seeders dropped" (owners its downloading nodes dropped, from their logs).
+    net: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -267,19 +275,55 @@ def _ended(procs: Iterable[subprocess.Popen[Any]], grace: float) -> None:
         _LIVE.discard(proc)
 
 
+# ---------------------------------------------------------------------------------------------- where processes run
+
+class Placement:
+    """Where each process of a run runs, by role ("tracker", "seed1".., "node1"..): here, on 127.0.0.1.
+
+    The lab benchmark (benchmarks/lab.py) puts every role on a host of its own instead: a command
+    prefix (`ip netns exec NS`, which execs, so a Popen's pid is the program's own), the host's
+    address, and the network's counters over a transfer.
+    """
+
+    def prefix(self, role: str) -> list[str]:
+        return []
+
+    def addr(self, role: str) -> str:
+        return "127.0.0.1"
+
+    def snapshot(self) -> Any:
+        """Counters now (taken just before a transfer starts)."""
+        return None
+
+    def counters(self, before: Any) -> dict[str, float]:
+        """What changed since *before*: figures named for the tables."""
+        return {}
+
+
+LOOPBACK = Placement()
+
+
 # ---------------------------------------------------------------------------------------------- p2ptorrent
 
 class P2PSwarm(Daemons):
-    """Tracker, seeders 1..S, downloading nodes S+1..S+L, as `twistd -n` processes in *root*."""
+    """Tracker, seeders 1..S, downloading nodes S+1..S+L, as `twistd -n` processes in *root*.
 
-    def __init__(self, root: Path, scenario: Scenario, chunk: int) -> None:
+    *chunk* None leaves the node's own defaults (CHUNK_PIECES_SIZE, BUFFER_SIZE) alone.
+    """
+
+    def __init__(self, root: Path, scenario: Scenario, chunk: int | None, place: Placement = LOOPBACK) -> None:
         super().__init__(root, fail=fail, ctl_timeout=START_TIMEOUT)
         root.mkdir(parents=True, exist_ok=True)
         self.logs = root / "logs"
         self.port = free_port()
+        self.place = place
         self.seeder_ids = list(range(1, scenario.seeders + 1))
         self.node_ids = list(range(scenario.seeders + 1, scenario.seeders + scenario.nodes + 1))
-        self.chunk_args = ["--chunk-size", str(chunk), "--buffer-size", str(chunk + BLOCK_OVERHEAD)]
+        self.chunk_args = ["--chunk-size", str(chunk), "--buffer-size", str(chunk + BLOCK_OVERHEAD)] if chunk else []
+
+    def role(self, node: int) -> str:
+        """The placement role of node *node*: seed1.. for the seeders, node1.. for the downloading nodes."""
+        return f"seed{node}" if node in self.seeder_ids else f"node{node - len(self.seeder_ids)}"
 
     def status(self, node: int) -> dict[str, Any]:
         return json.loads(self.ok(node, "status"))  # type: ignore[no-any-return]
@@ -294,16 +338,17 @@ class P2PSwarm(Daemons):
             return False
 
     def launch(self) -> None:
-        self.start("tracker", [
-            "p2ptracker", "--host", "127.0.0.1", "--port", str(self.port),
+        tracker = self.place.addr("tracker")
+        proc = self.start("tracker", [
+            "p2ptracker", "--host", tracker, "--port", str(self.port),
             "--tracker-db-dir", str(self.root / "tracker_db"), "--logs-dir", str(self.logs), *self.chunk_args,
-        ])
-        wait_for(lambda: connects(self.port), "the tracker to listen", START_TIMEOUT, self.check_alive, fail)
+        ], wrapper=self.place.prefix("tracker"))
+        wait_for(lambda: tcp_listening(proc.pid, self.port), "the tracker to listen", START_TIMEOUT, self.check_alive, fail)
         for n in self.seeder_ids + self.node_ids:
             self.start(f"node{n}", [
-                "p2pnode", "--id", str(n), "--interface", "127.0.0.1", "--tracker", f"127.0.0.1:{self.port}",
+                "p2pnode", "--id", str(n), "--interface", self.place.addr(self.role(n)), "--tracker", f"{tracker}:{self.port}",
                 "--node-files-dir", str(self.nodes_dir), "--logs-dir", str(self.logs), "--no-stdin", *self.chunk_args,
-            ])
+            ], wrapper=self.place.prefix(self.role(n)))
         for n in self.seeder_ids + self.node_ids:
             wait_for(lambda n=n: self.registered(n), f"node {n} to register", START_TIMEOUT, None, fail)
 
@@ -317,10 +362,14 @@ class P2PSwarm(Daemons):
         found = re.findall(r"complete, .*?(\d+) blocks asked again", text)
         return int(found[-1]) if found else None
 
+    def dropped(self, node: int) -> int:
+        """Owners node *node* dropped (its log's "dropped node" warnings)."""
+        log = self.logs / f"node_{node}.log"
+        return (log.read_text(errors="replace") if log.exists() else "").count("dropped node")
 
-def run_p2ptorrent(run: Run, workdir: Path, source: Path, want: str, timeout: float) -> None:
-    assert run.job.chunk is not None
-    swarm = P2PSwarm(workdir, run.scenario, run.job.chunk)
+
+def run_p2ptorrent(run: Run, workdir: Path, source: Path, want: str, timeout: float, place: Placement = LOOPBACK) -> None:
+    swarm = P2PSwarm(workdir, run.scenario, run.job.chunk, place)
     _LIVE_SWARMS.add(swarm)
     downloads: dict[int, subprocess.Popen[str]] = {}
     try:
@@ -336,6 +385,7 @@ def run_p2ptorrent(run: Run, workdir: Path, source: Path, want: str, timeout: fl
         run.piece_length = read_torrent(torrent).piece_length
         names = ["tracker", *(f"node{n}" for n in swarm.seeder_ids + swarm.node_ids)]
         pids = {name: swarm.pid(name) for name in names}
+        net_before = place.snapshot()
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         busy_before = machine_busy()
 
@@ -364,6 +414,7 @@ def run_p2ptorrent(run: Run, workdir: Path, source: Path, want: str, timeout: fl
         cpu_after = {name: cpu_seconds(pid) for name, pid in pids.items()}
         busy = machine_busy() - busy_before
         commands = children_cpu() - children_before  # only the download commands ended meanwhile
+        run.net = {**place.counters(net_before), "seeders dropped": float(sum(swarm.dropped(n) for n in swarm.node_ids))}
         missing = [n for n in swarm.node_ids if n not in finished]
         if missing:
             fail(f"timed out after {timeout:.0f} s: node(s) {missing} still downloading")
@@ -413,14 +464,17 @@ def run_p2ptorrent(run: Run, workdir: Path, source: Path, want: str, timeout: fl
 # ---------------------------------------------------------------------------------------------- libtorrent
 
 class LtPeer:
-    """One `lt_peer.py peer` process; its JSON lines arrive on a queue read by a thread."""
+    """One `lt_peer.py peer` process (or *program*, another that talks the same JSON lines) on *name*'s place;
+    its JSON lines arrive on a queue read by a thread."""
 
-    def __init__(self, name: str, workdir: Path, args: Sequence[str]) -> None:
+    def __init__(self, name: str, workdir: Path, args: Sequence[str], place: Placement = LOOPBACK,
+                 program: Sequence[str] | None = None) -> None:
         self.name = name
         self.err_path = workdir / f"{name}.err"
+        command = program or [sys.executable, str(LT_PEER), "peer", "--bind", place.addr(name), *args]
         with open(self.err_path, "wb") as err:
             self.proc: subprocess.Popen[str] = subprocess.Popen(
-                [sys.executable, str(LT_PEER), "peer", *args], cwd=workdir,
+                [*place.prefix(name), *command], cwd=workdir,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1,
             )
         _LIVE.add(self.proc)
@@ -476,7 +530,7 @@ def make_lt_torrent(source: Path, piece_length: int, root: Path) -> Path:
 
 
 def run_libtorrent(run: Run, workdir: Path, source: Path, want: str, torrent: Path, timeout: float,
-                   socket_buffer: int) -> None:
+                   socket_buffer: int, place: Placement = LOOPBACK) -> None:
     mode = run.job.impl.removeprefix("lt-")
     workdir.mkdir(parents=True, exist_ok=True)
     seeders: list[LtPeer] = []
@@ -488,15 +542,16 @@ def run_libtorrent(run: Run, workdir: Path, source: Path, want: str, torrent: Pa
             save = workdir / f"seed{i}"
             save.mkdir()
             os.link(source, save / source.name)
-            seeders.append(LtPeer(f"seed{i}", workdir, [*common, "--save", str(save), "--role", "seed"]))
+            seeders.append(LtPeer(f"seed{i}", workdir, [*common, "--save", str(save), "--role", "seed"], place))
         for i in range(1, run.scenario.nodes + 1):
             save = workdir / f"node{i}"
             save.mkdir()
-            nodes.append(LtPeer(f"node{i}", workdir, [*common, "--save", str(save), "--role", "leech"]))
+            nodes.append(LtPeer(f"node{i}", workdir, [*common, "--save", str(save), "--role", "leech"], place))
         deadline = time.monotonic() + START_TIMEOUT + run.size / 50e6  # seeders check their file first
         ports = {p.name: p.expect("ready", deadline) for p in seeders + nodes}
         run.piece_length = ports[nodes[0].name]["piece_length"]
         every = seeders + nodes
+        net_before = place.snapshot()
         cpu_before = [cpu_seconds(p.proc.pid) for p in every]
         busy_before = machine_busy()
         started = time.monotonic()
@@ -505,12 +560,12 @@ def run_libtorrent(run: Run, workdir: Path, source: Path, want: str, torrent: Pa
             # (1-8), of every other leecher, so each connects out to all of them (libtorrent keeps one
             # connection per pair: a duplicate peer id is dropped).
             others = [p for p in nodes if p is not node] if run.scenario.swarm else nodes[:i]
-            peers = [ports[p.name]["port"] for p in seeders + others]
-            node.tell("connect " + " ".join(f"127.0.0.1:{port}" for port in peers))
+            node.tell("connect " + " ".join(f"{place.addr(p.name)}:{ports[p.name]['port']}" for p in seeders + others))
         deadline = started + timeout
         done = [node.expect("done", deadline)["at"] for node in nodes]
         cpu_after = [cpu_seconds(p.proc.pid) for p in every]
         busy = machine_busy() - busy_before
+        run.net = place.counters(net_before)
         run.seconds = max(done) - started
         run.other_cpu = busy - sum(a - b for a, b in zip(cpu_after, cpu_before))
         stats = []
@@ -574,6 +629,7 @@ def median_run(runs: list[Run]) -> Run:
     m.resent = med([r.resent for r in runs])
     m.via = "/".join(sorted({r.via for r in runs}))
     m.other_cpu = med([r.other_cpu for r in runs])
+    m.net = {k: v for k in first.net if (v := med([r.net.get(k) for r in runs])) is not None}
     return m
 
 

@@ -58,6 +58,20 @@ def connects(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def tcp_listening(pid: int, port: int) -> bool:
+    """Whether a socket listens on TCP *port* in the network namespace of process *pid*.
+
+    Read from /proc/PID/net/tcp, so it answers for a daemon inside a network namespace
+    (`ip netns exec`) that this process cannot connect to, without starting anything there.
+    """
+    try:
+        rows = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    suffix = f":{port:04X}"
+    return any(f[1].endswith(suffix) and f[3] == "0A" for f in (row.split() for row in rows) if len(f) > 3)  # 0A: LISTEN
+
+
 def sha256(path: Path) -> str:
     """Hex SHA-256 of a file, read a MiB at a time so large payloads need no large memory."""
     h = hashlib.sha256()
