@@ -325,14 +325,23 @@ def test_random_loss_is_not_taken_for_congestion() -> None:
     assert CONGESTED_LOSS > 0.10
 
 
-def test_a_round_that_loses_most_of_its_blocks_halves_the_window_once() -> None:
-    """An overflowing queue loses a burst: that is congestion, and the window halves, once per round trip."""
+def test_a_round_that_loses_many_blocks_here_and_there_halves_the_window_once() -> None:
+    """An overflowing queue drops blocks here and there: that is congestion, and the window halves, once per
+    round trip.  A run of blocks lost back to back (a lost BLOCK_REQ takes its whole batch) counts as one loss."""
     t = _transfer(max_window=64)
     t.peers[A].window = 64.0
     t.peers[A].srtt = 0.05
     batch = [b for _, bs in t.requests(0.0) for b in bs]
     assert len(batch) == 42  # (the whole file)
-    for piece, offset, length in batch[-5:]:  # only the last 5 arrive
+    for piece, offset, length in batch[::2]:  # every other block arrives
         _answer(t, A, piece, offset, length, 0.06)
     t.batch_done(0.06)
-    assert t.peers[A].lost_in_order == 37 and t.peers[A].window == 32.0
+    assert t.peers[A].lost_in_order == 19 and t.peers[A].window == 32.0
+    t2 = _transfer(max_window=64)
+    t2.peers[A].window = 64.0
+    t2.peers[A].srtt = 0.05
+    batch = [b for _, bs in t2.requests(0.0) for b in bs]
+    for piece, offset, length in batch[-5:]:  # 37 lost back to back, then 5 arrive: one loss, not congestion
+        _answer(t2, A, piece, offset, length, 0.06)
+    t2.batch_done(0.06)
+    assert t2.peers[A].lost_in_order == 37 and t2.peers[A].window == 64.0

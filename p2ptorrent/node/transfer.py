@@ -44,7 +44,7 @@ from p2ptorrent.node.pieces import Addr, Geometry, PieceAssembled, PieceFailed, 
 
 
 #: Bounds of the retransmission timeout (seconds).
-MIN_RTO = 0.2
+MIN_RTO = 0.05
 MAX_RTO = 8.0
 #: A silent peer is asked again at least this many times within PEER_TIMEOUT before it is dropped: the
 #: timeout's back-off never outlasts the peer timeout, so a live peer behind a lossy path is probed, not lost.
@@ -58,8 +58,9 @@ MIN_WINDOW = 2
 QUEUE_TARGET = 0.05
 #: Blocks asked of a peer after a block still owed that may arrive before it is taken as lost (reordering).
 REORDERING = 3
-#: Share of a round trip's blocks lost above which the loss is taken as congestion (and the window halves):
-#: random loss well above a real link's does not slow a download; an overflowing queue does.
+#: Share of a round trip's losses (a run of blocks lost back to back is one) among its blocks above which
+#: the loss is taken as congestion (and the window halves): random loss well above a real link's does not
+#: slow a download; an overflowing queue does.
 CONGESTED_LOSS = 0.25
 #: A block is asked of at most this many peers at once (endgame).
 MAX_REQUESTERS = 2
@@ -525,8 +526,12 @@ class Transfer:
                 peer.srtt = 0.875 * peer.srtt + 0.125 * sample
             peer.rto = min(self.max_rto, max(MIN_RTO, peer.srtt + 4 * peer.rttvar))
             peer.min_rtt = min(peer.min_rtt, sample)
-            if sample - peer.min_rtt > QUEUE_TARGET:
+            queued = sample - peer.min_rtt
+            if queued > QUEUE_TARGET:
                 peer.window = max(MIN_WINDOW, peer.window - 1)
+                return
+            if queued < QUEUE_TARGET / 2:  # no queue to speak of: grow fast again, even after a halving
+                peer.window = min(peer.window + 1, self.max_window)
                 return
         if peer.window < peer.threshold:
             peer.window += 1
@@ -709,12 +714,13 @@ class Transfer:
             if lost:
                 peer.timeouts += lost
                 self.retransmits += lost
-                if self._once_per_round(peer, now):
-                    # Nothing came back in time: the path may be congested or dead; back off the timer too.
+                # Nothing at all came back for a timeout: the path may be congested or dead, so halve and back
+                # off the timer.  While blocks keep coming, a request that timed out was lost at random (often
+                # a lost BLOCK_REQ, the last of a flight): asked again, nothing slowed.
+                if now - peer.last_data >= peer.rto and self._once_per_round(peer, now):
                     self._halve(peer)
                     peer.rto = min(self.max_rto, peer.rto * 2)
-            else:
-                self._end_round(peer, now)
+            self._end_round(peer, now)
             reason = None
             if peer.strikes >= MAX_STRIKES:
                 reason = f"sent corrupt data for {peer.strikes} pieces"
@@ -745,7 +751,8 @@ class Transfer:
         sent, inflight = peer.sent, peer.inflight
         horizon = peer.acked - REORDERING
         again = []
-        lost = 0
+        lost = events = 0
+        previous = -2
         while sent:
             entry, bid = sent[0]
             if inflight.get(bid) is not entry:
@@ -756,12 +763,15 @@ class Transfer:
             sent.popleft()
             del inflight[bid]
             lost += 1
+            # Blocks lost back to back count as one loss (one lost BLOCK_REQ takes a whole batch with it).
+            events += entry[0] != previous + 1
+            previous = entry[0]
             if self._release(bid, addr):
                 again.append(bid)
         if lost:
             self._requeue(again)
             peer.lost_in_order += lost
-            peer.round_lost += lost
+            peer.round_lost += events
             self.retransmits += lost
         self._end_round(peer, now)
         return lost
