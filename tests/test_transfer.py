@@ -345,3 +345,22 @@ def test_a_round_that_loses_many_blocks_here_and_there_halves_the_window_once() 
         _answer(t2, A, piece, offset, length, 0.06)
     t2.batch_done(0.06)
     assert t2.peers[A].lost_in_order == 37 and t2.peers[A].window == 64.0
+
+
+def test_a_late_first_copy_of_a_block_asked_again_does_not_make_everything_since_look_lost() -> None:
+    """A block taken as lost is asked again; its first copy then arrives late.  It answers the old request,
+    not the new one: the blocks asked in between are not taken as lost (that cascade once asked for most of
+    a download twice)."""
+    t = _transfer()
+    first = [b for _, bs in t.requests(0.0) for b in bs]
+    for piece, offset, length in first[4:8]:  # blocks 0-3 are late: taken as lost, asked again
+        _answer(t, A, piece, offset, length, 0.01)
+    t.batch_done(0.01)
+    assert t.peers[A].lost_in_order == 4
+    again = [b for _, bs in t.requests(0.01) for b in bs]
+    assert again[:4] == first[:4]
+    piece, offset, length = first[0]
+    _answer(t, A, piece, offset, length, 0.02)  # the first copy of block 0, late
+    t.batch_done(0.02)
+    assert t.peers[A].lost_in_order == 4  # blocks 8-31, asked before the second request, are still owed
+    assert len(t.peers[A].inflight) == len(first) - 8 + len(again) - 1

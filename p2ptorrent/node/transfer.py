@@ -422,7 +422,9 @@ class Transfer:
         self.fed.add(addr)
         entry = peer.inflight.pop(bid, None)
         if entry is not None:
-            if entry[0] > peer.acked:
+            # A block asked again may be the first copy, arriving late: it says nothing of what was asked
+            # after the second (as Karn's rule for round trips), so only a first request moves the mark.
+            if entry[1] >= 0 and entry[0] > peer.acked:
                 peer.acked = entry[0]
             self._on_delivery(peer, entry[1], now)
         if self.received[bid] or self.verified[piece]:  # (a piece being checked has every block received)
