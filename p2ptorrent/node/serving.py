@@ -55,7 +55,7 @@ import os
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable, Iterable, Iterator, Optional, Protocol
+from typing import Any, Hashable, Iterable, Iterator, Optional, Protocol, Sequence
 
 from twisted.logger import Logger
 
@@ -389,28 +389,43 @@ class Seeder:
         self._last_served, self._last_served_at = addr, now
         return now <= self._contended_until
 
-    def _read(self, shared: SharedFile, info_hash: bytes, blocks: Iterable[tuple[int, int, int]]) -> Iterator[bytes]:
-        """Each block as a datagram, read from disk when the protocol is ready to send it."""
+    def _read(self, shared: SharedFile, info_hash: bytes, blocks: Sequence[tuple[int, int, int]]) -> Iterator[bytes]:
+        """Each block as a datagram, read from disk when the protocol is ready to send it: a run of blocks
+        that follow each other in the file with one ``pread`` (at most READ_RUN bytes at a time)."""
         piece_length = shared.meta.piece_length
         levels = shared.levels
-        for piece, offset, length in blocks:
+        i, n = 0, len(blocks)
+        while i < n:
+            piece, offset, length = blocks[i]
+            at = piece * piece_length + offset
+            j, end = i + 1, at + length
+            while j < n and end - at < READ_RUN:
+                p, o, ln = blocks[j]
+                if p * piece_length + o != end:
+                    break
+                end += ln
+                j += 1
             try:
-                data = os.pread(shared.fd, length, piece * piece_length + offset)
+                data = os.pread(shared.fd, end - at, at)
             except OSError as e:
                 data, why = b"", e.strerror or str(e)
             else:
                 why = "it is shorter than its torrent says"
-            if len(data) != length:
+            if len(data) != end - at:
                 self.log.error("{path} cannot be served ({why}): it changed on disk; no longer sharing it",
                                path=str(shared.path), why=why)
                 self.remove(info_hash)
                 yield wire.encode_error(info_hash, wire.E_NOT_FOUND, "file changed on disk")
                 return
-            shared.uploaded += length
-            shared.blocks_served += 1
-            if levels is not None:
-                _count_upload(shared, piece, length)
-            yield wire.encode_block(info_hash, piece, offset, data)
+            view = memoryview(data)
+            for piece, offset, length in blocks[i:j]:
+                start = piece * piece_length + offset - at
+                shared.uploaded += length
+                shared.blocks_served += 1
+                if levels is not None:
+                    _count_upload(shared, piece, length)
+                yield wire.encode_block(info_hash, piece, offset, view[start : start + length])
+            i = j
 
     def _error(self, addr: Any, now: float, size: int, info_hash: bytes, code: int, text: str) -> tuple[bytes, ...]:
         if not self.errors.take(addr, 1, now):
@@ -426,6 +441,8 @@ def _all_bits(count: int) -> bytes:
     return b"\xff" * whole + (bytes([(0xFF << (8 - rest)) & 0xFF]) if rest else b"")
 
 
+#: Bytes of blocks that follow each other in the file read with one pread.
+READ_RUN = 256 * 1024
 #: Pieces described by the HAVE sent with a partly refused request.
 MAX_OFFER = 8192
 

@@ -44,7 +44,7 @@ from p2ptorrent.node.pieces import Addr, Geometry, PieceAssembled, PieceFailed, 
 
 
 #: Bounds of the retransmission timeout (seconds).
-MIN_RTO = 0.05
+MIN_RTO = 0.2
 MAX_RTO = 8.0
 #: A silent peer is asked again at least this many times within PEER_TIMEOUT before it is dropped: the
 #: timeout's back-off never outlasts the peer timeout, so a live peer behind a lossy path is probed, not lost.
