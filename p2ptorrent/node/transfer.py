@@ -16,12 +16,15 @@ sent, so a block still owed when blocks asked after it (by more than
 ``REORDERING``) have arrived is lost: it is asked again at once
 (:meth:`Transfer.lost_in_order`, run once per batch of datagrams read), long
 before its timeout.  Random loss is not congestion: a window grows while data
-flows and shrinks when the round trip grows past the path's minimum by more
+flows (by a block per block delivered while the round trip stays within half
+of ``QUEUE_TARGET`` of the path's minimum, so it regains its size within a few
+round trips) and shrinks when the round trip grows past the minimum by more
 than ``QUEUE_TARGET`` (the queue is filling: the delay-based control LEDBAT
 uses), or, at most once per round trip, when more than ``CONGESTED_LOSS`` of a
-round's blocks were lost or when a request timed out (nothing came back at
-all); timeouts back off, so a dead path gets few datagrams.  With 10% of the
-datagrams lost at random a window never shrinks for loss alone.
+round's blocks were lost (a run lost back to back, as a lost BLOCK_REQ makes,
+counts once) or when nothing at all came back before a timeout; timeouts back
+off, so a dead path gets few datagrams.  With 10% of the datagrams lost at
+random a window never shrinks for loss alone.
 
 Blocks and datagrams.  A block is the unit of requests and bookkeeping; a
 sender whose path cannot carry a block whole sends it as several BLOCK
