@@ -452,7 +452,9 @@ def _count_upload(shared: SharedFile, piece: int, length: int) -> None:
     assert shared.piece_bytes is not None and shared.levels is not None
     total = shared.piece_bytes[piece] = shared.piece_bytes[piece] + length
     level = shared.levels[piece]
-    if level < 255 and total >= (level + 1) * shared.meta.piece_size(piece):
+    meta = shared.meta  # (every block sent comes here: arithmetic, not Metainfo's checked accessors)
+    size = meta.piece_length if (piece + 1) * meta.piece_length <= meta.length else meta.length - piece * meta.piece_length
+    if level < 255 and total >= (level + 1) * size:
         shared.levels[piece] = level + 1
         at = shared.at_level
         at[level] -= 1
