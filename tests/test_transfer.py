@@ -364,3 +364,21 @@ def test_a_late_first_copy_of_a_block_asked_again_does_not_make_everything_since
     t.batch_done(0.02)
     assert t.peers[A].lost_in_order == 4  # blocks 8-31, asked before the second request, are still owed
     assert len(t.peers[A].inflight) == len(first) - 8 + len(again) - 1
+
+
+def test_a_complete_owner_that_withdraws_its_pieces_in_progress_is_asked_for_pieces_it_offers() -> None:
+    """While nodes still downloading serve us, a complete owner works on at most SEED_PIECES_AHEAD pieces.
+    Serving several of us, it offers only its least uploaded pieces and may withdraw the ones it was
+    working on (their lost blocks then wait for someone who has them): it must be asked for others, not
+    left idle for good (with 1% loss, 1 seeder to 8 nodes stalled this way)."""
+    from p2ptorrent.node.transfer import SEED_PIECES_AHEAD
+
+    t = _transfer()
+    t.add_peer(B, 2, b"b" * 8, 0.0, pieces=())  # a node still downloading, with nothing yet
+    started = {piece for _, bs in t.requests(0.0) for piece, _, _ in bs}
+    assert started == t.peers[A].in_progress and len(started) == SEED_PIECES_AHEAD
+    offered = [p for p in range(GEO.num_pieces) if p not in started]
+    t.on_have(A, 0, 0, GEO.num_pieces, offered, 0.1)  # it now offers every piece but those
+    assert not t.peers[A].in_progress
+    asked = {piece for _, bs in t.requests(0.1) for piece, _, _ in bs}
+    assert asked and asked <= set(offered)

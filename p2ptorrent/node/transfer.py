@@ -271,6 +271,9 @@ class Transfer:
             elif has[p]:
                 has[p] = 0
                 picker.peer_lost(p)
+                # No longer its piece to finish: a complete owner held to SEED_PIECES_AHEAD pieces must be
+                # free to start one it offers (else, at loss, a withdrawn half-done piece stalls it for good).
+                peer.in_progress.discard(p)
                 withdrawn = True
         if withdrawn:
             # What it will not send goes to others at once: no timeout, no loss counted.
