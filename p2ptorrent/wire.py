@@ -95,6 +95,10 @@ BLOCK_OVERHEAD = HEADER_SIZE + _BLOCK.size
 BLOCK_REQ_OVERHEAD = HEADER_SIZE + _BLOCK_REQ.size
 TRIPLE_SIZE = _TRIPLE.size
 HAVE_REQ_SIZE = HEADER_SIZE + _HAVE_REQ.size
+#: The largest datagram that crosses a 1500-byte-MTU path whole, over IPv4 (1472) and IPv6 (1452): requests
+#: and HAVE answers are never bigger, whatever BUFFER_SIZE allows, and a block bigger than the path is sent as
+#: several BLOCK datagrams (see split_block), so nothing a node sends depends on IP fragmentation.
+SAFE_DATAGRAM = 1452
 HAVE_OVERHEAD = HEADER_SIZE + _HAVE.size
 #: Pieces one HAVE_REQ may ask about (a HAVE answering it is 8 KiB of bits at most).
 MAX_HAVE_COUNT = 65536
@@ -202,7 +206,7 @@ def encode_block_request(info_hash: bytes, cookie: bytes, blocks: list[tuple[int
     return b"".join(parts)
 
 
-def encode_block(info_hash: bytes, piece: int, offset: int, data: bytes) -> bytes:
+def encode_block(info_hash: bytes, piece: int, offset: int, data: bytes | memoryview) -> bytes:
     return b"".join((_BLOCK_HEAD, _BLOCK.pack(info_hash, piece, offset), data))
 
 
@@ -247,7 +251,24 @@ def max_blocks_per_request(buffer_size: int) -> int:
     return max(1, min(MAX_BLOCKS_PER_REQUEST, (buffer_size - BLOCK_REQ_OVERHEAD) // TRIPLE_SIZE))
 
 
-def peek_block(data: bytes) -> tuple[bytes, int, int] | None:
+def split_block(datagram: bytes, limit: int) -> list[bytes]:
+    """A BLOCK datagram as BLOCK datagrams of at most *limit* bytes each (same file, piece; consecutive offsets).
+
+    A block is a unit of requests and bookkeeping; a datagram is what the path carries whole.  The receiver
+    puts the parts together (a part is a BLOCK whose data is shorter than the block, at an offset inside it).
+    """
+    room = limit - BLOCK_OVERHEAD
+    if len(datagram) <= limit or room <= 0 or datagram[:HEADER_SIZE] != _BLOCK_HEAD:
+        return [datagram]
+    info_hash, piece, offset = _BLOCK.unpack_from(datagram, HEADER_SIZE)
+    data = memoryview(datagram)[BLOCK_OVERHEAD:]
+    # Equal parts (the last no longer than the others), as few as fit.
+    parts = -(-len(data) // room)
+    size = -(-len(data) // parts)
+    return [encode_block(info_hash, piece, offset + at, data[at : at + size]) for at in range(0, len(data), size)]
+
+
+def peek_block(data: bytes | memoryview) -> tuple[bytes, int, int] | None:
     """(info_hash, piece, offset) of a BLOCK datagram, without building a message.
 
     Blocks are nearly every datagram a downloader receives: this is its hot path.

@@ -139,6 +139,14 @@ def _lossy(node: Node, rng: random.Random, loss: float = 0.05, dup: float = 0.02
 
     proto.transport.write = lambda data, addr: mangle(real_write, data, addr)
     proto.datagramReceived = lambda data, addr: mangle(real_receive, data, addr)
+    # The node's port sends runs and reads batches: every datagram of them goes through the same mangling.
+    proto.transport.write_many = lambda run, addr: (len([mangle(real_write, d, addr) for d in run]), 0)
+
+    def batch(data: memoryview, segment: int, addr: Any) -> None:
+        for at in range(0, len(data), segment):
+            mangle(real_receive, bytes(data[at : at + segment]), addr)
+
+    proto.datagramsReceived = batch
     return stats
 
 
@@ -177,6 +185,28 @@ async def test_lossy_path(cluster: Cluster) -> None:
     out = cluster.tmp / "nf" / "4" / "data.bin"
     assert hashlib.sha256(out.read_bytes()).hexdigest() == want
     assert stats["lost"] > 10 and stats["dup"] > 0 and stats["late"] > 0
+
+
+@pytest.mark.parametrize("batching", [1, 0])
+@pytest_twisted.ensureDeferred
+async def test_kernel_batching_and_the_plain_path_both_move_a_file_identical(cluster: Cluster, batching: int) -> None:
+    """Over real UDP sockets: with UDP_BATCHING=1 the seeder sends runs of blocks in one GSO call each and the
+    downloader reads them coalesced (GRO); with 0 both go one datagram per call.  The file is the same."""
+    cluster.extra = ["--set", f"UDP_BATCHING={batching}"]
+    [seeder], want, torrent = await _seeders(cluster, 1, 8 * MIB + 777)
+    downloader = cluster.node(2)
+    await _registered(downloader)
+    await downloader.download(str(torrent), lambda p: None)
+    assert hashlib.sha256((cluster.tmp / "nf" / "2" / "data.bin").read_bytes()).hexdigest() == want
+    up, down = seeder.status()["batching"], downloader.status()["batching"]
+    if batching:
+        assert up["gso"] and down["gro"], (up, down)  # this kernel offers both (Linux 4.18 and later)
+        assert up["gso_datagrams"] > 2 * up["gso_sends"] > 0  # runs, not single datagrams
+        assert down["gro_datagrams"] > 2 * down["gro_reads"] > 0
+    else:
+        assert not (up["gso"] or up["gro"] or down["gso"] or down["gro"])
+        assert up["gso_sends"] == down["gro_reads"] == 0
+    assert down["receive_buffer_drops"] == 0
 
 
 @pytest_twisted.ensureDeferred

@@ -24,8 +24,7 @@ from p2ptorrent.node.storage import PartFile, StorageError
 from p2ptorrent.node.transfer import PieceAssembled, PieceFailed, PieceVerified, Transfer
 from p2ptorrent.node.writer import PieceWriter
 
-#: How often timeouts are checked (seconds).
-TICK = 0.02
+TICK = 0.02  #: how often timeouts are checked (seconds)
 
 
 class DownloadError(Exception):
@@ -151,8 +150,8 @@ class Download:
         """Which pieces has this peer (and may we ask it for blocks)?"""
         peer, meta = self.transfer.peers.get(addr), self.meta
         flags = wire.F_INTERESTED if self.transfer.wants_from(addr) else 0
-        for request in wire.encode_have_requests(meta.info_hash, peer.cookie, meta.num_pieces, self.settings.BUFFER_SIZE,
-                                                 flags) if peer is not None else ():
+        size = min(self.settings.BUFFER_SIZE, wire.SAFE_DATAGRAM)  # never a fragmented datagram
+        for request in wire.encode_have_requests(meta.info_hash, peer.cookie, meta.num_pieces, size, flags) if peer else ():
             self.network.send(request, addr)
 
     # ---- datagrams in
@@ -160,6 +159,7 @@ class Download:
         if self.phase is not Phase.RUNNING:
             pass
         elif isinstance(msg, wire.Error):
+            self.transfer.heard(addr, self.clock.seconds())  # a peer that answers anything is alive
             self._feed(self.session.refused, addr, msg.code, msg.message)
         elif isinstance(msg, wire.Have):
             self.transfer.on_have(addr, msg.flags, msg.first, msg.count, msg.pieces(), self.clock.seconds())
@@ -170,15 +170,15 @@ class Download:
             self.on_block(addr, msg.piece, msg.offset, msg.data)
 
     def on_block(self, addr: Any, piece: int, offset: int, data: Any) -> None:
-        if self.phase is not Phase.RUNNING:
-            return
-        outcome = self.transfer.on_block(addr, piece, offset, data, self.clock.seconds())
-        if isinstance(outcome, PieceAssembled):
-            assert self.writer is not None
+        outcome = self.transfer.on_block(addr, piece, offset, data, self.clock.seconds()) if self.phase is Phase.RUNNING else None
+        if isinstance(outcome, PieceAssembled) and self.writer is not None:
             self.writer.submit(outcome.piece, outcome.data, self.transfer.piece_hash(outcome.piece), self._checked)
-            if self.phase is not Phase.RUNNING:  # an in-line writer finished the piece, or failed
-                return
-        self._send_requests(only=addr)
+
+    def batch_done(self) -> None:
+        """A batch of datagrams was read: what the peers that sent blocks lost on the way, and what to ask next."""
+        if self.phase is Phase.RUNNING:
+            for addr in self.transfer.batch_done(self.clock.seconds()):
+                self._send_requests(only=addr)
 
     # ---- pieces
     def _checked(self, piece: int, ok: bool) -> None:

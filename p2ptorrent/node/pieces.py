@@ -17,17 +17,19 @@ class Geometry:
     length: int
     piece_length: int
     chunk: int
+    #: Derived once (read for every block received): pieces, blocks in a whole piece, the last piece's size.
+    num_pieces: int = field(init=False)
+    blocks_per_piece: int = field(init=False)
+    last_size: int = field(init=False)
 
-    @property
-    def num_pieces(self) -> int:
-        return -(-self.length // self.piece_length)
-
-    @property
-    def blocks_per_piece(self) -> int:
-        return -(-self.piece_length // self.chunk)
+    def __post_init__(self) -> None:
+        num = -(-self.length // self.piece_length)
+        object.__setattr__(self, "num_pieces", num)
+        object.__setattr__(self, "blocks_per_piece", -(-self.piece_length // self.chunk))
+        object.__setattr__(self, "last_size", self.length - (num - 1) * self.piece_length if num else 0)
 
     def piece_size(self, piece: int) -> int:
-        return min(self.piece_length, self.length - piece * self.piece_length)
+        return self.piece_length if piece < self.num_pieces - 1 else self.last_size
 
     def blocks_in_piece(self, piece: int) -> int:
         return -(-self.piece_size(piece) // self.chunk)

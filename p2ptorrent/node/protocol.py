@@ -14,6 +14,15 @@ and about the file asked; one for a download that ended less than
 ``LATE_GRACE`` ago is late, not hostile; and each block received credits
 its sender's upload slot (tit-for-tat, :class:`Choker`).
 
+Datagrams come in batches (udpport.py: everything read in one go, GRO runs
+cut at their segment size): blocks are handed on one by one, and each
+download that got some is told once the batch ends (``batch_done``), so it
+decides what to ask for next once per batch.  Answers go out through the
+port's ``write_many`` (runs of datagrams in one GSO call where the kernel
+allows), each cut to the path's size: a block bigger than the path to its
+asker goes as several datagrams (``wire.split_block``), so nothing is left
+to IP fragmentation.
+
 Every datagram that is not useful traffic is dropped and counted once, in
 ``counts["rejected"]`` and ``counts["rejected:<reason>"]``: malformed ones by
 the codec's reason (``"bad magic"``, ``"bad BLOCK_REQ size"``...), requests
@@ -34,7 +43,7 @@ import errno
 import secrets
 import socket
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -49,6 +58,7 @@ from p2ptorrent.node.serving import Seeder
 class DownloadSink(Protocol):
     def on_block(self, addr: Any, piece: int, offset: int, data: Any) -> None: ...
     def on_message(self, msg: wire.Block | wire.Error | wire.Have, addr: Any) -> None: ...
+    def batch_done(self) -> None: ...
 
 
 #: Rejections logged one by one; after that, one summary per interval (seconds).
@@ -58,6 +68,9 @@ LATE_GRACE = 30.0
 #: Ended downloads remembered for that at most (a bound on memory, whatever a peer sends).
 MAX_ENDED = 1024
 REJECT_LOG_INTERVAL = 60.0
+#: Answers handed to the port at a time (a GSO run is at most 64 datagrams, 64 KiB).
+SEND_RUN = 64
+SEND_RUN_BYTES = 64000
 
 
 class InfoTimeout(Exception):
@@ -85,6 +98,10 @@ class NodeProtocol(DatagramProtocol):
         self._next_summary = 0.0
         #: info hash -> until when blocks for that ended download count as late (see ended()).
         self._ended: dict[bytes, float] = {}
+        #: Downloads that got blocks in the batch being read.
+        self._fed: set[DownloadSink] = set()
+        #: Block bytes received from each address in the batch being read.
+        self._credit: dict[Any, int] = {}
 
     def startProtocol(self) -> None:
         if self.socket_buffer:
@@ -102,6 +119,47 @@ class NodeProtocol(DatagramProtocol):
             self.counts["send_errors"] += 1
             if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.ECONNREFUSED):
                 self.log.warn("cannot send to {addr}: {error}", addr=addr, error=e)
+
+    def send_all(self, datagrams: Iterable[bytes], addr: Any) -> None:
+        """Answers to one address, each cut to its path, in runs (GSO) where the port can."""
+        transport = self.transport
+        assert transport is not None, "send_all() before the port is open"
+        write_many = getattr(transport, "write_many", None)
+        limit = self.path_limit(addr)
+        run: list[bytes] = []
+        size = 0
+        for d in datagrams:
+            if len(d) > limit:
+                run.extend(wire.split_block(d, limit))
+            else:
+                run.append(d)
+            size += len(d)
+            if len(run) >= SEND_RUN or size >= SEND_RUN_BYTES:
+                self._write_run(write_many, run, addr)
+                run, size = [], 0
+        if run:
+            self._write_run(write_many, run, addr)
+
+    def _write_run(self, write_many: Any, run: list[bytes], addr: Any) -> None:
+        if write_many is None:
+            for d in run:
+                self.send(d, addr)
+            return
+        sent, lost = write_many(run, addr)
+        self.sent += sent
+        if lost:
+            self.counts["send_errors"] += lost
+
+    def path_limit(self, addr: Any) -> int:
+        """The largest datagram we send *addr*: BUFFER_SIZE, or less where the path carries less whole."""
+        path = getattr(self.transport, "path_payload", None)
+        payload = path(addr) if path is not None else None
+        return min(self.max_datagram, payload) if payload else self.max_datagram
+
+    @property
+    def receive_drops(self) -> int:
+        """Datagrams the kernel dropped for us because the receive buffer was full (0 where it cannot tell)."""
+        return int(getattr(self.transport, "receive_drops", 0))
 
     def piece_news(self, info_hash: bytes, piece: int) -> None:
         """Tell the peers that asked us lately what we have that *piece* is here now (swarming)."""
@@ -147,8 +205,42 @@ class NodeProtocol(DatagramProtocol):
 
     # ---- in
     def datagramReceived(self, data: bytes, addr: Any) -> None:
+        """One datagram on its own (a port that does not batch): a batch of one."""
+        self._receive(memoryview(data), addr)
+        self.readDone()
+
+    def datagramsReceived(self, data: memoryview, segment: int, addr: Any) -> None:
+        """Datagrams from *addr* read in one go: *segment* bytes each (the last may be shorter).
+
+        *data* is the port's buffer, valid only during this call: nothing here keeps it.
+        """
+        if segment >= len(data):
+            self._receive(data, addr)
+            return
+        for at in range(0, len(data), segment):
+            self._receive(data[at : at + segment], addr)
+
+    def readDone(self) -> None:
+        """The batch has been read: each download that got blocks decides what to ask next."""
+        credit, slots = self._credit, self.seeder.slots
+        if credit:
+            self._credit = {}
+            if slots is not None:
+                for addr, nbytes in credit.items():
+                    slots.received_from(addr, nbytes)
+        fed = self._fed
+        if fed:
+            self._fed = set()
+            for sink in fed:
+                try:
+                    sink.batch_done()
+                except Exception:
+                    self.counts["errors"] += 1
+                    self.log.failure("after a batch of blocks")
+
+    def _receive(self, view: memoryview, addr: Any) -> None:
         self.received += 1
-        head = wire.peek_block(data) if len(data) <= self.max_datagram else None
+        head = wire.peek_block(view) if len(view) <= self.max_datagram else None
         if head is not None:
             sink = self.downloads.get(head[0])
             if sink is None:
@@ -157,15 +249,17 @@ class NodeProtocol(DatagramProtocol):
             if addr not in self._partners.get(head[0], ()):
                 self._reject(addr, "stranger")
                 return
-            slots = self.seeder.slots
-            if slots is not None:  # tit-for-tat: what each peer gives us earns it an upload slot
-                slots.received_from(addr, len(data) - wire.BLOCK_OVERHEAD)
+            # Tit-for-tat: what each peer gives us earns it an upload slot (credited once per batch).
+            credit = self._credit
+            credit[addr] = credit.get(addr, 0) + len(view) - wire.BLOCK_OVERHEAD
+            self._fed.add(sink)
             try:
-                sink.on_block(addr, head[1], head[2], memoryview(data)[wire.BLOCK_OVERHEAD :])
+                sink.on_block(addr, head[1], head[2], view[wire.BLOCK_OVERHEAD :])
             except Exception:
                 self.counts["errors"] += 1
                 self.log.failure("while handling a block from {addr}", addr=addr)
             return
+        data = bytes(view)
         try:
             msg = wire.decode(data, self.max_datagram)
         except wire.WireError as e:
@@ -203,8 +297,8 @@ class NodeProtocol(DatagramProtocol):
             return
         if reason is not None:
             self._reject(addr, reason)
-        for reply in replies:
-            self.send(reply, addr)
+        if replies:
+            self.send_all(replies, addr)
 
     def ended(self, info_hash: bytes) -> None:
         """A download ended (the node no longer lists it): what peers still had on the way is late, not hostile."""

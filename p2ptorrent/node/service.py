@@ -34,6 +34,7 @@ from typing import Any, Callable
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -47,6 +48,7 @@ from p2ptorrent.node.control import INodeCommands
 from p2ptorrent.node.download import Download, DownloadError, DownloadResult, Hooks, kept_text
 from p2ptorrent.node.session import where
 from p2ptorrent.node.protocol import NodeProtocol
+from p2ptorrent.node import udpport
 from p2ptorrent.node.serving import Seeder
 from p2ptorrent.node.storage import INCOMPLETE, Interrupted, PartFile, ResumeReport, StorageError, file_matches, unfinished
 from p2ptorrent.node.outbox import OUTBOX_FILE, Outbox
@@ -70,8 +72,10 @@ class UDPService(Service):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, protocol: NodeProtocol, interface: str, port: int, ports: tuple[int, int], max_packet: int) -> None:
+    def __init__(self, reactor: Any, protocol: NodeProtocol, interface: str, port: int, ports: tuple[int, int], max_packet: int,
+                 batching: bool = True) -> None:
         self.reactor = reactor
+        self.batching = batching
         self.protocol = protocol
         self.interface = interface
         self.port = port
@@ -88,7 +92,11 @@ class UDPService(Service):
         for port in candidates:
             try:
                 # One byte more than we accept, so an oversized datagram is seen, not cut.
-                self.listening = self.reactor.listenUDP(port, self.protocol, self.interface, self.max_packet + 1)
+                if IReactorFDSet.providedBy(self.reactor):
+                    self.listening = udpport.listen(self.reactor, port, self.protocol, self.interface, self.max_packet + 1,
+                                                    self.batching)
+                else:
+                    self.listening = self.reactor.listenUDP(port, self.protocol, self.interface, self.max_packet + 1)
                 break
             except CannotListenError as e:
                 last = e
@@ -103,6 +111,10 @@ class UDPService(Service):
         host = self.listening.getHost()
         self.port = host.port
         self.log.info("node listening on UDP {host}:{port}", host=host.host, port=host.port)
+
+    def batching_status(self) -> dict[str, Any]:
+        status = getattr(self.listening, "batching_status", None)
+        return status() if status is not None else {"gso": False, "gro": False}
 
     def startService(self) -> None:
         self.open()
@@ -306,7 +318,8 @@ class Node(FolderDaemon):
             LogFileService(
                 log_path(settings, node_id), settings.LOG_LEVEL, settings.LOG_MAX_BYTES, settings.LOG_BACKUPS,
             ).setServiceParent(self)
-        self.udp = UDPService(reactor, self.protocol, interface, port, settings.AVAILABLE_PORTS_RANGE, settings.BUFFER_SIZE)
+        self.udp = UDPService(reactor, self.protocol, interface, port, settings.AVAILABLE_PORTS_RANGE, settings.BUFFER_SIZE,
+                              bool(settings.UDP_BATCHING))
         self.udp.setServiceParent(self)
 
     # ---- life
@@ -796,6 +809,9 @@ class Node(FolderDaemon):
             "upload_slots": sorted(where(a) for a in self.choker.unchoked),
             "downloading": [self._job_status(job) for job in self.jobs.values()],
             "datagrams": {"received": self.protocol.received, "sent": self.protocol.sent, **self.protocol.counts},
+            # Kernel batching (GSO, GRO) in use and how much it batched; datagrams the kernel dropped because
+            # our receive buffer was full.
+            "batching": self.udp.batching_status(),
         }
 
     def _job_status(self, job: _Job) -> dict[str, Any]:

@@ -273,7 +273,8 @@ class Seeder:
             self._watch(msg.info_hash, addr, now)
         if msg.first >= num_pieces:
             return "bad block", self._error(addr, now, size, msg.info_hash, wire.E_BAD_REQUEST, "no such pieces")
-        count = min(msg.count, num_pieces - msg.first, wire.max_have_count(self.max_block + wire.BLOCK_OVERHEAD))
+        count = min(msg.count, num_pieces - msg.first,
+                    wire.max_have_count(min(self.max_block + wire.BLOCK_OVERHEAD, wire.SAFE_DATAGRAM)))
         flags = 0
         if shared.have is None and self._offering(shared, msg.info_hash, now):
             bits = self._offer_bits(shared, msg.first, count)

@@ -9,8 +9,24 @@ peer has); a piece once started is finished before another is started for the
 same peer, where it can be; a lost request times out
 and its block goes back to the front of the queue for whoever has room; near
 the end, blocks still outstanding at one peer may also be asked of a second
-(endgame).  Every request window grows while data flows and halves on loss,
-and timeouts back off, so a dead or congested path gets few datagrams.
+(endgame).
+
+Loss and congestion.  A peer answers a peer's requests in the order they were
+sent, so a block still owed when blocks asked after it (by more than
+``REORDERING``) have arrived is lost: it is asked again at once
+(:meth:`Transfer.lost_in_order`, run once per batch of datagrams read), long
+before its timeout.  Random loss is not congestion: a window grows while data
+flows and shrinks when the round trip grows past the path's minimum by more
+than ``QUEUE_TARGET`` (the queue is filling: the delay-based control LEDBAT
+uses), or, at most once per round trip, when more than ``CONGESTED_LOSS`` of a
+round's blocks were lost or when a request timed out (nothing came back at
+all); timeouts back off, so a dead path gets few datagrams.  With 10% of the
+datagrams lost at random a window never shrinks for loss alone.
+
+Blocks and datagrams.  A block is the unit of requests and bookkeeping; a
+sender whose path cannot carry a block whole sends it as several BLOCK
+datagrams (parts, see ``wire.split_block``), put together here before the
+block counts as received.
 """
 
 from __future__ import annotations
@@ -28,7 +44,7 @@ from p2ptorrent.node.pieces import Addr, Geometry, PieceAssembled, PieceFailed, 
 
 
 #: Bounds of the retransmission timeout (seconds).
-MIN_RTO = 0.2
+MIN_RTO = 0.05
 MAX_RTO = 8.0
 #: A silent peer is asked again at least this many times within PEER_TIMEOUT before it is dropped: the
 #: timeout's back-off never outlasts the peer timeout, so a live peer behind a lossy path is probed, not lost.
@@ -40,6 +56,12 @@ MIN_WINDOW = 2
 #: may build before it shrinks: the delay-based half of the control (as LEDBAT),
 #: which keeps a burst from overflowing the kernel's receive buffer.
 QUEUE_TARGET = 0.05
+#: Blocks asked of a peer after a block still owed that may arrive before it is taken as lost (reordering).
+REORDERING = 3
+#: Share of a round trip's losses (a run of blocks lost back to back is one) among its blocks above which
+#: the loss is taken as congestion (and the window halves): random loss well above a real link's does not
+#: slow a download; an overflowing queue does.
+CONGESTED_LOSS = 0.25
 #: A block is asked of at most this many peers at once (endgame).
 MAX_REQUESTERS = 2
 #: A peer whose blocks failed verification this many times is dropped.
@@ -67,10 +89,23 @@ class PeerState:
     min_rtt: float = float("inf")
     rttvar: float = 0.0
     rto: float = 1.0
-    inflight: dict[int, float] = field(default_factory=dict)
-    sent: deque[tuple[float, int]] = field(default_factory=deque)
+    #: Blocks owed: block id -> (sequence number, time asked; negative for a block asked again).
+    inflight: dict[int, tuple[int, float]] = field(default_factory=dict)
+    #: The same entries in the order asked (answered ones are skipped lazily).
+    sent: deque[tuple[tuple[int, float], int]] = field(default_factory=deque)
+    #: Sequence number of the last block asked, and of the latest-asked block delivered.
+    seq: int = 0
+    acked: int = 0
     last_data: float = 0.0
     last_loss: float = -1.0
+    #: This round trip's tally, for telling random loss from congestion.
+    round_start: float = 0.0
+    round_delivered: int = 0
+    round_lost: int = 0
+    #: Blocks taken as lost because later ones arrived first.
+    lost_in_order: int = 0
+    #: The piece whose new blocks this peer was given last (-1: none yet).
+    current: int = -1
     blocks: int = 0
     bytes: int = 0
     timeouts: int = 0
@@ -158,6 +193,10 @@ class Transfer:
         #: The last copy of each piece that failed its hash, kept until a good copy
         #: shows which blocks (and so which peers) were wrong.
         self.failed: dict[int, _Piece] = {}
+        #: Blocks arriving in several datagrams: block id -> (a byte per byte of the block: here yet?, bytes here).
+        self.parts: dict[int, tuple[bytearray, list[int]]] = {}
+        #: Peers that sent blocks since the last batch_done().
+        self.fed: set[Addr] = set()
         self.duplicates = 0
         self.retransmits = 0
         self.rejected = 0
@@ -285,7 +324,8 @@ class Transfer:
         return cls(
             Geometry(meta.length, meta.piece_length, settings.CHUNK_PIECES_SIZE), meta.pieces,
             first_timeout=settings.REQUEST_TIMEOUT, peer_timeout=settings.PEER_TIMEOUT,
-            max_window=settings.MAX_REQUESTS_IN_FLIGHT, max_batch=wire.max_blocks_per_request(settings.BUFFER_SIZE),
+            max_window=settings.MAX_REQUESTS_IN_FLIGHT,
+            max_batch=wire.max_blocks_per_request(min(settings.BUFFER_SIZE, wire.SAFE_DATAGRAM)),
             max_inflight_bytes=settings.SOCKET_BUFFER // 2, rng=rng,
         )
 
@@ -347,24 +387,46 @@ class Transfer:
 
     # ---- data in
     def on_block(
-        self, addr: Addr, piece: int, offset: int, data: bytes, now: float,
+        self, addr: Addr, piece: int, offset: int, data: bytes | memoryview | None, now: float,
     ) -> PieceAssembled | None:
         """Take one block's data; a completed piece comes back as PieceAssembled, for the writer thread to
         check (its verdict comes back through :meth:`checked`)."""
+        # The hot path of a download (every block): plain arithmetic, no calls it can do without.
         peer = self.peers.get(addr)
         geo = self.geo
-        if peer is None or piece >= geo.num_pieces or offset % geo.chunk:
+        num_pieces = geo.num_pieces
+        if peer is None or piece >= num_pieces:
             self.rejected += 1
             return None
-        k = offset // geo.chunk
-        if k >= geo.blocks_in_piece(piece) or len(data) != min(geo.chunk, geo.piece_size(piece) - offset):
+        chunk = geo.chunk
+        k, inside = divmod(offset, chunk)
+        start = offset - inside
+        psize = geo.piece_length if piece < num_pieces - 1 else geo.last_size
+        if start >= psize:
             self.rejected += 1
             return None
         bid = piece * geo.blocks_per_piece + k
+        whole = chunk if start + chunk <= psize else psize - start
+        size = len(data) if data is not None else 0
+        if inside or size != whole:  # a part of a block the sender's path could not carry whole
+            if data is None or not size or inside + size > whole or not self.asked[bid]:
+                self.rejected += 1
+                return None
+            peer.last_data = now
+            self.fed.add(addr)
+            if not self._part(bid, piece, offset, inside, whole, data):
+                return None
+            offset -= inside
+            data = None  # already in the piece's buffer
         peer.last_data = now  # even a duplicate shows the peer is alive
-        sent_at = peer.inflight.pop(bid, None)
-        if sent_at is not None:
-            self._on_delivery(peer, sent_at, now)
+        self.fed.add(addr)
+        entry = peer.inflight.pop(bid, None)
+        if entry is not None:
+            # A block asked again may be the first copy, arriving late: it says nothing of what was asked
+            # after the second (as Karn's rule for round trips), so only a first request moves the mark.
+            if entry[1] >= 0 and entry[0] > peer.acked:
+                peer.acked = entry[0]
+            self._on_delivery(peer, entry[1], now)
         if self.received[bid] or self.verified[piece]:  # (a piece being checked has every block received)
             self.duplicates += 1
             return None
@@ -374,11 +436,12 @@ class Transfer:
                 self.peers[other].inflight.pop(bid, None)
         self.received[bid] = 1
         peer.blocks += 1
-        peer.bytes += len(data)
+        peer.bytes += whole
         buf = self.pieces.get(piece)
         if buf is None:
-            buf = self.pieces[piece] = _Piece(bytearray(geo.piece_size(piece)), geo.blocks_in_piece(piece))
-        buf.data[offset : offset + len(data)] = data
+            buf = self.pieces[piece] = _Piece(bytearray(psize), -(-psize // chunk))
+        if data is not None:
+            buf.data[offset : offset + whole] = data
         buf.missing -= 1
         buf.sources[k] = addr
         if buf.missing:
@@ -386,6 +449,30 @@ class Transfer:
         del self.pieces[piece]
         self.judging[piece] = buf  # someone else (the writer thread) checks it, then calls checked()
         return PieceAssembled(piece, buf.data, frozenset(buf.sources.values()))
+
+    def _part(self, bid: int, piece: int, offset: int, inside: int, whole: int, data: bytes | memoryview) -> bool:
+        """Keep one part of a block, straight in its piece's buffer; True once the whole block is here."""
+        if self.received[bid] or self.verified[piece]:
+            self.duplicates += 1
+            return False
+        buf = self.pieces.get(piece)
+        if buf is None:
+            buf = self.pieces[piece] = _Piece(bytearray(self.geo.piece_size(piece)), self.geo.blocks_in_piece(piece))
+        buf.data[offset : offset + len(data)] = data
+        held = self.parts.get(bid)
+        if held is None:
+            held = self.parts[bid] = (bytearray(whole), [0])
+        seen, got = held
+        new = len(data) - seen.count(1, inside, inside + len(data))
+        if not new:
+            self.duplicates += 1
+            return False
+        seen[inside : inside + len(data)] = b"\x01" * len(data)
+        got[0] += new
+        if got[0] < whole:
+            return False
+        del self.parts[bid]
+        return True
 
     def piece_hash(self, piece: int) -> bytes:
         return self.hashes[piece * 20 : piece * 20 + 20]
@@ -431,6 +518,7 @@ class Transfer:
         return frozenset(liars)
 
     def _on_delivery(self, peer: PeerState, sent_at: float, now: float) -> None:
+        peer.round_delivered += 1
         if sent_at >= 0:  # negative marks a retransmission: no RTT sample (Karn)
             sample = now - sent_at
             if peer.srtt is None:
@@ -440,8 +528,12 @@ class Transfer:
                 peer.srtt = 0.875 * peer.srtt + 0.125 * sample
             peer.rto = min(self.max_rto, max(MIN_RTO, peer.srtt + 4 * peer.rttvar))
             peer.min_rtt = min(peer.min_rtt, sample)
-            if sample - peer.min_rtt > QUEUE_TARGET:
+            queued = sample - peer.min_rtt
+            if queued > QUEUE_TARGET:
                 peer.window = max(MIN_WINDOW, peer.window - 1)
+                return
+            if queued < QUEUE_TARGET / 2:  # no queue to speak of: grow fast again, even after a halving
+                peer.window = min(peer.window + 1, self.max_window)
                 return
         if peer.window < peer.threshold:
             peer.window += 1
@@ -475,9 +567,10 @@ class Transfer:
                 retrans = self.asked[bid] > 0
                 self.asked[bid] = 1
                 self.requesters.setdefault(bid, []).append(peer.addr)
-                stamp = -now if retrans else now
-                peer.inflight[bid] = stamp
-                peer.sent.append((stamp, bid))
+                peer.seq += 1
+                entry = (peer.seq, -now if retrans else now)
+                peer.inflight[bid] = entry
+                peer.sent.append((entry, bid))
                 batch.append(self.geo.block(bid))
                 if len(batch) == self.max_batch:
                     out.append((peer, batch))
@@ -506,11 +599,18 @@ class Transfer:
                 return found
         # Go on with a piece already started, so pieces complete (and can be shared) soon;
         # a complete owner, while nodes still downloading serve us, only with its own.
+        # The piece this peer was last given comes first (the common case: no search).
+        going = peer.current
+        if going in self.next_new_block and (has is None or has[going]):
+            bid = self._take(going)
+            if bid is not None:
+                return bid
         seed_held_back = peer.complete_owner and self.partial_peers
         for going in list(peer.in_progress if seed_held_back else self.next_new_block):
             if going in self.next_new_block and (has is None or has[going]):
                 bid = self._take(going)
                 if bid is not None:
+                    peer.current = going
                     return bid
         while True:
             piece: int | None
@@ -538,6 +638,7 @@ class Transfer:
             self.started_with[piece] = peer.addr
             bid = self._take(piece)
             if bid is not None:
+                peer.current = piece
                 return bid
         if self.pieces_started < self.geo.num_pieces:
             return None  # pieces nobody started are left: no endgame yet
@@ -575,8 +676,9 @@ class Transfer:
     def _take(self, piece: int) -> int | None:
         """The next block of an open piece never asked for (None once there is none)."""
         k = self.next_new_block[piece]
-        last = self.geo.blocks_in_piece(piece)
-        first = piece * self.geo.blocks_per_piece
+        geo = self.geo
+        last = geo.blocks_per_piece if piece < geo.num_pieces - 1 else -(-geo.last_size // geo.chunk)
+        first = piece * geo.blocks_per_piece
         received, requesters = self.received, self.requesters
         while k < last:
             bid = first + k
@@ -599,11 +701,11 @@ class Transfer:
             again = []
             sent = peer.sent
             while sent:
-                stamp, bid = sent[0]
-                if peer.inflight.get(bid) != stamp:
+                entry, bid = sent[0]
+                if peer.inflight.get(bid) is not entry:
                     sent.popleft()  # answered, or superseded
                     continue
-                if abs(stamp) + peer.rto > now:
+                if abs(entry[1]) + peer.rto > now:
                     break
                 sent.popleft()
                 del peer.inflight[bid]
@@ -614,12 +716,13 @@ class Transfer:
             if lost:
                 peer.timeouts += lost
                 self.retransmits += lost
-                if peer.last_loss < 0 or now - peer.last_loss >= (peer.srtt or peer.rto):
-                    # One multiplicative decrease per round trip, and back off the timer.
-                    peer.threshold = max(MIN_WINDOW, peer.window / 2)
-                    peer.window = peer.threshold
+                # Nothing at all came back for a timeout: the path may be congested or dead, so halve and back
+                # off the timer.  While blocks keep coming, a request that timed out was lost at random (often
+                # a lost BLOCK_REQ, the last of a flight): asked again, nothing slowed.
+                if now - peer.last_data >= peer.rto and self._once_per_round(peer, now):
+                    self._halve(peer)
                     peer.rto = min(self.max_rto, peer.rto * 2)
-                    peer.last_loss = now
+            self._end_round(peer, now)
             reason = None
             if peer.strikes >= MAX_STRIKES:
                 reason = f"sent corrupt data for {peer.strikes} pieces"
@@ -633,6 +736,67 @@ class Transfer:
                 self.remove_peer(peer.addr)
                 dropped.append(PeerDropped(peer, reason, silent=peer.strikes < MAX_STRIKES))
         return dropped
+
+    def batch_done(self, now: float) -> list[Addr]:
+        """A batch of datagrams was read: loss detection for the peers that sent blocks in it, returned."""
+        fed = [addr for addr in self.fed if addr in self.peers]
+        self.fed.clear()
+        for addr in fed:
+            self.lost_in_order(addr, now)
+        return fed
+
+    def lost_in_order(self, addr: Addr, now: float) -> int:
+        """Blocks asked of *addr* before others it has delivered since (past REORDERING) are lost: ask again now."""
+        peer = self.peers.get(addr)
+        if peer is None:
+            return 0
+        sent, inflight = peer.sent, peer.inflight
+        horizon = peer.acked - REORDERING
+        again = []
+        lost = events = 0
+        previous = -2
+        while sent:
+            entry, bid = sent[0]
+            if inflight.get(bid) is not entry:
+                sent.popleft()
+                continue
+            if entry[0] > horizon:
+                break
+            sent.popleft()
+            del inflight[bid]
+            lost += 1
+            # Blocks lost back to back count as one loss (one lost BLOCK_REQ takes a whole batch with it).
+            events += entry[0] != previous + 1
+            previous = entry[0]
+            if self._release(bid, addr):
+                again.append(bid)
+        if lost:
+            self._requeue(again)
+            peer.lost_in_order += lost
+            peer.round_lost += events
+            self.retransmits += lost
+        self._end_round(peer, now)
+        return lost
+
+    def _end_round(self, peer: PeerState, now: float) -> None:
+        """Once a round trip: was this round's loss more than random loss (then halve the window)?"""
+        if now - peer.round_start < (peer.srtt or peer.rto):
+            return
+        lost, delivered = peer.round_lost, peer.round_delivered
+        if lost > CONGESTED_LOSS * (lost + delivered) and self._once_per_round(peer, now):
+            self._halve(peer)
+        peer.round_start, peer.round_lost, peer.round_delivered = now, 0, 0
+
+    def _once_per_round(self, peer: PeerState, now: float) -> bool:
+        if peer.last_loss >= 0 and now - peer.last_loss < (peer.srtt or peer.rto):
+            return False
+        peer.last_loss = now
+        return True
+
+    @staticmethod
+    def _halve(peer: PeerState) -> None:
+        peer.threshold = max(MIN_WINDOW, peer.window / 2)
+        peer.window = peer.threshold
 
     def outstanding(self) -> int:
         return sum(len(p.inflight) for p in self.peers.values())
