@@ -1,7 +1,8 @@
 """p2ptorrent beside libtorrent and plain TCP on a lab of separate hosts, with loss: real processes, every copy verified.
 
-    python benchmarks/lab.py                       # everything below, 2 runs each, medians (about 30 minutes)
-    python benchmarks/lab.py --quick               # 64 MiB: 1-1 at 0 and 1%, 3-1 at 1%, one run each (a few minutes)
+    python benchmarks/lab.py                       # everything below, one run each (14 minutes here, 2 CPUs)
+    python benchmarks/lab.py --reps 3              # the same, medians of three (about three times as long)
+    python benchmarks/lab.py --quick               # 64 MiB: 1-1 at 0 and 1%, 3-1 at 1%, one run each (3 minutes)
     python benchmarks/lab.py --scenarios 1-1 --sizes 256 --loss 0,1,5,10 --reps 1
     python benchmarks/lab.py --scenarios 1-1 --loss 1 --rate 500 --impls p2ptorrent,tcp --markdown lab.md --json lab.json
     python benchmarks/netlab.py clean              # namespaces left by a killed run (a normal exit removes its own)
