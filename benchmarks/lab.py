@@ -390,15 +390,23 @@ class LabResults:
                 their_cpu = med([cpu_per_gb(r) for r in self.of(g, next(j for j in self.jobs if j.impl == "lt-tcp"))])
                 cpu_x = my_cpu / their_cpu if my_cpu is not None and their_cpu else None
             want = target_for(loss_pct)
-            misses = []
+            misses, unknown = [], []
             if len(runs) < len(everyone):
                 misses.append(f"{len(everyone) - len(runs)} run(s) failed")
-            if x_tcp[0] is None or x_tcp[0] < want or x_tcp[1] == "<":
+            ran = {j.impl for j in self.jobs}
+            if "lt-tcp" not in ran:
+                unknown.append("lt-tcp")
+            elif x_tcp[0] is None or x_tcp[0] < want or x_tcp[1] == "<":
                 misses.append(f"goodput {show(x_tcp)} lt-tcp, not >= {want}x")
-            if loss_pct == 0 and (cpu_x is None or cpu_x > TARGET_CPU_VS_LT_TCP):
+            if "lt-tcp" in ran and loss_pct == 0 and (cpu_x is None or cpu_x > TARGET_CPU_VS_LT_TCP):
                 misses.append(f"CPU/byte {num(cpu_x)}x lt-tcp > {TARGET_CPU_VS_LT_TCP}x")
-            if x_utp[0] is None or x_utp[0] < TARGET_VS_LT_UTP or x_utp[1] == "<":
+            if "lt-utp" not in ran:
+                unknown.append("lt-utp")
+            elif x_utp[0] is None or x_utp[0] < TARGET_VS_LT_UTP or x_utp[1] == "<":
                 misses.append(f"goodput {show(x_utp)} lt-utp, not >= {TARGET_VS_LT_UTP}x")
+            verdict = "MISSED: " + "; ".join(misses) if misses else "met" if not unknown else "met so far"
+            if unknown:
+                verdict += f" (not run: {', '.join(unknown)})"
             if not everyone:
                 rows.append([g.scenario.name, f"{g.size / MIB:.0f}", "0/0"] + ["-"] * (len(headers) - 4) + ["not run"])
                 continue
@@ -406,7 +414,7 @@ class LabResults:
                          show(mine, "{:.1f}"), show(x_tcp), f">= {want}x",
                          f"{num(cpu_x)}x" if loss_pct == 0 else "-", f"<= {TARGET_CPU_VS_LT_TCP}x" if loss_pct == 0 else "-",
                          show(x_utp), f">= {TARGET_VS_LT_UTP}x", show(x_plain),
-                         "met" if not misses else "MISSED: " + "; ".join(misses)])
+                         verdict])
         return render(headers, rows, markdown)
 
     def report(self, markdown: bool) -> str:
