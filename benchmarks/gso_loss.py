@@ -3,6 +3,7 @@
     python benchmarks/gso_loss.py                     # the lab as built (loss on the wire), 10% loss
     python benchmarks/gso_loss.py --loss-at host      # the per-host iptables rule instead
     python benchmarks/gso_loss.py --offloads default  # veth's own offloads: see the loss come in batches
+    python benchmarks/gso_loss.py --loss-at host --host-gro on  # the host rule with GRO: batches again
 
 Two hosts of a `netlab.Lab`.  The receiver binds a UDP socket with UDP_GRO (104) on (unless
 --no-gro); the sender makes --sends sendmsg calls of --segments segments of 1472 bytes each with
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sends", type=int, default=200)
     parser.add_argument("--segments", type=int, default=40)
     parser.add_argument("--no-gro", action="store_true", help="the receiver does not ask for UDP_GRO")
+    parser.add_argument("--host-gro", choices=("on", "off"), default=None,
+                        help="set GRO on the hosts' eth0 after the lab is built (default: the lab's choice)")
     args = parser.parse_args(argv)
     if not 1 <= args.segments <= 44 or not 1 <= args.sends <= 10000:
         parser.error("1..44 segments (64 KiB) and 1..10000 sends")
@@ -111,9 +114,13 @@ def main(argv: list[str] | None = None) -> int:
             for port in ("port0", "port1"):
                 subprocess.run([*lab.exec_in(lab.bridge), "ethtool", "-K", port, "tso", "on", "tx-udp-segmentation", "on"],
                                check=True, timeout=20)
+        if args.host_gro:
+            for role in ("tx", "rx"):
+                subprocess.run([*lab.exec_in(role), "ethtool", "-K", "eth0", "gro", args.host_gro], check=True, timeout=20)
         print(f"# loss {args.loss:.0%} at the {args.loss_at}, offloads: {args.offloads}"
               f" (hosts' eth0: {' '.join(netlab.HOST_OFFLOADS[args.loss_at]) if args.offloads == 'lab' else 'veth defaults'};"
-              f" bridge ports: {' '.join(netlab.PORT_OFFLOADS) if args.offloads == 'lab' else 'veth defaults'});"
+              f" bridge ports: {' '.join(netlab.PORT_OFFLOADS) if args.offloads == 'lab' else 'veth defaults'})"
+              f"{f', then hosts gro {args.host_gro}' if args.host_gro else ''};"
               f" receiver UDP_GRO {'off' if args.no_gro else 'on'}")
         base = measure(lab, min(args.sends, 50), args.segments, not args.no_gro)
         print(f"no loss:   {base['per_call']:.1f} segments per recvmsg, {base['loss']:.1%} lost")

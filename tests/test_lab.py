@@ -101,12 +101,11 @@ def test_two_seeders_to_one_node_across_a_lossy_lab(tmp_path: Path, lab: netlab.
              alive=partial(daemons.check_alive, "tracker"))
 
     # Node ids: 1 and 2 seed, 3 downloads.  Only what the placement needs is given: default settings.
-    extra = os.environ.get("P2PT_LAB_NODE_ARGS", "").split()
     placed = {1: "seed1", 2: "seed2", 3: "node"}
     for node_id, role in placed.items():
         daemons.start(f"node{node_id}", [
             "p2pnode", "--id", str(node_id), "--interface", lab.host(role).addr, "--tracker", f"{tracker}:{TRACKER_PORT}",
-            "--node-files-dir", str(nodes_dir), "--logs-dir", str(logs), "--no-stdin", *extra,
+            "--node-files-dir", str(nodes_dir), "--logs-dir", str(logs), "--no-stdin",
         ], wrapper=lab.exec_in(role))
     for node_id in placed:
         alive = partial(daemons.check_alive, f"node{node_id}")
@@ -139,8 +138,9 @@ def test_two_seeders_to_one_node_across_a_lossy_lab(tmp_path: Path, lab: netlab.
     dropped = [line for line in node_log.splitlines() if "dropped node" in line]
     assert not dropped, (f"the node dropped a seeder at 1% loss ({len(dropped)} times; the download took {took:.1f} s):\n"
                          + "\n".join(dropped[:10]) + f"\n{tails(tmp_path)}")
-    for node_id, role in ((1, "seed1"), (2, "seed2")):
-        assert f"fetching from node {node_id} at {lab.host(role).addr}:" in node_log, node_log[-3000:]
+    # Across the lab, from a seeder's own host (which seeders serve, and how much, is the download's choice).
+    assert any(f"fetching from node {n} at {lab.host(role).addr}:" in node_log for n, role in ((1, "seed1"), (2, "seed2"))), \
+        node_log[-3000:]
     # The lab really lost about 1% of the packets: over 40,000 crossed, so 0.5% to 1.5% is a safe bound.
     wire = lab.wire_counters()
     crossed = wire["dropped"] + wire["passed"]
