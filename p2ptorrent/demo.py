@@ -91,7 +91,7 @@ class Demo(Daemons):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="p2ptorrent-demo", description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=32, help="file size in MiB (default 32)")
-    parser.add_argument("--chunk", type=int, default=None, help="CHUNK_PIECES_SIZE for all nodes (default 7216)")
+    parser.add_argument("--chunk", type=int, default=None, help="CHUNK_PIECES_SIZE for all nodes (default 1400)")
     parser.add_argument("--workdir", type=Path, default=None, help="folder to run in (default: a new temporary one, removed after)")
     args = parser.parse_args(argv)
     keep = args.workdir is not None

@@ -50,7 +50,7 @@ class SettingsOptions(usage.Options):
         ["node-files-dir", None, None, "Folder holding each node's files (node_files_dir, default node_files/)."],
         ["tracker-db-dir", None, None, "Folder of the tracker database (tracker_db_dir, default tracker_db/)."],
         ["tracker", None, None, "Tracker address HOST:PORT (TRACKER_ADDR, default localhost:12345)."],
-        ["chunk-size", None, None, "Bytes of file data per datagram (CHUNK_PIECES_SIZE, default 7216)."],
+        ["chunk-size", None, None, "Bytes of file data per datagram (CHUNK_PIECES_SIZE, default 1400)."],
         ["buffer-size", None, None, "Largest datagram sent or accepted (BUFFER_SIZE, default 9216)."],
         ["splittness", None, None, "Owners to fetch from in parallel (MAX_SPLITTNES_RATE, default 3)."],
         ["node-interval", None, None, "Seconds between a node's heartbeats (NODE_TIME_INTERVAL, default 20)."],
