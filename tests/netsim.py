@@ -202,12 +202,9 @@ class Network:
         if now < self.blackout_until or self.rng.random() < f.loss:
             self.lost += 1
             return
-        if f.tamper is not None:
-            tampered = f.tamper(src, dst, data)
-            if tampered is None:
-                self.lost += 1
-                return
-            data = tampered
+        data = self._tampered(src, dst, data)
+        if data is None:
+            return
         rate = self.bandwidth.get(src, f.bandwidth)
         if rate:
             # The sender's link serialises its datagrams: a burst queues up.
@@ -222,16 +219,23 @@ class Network:
             self.seq += 1
             heapq.heappush(self.queue, _Event(now + delay, self.seq, src, dst, data))
 
+    def _tampered(self, src: Any, dst: Any, data: bytes) -> bytes | None:
+        """The datagram as Faults.tamper leaves it (None: dropped, and counted lost)."""
+        tamper = self.faults.tamper
+        if tamper is None:
+            return data
+        out = tamper(src, dst, data)
+        if out is None:
+            self.lost += 1
+        return out
+
     def _send_packets(self, src: Any, dst: Any, data: bytes) -> None:
         """send() with a path MTU: the datagram as the IP packets that carry it."""
         f = self.faults
         now = self.clock.seconds()
-        if f.tamper is not None:
-            tampered = f.tamper(src, dst, data)
-            if tampered is None:
-                self.lost += 1
-                return
-            data = tampered
+        data = self._tampered(src, dst, data)
+        if data is None:
+            return
         sizes = ip_packets(len(data), f.mtu)
         self.wire_bytes += sum(sizes)
         # The sender's link serialises every packet, including those lost further along the path.
