@@ -52,6 +52,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from p2ptorrent import wire
+from p2ptorrent.node import udpport
 from p2ptorrent.node.serving import Seeder
 
 
@@ -68,9 +69,8 @@ LATE_GRACE = 30.0
 #: Ended downloads remembered for that at most (a bound on memory, whatever a peer sends).
 MAX_ENDED = 1024
 REJECT_LOG_INTERVAL = 60.0
-#: Answers handed to the port at a time (a GSO run is at most 64 datagrams, 64 KiB).
-SEND_RUN = 64
-SEND_RUN_BYTES = 64000
+#: Answers handed to the port at a time: what one GSO send carries at most.
+SEND_RUN, SEND_RUN_BYTES = udpport.GSO_SEGMENTS, udpport.GSO_BYTES
 
 
 class InfoTimeout(Exception):
@@ -125,11 +125,11 @@ class NodeProtocol(DatagramProtocol):
         transport = self.transport
         assert transport is not None, "send_all() before the port is open"
         write_many = getattr(transport, "write_many", None)
-        limit = self.path_limit(addr)
+        limit = 0  # the path is looked up only for a datagram that might not fit it (never for small answers)
         run: list[bytes] = []
         size = 0
         for d in datagrams:
-            if len(d) > limit:
+            if len(d) > wire.SAFE_DATAGRAM and len(d) > (limit or (limit := self.path_limit(addr))):
                 run.extend(wire.split_block(d, limit))
             else:
                 run.append(d)
