@@ -148,16 +148,24 @@ class Download:
 
     def _ask_have(self, addr: Any) -> None:
         """Which pieces has this peer (and may we ask it for blocks)?"""
-        peer, meta = self.transfer.peers.get(addr), self.meta
+        peer, meta, now = self.transfer.peers.get(addr), self.meta, self.clock.seconds()
+        if peer is None:
+            return
         flags = wire.F_INTERESTED if self.transfer.wants_from(addr) else 0
         size = min(self.settings.BUFFER_SIZE, wire.SAFE_DATAGRAM)  # never a fragmented datagram
-        for request in wire.encode_have_requests(meta.info_hash, peer.cookie, meta.num_pieces, size, flags) if peer else ():
-            self.network.send(request, addr)
+        for first, count in wire.have_request_ranges(meta.num_pieces, size):
+            nonce = self.transfer.have_nonce(peer, now)
+            self.network.send(wire.encode_have_request(meta.info_hash, peer.cookie, nonce, first, count, flags), addr)
 
     # ---- datagrams in
-    def on_message(self, msg: wire.Block | wire.Error | wire.Have, addr: Any) -> None:
+    def on_message(self, msg: wire.Block | wire.Error | wire.Have, addr: Any) -> str | None:
+        """An answer from a peer: taken (None) or refused (why) when it answers no request of ours to it."""
+        if isinstance(msg, wire.Block):
+            return self.on_block(addr, msg.nonce, msg.piece, msg.offset, msg.data)
         if self.phase is not Phase.RUNNING:
             pass
+        elif not self.transfer.matches(addr, msg.nonce):
+            return f"unmatched {type(msg).__name__.upper()}"  # forged, or too late: nobody is blamed
         elif isinstance(msg, wire.Error):
             self.transfer.heard(addr, self.clock.seconds())  # a peer that answers anything is alive
             self._feed(self.session.refused, addr, msg.code, msg.message)
@@ -166,13 +174,14 @@ class Download:
             if msg.flags & wire.F_COMPLETE:
                 self.session.owner_completed(addr)
             self._send_requests(only=addr)
-        else:
-            self.on_block(addr, msg.piece, msg.offset, msg.data)
+        return None
 
-    def on_block(self, addr: Any, piece: int, offset: int, data: Any) -> None:
-        outcome = self.transfer.on_block(addr, piece, offset, data, self.clock.seconds()) if self.phase is Phase.RUNNING else None
+    def on_block(self, addr: Any, nonce: int, piece: int, offset: int, data: Any) -> str | None:
+        running = self.phase is Phase.RUNNING
+        outcome = self.transfer.on_block(addr, nonce, piece, offset, data, self.clock.seconds()) if running else None
         if isinstance(outcome, PieceAssembled) and self.writer is not None:
             self.writer.submit(outcome.piece, outcome.data, self.transfer.piece_hash(outcome.piece), self._checked)
+        return outcome if isinstance(outcome, str) else None
 
     def batch_done(self) -> None:
         """A batch of datagrams was read: what the peers that sent blocks lost on the way, and what to ask next."""
@@ -224,8 +233,8 @@ class Download:
 
     def _send_requests(self, only: Any = None) -> None:
         info_hash = self.meta.info_hash
-        for peer, batch in self.transfer.requests(self.clock.seconds(), only):
-            self.network.send(wire.encode_block_request(info_hash, peer.cookie, batch), peer.addr)
+        for peer, nonce, batch in self.transfer.requests(self.clock.seconds(), only):
+            self.network.send(wire.encode_block_request(info_hash, peer.cookie, nonce, batch), peer.addr)
 
     def _report_progress(self, force: bool = False) -> None:
         if self.hooks.progress is not None and self.stats.progress_due(self.clock.seconds(), force):

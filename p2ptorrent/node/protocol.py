@@ -40,7 +40,6 @@ rejections are logged, then one summary per ``REJECT_LOG_INTERVAL``.
 from __future__ import annotations
 
 import errno
-import secrets
 import socket
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -57,8 +56,9 @@ from p2ptorrent.node.serving import Seeder
 
 
 class DownloadSink(Protocol):
-    def on_block(self, addr: Any, piece: int, offset: int, data: Any) -> None: ...
-    def on_message(self, msg: wire.Block | wire.Error | wire.Have, addr: Any) -> None: ...
+    def on_block(self, addr: Any, nonce: int, piece: int, offset: int, data: Any) -> str | None: ...
+    def on_message(self, msg: wire.Block | wire.Error | wire.Have, addr: Any) -> str | None: ...
+    # (each returns None for an answer taken, or why it was refused: it answers no request of ours)
     def batch_done(self) -> None: ...
 
 
@@ -69,6 +69,8 @@ LATE_GRACE = 30.0
 #: Ended downloads remembered for that at most (a bound on memory, whatever a peer sends).
 MAX_ENDED = 1024
 REJECT_LOG_INTERVAL = 60.0
+#: Addresses remembered as told once that they speak another wire version (logged once each).
+MAX_FOREIGN_LOGGED = 1024
 #: Answers handed to the port at a time: what one GSO send carries at most.
 SEND_RUN, SEND_RUN_BYTES = udpport.GSO_SEGMENTS, udpport.GSO_BYTES
 
@@ -102,6 +104,8 @@ class NodeProtocol(DatagramProtocol):
         self._fed: set[DownloadSink] = set()
         #: Block bytes received from each address in the batch being read.
         self._credit: dict[Any, int] = {}
+        #: Addresses already logged as speaking another wire version (oldest forgotten first).
+        self._foreign: dict[Any, int] = {}
 
     def startProtocol(self) -> None:
         if self.socket_buffer:
@@ -171,23 +175,17 @@ class NodeProtocol(DatagramProtocol):
 
         From now on *addr* may send blocks and errors for *info_hash*.
         """
-        req_id = self._new_id()
+        nonce = wire.new_nonce()
         def cancel(_: Deferred[wire.InfoResponse]) -> None:
-            self._pending.pop(req_id, None)
+            self._pending.pop(nonce, None)
 
         d: Deferred[wire.InfoResponse] = Deferred(cancel)
-        self._pending[req_id] = (d, addr, info_hash)
+        self._pending[nonce] = (d, addr, info_hash)
         self._partner(info_hash, addr)
-        call = self.clock.callLater(timeout, self._info_timeout, req_id, addr, timeout)
+        call = self.clock.callLater(timeout, self._info_timeout, nonce, addr, timeout)
         d.addBoth(_cancel_call, call)
-        self.send(wire.encode_info_request(req_id, info_hash), addr)
+        self.send(wire.encode_info_request(nonce, info_hash), addr)
         return d
-
-    def _new_id(self) -> int:
-        while True:
-            req_id = secrets.randbits(32)
-            if req_id and req_id not in self._pending:
-                return req_id
 
     def _partner(self, info_hash: bytes, addr: Any) -> None:
         partners = self._partners.get(info_hash)
@@ -198,8 +196,8 @@ class NodeProtocol(DatagramProtocol):
             partners = self._partners[info_hash] = set()
         partners.add(addr)
 
-    def _info_timeout(self, req_id: int, addr: Any, timeout: float) -> None:
-        entry = self._pending.pop(req_id, None)
+    def _info_timeout(self, nonce: int, addr: Any, timeout: float) -> None:
+        entry = self._pending.pop(nonce, None)
         if entry is not None:
             entry[0].errback(InfoTimeout(f"{addr[0]}:{addr[1]} did not answer in {timeout:.1f} s"))
 
@@ -249,15 +247,22 @@ class NodeProtocol(DatagramProtocol):
             if addr not in self._partners.get(head[0], ()):
                 self._reject(addr, "stranger")
                 return
+            try:
+                refused = sink.on_block(addr, head[1], head[2], head[3], view[wire.BLOCK_OVERHEAD :])
+            except Exception:
+                self.counts["errors"] += 1
+                self.log.failure("while handling a block from {addr}", addr=addr)
+                return
+            if refused is not None:
+                self._reject(addr, refused)
+                return
             # Tit-for-tat: what each peer gives us earns it an upload slot (credited once per batch).
             credit = self._credit
             credit[addr] = credit.get(addr, 0) + len(view) - wire.BLOCK_OVERHEAD
             self._fed.add(sink)
-            try:
-                sink.on_block(addr, head[1], head[2], view[wire.BLOCK_OVERHEAD :])
-            except Exception:
-                self.counts["errors"] += 1
-                self.log.failure("while handling a block from {addr}", addr=addr)
+            return
+        if wire.foreign_version(view) is not None:
+            self._other_version(view, addr)
             return
         data = bytes(view)
         try:
@@ -279,11 +284,11 @@ class NodeProtocol(DatagramProtocol):
         elif isinstance(msg, wire.HaveRequest):
             reason, replies = self.seeder.on_have(msg, addr, size, self.clock.seconds())
         elif isinstance(msg, wire.InfoResponse):
-            entry = self._pending.get(msg.req_id)
+            entry = self._pending.get(msg.nonce)
             if entry is None or entry[1] != addr or entry[2] != msg.info_hash:
                 self._reject(addr, "unsolicited INFO_RESP")
                 return
-            del self._pending[msg.req_id]
+            del self._pending[msg.nonce]
             entry[0].callback(msg)
             return
         else:  # Block (when too short to peek), Error or Have: for one of our downloads
@@ -293,12 +298,31 @@ class NodeProtocol(DatagramProtocol):
             elif addr not in self._partners.get(msg.info_hash, ()):
                 self._reject(addr, "stranger")
             else:
-                sink.on_message(msg, addr)
+                refused = sink.on_message(msg, addr)
+                if refused is not None:
+                    self._reject(addr, refused)
             return
         if reason is not None:
             self._reject(addr, reason)
         if replies:
             self.send_all(replies, addr)
+
+    def _other_version(self, view: memoryview, addr: Any) -> None:
+        """A datagram of another wire version: counted, logged once per address, a request told so once."""
+        version = view[2]
+        self.counts["rejected"] += 1
+        self.counts["rejected:other version"] += 1
+        now = self.clock.seconds()
+        if addr not in self._foreign:
+            if len(self._foreign) >= MAX_FOREIGN_LOGGED:
+                del self._foreign[next(iter(self._foreign))]
+            self._foreign[addr] = version
+            self.log.warn("the node at {addr} speaks wire version {version}, this one {ours}: its requests are "
+                          "refused with an ERROR that says so (one of the two needs upgrading)",
+                          addr=addr, version=version, ours=wire.VERSION)
+        answer = wire.version_refusal(view)
+        if answer is not None and self.seeder.errors.take(addr, 1, now):
+            self.send(answer, addr)
 
     def ended(self, info_hash: bytes) -> None:
         """A download ended (the node no longer lists it): what peers still had on the way is late, not hostile."""

@@ -73,7 +73,7 @@ INFO_ANSWER_BURST = 40.0
 CONTENTION_WINDOW = 1.0
 #: Peers that asked HAVE about a file within this many seconds hear of each
 #: piece it verifies at once (a HAVE with F_NEWS), and at most this many a file.
-WATCH_SECONDS = 5.0
+WATCH_SECONDS = wire.NEWS_SECONDS
 WATCHERS_PER_FILE = 64
 #: Peers downloading a complete file from us within WATCH_SECONDS: with this
 #: many or more, we offer each only the pieces uploaded least so far (as
@@ -183,8 +183,9 @@ class Seeder:
         self.blocks = RateTable(blocks_per_second, burst, table_size)
         self.info_answers = RateTable(INFO_ANSWERS_PER_SECOND, INFO_ANSWER_BURST, table_size)
         self.errors = RateTable(ERRORS_PER_SECOND, ERROR_BURST, table_size)
-        #: Per info hash, the addresses that asked HAVE lately (cookie-checked), and when.
-        self.watchers: dict[bytes, OrderedDict[Any, float]] = {}
+        #: Per info hash, the addresses that asked HAVE lately (cookie-checked): when, and the nonce of their
+        #: latest HAVE_REQ (0: none yet), which the news we push them carries.
+        self.watchers: dict[bytes, OrderedDict[Any, tuple[float, int]]] = {}
         self._last_served: Any = None
         self._last_served_at = float("-inf")
         self._contended_until = float("-inf")
@@ -228,8 +229,8 @@ class Seeder:
         watching = self.watchers.get(info_hash)
         if not watching:
             return []
-        datagram = wire.encode_have(info_hash, piece, 1, wire.F_NEWS, b"\x80")
-        return [(datagram, addr) for addr, seen in watching.items() if now - seen <= WATCH_SECONDS]
+        return [(wire.encode_have(info_hash, nonce, piece, 1, wire.F_NEWS, b"\x80"), addr)
+                for addr, (seen, nonce) in watching.items() if nonce and now - seen <= WATCH_SECONDS]
 
     def remove(self, info_hash: bytes) -> None:
         self.watchers.pop(info_hash, None)
@@ -255,24 +256,24 @@ class Seeder:
             self.counts["limited:INFO answers"] += 1
             return reason, ()
         if shared is None:
-            return reason, (wire.encode_info_response(msg.req_id, msg.info_hash, wire.NOT_FOUND, 0, 0, bytes(8)),)
+            return reason, (wire.encode_info_response(msg.nonce, msg.info_hash, wire.NOT_FOUND, 0, 0, bytes(8)),)
         meta = shared.meta
         status = wire.OK if shared.complete else wire.PARTIAL
-        answer = wire.encode_info_response(msg.req_id, msg.info_hash, status, meta.length, meta.piece_length, self.cookie(addr))
+        answer = wire.encode_info_response(msg.nonce, msg.info_hash, status, meta.length, meta.piece_length, self.cookie(addr))
         return None, (answer,)
 
     def on_have(self, msg: wire.HaveRequest, addr: Any, size: int, now: float = 0.0) -> Reply:
         """The bits of the pieces held among those asked, and whether the asker holds an upload slot."""
         if not hmac.compare_digest(msg.cookie, self.cookie(addr)):
-            return "bad cookie", self._error(addr, now, size, msg.info_hash, wire.E_BAD_COOKIE, "bad cookie: ask INFO")
+            return "bad cookie", self._error(addr, now, size, msg.info_hash, msg.nonce, wire.E_BAD_COOKIE, "bad cookie: ask INFO")
         shared = self.files.get(msg.info_hash)
         if shared is None:
-            return "not shared", self._error(addr, now, size, msg.info_hash, wire.E_NOT_FOUND, "not shared here")
+            return "not shared", self._error(addr, now, size, msg.info_hash, msg.nonce, wire.E_NOT_FOUND, "not shared here")
         num_pieces = shared.meta.num_pieces
         if msg.flags & wire.F_INTERESTED:
-            self._watch(msg.info_hash, addr, now)
+            self._watch(msg.info_hash, addr, now, msg.nonce)
         if msg.first >= num_pieces:
-            return "bad block", self._error(addr, now, size, msg.info_hash, wire.E_BAD_REQUEST, "no such pieces")
+            return "bad block", self._error(addr, now, size, msg.info_hash, msg.nonce, wire.E_BAD_REQUEST, "no such pieces")
         count = min(msg.count, num_pieces - msg.first,
                     wire.max_have_count(min(self.max_block + wire.BLOCK_OVERHEAD, wire.SAFE_DATAGRAM)))
         flags = 0
@@ -290,7 +291,7 @@ class Seeder:
                     flags |= wire.F_CHOKED
             elif addr not in getattr(self.slots, "unchoked", ()):
                 flags |= wire.F_CHOKED
-        return None, (wire.encode_have(msg.info_hash, msg.first, count, flags, bits),)
+        return None, (wire.encode_have(msg.info_hash, msg.nonce, msg.first, count, flags, bits),)
 
     def on_blocks(self, msg: wire.BlockRequest, addr: Any, size: int, now: float = 0.0) -> Reply:
         """The blocks asked for (as many as this address's budget allows), or one short ERROR.
@@ -300,10 +301,10 @@ class Seeder:
         # The cookie first: an address that has not proven it receives learns
         # nothing, not even whether the file is shared here.
         if not hmac.compare_digest(msg.cookie, self.cookie(addr)):
-            return "bad cookie", self._error(addr, now, size, msg.info_hash, wire.E_BAD_COOKIE, "bad cookie: ask INFO")
+            return "bad cookie", self._error(addr, now, size, msg.info_hash, msg.nonce, wire.E_BAD_COOKIE, "bad cookie: ask INFO")
         shared = self.files.get(msg.info_hash)
         if shared is None:
-            return "not shared", self._error(addr, now, size, msg.info_hash, wire.E_NOT_FOUND, "not shared here")
+            return "not shared", self._error(addr, now, size, msg.info_hash, msg.nonce, wire.E_NOT_FOUND, "not shared here")
         meta = shared.meta
         num_pieces, piece_length, max_block = meta.num_pieces, meta.piece_length, self.max_block
         last_piece = meta.length - (num_pieces - 1) * piece_length if num_pieces else 0
@@ -315,12 +316,12 @@ class Seeder:
                 or offset + length > (piece_length if piece < num_pieces - 1 else last_piece)
             ):
                 text = f"no block {piece}:{offset}+{length}"
-                return "bad block", self._error(addr, now, size, msg.info_hash, wire.E_BAD_REQUEST, text)
+                return "bad block", self._error(addr, now, size, msg.info_hash, msg.nonce, wire.E_BAD_REQUEST, text)
         if self.slots is not None:
             self.slots.tick(now)
             if not self.slots.allowed(addr, now):
                 self.counts["limited:choked"] += 1
-                return None, self._error(addr, now, size, msg.info_hash, wire.E_CHOKED, "no upload slot: ask HAVE later")
+                return None, self._error(addr, now, size, msg.info_hash, msg.nonce, wire.E_CHOKED, "no upload slot: ask HAVE later")
         have = shared.have
         blocks = msg.blocks
         self._watch(msg.info_hash, addr, now)
@@ -335,7 +336,7 @@ class Seeder:
                 # Say at once what we offer now, so the asker stops asking for the rest.
                 first = (msg.blocks[0][0] // MAX_OFFER) * MAX_OFFER
                 count = min(MAX_OFFER, meta.num_pieces - first)
-                offer = (wire.encode_have(msg.info_hash, first, count, 0, self._offer_bits(shared, first, count)),)
+                offer = (wire.encode_have(msg.info_hash, msg.nonce, first, count, 0, self._offer_bits(shared, first, count)),)
                 if not blocks:
                     return None, offer
         if have is not None:
@@ -351,12 +352,14 @@ class Seeder:
         granted = self.blocks.take(addr, wanted, now, force=not self._contended(addr, now))
         if granted < wanted:
             self.counts["limited:blocks"] += wanted - granted
-        replies = self._read(shared, msg.info_hash, blocks[:granted] if granted < wanted else blocks)
+        replies = self._read(shared, msg.info_hash, msg.nonce, blocks[:granted] if granted < wanted else blocks)
         return None, (itertools.chain(offer, replies) if offer else replies)
 
-    def _watch(self, info_hash: bytes, addr: Any, now: float) -> None:
+    def _watch(self, info_hash: bytes, addr: Any, now: float, nonce: int | None = None) -> None:
         watching = self.watchers.setdefault(info_hash, OrderedDict())
-        watching[addr] = now
+        if nonce is None:  # a block request: still watching, news still answers its latest HAVE_REQ
+            nonce = watching.get(addr, (0.0, 0))[1]
+        watching[addr] = (now, nonce)
         watching.move_to_end(addr)
         if len(watching) > WATCHERS_PER_FILE:
             watching.popitem(last=False)
@@ -369,7 +372,7 @@ class Seeder:
         if not watching or len(watching) < OFFER_FROM_PEERS:
             return False
         recent = 0
-        for seen in reversed(watching.values()):  # most recent last
+        for seen, _ in reversed(watching.values()):  # most recent last
             if now - seen > WATCH_SECONDS:
                 break
             recent += 1
@@ -389,7 +392,7 @@ class Seeder:
         self._last_served, self._last_served_at = addr, now
         return now <= self._contended_until
 
-    def _read(self, shared: SharedFile, info_hash: bytes, blocks: Sequence[tuple[int, int, int]]) -> Iterator[bytes]:
+    def _read(self, shared: SharedFile, info_hash: bytes, nonce: int, blocks: Sequence[tuple[int, int, int]]) -> Iterator[bytes]:
         """Each block as a datagram, read from disk when the protocol is ready to send it: a run of blocks
         that follow each other in the file with one ``pread`` (at most READ_RUN bytes at a time)."""
         piece_length = shared.meta.piece_length
@@ -415,7 +418,7 @@ class Seeder:
                 self.log.error("{path} cannot be served ({why}): it changed on disk; no longer sharing it",
                                path=str(shared.path), why=why)
                 self.remove(info_hash)
-                yield wire.encode_error(info_hash, wire.E_NOT_FOUND, "file changed on disk")
+                yield wire.encode_error(info_hash, nonce, wire.E_NOT_FOUND, "file changed on disk")
                 return
             view = memoryview(data)
             for piece, offset, length in blocks[i:j]:
@@ -424,15 +427,15 @@ class Seeder:
                 shared.blocks_served += 1
                 if levels is not None:
                     _count_upload(shared, piece, length)
-                yield wire.encode_block(info_hash, piece, offset, view[start : start + length])
+                yield wire.encode_block(info_hash, nonce, piece, offset, view[start : start + length])
             i = j
 
-    def _error(self, addr: Any, now: float, size: int, info_hash: bytes, code: int, text: str) -> tuple[bytes, ...]:
+    def _error(self, addr: Any, now: float, size: int, info_hash: bytes, nonce: int, code: int, text: str) -> tuple[bytes, ...]:
         if not self.errors.take(addr, 1, now):
             self.counts["limited:errors"] += 1
             return ()
         room = max(0, min(wire.MAX_ERROR_MESSAGE, size - wire.ERROR_OVERHEAD))
-        return (wire.encode_error(info_hash, code, text[:room]),)
+        return (wire.encode_error(info_hash, nonce, code, text[:room]),)
 
 
 def _all_bits(count: int) -> bytes:

@@ -26,6 +26,14 @@ counts once) or when nothing at all came back before a timeout; timeouts back
 off, so a dead path gets few datagrams.  With 10% of the datagrams lost at
 random a window never shrinks for loss alone.
 
+Answers are bound to requests.  Each request (a batch of blocks, a HAVE_REQ) carries a fresh random
+64-bit nonce, kept per peer while an answer may still come (``NONCE_LIFETIME``, longer for HAVE_REQs
+whose nonce the peer's pushed news carries); a block, HAVE or ERROR whose nonce is not one of that peer's
+is refused before it touches anything (:meth:`Transfer.on_block`, :meth:`Transfer.matches`).  So a host
+that forges a peer's address but cannot see the traffic can neither put bytes into a piece nor get that
+peer blamed, slowed or dropped: only blocks that matched a peer's nonces are ever assembled, so a piece
+that fails its check blames only who really sent it.
+
 Blocks and datagrams.  A block is the unit of requests and bookkeeping; a
 sender whose path cannot carry a block whole sends it as several BLOCK
 datagrams (parts, see ``wire.split_block``), put together here before the
@@ -37,7 +45,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 from p2ptorrent import wire
 from p2ptorrent.config import Config
@@ -73,6 +81,10 @@ MAX_STRIKES = 3
 #: while nodes still downloading serve us too: the rest comes from them, so a
 #: seeder's upload goes to pieces nobody has yet.
 SEED_PIECES_AHEAD = 2
+#: Seconds a block request's nonce stays answerable, at least (a block later than that is refused, as a
+#: forged one would be: it was asked again long ago).  Twice the longest retransmission timeout is used
+#: when that is longer.
+NONCE_LIFETIME = 2.0
 #: Blocks waiting to be asked again that one request looks through for a
 #: piece the peer has, before it moves on (a peer may lack them all).
 PENDING_SCAN = 1024
@@ -121,9 +133,18 @@ class PeerState:
     in_progress: set[int] = field(default_factory=set)
     #: It had every piece when we met it (even if it now offers only some).
     complete_owner: bool = False
+    #: Nonces of our requests it may still answer: nonce -> until when; and the same in the order sent.
+    nonces: dict[int, float] = field(default_factory=dict)
+    nonce_order: deque[tuple[float, int]] = field(default_factory=deque)
 
     def free(self) -> int:
         return int(self.window) - len(self.inflight)
+
+
+#: Why a block was refused (counted by the protocol as ``rejected:<reason>``): it carries no nonce of a
+#: request of ours to its sender still answerable (forged, or very late), or it is no block we asked for.
+UNMATCHED_BLOCK = "unmatched BLOCK"
+UNASKED_BLOCK = "unasked BLOCK"
 
 
 @dataclass(frozen=True)
@@ -150,6 +171,7 @@ class Transfer:
         max_inflight_bytes: int = 0,
         rng: random.Random | None = None,
         random_first: int = 4,
+        nonce: Callable[[], int] = wire.new_nonce,
     ) -> None:
         self.geo = geometry
         self.hashes = piece_hashes
@@ -157,6 +179,8 @@ class Transfer:
         self.peer_timeout = peer_timeout
         #: The retransmission timeout's ceiling for this download (see PROBES_BEFORE_DROP).
         self.max_rto = max(MIN_RTO, min(MAX_RTO, peer_timeout / PROBES_BEFORE_DROP))
+        self.new_nonce = nonce
+        self.nonce_lifetime = max(NONCE_LIFETIME, 2 * self.max_rto)
         self.max_window = max_window
         self.max_batch = max_batch
         #: All peers together never owe us more than this (the receive buffer's share):
@@ -202,6 +226,7 @@ class Transfer:
         self.fed: set[Addr] = set()
         self.duplicates = 0
         self.retransmits = 0
+        #: Blocks refused: they matched no request of ours (forged, or later than their nonce's lifetime).
         self.rejected = 0
 
     def mark_have(self, pieces: Iterable[int]) -> None:
@@ -335,6 +360,32 @@ class Transfer:
             max_inflight_bytes=settings.SOCKET_BUFFER // 2, rng=rng,
         )
 
+    # ---- nonces
+    def nonce_for(self, peer: PeerState, now: float, lifetime: float = 0.0) -> int:
+        """A fresh nonce for a request to *peer*, answerable for *lifetime* seconds (the block default if 0)."""
+        nonce = self.new_nonce()
+        until = now + (lifetime or self.nonce_lifetime)
+        peer.nonces[nonce] = until
+        peer.nonce_order.append((until, nonce))
+        return nonce
+
+    def have_nonce(self, peer: PeerState, now: float) -> int:
+        """A nonce for a HAVE_REQ to *peer*: the news it pushes for NEWS_SECONDS after carry it too."""
+        return self.nonce_for(peer, now, wire.NEWS_SECONDS + self.max_rto)
+
+    def matches(self, addr: Addr, nonce: int) -> bool:
+        """Does *nonce* answer a request of ours to *addr* still answerable?"""
+        peer = self.peers.get(addr)
+        return peer is not None and nonce in peer.nonces
+
+    @staticmethod
+    def _expire_nonces(peer: PeerState, now: float) -> None:
+        order, nonces = peer.nonce_order, peer.nonces
+        while order and order[0][0] <= now:
+            until, nonce = order.popleft()
+            if nonces.get(nonce) == until:
+                del nonces[nonce]
+
     def on_have(self, addr: Addr, flags: int, first: int, count: int, pieces: Iterable[int], now: float) -> None:
         """A HAVE from a peer: what it has (or offers) in that range, and whether it refuses us for now."""
         if addr not in self.peers:
@@ -393,31 +444,35 @@ class Transfer:
 
     # ---- data in
     def on_block(
-        self, addr: Addr, piece: int, offset: int, data: bytes | memoryview | None, now: float,
-    ) -> PieceAssembled | None:
+        self, addr: Addr, nonce: int, piece: int, offset: int, data: bytes | memoryview | None, now: float,
+    ) -> PieceAssembled | str | None:
         """Take one block's data; a completed piece comes back as PieceAssembled, for the writer thread to
-        check (its verdict comes back through :meth:`checked`)."""
+        check (its verdict comes back through :meth:`checked`).  A block that answers no request of ours
+        to *addr* is refused (the reason comes back, and nothing else changes)."""
         # The hot path of a download (every block): plain arithmetic, no calls it can do without.
         peer = self.peers.get(addr)
+        if peer is None or nonce not in peer.nonces:
+            self.rejected += 1
+            return UNMATCHED_BLOCK
         geo = self.geo
         num_pieces = geo.num_pieces
-        if peer is None or piece >= num_pieces:
+        if piece >= num_pieces:
             self.rejected += 1
-            return None
+            return UNASKED_BLOCK
         chunk = geo.chunk
         k, inside = divmod(offset, chunk)
         start = offset - inside
         psize = geo.piece_length if piece < num_pieces - 1 else geo.last_size
-        if start >= psize:
-            self.rejected += 1
-            return None
         bid = piece * geo.blocks_per_piece + k
+        if start >= psize or not self.asked[bid]:
+            self.rejected += 1
+            return UNASKED_BLOCK
         whole = chunk if start + chunk <= psize else psize - start
         size = len(data) if data is not None else 0
         if inside or size != whole:  # a part of a block the sender's path could not carry whole
-            if data is None or not size or inside + size > whole or not self.asked[bid]:
+            if data is None or not size or inside + size > whole:
                 self.rejected += 1
-                return None
+                return UNASKED_BLOCK
             peer.last_data = now
             self.fed.add(addr)
             if not self._part(bid, piece, offset, inside, whole, data):
@@ -552,8 +607,8 @@ class Transfer:
         self.remove_peer(addr)
 
     # ---- requests out
-    def requests(self, now: float, only: Addr | None = None) -> list[tuple[PeerState, list[tuple[int, int, int]]]]:
-        """Fill the peers' windows; return the batches of (piece, offset, length) to send."""
+    def requests(self, now: float, only: Addr | None = None) -> list[tuple[PeerState, int, list[tuple[int, int, int]]]]:
+        """Fill the peers' windows; return the batches of (piece, offset, length) to send, each with its nonce."""
         out = []
         peers = [self.peers[only]] if only is not None and only in self.peers else list(self.peers.values())
         room = self.budget - self.outstanding()
@@ -579,10 +634,10 @@ class Transfer:
                 peer.sent.append((entry, bid))
                 batch.append(self.geo.block(bid))
                 if len(batch) == self.max_batch:
-                    out.append((peer, batch))
+                    out.append((peer, self.nonce_for(peer, now), batch))
                     batch = []
             if batch:
-                out.append((peer, batch))
+                out.append((peer, self.nonce_for(peer, now), batch))
         return out
 
     def _next_block(self, peer: PeerState) -> int | None:
@@ -689,7 +744,7 @@ class Transfer:
         while k < last:
             bid = first + k
             k += 1
-            if not received[bid] and bid not in requesters:  # (a block may come unasked)
+            if not received[bid] and bid not in requesters:  # (a late answer may have brought it)
                 if k < last:
                     self.next_new_block[piece] = k
                 else:
@@ -703,6 +758,7 @@ class Transfer:
         """Expire requests past their timeout and drop peers that went silent or lied."""
         dropped = []
         for peer in list(self.peers.values()):
+            self._expire_nonces(peer, now)
             lost = 0
             again = []
             sent = peer.sent
