@@ -332,7 +332,8 @@ def version_refusal(data: bytes | memoryview) -> bytes | None:
     Only requests are answered (an answer of another version never is, so two nodes of different versions
     cannot keep each other busy).  For version 1 the ERROR is laid out as version 1 lays it out, with the
     info hash of the request, so an older node reads it as a refusal from that peer; for any other version
-    in our own layout.  It is never longer than twice the request (as INFO_RESP against INFO_REQ).
+    in our own layout.  It is never longer than twice the request (as INFO_RESP against INFO_REQ): a request
+    too short for even the ERROR's fixed part gets nothing.
     """
     version = foreign_version(data)
     if version is None:
@@ -350,7 +351,9 @@ def version_refusal(data: bytes | memoryview) -> bytes | None:
     else:
         head = _head(ERROR) + _ERROR.pack(bytes(HASH_SIZE), 0, E_VERSION)
     room = 2 * len(data) - len(head)
-    return head + text[: max(0, min(room, MAX_ERROR_MESSAGE))]
+    if room < 0:
+        return None  # too short to be answered within the bound: not answered at all
+    return head + text[: min(room, MAX_ERROR_MESSAGE)]
 
 
 def decode(data: bytes, max_size: int = 65507) -> Message:

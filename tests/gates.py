@@ -209,7 +209,7 @@ class NatGate:
                         continue
                     if not self._open.is_set():
                         head = wire.peek_block(data)
-                        if head is not None and head[1] >= self.held_from:
+                        if head is not None and head[2] >= self.held_from:
                             self.dropped += 1
                             continue
                     self._send(self.outside, data, self._peer_of[sock])

@@ -103,27 +103,27 @@ def test_command_line_options() -> None:
     [
         (
             {"CHUNK_PIECES_SIZE": "60000"},
-            "CHUNK_PIECES_SIZE must be 1-9184: a chunk plus its 32-byte header must fit in one BUFFER_SIZE (9216)"
-            " datagram, got 60000; raise BUFFER_SIZE to at least 60032 (--buffer-size 60032)",
+            "CHUNK_PIECES_SIZE must be 1-9176: a chunk plus its 40-byte header must fit in one BUFFER_SIZE (9216)"
+            " datagram, got 60000; raise BUFFER_SIZE to at least 60040 (--buffer-size 60040)",
         ),
         (
             {"CHUNK_PIECES_SIZE": "2000", "BUFFER_SIZE": "1024"},
-            "CHUNK_PIECES_SIZE must be 1-992: a chunk plus its 32-byte header must fit in one BUFFER_SIZE (1024)"
-            " datagram, got 2000; raise BUFFER_SIZE to at least 2032 (--buffer-size 2032)",
+            "CHUNK_PIECES_SIZE must be 1-984: a chunk plus its 40-byte header must fit in one BUFFER_SIZE (1024)"
+            " datagram, got 2000; raise BUFFER_SIZE to at least 2040 (--buffer-size 2040)",
         ),
         (
             {"CHUNK_PIECES_SIZE": "30000", "MAX_UDP_SEGMENT_DATA_SIZE": "20000"},
-            "CHUNK_PIECES_SIZE must be 1-9184: a chunk plus its 32-byte header must fit in one BUFFER_SIZE (9216)"
-            " datagram, got 30000; raise BUFFER_SIZE and MAX_UDP_SEGMENT_DATA_SIZE to at least 30032"
-            " (--buffer-size 30032 --set MAX_UDP_SEGMENT_DATA_SIZE=30032)",
+            "CHUNK_PIECES_SIZE must be 1-9176: a chunk plus its 40-byte header must fit in one BUFFER_SIZE (9216)"
+            " datagram, got 30000; raise BUFFER_SIZE and MAX_UDP_SEGMENT_DATA_SIZE to at least 30040"
+            " (--buffer-size 30040 --set MAX_UDP_SEGMENT_DATA_SIZE=30040)",
         ),
         (
             {"CHUNK_PIECES_SIZE": "65476"},
-            "CHUNK_PIECES_SIZE must be 1-9184: a chunk plus its 32-byte header must fit in one BUFFER_SIZE (9216)"
-            " datagram, got 65476; no datagram is that big: a chunk can be at most 65475 bytes"
+            "CHUNK_PIECES_SIZE must be 1-9176: a chunk plus its 40-byte header must fit in one BUFFER_SIZE (9216)"
+            " datagram, got 65476; no datagram is that big: a chunk can be at most 65467 bytes"
             " (the largest UDP payload, 65507, less the header)",
         ),
-        ({"CHUNK_PIECES_SIZE": "0"}, "CHUNK_PIECES_SIZE must be 1-9184: a chunk plus its 32-byte header must fit"
+        ({"CHUNK_PIECES_SIZE": "0"}, "CHUNK_PIECES_SIZE must be 1-9176: a chunk plus its 40-byte header must fit"
                                      " in one BUFFER_SIZE (9216) datagram, got 0"),
         ({"TRACKER_ADDR": "nohost"}, "bad value for TRACKER_ADDR: 'nohost' (expected HOST:PORT, e.g. 192.0.2.10:12345)"),
         ({"TRACKER_ADDR": "host:"}, "bad value for TRACKER_ADDR: 'host:' (expected HOST:PORT, e.g. 192.0.2.10:12345)"),

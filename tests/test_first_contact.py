@@ -309,7 +309,7 @@ def test_blocks_arriving_just_after_a_download_ended_are_late_not_hostile() -> N
     globalLogPublisher.addObserver(events.append)
     try:
         ih = b"\x07" * 20
-        block = wire.encode_block(ih, 0, 0, b"x" * 100)
+        block = wire.encode_block(ih, 1, 0, 0, b"x" * 100)
         proto.ended(ih)
         for _ in range(50):
             proto.datagramReceived(block, ("192.0.2.9", 6881))

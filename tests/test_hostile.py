@@ -76,20 +76,20 @@ def expected_verdict(data: bytes, src: Any, node: View) -> str | None:
         return "too short"
     if data[:2] != b"PT":
         return "bad magic"
-    if data[2] != 1:
-        return "bad version"
+    if data[2] != 2:
+        return "other version"
     kind, body = data[3], n - 4
-    if kind == 4:  # BLOCK: info_hash, piece, offset, data
-        if body < 28:
+    if kind == 4:  # BLOCK: info_hash, nonce, piece, offset, data
+        if body < 36:
             return "bad BLOCK size"
-        return _for_a_download(data[4:24], src, node)
-    if kind == 3:  # BLOCK_REQ: info_hash, cookie, count u16, count x 12 bytes
-        if body < 30:
+        return _for_a_download(data[4:24], src, node, "BLOCK")
+    if kind == 3:  # BLOCK_REQ: info_hash, cookie, nonce, count u16, count x 12 bytes
+        if body < 38:
             return "bad BLOCK_REQ size"
-        count = int.from_bytes(data[32:34], "big")
+        count = int.from_bytes(data[40:42], "big")
         if not 1 <= count <= 256:
             return "bad BLOCK_REQ count"
-        if body != 30 + 12 * count:
+        if body != 38 + 12 * count:
             return "bad BLOCK_REQ size"
         if data[24:32] != node.seeder.cookie(src):
             return "bad cookie"
@@ -97,24 +97,24 @@ def expected_verdict(data: bytes, src: Any, node: View) -> str | None:
         if meta is None:
             return "not shared"
         for i in range(count):
-            piece, offset, length = struct.unpack_from("!III", data, 34 + 12 * i)
+            piece, offset, length = struct.unpack_from("!III", data, 42 + 12 * i)
             if piece >= meta.num_pieces or not 0 < length <= MAX_BLOCK or offset + length > meta.piece_size(piece):
                 return "bad block"
         return None
-    if kind == 1:  # INFO_REQ: req_id, info_hash
-        if body != 24:
+    if kind == 1:  # INFO_REQ: nonce, info_hash
+        if body != 28:
             return "bad INFO_REQ size"
-        return None if data[8:28] in node.shared else "unknown file"
+        return None if data[12:32] in node.shared else "unknown file"
     if kind == 2:  # INFO_RESP: nobody here asked the attacker anything
-        return "bad INFO_RESP size" if body != 45 else "unsolicited INFO_RESP"
-    if kind == 5:  # ERROR: info_hash, code, message of 0-200 bytes
-        if not 21 <= body <= 221:
+        return "bad INFO_RESP size" if body != 49 else "unsolicited INFO_RESP"
+    if kind == 5:  # ERROR: info_hash, nonce, code, message of 0-200 bytes
+        if not 29 <= body <= 229:
             return "bad ERROR size"
-        return _for_a_download(data[4:24], src, node)
-    if kind == 6:  # HAVE_REQ: info_hash, cookie, first u32, count u32, flags u8
-        if body != 37:
+        return _for_a_download(data[4:24], src, node, "ERROR")
+    if kind == 6:  # HAVE_REQ: info_hash, cookie, nonce, first u32, count u32, flags u8
+        if body != 45:
             return "bad HAVE_REQ size"
-        first, count = struct.unpack_from("!II", data, 32)
+        first, count = struct.unpack_from("!II", data, 40)
         if not 1 <= count <= 65536:
             return "bad HAVE_REQ count"
         if data[24:32] != node.seeder.cookie(src):
@@ -123,22 +123,23 @@ def expected_verdict(data: bytes, src: Any, node: View) -> str | None:
         if meta is None:
             return "not shared"
         return "bad block" if first >= meta.num_pieces else None
-    if kind == 7:  # HAVE: info_hash, first u32, count u32, flags u8, ceil(count / 8) bytes of bits
-        if body < 29:
+    if kind == 7:  # HAVE: info_hash, nonce, first u32, count u32, flags u8, ceil(count / 8) bytes of bits
+        if body < 37:
             return "bad HAVE size"
-        count = int.from_bytes(data[28:32], "big")
+        count = int.from_bytes(data[36:40], "big")
         if not 1 <= count <= 65536:
             return "bad HAVE count"
-        if body != 29 + (count + 7) // 8:
+        if body != 37 + (count + 7) // 8:
             return "bad HAVE size"
-        return _for_a_download(data[4:24], src, node)
+        return _for_a_download(data[4:24], src, node, "HAVE")
     return "unknown type"
 
 
-def _for_a_download(info_hash: bytes, src: Any, node: View) -> str | None:
+def _for_a_download(info_hash: bytes, src: Any, node: View, kind: str) -> str | None:
     if info_hash not in node.downloads:
         return "unknown download"
-    return None if src in node.partners else "stranger"
+    # From a peer it greeted, an answer still needs the nonce of a request to it: one the attacker cannot know.
+    return f"unmatched {kind}" if src in node.partners else "stranger"
 
 
 def rejections(counts: Counter[str]) -> Counter[str]:
@@ -151,7 +152,7 @@ def random_datagrams(rng: random.Random, count: int) -> Iterator[bytes]:
     """*count* random datagrams of 0-2048 bytes.
 
     Half are plain random bytes; the other half start with our magic (a
-    random version, mostly 1, and a random type) so that the checks past
+    random version, mostly ours, and a random type) so that the checks past
     the header see random input too.
     """
     for i in range(count):
@@ -159,7 +160,7 @@ def random_datagrams(rng: random.Random, count: int) -> Iterator[bytes]:
         if i % 2 == 0 or size < 4:
             yield rng.randbytes(size)
         else:
-            version = 1 if rng.random() < 0.8 else rng.randrange(256)
+            version = wire.VERSION if rng.random() < 0.8 else rng.randrange(256)
             yield b"PT" + bytes([version, rng.randrange(8)]) + rng.randbytes(size - 4)
 
 
@@ -179,15 +180,19 @@ class Valid:
         self.pool = [
             wire.encode_info_request(1, ih),
             wire.encode_info_response(1, ih, wire.OK, m.length, m.piece_length, self.attacker_cookie),
-            wire.encode_block_request(ih, self.attacker_cookie, [(0, 0, 100), (1, MAX_BLOCK, 100)]),
-            wire.encode_block_request(ih, self.downloader_cookie, [(p, 0, MAX_BLOCK) for p in range(8)]),
-            wire.encode_block(ih, 0, 0, block),
-            wire.encode_block(ih, 1, MAX_BLOCK, block[:500]),
-            wire.encode_error(ih, wire.E_BAD_COOKIE, "bad cookie: ask INFO"),
+            wire.encode_block_request(ih, self.attacker_cookie, 2, [(0, 0, 100), (1, MAX_BLOCK, 100)]),
+            wire.encode_block_request(ih, self.downloader_cookie, 3, [(p, 0, MAX_BLOCK) for p in range(8)]),
+            wire.encode_block(ih, 4, 0, 0, block),
+            wire.encode_block(ih, 5, 1, MAX_BLOCK, block[:500]),
+            wire.encode_error(ih, 6, wire.E_BAD_COOKIE, "bad cookie: ask INFO"),
+            wire.encode_have_request(ih, self.attacker_cookie, 7, 0, m.num_pieces, wire.F_INTERESTED),
+            wire.encode_have(ih, 8, 0, 8, wire.F_CHOKED, b"\xff"),
         ]
 
 
 PROVEN = "proven"  # a source that stands for the attacker holding a real cookie
+#: The nonce of requests forged as from a victim: the ERRORs they make a node send the victim carry it.
+FORGED = 0xF0F0_F0F0_F0F0_F0F0
 
 
 def mutated_datagrams(rng: random.Random, count: int, valid: Valid, forged: Any) -> Iterator[tuple[bytes, Any]]:
@@ -225,12 +230,12 @@ def mutated_datagrams(rng: random.Random, count: int, valid: Valid, forged: Any)
 
     @kind
     def oversized() -> tuple[bytes, Any]:
-        return wire.encode_block(ih, 0, 0, rng.randbytes(MAX_DATAGRAM - wire.BLOCK_OVERHEAD + rng.randint(1, 800))), None
+        return wire.encode_block(ih, rng.randrange(2**64), 0, 0, rng.randbytes(MAX_DATAGRAM - wire.BLOCK_OVERHEAD + rng.randint(1, 800))), None
 
     @kind
     def wrong_count() -> tuple[bytes, Any]:
-        d = bytearray(wire.encode_block_request(ih, cookie, [(0, 0, 100)] * rng.randint(1, 20)))
-        d[32:34] = rng.choice([0, rng.randint(1, 300), 65535]).to_bytes(2, "big")
+        d = bytearray(wire.encode_block_request(ih, cookie, 1, [(0, 0, 100)] * rng.randint(1, 20)))
+        d[40:42] = rng.choice([0, rng.randint(1, 300), 65535]).to_bytes(2, "big")
         return bytes(d), PROVEN
 
     @kind
@@ -247,42 +252,42 @@ def mutated_datagrams(rng: random.Random, count: int, valid: Valid, forged: Any)
         ])
         good = [(rng.randrange(meta.num_pieces), 0, 64) for _ in range(rng.randint(0, 3))]
         good.insert(rng.randint(0, len(good)), bad)
-        return wire.encode_block_request(ih, cookie, good), PROVEN
+        return wire.encode_block_request(ih, cookie, rng.randrange(2**64), good), PROVEN
 
     @kind
     def in_range_request() -> tuple[bytes, Any]:
         # Real traffic from an address that did the INFO round trip: served, not rejected.
-        return wire.encode_block_request(ih, cookie, [(rng.randrange(meta.num_pieces), 0, 256)]), PROVEN
+        return wire.encode_block_request(ih, cookie, rng.randrange(2**64), [(rng.randrange(meta.num_pieces), 0, 256)]), PROVEN
 
     @kind
     def wrong_cookie() -> tuple[bytes, Any]:
-        return wire.encode_block_request(ih, rng.randbytes(8), [(0, 0, 100)]), None
+        return wire.encode_block_request(ih, rng.randbytes(8), 1, [(0, 0, 100)]), None
 
     @kind
     def forged_source() -> tuple[bytes, Any]:
         # Claims to come from the downloader, without its cookie.
-        return wire.encode_block_request(ih, rng.choice([bytes(8), rng.randbytes(8)]), [(0, 0, MAX_BLOCK)] * rng.randint(1, 256)), forged
+        return wire.encode_block_request(ih, rng.choice([bytes(8), rng.randbytes(8)]), FORGED, [(0, 0, MAX_BLOCK)] * rng.randint(1, 256)), forged
 
     @kind
     def info_for_unknown_hash() -> tuple[bytes, Any]:
-        return wire.encode_info_request(rng.randrange(2**32), rng.randbytes(20)), None
+        return wire.encode_info_request(rng.randrange(2**64), rng.randbytes(20)), None
 
     @kind
     def block_for_unknown_download() -> tuple[bytes, Any]:
-        return wire.encode_block(rng.randbytes(20), 0, 0, rng.randbytes(rng.randint(0, 2000))), None
+        return wire.encode_block(rng.randbytes(20), rng.randrange(2**64), 0, 0, rng.randbytes(rng.randint(0, 2000))), None
 
     @kind
     def block_from_a_stranger() -> tuple[bytes, Any]:
-        return wire.encode_block(ih, rng.randrange(meta.num_pieces), 0, rng.randbytes(MAX_BLOCK)), None
+        return wire.encode_block(ih, rng.randrange(2**64), rng.randrange(meta.num_pieces), 0, rng.randbytes(MAX_BLOCK)), None
 
     @kind
     def unsolicited_info_response() -> tuple[bytes, Any]:
-        return wire.encode_info_response(rng.randrange(2**32), ih, wire.OK, meta.length, meta.piece_length, rng.randbytes(8)), None
+        return wire.encode_info_response(rng.randrange(2**64), ih, wire.OK, meta.length, meta.piece_length, rng.randbytes(8)), None
 
     @kind
     def stray_error() -> tuple[bytes, Any]:
         target = rng.choice([ih, rng.randbytes(20)])
-        return wire.encode_error(target, rng.choice([1, 2, 3, 99]), "go away" * rng.randint(0, 30)), None
+        return wire.encode_error(target, rng.randrange(2**64), rng.choice([1, 2, 3, 4, 5, 99]), "go away" * rng.randint(0, 30)), None
 
     @kind
     def bad_header() -> tuple[bytes, Any]:
@@ -320,7 +325,9 @@ def assert_quiet_log(events: list[dict[str, Any]], protocols: int, seconds: floa
     warnings = [e for e in events if e.get("log_level") == LogLevel.warn]
     others = [formatEvent(e) for e in warnings if not e.get("log_format", "").startswith("refused ")]
     assert not others, others[:3]
-    most = protocols * (protocol_module.REJECTS_LOGGED + 1 + int(seconds / protocol_module.REJECT_LOG_INTERVAL))
+    intervals = 1 + int(seconds / protocol_module.REJECT_LOG_INTERVAL)
+    # The first rejections and a summary per interval; and per interval, the first addresses of another version.
+    most = protocols * (protocol_module.REJECTS_LOGGED + intervals + protocol_module.REJECTS_LOGGED * intervals)
     assert len(warnings) <= most, (len(warnings), most)
     return len(warnings)
 
@@ -354,9 +361,10 @@ def test_hostile_datagrams_while_serving_a_download(tmp_path: Path, events: list
     reflected = Counter[Any]()
 
     def watch(src: Any, dst: Any, data: bytes) -> bytes:
-        # BLOCK_REQs forged as from seeder 0 make the downloader send it ERRORs:
-        # seeder 0 must count those too (it downloads nothing).
-        if data[3] == wire.ERROR:
+        # BLOCK_REQs forged as from seeder 0 make the downloader send it ERRORs: seeder 0 must count those
+        # too (it downloads nothing); and forged as from the downloader, they make seeder 0 send it ERRORs,
+        # which the downloader refuses (their nonce answers no request of its own) without blaming seeder 0.
+        if data[3] == wire.ERROR and data[24:32] == FORGED.to_bytes(8, "big"):
             reflected[src, dst] += 1
         return data
 
@@ -431,6 +439,8 @@ def test_hostile_datagrams_while_serving_a_download(tmp_path: Path, events: list
 
     assert sent == {"seeder": RANDOM + MUTATED, "downloader": RANDOM + MUTATED}
     expected["seeder"]["unknown download"] += reflected[downloader_addr, seeder_addr]
+    expected["downloader"]["unmatched ERROR"] += reflected[seeder_addr, downloader_addr]
+    assert reflected[seeder_addr, downloader_addr] > 0  # (the case is exercised)
     for name, (proto, _) in targets.items():
         counted = rejections(proto.counts)
         print(f"{name}: {sent[name]} hostile datagrams, {proto.counts['rejected']} rejected: {dict(counted.most_common())}")
@@ -519,7 +529,7 @@ def test_forged_block_requests_get_at_most_one_short_error(tmp_path: Path) -> No
     for count in (1, 2, 16, 255, 256):
         for cookie in cookies:
             for info_hash in (meta.info_hash, rng.randbytes(20)):
-                request = wire.encode_block_request(info_hash, cookie, [(0, 0, MAX_BLOCK)] * count)
+                request = wire.encode_block_request(info_hash, cookie, 1, [(0, 0, MAX_BLOCK)] * count)
                 before = (transport.datagrams[victim], transport.bytes[victim])
                 proto.datagramReceived(request, victim)
                 clock.advance(1)  # the victim's error budget refills: each request may get its answer
@@ -538,7 +548,7 @@ def test_a_forged_flood_reflects_less_than_it_sends(tmp_path: Path) -> None:
     bytes_in = 0
     for i in range(10_000):
         if i % 2:
-            request = wire.encode_block_request(meta.info_hash, bytes(8), [(0, 0, MAX_BLOCK)])
+            request = wire.encode_block_request(meta.info_hash, bytes(8), 1, [(0, 0, MAX_BLOCK)])
         else:
             request = wire.encode_info_request(i, meta.info_hash)
         bytes_in += len(request)
@@ -564,8 +574,8 @@ def test_info_answer_is_less_than_twice_the_question() -> None:
     reason, answers = seeder.on_info(wire.decode(question), ("192.0.2.1", 1))  # type: ignore[arg-type]
     [answer] = list(answers)
     assert reason == "unknown file"
-    assert len(question) == wire.INFO_REQ_SIZE == 28
-    assert len(answer) == wire.INFO_RESP_SIZE == 49 < 2 * 28
+    assert len(question) == wire.INFO_REQ_SIZE == 32
+    assert len(answer) == wire.INFO_RESP_SIZE == 53 < 2 * 32
 
 
 def test_a_flooding_peer_gets_a_bounded_share_and_others_are_served(tmp_path: Path) -> None:
@@ -582,7 +592,7 @@ def test_a_flooding_peer_gets_a_bounded_share_and_others_are_served(tmp_path: Pa
     flood_cookie = greet(proto, transport, flooder, meta)
     other_cookie = greet(proto, transport, other, meta)
     blocks = [(p % meta.num_pieces, 0, MAX_BLOCK) for p in range(256)]
-    flood = wire.encode_block_request(meta.info_hash, flood_cookie, blocks)
+    flood = wire.encode_block_request(meta.info_hash, flood_cookie, 1, blocks)
     asked = 0
     seconds = 2
 
@@ -592,7 +602,7 @@ def test_a_flooding_peer_gets_a_bounded_share_and_others_are_served(tmp_path: Pa
             proto.datagramReceived(flood, flooder)
             if ms % 10 == 0:
                 mine = [((ms // 10 + k) % meta.num_pieces, 0, MAX_BLOCK) for k in range(64)]
-                proto.datagramReceived(wire.encode_block_request(meta.info_hash, other_cookie, mine), other)
+                proto.datagramReceived(wire.encode_block_request(meta.info_hash, other_cookie, 2, mine), other)
                 asked += 64
             clock.advance(0.001)
 
@@ -625,7 +635,7 @@ def test_a_peer_served_alone_is_not_limited_but_held_to_its_budget_when_others_c
     blocks = [(p % meta.num_pieces, 0, 1024) for p in range(100)]
 
     def ask(addr: Any) -> None:
-        proto.datagramReceived(wire.encode_block_request(meta.info_hash, cookies[addr], blocks), addr)
+        proto.datagramReceived(wire.encode_block_request(meta.info_hash, cookies[addr], 3, blocks), addr)
 
     for _ in range(200):  # 20,000 blocks a second, 10 times the budget, for 1 s: alone, so all served
         ask(first)
@@ -671,10 +681,10 @@ def test_rate_state_stays_bounded_under_many_addresses(tmp_path: Path, table_siz
         for i in range(first, last):
             addr = (f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", 1024 + i % 60000)
             # Proven: the cookie the address would have got from INFO.
-            proto.datagramReceived(wire.encode_block_request(meta.info_hash, seeder.cookie(addr), request), addr)
+            proto.datagramReceived(wire.encode_block_request(meta.info_hash, seeder.cookie(addr), 4, request), addr)
             forged = (f"172.16.{(i >> 8) & 255}.{i & 255}", 9 + i // 65536)
             proto.datagramReceived(wire.encode_info_request(i, meta.info_hash), forged)
-            proto.datagramReceived(wire.encode_block_request(meta.info_hash, bytes(8), request), forged)
+            proto.datagramReceived(wire.encode_block_request(meta.info_hash, bytes(8), 5, request), forged)
             if i % 1000 == 0:
                 clock.advance(0.01)
 
@@ -877,10 +887,10 @@ def test_info_answers_must_come_from_the_address_asked(tmp_path: Path) -> None:
     proto.ask_info(seeder, meta.info_hash, 1.0).addBoth(answers.append)
     question = wire.decode(transport.last[seeder])
     assert isinstance(question, wire.InfoRequest)
-    right = wire.encode_info_response(question.req_id, meta.info_hash, wire.OK, meta.length, meta.piece_length, bytes(8))
+    right = wire.encode_info_response(question.nonce, meta.info_hash, wire.OK, meta.length, meta.piece_length, bytes(8))
     proto.datagramReceived(right, ("203.0.113.66", 6881))  # another address
     proto.datagramReceived(right, (seeder[0], seeder[1] + 1))  # another port
-    other_file = wire.encode_info_response(question.req_id, bytes(20), wire.OK, 1, 1, bytes(8))
+    other_file = wire.encode_info_response(question.nonce, bytes(20), wire.OK, 1, 1, bytes(8))
     proto.datagramReceived(other_file, seeder)
     assert answers == [] and proto.counts["rejected:unsolicited INFO_RESP"] == 3
     proto.datagramReceived(right, seeder)
@@ -888,10 +898,10 @@ def test_info_answers_must_come_from_the_address_asked(tmp_path: Path) -> None:
     proto.datagramReceived(right, seeder)  # a duplicate: nobody waits for it any more
     assert proto.counts["rejected:unsolicited INFO_RESP"] == 4
     # Blocks and errors for that file are now taken from the seeder only.
-    block = wire.encode_block(meta.info_hash, 0, 0, b"x" * 100)
+    block = wire.encode_block(meta.info_hash, 1, 0, 0, b"x" * 100)
     proto.downloads[meta.info_hash] = sink = _Sink()
     proto.datagramReceived(block, ("203.0.113.66", 6881))
-    proto.datagramReceived(wire.encode_error(meta.info_hash, wire.E_NOT_FOUND, "gone"), ("203.0.113.66", 6881))
+    proto.datagramReceived(wire.encode_error(meta.info_hash, 1, wire.E_NOT_FOUND, "gone"), ("203.0.113.66", 6881))
     assert sink.got == [] and proto.counts["rejected:stranger"] == 2
     proto.datagramReceived(block, seeder)
     assert sink.got == [("block", seeder, 0, 0)]
@@ -901,8 +911,39 @@ class _Sink:
     def __init__(self) -> None:
         self.got: list[Any] = []
 
-    def on_block(self, addr: Any, piece: int, offset: int, data: Any) -> None:
+    def on_block(self, addr: Any, nonce: int, piece: int, offset: int, data: Any) -> None:
         self.got.append(("block", addr, piece, offset))
 
     def on_message(self, msg: Any, addr: Any) -> None:
         self.got.append(("message", addr, msg))
+
+
+# ---- issue 12: another wire version
+
+def test_another_version_is_told_once_within_bounds_and_many_addresses_do_not_flood_the_log(
+    tmp_path: Path, events: list[dict[str, Any]],
+) -> None:
+    """A request of version 1 (as a node of that version writes it) gets one ERROR laid out as version 1 reads
+    it, naming both versions, no bigger than twice the request; an answer of another version gets nothing.
+    The address is logged once, however often it sends; 5000 addresses give at most REJECTS_LOGGED lines and
+    the summary, per interval (a forged flood of versions must not flood the log)."""
+    proto, transport, clock, meta = serving_node(tmp_path, size=MIB)
+    old = ("192.0.2.1", 6881)
+    v1_info_request = b"PT\x01\x01" + struct.pack("!I", 7) + meta.info_hash
+    for _ in range(3):
+        proto.datagramReceived(v1_info_request, old)
+    assert transport.datagrams[old] == 3 and transport.largest[old] <= 2 * len(v1_info_request)
+    answer = transport.last[old]
+    assert answer[:4] == b"PT\x01\x05" and answer[4:24] == meta.info_hash and answer[24] == wire.E_VERSION
+    assert answer[25:].decode() == "wire version 2 here, not 1"
+    proto.datagramReceived(b"PT\x01\x04" + meta.info_hash + bytes(1408), old)  # a version-1 BLOCK: not answered
+    assert transport.datagrams[old] == 3 and proto.counts["rejected:other version"] == 4
+    told = [e for e in events if "wire version" in e.get("log_format", "")]
+    assert len(told) == 1 and "told so" in formatEvent(told[0]), [formatEvent(e) for e in told]
+
+    for i in range(5000):
+        proto.datagramReceived(v1_info_request, (f"198.51.{i >> 8}.{i & 255}", 7000))
+    assert proto.counts["rejected:other version"] == 5004
+    warnings = [e for e in events if e.get("log_level") == LogLevel.warn]
+    assert len(warnings) <= protocol_module.REJECTS_LOGGED + 1, len(warnings)
+    assert all(transport.largest[a] <= 2 * len(v1_info_request) for a in transport.largest)

@@ -13,6 +13,8 @@ from p2ptorrent.node.transfer import (
     PieceAssembled,
     PieceFailed,
     PieceVerified,
+    UNASKED_BLOCK,
+    UNMATCHED_BLOCK,
     Transfer,
 )
 
@@ -24,8 +26,13 @@ HASHES = b"".join(hashlib.sha1(DATA[i : i + PIECE]).digest() for i in range(0, l
 A, B = ("10.0.0.1", 1), ("10.0.0.2", 2)
 
 
+#: Every request of these tests carries this nonce (the transfer takes a block only with a nonce it sent).
+NONCE = 0x5EED
+
+
 def _transfer(**kw: object) -> Transfer:
     kw.setdefault("peer_timeout", 5.0)
+    kw.setdefault("nonce", lambda: NONCE)
     t = Transfer(GEO, HASHES, first_timeout=1.0, max_batch=8, **kw)  # type: ignore[arg-type]
     t.add_peer(A, 1, b"a" * 8, 0.0)
     return t
@@ -34,7 +41,7 @@ def _transfer(**kw: object) -> Transfer:
 def _answer(t: Transfer, addr: object, piece: int, offset: int, length: int, now: float, data: bytes = DATA):
     """One block in; a piece it completes is judged at once, as the writer thread would."""
     start = piece * PIECE + offset
-    out = t.on_block(addr, piece, offset, data[start : start + length], now)
+    out = t.on_block(addr, NONCE, piece, offset, data[start : start + length], now)
     if isinstance(out, PieceAssembled):
         return t.checked(out.piece, hashlib.sha1(out.data).digest() == t.piece_hash(out.piece))
     return out
@@ -49,9 +56,9 @@ def test_geometry() -> None:
 def test_requests_fill_the_window_in_batches_without_repeats() -> None:
     t = _transfer()
     out = t.requests(0.0)
-    blocks = [b for _, batch in out for b in batch]
+    blocks = [b for _, _, batch in out for b in batch]
     assert len(blocks) == INITIAL_WINDOW
-    assert all(len(batch) <= 8 for _, batch in out)
+    assert all(len(batch) <= 8 for _, _, batch in out)
     assert len(set(blocks)) == len(blocks)
     assert t.requests(0.0) == []  # the window is full
 
@@ -62,7 +69,7 @@ def test_whole_file_from_one_peer_verifies_every_piece() -> None:
     now = 0.0
     while not t.done:
         now += 0.01
-        for peer, batch in t.requests(now):
+        for peer, _, batch in t.requests(now):
             for piece, offset, length in batch:
                 r = _answer(t, peer.addr, piece, offset, length, now)
                 if isinstance(r, PieceVerified):
@@ -74,14 +81,14 @@ def test_whole_file_from_one_peer_verifies_every_piece() -> None:
 
 def test_lost_requests_time_out_back_off_and_go_to_another_peer() -> None:
     t = _transfer(peer_timeout=10.0)  # the back-off's ceiling is PEER_TIMEOUT / PROBES_BEFORE_DROP = 2.5 s
-    lost = [b for _, batch in t.requests(0.0) for b in batch]
+    lost = [b for _, _, batch in t.requests(0.0) for b in batch]
     assert t.tick(0.5) == []  # not yet
     assert t.tick(1.01) == []
     a = t.peers[A]
     assert a.timeouts == len(lost) and not a.inflight
     assert a.window == INITIAL_WINDOW / 2 and a.rto == 2.0
     t.add_peer(B, 2, b"b" * 8, 1.01)
-    again = [b for _, batch in t.requests(1.01, only=B) for b in batch]
+    again = [b for _, _, batch in t.requests(1.01, only=B) for b in batch]
     assert again == lost  # requeued at the front, in order
 
 
@@ -103,12 +110,14 @@ def test_silent_peer_is_dropped_and_its_blocks_released() -> None:
 def test_foreign_and_malformed_blocks_are_ignored() -> None:
     t = _transfer()
     t.requests(0.0)
-    assert _answer(t, ("6.6.6.6", 6), 0, 0, CHUNK, 0.1) is None  # not a peer
-    assert t.on_block(A, 0, 1, DATA[1:1001], 0.1) is None  # a part running past its block's end
-    assert t.on_block(A, 0, 1000, b"", 0.1) is None  # an empty part
-    assert t.on_block(A, 9, 100, DATA[9 * PIECE + 100 : 9 * PIECE + 200], 0.1) is None  # a part of a block never asked
-    assert t.on_block(A, 99, 0, b"x", 0.1) is None  # no such piece
-    assert t.rejected == 5 and not any(t.received)
+    assert _answer(t, ("6.6.6.6", 6), 0, 0, CHUNK, 0.1) == UNMATCHED_BLOCK  # not a peer
+    assert t.on_block(A, NONCE, 0, 1, DATA[1:1001], 0.1) == UNASKED_BLOCK  # a part running past its block's end
+    assert t.on_block(A, NONCE, 0, 1000, b"", 0.1) == UNASKED_BLOCK  # an empty part
+    assert t.on_block(A, NONCE, 9, 100, DATA[9 * PIECE + 100 : 9 * PIECE + 200], 0.1) == UNASKED_BLOCK  # never asked
+    assert t.on_block(A, NONCE, 9, 0, DATA[9 * PIECE : 9 * PIECE + CHUNK], 0.1) == UNASKED_BLOCK  # a whole one, never asked
+    assert t.on_block(A, NONCE, 99, 0, b"x", 0.1) == UNASKED_BLOCK  # no such piece
+    assert t.on_block(A, NONCE + 1, 0, 0, DATA[:CHUNK], 0.1) == UNMATCHED_BLOCK  # asked, but not with that nonce
+    assert t.rejected == 7 and not any(t.received) and not t.pieces and t.peers[A].last_data == 0.0
 
 
 def test_a_block_sent_in_parts_counts_once_every_byte_is_here_in_any_order() -> None:
@@ -116,7 +125,7 @@ def test_a_block_sent_in_parts_counts_once_every_byte_is_here_in_any_order() -> 
     t = _transfer()
     t.requests(0.0)
     parts = [(300, 700), (0, 300), (300, 700), (700, 1000)]  # out of order, one twice
-    results = [t.on_block(A, 0, a, DATA[a:b], 0.1) for a, b in parts]
+    results = [t.on_block(A, NONCE, 0, a, DATA[a:b], 0.1) for a, b in parts]
     assert results == [None] * 4
     assert t.received[0] and not any(t.received[1:])  # whole at the last byte, not before
     assert t.duplicates == 1 and t.peers[A].blocks == 1 and t.peers[A].bytes == CHUNK and not t.parts
@@ -141,7 +150,7 @@ def test_corrupt_data_fails_the_piece_and_three_strikes_drop_the_peer() -> None:
     now = 0.0
     while A in t.peers:
         now += 0.01
-        for peer, batch in t.requests(now):
+        for peer, _, batch in t.requests(now):
             for piece, offset, length in batch:
                 r = _answer(t, peer.addr, piece, offset, length, now, data=bad)
                 failures += isinstance(r, PieceFailed)
@@ -165,7 +174,7 @@ def test_endgame_asks_a_second_peer_for_what_the_first_still_owes() -> None:
         out = t.requests(now, only=B)
         if not out:
             break
-        for _, batch in out:
+        for _, _, batch in out:
             for piece, offset, length in batch:
                 bid = GEO.blocks_per_piece * piece + offset // CHUNK
                 if bid in owed:
@@ -187,14 +196,15 @@ def test_pieces_checked_elsewhere_are_handed_out_then_judged() -> None:
     """A full piece comes back assembled; checked() gives the verdict later."""
     t = _transfer()
     t.add_peer(B, 2, b"b" * 8, 0.0)
+    t.requests(0.0)  # piece 0 of A, the rest of B
     for b in range(4):
-        out = t.on_block(A, 0, b * CHUNK, DATA[b * CHUNK : (b + 1) * CHUNK], 0.1)
+        out = t.on_block(A, NONCE, 0, b * CHUNK, DATA[b * CHUNK : (b + 1) * CHUNK], 0.1)
     assert isinstance(out, PieceAssembled) and out.piece == 0 and out.sources == {A}
     assert bytes(out.data) == DATA[:PIECE]
     assert not t.verified[0] and t.remaining == GEO.num_pieces
     # While it is checked, its blocks are neither taken again nor asked for again.
     assert _answer(t, B, 0, 0, CHUNK, 0.2) is None and t.duplicates == 1
-    asked = [blk for _, batch in t.requests(0.3) for blk in batch]
+    asked = [blk for _, _, batch in t.requests(0.3) for blk in batch]
     assert all(piece != 0 for piece, _, _ in asked)
     ok = t.checked(0, True)
     assert isinstance(ok, PieceVerified) and ok.piece == 0 and bytes(ok.data) == DATA[:PIECE]
@@ -202,7 +212,7 @@ def test_pieces_checked_elsewhere_are_handed_out_then_judged() -> None:
     assert t.checked(0, True) is None  # judged once
 
     for b in range(4):
-        out = t.on_block(B, 1, b * CHUNK, bytes(CHUNK), 0.4)
+        out = t.on_block(B, NONCE, 1, b * CHUNK, bytes(CHUNK), 0.4)
     assert isinstance(out, PieceAssembled)
     bad = t.checked(1, False)
     assert isinstance(bad, PieceFailed) and bad.sources == {B}
@@ -230,7 +240,7 @@ def test_scheduler_state_grows_by_bytes_per_block_not_objects() -> None:
     finally:
         tracemalloc.stop()
     assert used < 2 * 1024 * 1024, used
-    assert sum(len(b) for _, b in t.requests(0.0)) == 0  # the window is full: nothing more asked
+    assert sum(len(b) for _, _, b in t.requests(0.0)) == 0  # the window is full: nothing more asked
 
 
 def test_a_silent_peer_is_probed_steadily_and_kept_if_it_answers_before_the_peer_timeout() -> None:
@@ -270,7 +280,7 @@ def test_a_peer_silent_past_the_peer_timeout_is_dropped_with_the_figures() -> No
 def test_a_block_lost_is_seen_from_the_blocks_asked_after_it_and_asked_again_at_once() -> None:
     """Long before its 1 s timeout: the peer answers in order, so what came after it says it is lost."""
     t = _transfer()
-    [(_, batch), *_rest] = t.requests(0.0)
+    [(_, _, batch), *_rest] = t.requests(0.0)
     first, *later = batch
     for piece, offset, length in later[:2]:  # two later blocks: could still be reordering
         _answer(t, A, piece, offset, length, 0.01)
@@ -279,7 +289,7 @@ def test_a_block_lost_is_seen_from_the_blocks_asked_after_it_and_asked_again_at_
         _answer(t, A, piece, offset, length, 0.02)
     assert t.batch_done(0.02) == [A]
     assert t.peers[A].lost_in_order == 1 and t.retransmits == 1 and t.peers[A].timeouts == 0
-    again = [b for _, batch in t.requests(0.02) for b in batch]
+    again = [b for _, _, batch in t.requests(0.02) for b in batch]
     assert again[0] == first  # asked again first, 0.02 s after it was asked, not after 1 s
     assert t.batch_done(0.03) == []  # nothing came in this batch: nothing to decide
 
@@ -291,17 +301,18 @@ def _lossy_run(loss: float, rounds: int = 40, seed: int = 5) -> tuple[Transfer, 
     """
     data = memoryview(bytes(256 * 1024))
     geo = Geometry(1 << 30, 256 * 1024, 1400)
-    t = Transfer(geo, bytes(20 * geo.num_pieces), first_timeout=1.0, peer_timeout=10.0, max_window=2048, max_batch=119)
+    t = Transfer(geo, bytes(20 * geo.num_pieces), first_timeout=1.0, peer_timeout=10.0, max_window=2048, max_batch=119,
+                 nonce=lambda: NONCE)
     t.add_peer(A, 1, b"a" * 8, 0.0)
     rng = random.Random(seed)
     windows = []
     now = 0.0
     for _ in range(rounds):
-        asked = [b for _, batch in t.requests(now) for b in batch]
+        asked = [b for _, _, batch in t.requests(now) for b in batch]
         now = round(now + 0.01, 3)
         for piece, offset, length in asked:
             if rng.random() >= loss:
-                t.on_block(A, piece, offset, data[:length], now)
+                t.on_block(A, NONCE, piece, offset, data[:length], now)
         t.batch_done(now)
         t.tick(now)
         t.judging.clear()  # no writer here: the scheduling is what is measured
@@ -331,7 +342,7 @@ def test_a_round_that_loses_many_blocks_here_and_there_halves_the_window_once() 
     t = _transfer(max_window=64)
     t.peers[A].window = 64.0
     t.peers[A].srtt = 0.05
-    batch = [b for _, bs in t.requests(0.0) for b in bs]
+    batch = [b for _, _, bs in t.requests(0.0) for b in bs]
     assert len(batch) == 42  # (the whole file)
     for piece, offset, length in batch[::2]:  # every other block arrives
         _answer(t, A, piece, offset, length, 0.06)
@@ -340,7 +351,7 @@ def test_a_round_that_loses_many_blocks_here_and_there_halves_the_window_once() 
     t2 = _transfer(max_window=64)
     t2.peers[A].window = 64.0
     t2.peers[A].srtt = 0.05
-    batch = [b for _, bs in t2.requests(0.0) for b in bs]
+    batch = [b for _, _, bs in t2.requests(0.0) for b in bs]
     for piece, offset, length in batch[-5:]:  # 37 lost back to back, then 5 arrive: one loss, not congestion
         _answer(t2, A, piece, offset, length, 0.06)
     t2.batch_done(0.06)
@@ -352,12 +363,12 @@ def test_a_late_first_copy_of_a_block_asked_again_does_not_make_everything_since
     not the new one: the blocks asked in between are not taken as lost (that cascade once asked for most of
     a download twice)."""
     t = _transfer()
-    first = [b for _, bs in t.requests(0.0) for b in bs]
+    first = [b for _, _, bs in t.requests(0.0) for b in bs]
     for piece, offset, length in first[4:8]:  # blocks 0-3 are late: taken as lost, asked again
         _answer(t, A, piece, offset, length, 0.01)
     t.batch_done(0.01)
     assert t.peers[A].lost_in_order == 4
-    again = [b for _, bs in t.requests(0.01) for b in bs]
+    again = [b for _, _, bs in t.requests(0.01) for b in bs]
     assert again[:4] == first[:4]
     piece, offset, length = first[0]
     _answer(t, A, piece, offset, length, 0.02)  # the first copy of block 0, late
@@ -375,10 +386,10 @@ def test_a_complete_owner_that_withdraws_its_pieces_in_progress_is_asked_for_pie
 
     t = _transfer()
     t.add_peer(B, 2, b"b" * 8, 0.0, pieces=())  # a node still downloading, with nothing yet
-    started = {piece for _, bs in t.requests(0.0) for piece, _, _ in bs}
+    started = {piece for _, _, bs in t.requests(0.0) for piece, _, _ in bs}
     assert started == t.peers[A].in_progress and len(started) == SEED_PIECES_AHEAD
     offered = [p for p in range(GEO.num_pieces) if p not in started]
     t.on_have(A, 0, 0, GEO.num_pieces, offered, 0.1)  # it now offers every piece but those
     assert not t.peers[A].in_progress
-    asked = {piece for _, bs in t.requests(0.1) for piece, _, _ in bs}
+    asked = {piece for _, _, bs in t.requests(0.1) for piece, _, _ in bs}
     assert asked and asked <= set(offered)

@@ -26,8 +26,8 @@ from p2ptorrent.options import SettingRefused
 from p2ptorrent.procs import find_script, free_port
 
 CHUNK_TOO_BIG = (
-    "CHUNK_PIECES_SIZE must be 1-9184: a chunk plus its 32-byte header must fit in one BUFFER_SIZE (9216) datagram,"
-    " got 99999; no datagram is that big: a chunk can be at most 65475 bytes (the largest UDP payload, 65507,"
+    "CHUNK_PIECES_SIZE must be 1-9176: a chunk plus its 40-byte header must fit in one BUFFER_SIZE (9216) datagram,"
+    " got 99999; no datagram is that big: a chunk can be at most 65467 bytes (the largest UDP payload, 65507,"
     " less the header)"
 )
 
@@ -45,8 +45,8 @@ def twistd() -> str:
     [
         (["-n", "p2pnode", "--id", "1", "--set", "CHUNK_PIECES_SIZE=99999"], f"twistd p2pnode: error: {CHUNK_TOO_BIG}"),
         (["p2pnode", "--id", "1", "--chunk-size", "60000"],
-         "twistd p2pnode: error: CHUNK_PIECES_SIZE must be 1-9184: a chunk plus its 32-byte header must fit in one"
-         " BUFFER_SIZE (9216) datagram, got 60000; raise BUFFER_SIZE to at least 60032 (--buffer-size 60032)"),
+         "twistd p2pnode: error: CHUNK_PIECES_SIZE must be 1-9176: a chunk plus its 40-byte header must fit in one"
+         " BUFFER_SIZE (9216) datagram, got 60000; raise BUFFER_SIZE to at least 60040 (--buffer-size 60040)"),
         (["p2pnode", "--id", "1", "--tracker", "nohost"],
          "twistd p2pnode: error: bad value for TRACKER_ADDR: 'nohost' (expected HOST:PORT, e.g. 192.0.2.10:12345)"),
         (["p2ptracker", "--set", "TRACKER_MISSED_CHECKS=0"],

@@ -106,6 +106,7 @@ class NodeProtocol(DatagramProtocol):
         self._credit: dict[Any, int] = {}
         #: Addresses already logged as speaking another wire version (oldest forgotten first).
         self._foreign: dict[Any, int] = {}
+        self._foreign_window, self._foreign_logged = 0.0, 0
 
     def startProtocol(self) -> None:
         if self.socket_buffer:
@@ -261,7 +262,7 @@ class NodeProtocol(DatagramProtocol):
             credit[addr] = credit.get(addr, 0) + len(view) - wire.BLOCK_OVERHEAD
             self._fed.add(sink)
             return
-        if wire.foreign_version(view) is not None:
+        if len(view) <= self.max_datagram and wire.foreign_version(view) is not None:
             self._other_version(view, addr)
             return
         data = bytes(view)
@@ -308,21 +309,34 @@ class NodeProtocol(DatagramProtocol):
             self.send_all(replies, addr)
 
     def _other_version(self, view: memoryview, addr: Any) -> None:
-        """A datagram of another wire version: counted, logged once per address, a request told so once."""
+        """A datagram of another wire version: counted; a request is answered with one short ERROR that names
+        both versions (rate-limited per address as every ERROR); logged once per address, at most
+        REJECTS_LOGGED addresses per REJECT_LOG_INTERVAL (the rest in the rejection summary: a flood from many
+        addresses must not flood the log)."""
         version = view[2]
-        self.counts["rejected"] += 1
-        self.counts["rejected:other version"] += 1
+        counts = self.counts
+        counts["rejected"] += 1
+        counts["rejected:other version"] += 1
         now = self.clock.seconds()
-        if addr not in self._foreign:
-            if len(self._foreign) >= MAX_FOREIGN_LOGGED:
-                del self._foreign[next(iter(self._foreign))]
-            self._foreign[addr] = version
-            self.log.warn("the node at {addr} speaks wire version {version}, this one {ours}: its requests are "
-                          "refused with an ERROR that says so (one of the two needs upgrading)",
-                          addr=addr, version=version, ours=wire.VERSION)
         answer = wire.version_refusal(view)
+        told = False
         if answer is not None and self.seeder.errors.take(addr, 1, now):
             self.send(answer, addr)
+            told = True
+        if addr in self._foreign:
+            return
+        if len(self._foreign) >= MAX_FOREIGN_LOGGED:
+            del self._foreign[next(iter(self._foreign))]
+        self._foreign[addr] = version
+        if now >= self._foreign_window:
+            self._foreign_window, self._foreign_logged = now + REJECT_LOG_INTERVAL, 0
+        if self._foreign_logged < REJECTS_LOGGED:
+            self._foreign_logged += 1
+            self.log.warn("refused a datagram from {addr}: it speaks wire version {version}, this node {ours}{told}",
+                          addr=addr, version=version, ours=wire.VERSION,
+                          told=" (told so: one of the two needs upgrading)" if told else "")
+        elif now >= self._next_summary:
+            self._reject_summary(now)
 
     def ended(self, info_hash: bytes) -> None:
         """A download ended (the node no longer lists it): what peers still had on the way is late, not hostile."""
@@ -348,9 +362,13 @@ class NodeProtocol(DatagramProtocol):
             return
         now = self.clock.seconds()
         if now >= self._next_summary:
-            self._next_summary = now + REJECT_LOG_INTERVAL
-            by_reason = {k[9:]: v for k, v in counts.items() if k.startswith("rejected:")}
-            self.log.warn("refused {n} datagrams so far: {reasons}", n=n, reasons=by_reason)
+            self._reject_summary(now)
+
+    def _reject_summary(self, now: float) -> None:
+        self._next_summary = now + REJECT_LOG_INTERVAL
+        counts = self.counts
+        by_reason = {k[9:]: v for k, v in counts.items() if k.startswith("rejected:")}
+        self.log.warn("refused {n} datagrams so far: {reasons}", n=counts["rejected"], reasons=by_reason)
 
     def stopProtocol(self) -> None:
         for d, _, _ in list(self._pending.values()):
