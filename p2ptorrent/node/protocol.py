@@ -9,10 +9,14 @@ A few decisions live here, because they are about where a datagram comes
 from and this is the one place that sees every sender before anything is
 done with it, blocks included (they are only peeked at, on the hot path): a
 block, error or HAVE is taken only from an address its download greeted
-(:meth:`NodeProtocol.ask_info`), an INFO answer only from the address asked
-and about the file asked; one for a download that ended less than
-``LATE_GRACE`` ago is late, not hostile; and each block received credits
-its sender's upload slot (tit-for-tat, :class:`Choker`).
+(:meth:`NodeProtocol.ask_info`), and only if its nonce answers a request the
+download sent that address lately (the download decides, and says why not);
+an INFO answer only with the nonce of an INFO_REQ still pending, from the
+address asked and about the file asked; one for a download that ended less
+than ``LATE_GRACE`` ago is late, not hostile; and each block taken credits
+its sender's upload slot (tit-for-tat, :class:`Choker`): a forged one earns
+nothing.  A request of another wire version gets one short ERROR naming
+both versions (``wire.version_refusal``), logged once per address.
 
 Datagrams come in batches (udpport.py: everything read in one go, GRO runs
 cut at their segment size): blocks are handed on one by one, and each
@@ -29,10 +33,14 @@ the codec's reason (``"bad magic"``, ``"bad BLOCK_REQ size"``...), requests
 the seeder refuses by its reason (``"bad cookie"``, ``"not shared"``, ``"bad
 block"``, ``"unknown file"``), and answers nobody asked for: ``"unknown
 download"`` (a BLOCK or ERROR for a file we are not downloading),
-``"stranger"`` (one from an address this download never greeted) and
-``"unsolicited INFO_RESP"`` (an id we are not waiting for, or an answer from
-another address or about another file than the question).  INFO ids are
-random, so an off-path sender cannot guess one.  The seeder's limits are
+``"stranger"`` (one from an address this download never greeted),
+``"unmatched BLOCK"``, ``"unmatched ERROR"``, ``"unmatched HAVE"`` (from a
+greeted address, but with no nonce of ours: forged, or later than the
+nonce's lifetime), ``"unasked BLOCK"`` (a nonce of ours, but a block nobody
+asked for), ``"unsolicited INFO_RESP"`` (a nonce we are not waiting for, or
+an answer from another address or about another file than the question) and
+``"other version"``.  Nonces are 64 random bits, so an off-path sender
+cannot guess one.  The seeder's limits are
 counted in the same Counter under ``"limited:..."``.  The first few
 rejections are logged, then one summary per ``REJECT_LOG_INTERVAL``.
 """
