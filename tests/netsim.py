@@ -18,13 +18,19 @@ memory until the datagram completes or its queue times out, and while that
 store is at its high threshold every arriving fragment is dropped (Linux
 since 4.17 does not evict old queues to make room).  See :class:`Faults`
 for what is and is not modelled.
+
+Forged source addresses: :meth:`Network.forge` delivers a datagram that
+claims to come from one address but is sent on another host's link (an
+off-path host forging a peer's address: it charges its own bandwidth, not the
+peer's).  Only senders' links are modelled (no receiving host's downlink), so
+a flood of forged datagrams costs the receiver CPU, never virtual time.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -124,6 +130,8 @@ class _Event:
     data: bytes = field(compare=False)
     #: For a fragment: its datagram and what it costs the reassembly store; None for a whole datagram.
     fragment: tuple[_Datagram, int] | None = field(default=None, compare=False)
+    #: For a forged datagram (see Network.forge): its tag; None for a datagram sent from its own address.
+    forged: str | None = field(default=None, compare=False)
 
 
 @dataclass(eq=False)
@@ -170,6 +178,10 @@ class Network:
         #: The most memory any host's reassembly store held.
         self.reassembly_peak = 0
         self._reassembly: dict[Any, _Reassembly] = {}
+        # ---- forged datagrams (see forge()), by tag; delivered and lost above count them too, sent does not
+        self.forged_sent: Counter[str] = Counter()
+        self.forged_delivered: Counter[str] = Counter()
+        self.forged_lost: Counter[str] = Counter()
 
     def attach(self, proto: Any, addr: tuple[str, int]) -> FakeUDPTransport:
         transport = FakeUDPTransport(self, addr)
@@ -193,10 +205,28 @@ class Network:
         store = self._reassembly.get(host)
         return store.memory if store else 0
 
-    def send(self, src: Any, dst: Any, data: bytes) -> None:
+    def forge(self, src: Any, dst: Any, data: bytes, via: Any, tag: str = "forged") -> None:
+        """Send *data* to *dst* as if from *src*, on the link of host *via* (which need not be attached).
+
+        An off-path host forging a peer's source address: *dst* sees *src* as the sender, while *via*'s
+        bandwidth (``bandwidth[via]``, else ``Faults.bandwidth``) carries it, so the peer's own link is not
+        slowed.  Loss, tampering, duplication, reordering and the MTU apply as to any datagram.  Counted by
+        *tag* in ``forged_sent``, ``forged_delivered`` (handed to *dst*'s protocol; a duplicate counts twice)
+        and ``forged_lost`` (on the path, to tampering, or to a missing host), and in ``delivered`` and
+        ``lost`` like any datagram, never in ``sent`` (the datagrams written by attached hosts).
+        """
+        self.forged_sent[tag] += 1
+        lost = self.lost
+        self.send(src, dst, data, link=via, forged=tag)
+        if self.lost > lost:
+            self.forged_lost[tag] += 1
+
+    def send(self, src: Any, dst: Any, data: bytes, *, link: Any = None, forged: str | None = None) -> None:
+        """One datagram from *src* to *dst*, on *src*'s link (or *link*'s: see forge())."""
         f = self.faults
+        link = src if link is None else link
         if f.mtu:
-            self._send_packets(src, dst, data)
+            self._send_packets(src, dst, data, link, forged)
             return
         now = self.clock.seconds()
         if now < self.blackout_until or self.rng.random() < f.loss:
@@ -205,19 +235,19 @@ class Network:
         data = self._tampered(src, dst, data)
         if data is None:
             return
-        rate = self.bandwidth.get(src, f.bandwidth)
+        rate = self.bandwidth.get(link, f.bandwidth)
         if rate:
             # The sender's link serialises its datagrams: a burst queues up.
-            start = max(now, self._link_free.get(src, now))
-            self._link_free[src] = start + len(data) / rate
-            now = self._link_free[src]
+            start = max(now, self._link_free.get(link, now))
+            self._link_free[link] = start + len(data) / rate
+            now = self._link_free[link]
         copies = 2 if self.rng.random() < f.duplicate else 1
         for _ in range(copies):
             delay = f.delay
             if self.rng.random() < f.reorder:
                 delay += self.rng.random() * f.reorder_delay
             self.seq += 1
-            heapq.heappush(self.queue, _Event(now + delay, self.seq, src, dst, data))
+            heapq.heappush(self.queue, _Event(now + delay, self.seq, src, dst, data, forged=forged))
 
     def _tampered(self, src: Any, dst: Any, data: bytes) -> bytes | None:
         """The datagram as Faults.tamper leaves it (None: dropped, and counted lost)."""
@@ -229,8 +259,8 @@ class Network:
             self.lost += 1
         return out
 
-    def _send_packets(self, src: Any, dst: Any, data: bytes) -> None:
-        """send() with a path MTU: the datagram as the IP packets that carry it."""
+    def _send_packets(self, src: Any, dst: Any, data: bytes, link: Any, forged: str | None) -> None:
+        """send() with a path MTU: the datagram as the IP packets that carry it (on *link*'s link)."""
         f = self.faults
         now = self.clock.seconds()
         data = self._tampered(src, dst, data)
@@ -240,13 +270,13 @@ class Network:
         self.wire_bytes += sum(sizes)
         # The sender's link serialises every packet, including those lost further along the path.
         sent_at = []
-        rate = self.bandwidth.get(src, f.bandwidth)
+        rate = self.bandwidth.get(link, f.bandwidth)
         if rate:
-            t = max(now, self._link_free.get(src, now))
+            t = max(now, self._link_free.get(link, now))
             for size in sizes:
                 t += size / rate
                 sent_at.append(t)
-            self._link_free[src] = t
+            self._link_free[link] = t
         else:
             sent_at = [now] * len(sizes)
         fragmented = len(sizes) > 1
@@ -271,13 +301,13 @@ class Network:
                 delay += self.rng.random() * f.reorder_delay
             if not fragmented:
                 self.seq += 1
-                heapq.heappush(self.queue, _Event(sent_at[0] + delay, self.seq, src, dst, data))
+                heapq.heappush(self.queue, _Event(sent_at[0] + delay, self.seq, src, dst, data, forged=forged))
                 continue
             datagram = _Datagram(data, len(sizes))
             for i in arrived:
                 self.seq += 1
                 piece = (datagram, sizes[i] + FRAG_OVERHEAD)
-                heapq.heappush(self.queue, _Event(sent_at[i] + delay, self.seq, src, dst, b"", piece))
+                heapq.heappush(self.queue, _Event(sent_at[i] + delay, self.seq, src, dst, b"", piece, forged))
 
     def _reassemble(self, host: Any, datagram: _Datagram, cost: int) -> bytes | None:
         """A fragment of *datagram* reached *host*: the whole datagram once its last fragment is here."""
@@ -342,6 +372,10 @@ class Network:
                 proto = self.hosts.get(ev.dst)
                 if proto is None:
                     self.lost += 1
+                    if ev.forged is not None:
+                        self.forged_lost[ev.forged] += 1
                     continue
                 self.delivered += 1
+                if ev.forged is not None:
+                    self.forged_delivered[ev.forged] += 1
                 proto.datagramReceived(data, ev.src)
