@@ -422,8 +422,6 @@ class HeldWriter(InlineWriter):
         return done
 
 
-@pytest.mark.xfail(strict=True, reason="node bug: a download that is FINISHING takes any BLOCK, ERROR or HAVE "
-                   "from a peer's address without checking its nonce, and the protocol neither refuses nor counts it")
 def test_forged_datagrams_while_the_file_is_being_finished_are_counted(tmp_path: Path) -> None:
     """Every piece is verified and the writer is finishing the file (as a ThreadedWriter does, for as long as
     syncing and renaming take): forged datagrams from a seeder's address must still be refused and counted."""

@@ -126,7 +126,7 @@ def test_peers_that_asked_hear_of_new_pieces_at_once(tmp_path: Path) -> None:
     assert news.nonce == N  # the nonce of A's latest HAVE_REQ: what A takes news by
     seeder.on_have(wire.HaveRequest(meta.info_hash, seeder.cookie(A), N + 1, 0, meta.num_pieces, wire.F_INTERESTED), A, 37, 2.5)
     [(datagram, _)] = seeder.news(meta.info_hash, 4, 3.0)
-    assert getattr(wire.decode(datagram), "nonce") == N + 1
+    assert wire.decode(datagram).nonce == N + 1
     assert seeder.news(meta.info_hash, 4, 10.0) == []  # A has not asked for a while: no more news
     # Forged addresses never get news: only a HAVE_REQ with the right cookie enrols.
     forged = wire.HaveRequest(meta.info_hash, b"x" * 8, N, 0, meta.num_pieces, wire.F_INTERESTED)

@@ -53,7 +53,7 @@ def test_every_request_carries_a_fresh_nonce_of_64_bits() -> None:
         assert encoded[at : at + 8] == N.to_bytes(8, "big")
     for answer in (wire.encode_info_response(N, H, 0, 1, 1, bytes(8)), wire.encode_block(H, N, 0, 0, b"x"),
                    wire.encode_error(H, N, 1), wire.encode_have(H, N, 0, 8, 0, b"\xff")):
-        assert getattr(wire.decode(answer), "nonce") == N
+        assert wire.decode(answer).nonce == N
 
 
 def test_a_block_cut_to_the_path_keeps_its_nonce_in_every_part() -> None:

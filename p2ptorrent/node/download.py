@@ -162,10 +162,10 @@ class Download:
         """An answer from a peer: taken (None) or refused (why) when it answers no request of ours to it."""
         if isinstance(msg, wire.Block):
             return self.on_block(addr, msg.nonce, msg.piece, msg.offset, msg.data)
+        if not self.transfer.matches(addr, msg.nonce):  # forged, or late: nobody is blamed
+            return self.transfer.unmatched(addr, msg.nonce, type(msg).__name__.upper())
         if self.phase is not Phase.RUNNING:
             pass
-        elif not self.transfer.matches(addr, msg.nonce):
-            return f"unmatched {type(msg).__name__.upper()}"  # forged, or too late: nobody is blamed
         elif isinstance(msg, wire.Error):
             self.transfer.heard(addr, self.clock.seconds())  # a peer that answers anything is alive
             self._feed(self.session.refused, addr, msg.code, msg.message)
@@ -177,8 +177,9 @@ class Download:
         return None
 
     def on_block(self, addr: Any, nonce: int, piece: int, offset: int, data: Any) -> str | None:
-        running = self.phase is Phase.RUNNING
-        outcome = self.transfer.on_block(addr, nonce, piece, offset, data, self.clock.seconds()) if running else None
+        if self.phase is not Phase.RUNNING:  # (finishing: nothing more is needed, forged ones are still told apart)
+            return None if self.transfer.matches(addr, nonce) else self.transfer.unmatched(addr, nonce)
+        outcome = self.transfer.on_block(addr, nonce, piece, offset, data, self.clock.seconds())
         if isinstance(outcome, PieceAssembled) and self.writer is not None:
             self.writer.submit(outcome.piece, outcome.data, self.transfer.piece_hash(outcome.piece), self._checked)
         return outcome if isinstance(outcome, str) else None

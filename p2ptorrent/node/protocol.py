@@ -263,7 +263,7 @@ class NodeProtocol(DatagramProtocol):
                 self.log.failure("while handling a block from {addr}", addr=addr)
                 return
             if refused is not None:
-                self._reject(addr, refused)
+                self._refused(addr, refused)
                 return
             # Tit-for-tat: what each peer gives us earns it an upload slot (credited once per batch).
             credit = self._credit
@@ -309,12 +309,19 @@ class NodeProtocol(DatagramProtocol):
             else:
                 refused = sink.on_message(msg, addr)
                 if refused is not None:
-                    self._reject(addr, refused)
+                    self._refused(addr, refused)
             return
         if reason is not None:
             self._reject(addr, reason)
         if replies:
             self.send_all(replies, addr)
+
+    def _refused(self, addr: Any, reason: str) -> None:
+        """A download refused an answer: rejected, or late (an answer to a peer it dropped: no warning)."""
+        if reason == "late":
+            self.counts["late"] += 1
+        else:
+            self._reject(addr, reason)
 
     def _other_version(self, view: memoryview, addr: Any) -> None:
         """A datagram of another wire version: counted; a request is answered with one short ERROR that names

@@ -145,6 +145,9 @@ class PeerState:
 #: request of ours to its sender still answerable (forged, or very late), or it is no block we asked for.
 UNMATCHED_BLOCK = "unmatched BLOCK"
 UNASKED_BLOCK = "unasked BLOCK"
+#: An answer to a request made of a peer since dropped, still within the nonce's lifetime: late, not forged
+#: (counted apart, and not taken).
+LATE = "late"
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,8 @@ class Transfer:
         self.retransmits = 0
         #: Blocks refused: they matched no request of ours (forged, or later than their nonce's lifetime).
         self.rejected = 0
+        #: The nonces of peers dropped (or greeted again) while their answers may still come, and until when.
+        self.retired: dict[Addr, tuple[float, dict[int, float]]] = {}
 
     def mark_have(self, pieces: Iterable[int]) -> None:
         """Pieces already verified on disk (a resumed download): never ask for them."""
@@ -251,6 +256,9 @@ class Transfer:
     ) -> PeerState:
         """A peer to fetch from: one with every piece (*pieces* None), or with those *pieces* so far."""
         peer = PeerState(addr, node_id, cookie, since=now, rto=min(self.first_timeout, self.max_rto), last_data=now)
+        old = self.peers.get(addr)
+        if old is not None:  # greeted again: what it still sends for the old requests is late, not forged
+            self._retire(old)
         self.peers[addr] = peer
         if pieces is None:
             peer.complete_owner = True
@@ -378,6 +386,18 @@ class Transfer:
         peer = self.peers.get(addr)
         return peer is not None and nonce in peer.nonces
 
+    def unmatched(self, addr: Addr, nonce: int, kind: str = "BLOCK") -> str:
+        """Why an answer that matches no request of ours is refused: LATE if it answers one made of that
+        address before it was dropped, else ``unmatched <kind>`` (forged, or later than any lifetime)."""
+        old = self.retired.get(addr)
+        if old is not None and nonce in old[1]:
+            return LATE
+        return f"unmatched {kind}"
+
+    def _retire(self, peer: PeerState) -> None:
+        if peer.nonces:
+            self.retired[peer.addr] = (max(peer.nonces.values()), peer.nonces)
+
     @staticmethod
     def _expire_nonces(peer: PeerState, now: float) -> None:
         order, nonces = peer.nonce_order, peer.nonces
@@ -422,6 +442,7 @@ class Transfer:
         """Forget a peer; its outstanding blocks go back to the queue."""
         peer = self.peers.pop(addr, None)
         if peer is not None:
+            self._retire(peer)
             self._forget_pieces(peer)
             self._requeue([bid for bid in peer.inflight if self._release(bid, addr)])
         return peer
@@ -452,8 +473,10 @@ class Transfer:
         # The hot path of a download (every block): plain arithmetic, no calls it can do without.
         peer = self.peers.get(addr)
         if peer is None or nonce not in peer.nonces:
-            self.rejected += 1
-            return UNMATCHED_BLOCK
+            refused = self.unmatched(addr, nonce)
+            if refused is not LATE:
+                self.rejected += 1
+            return refused
         geo = self.geo
         num_pieces = geo.num_pieces
         if piece >= num_pieces:
@@ -757,6 +780,8 @@ class Transfer:
     def tick(self, now: float) -> list[PeerDropped]:
         """Expire requests past their timeout and drop peers that went silent or lied."""
         dropped = []
+        if self.retired:
+            self.retired = {a: r for a, r in self.retired.items() if r[0] > now}
         for peer in list(self.peers.values()):
             self._expire_nonces(peer, now)
             lost = 0
