@@ -393,3 +393,21 @@ def test_a_complete_owner_that_withdraws_its_pieces_in_progress_is_asked_for_pie
     assert not t.peers[A].in_progress
     asked = {piece for _, _, bs in t.requests(0.1) for piece, _, _ in bs}
     assert asked and asked <= set(offered)
+
+
+def test_answers_to_a_peer_dropped_are_late_while_their_nonce_lives_then_unmatched() -> None:
+    """A dropped peer's blocks still on the way are late (an honest peer's, not counted as forged); a nonce
+    never sent, or one past its lifetime, is unmatched."""
+    from p2ptorrent.node.transfer import LATE
+
+    nonces = iter(range(1, 1000))
+    t = _transfer(nonce=lambda: next(nonces))
+    [(_, nonce, batch), *_] = t.requests(0.0)
+    t.remove_peer(A)
+    piece, offset, length = batch[0]
+    assert t.on_block(A, nonce, piece, offset, DATA[offset : offset + length], 0.1) == LATE
+    assert t.unmatched(A, nonce, "ERROR") == LATE and t.unmatched(A, 999, "ERROR") == "unmatched ERROR"
+    assert t.on_block(A, 999, piece, offset, DATA[offset : offset + length], 0.1) == UNMATCHED_BLOCK
+    assert t.rejected == 1 and not any(t.received)
+    t.tick(t.nonce_lifetime + 0.01)
+    assert t.on_block(A, nonce, piece, offset, DATA[offset : offset + length], t.nonce_lifetime + 0.02) == UNMATCHED_BLOCK
