@@ -36,6 +36,8 @@ TRACKER_ADDR_FORM = "HOST:PORT, e.g. 192.0.2.10:12345"
 PORTS_RANGE_FORM = "LOW-HIGH, e.g. 1024-65535"
 #: LOG_LEVEL values, least severe first: the names of twisted.logger's LogLevel.
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+#: TRACKER_STORE values.
+TRACKER_STORES = ("sqlite", "json")
 
 
 class ConfigError(ValueError):
@@ -120,6 +122,10 @@ class Config:
     LOG_MAX_BYTES: int = 10 * MIB
     #: Rotated log files kept beside the current one.
     LOG_BACKUPS: int = 5
+    #: Where the tracker keeps its state (one of TRACKER_STORES): "sqlite", tracker.db in tracker_db_dir
+    #: written by group commit off the reactor, with nodes.json/files.json as snapshots beside it; "json",
+    #: the two JSON files rewritten whole at every change (the original format: for small swarms only).
+    TRACKER_STORE: str = "sqlite"
 
     # ---- derived values
     @property
@@ -224,6 +230,9 @@ def _problems(c: Config) -> list[str]:
                     f" got {c.LOG_MAX_BYTES}")
     if c.LOG_BACKUPS < 1:
         errs.append(f"LOG_BACKUPS must be at least 1 (rotated log files kept), got {c.LOG_BACKUPS}")
+    if c.TRACKER_STORE not in TRACKER_STORES:
+        errs.append(f"TRACKER_STORE must be one of {', '.join(TRACKER_STORES)}, got {c.TRACKER_STORE!r}"
+                    + _did_you_mean(str(c.TRACKER_STORE).lower(), TRACKER_STORES))
     modes = c.tracker_requests_mode
     want = set(_modes())
     if set(modes) != want:

@@ -36,6 +36,7 @@ NAMED_SETTINGS = {
     "node-interval": "NODE_TIME_INTERVAL",
     "tracker-interval": "TRACKER_TIME_INTERVAL",
     "log-level": "LOG_LEVEL",
+    "store": "TRACKER_STORE",
 }
 
 

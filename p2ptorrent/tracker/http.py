@@ -15,7 +15,9 @@ import json
 from typing import Any
 
 from klein import Klein
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -37,6 +39,7 @@ from p2ptorrent.tracker.state import (
     Withdraw,
     parse_request,
 )
+from p2ptorrent.tracker.sqlite_store import SNAPSHOT_INTERVAL, GroupCommit, SqliteStore
 from p2ptorrent.tracker.store import JsonStore
 
 #: Refusals logged one by one per address between two liveness checks; the rest are only counted
@@ -52,12 +55,17 @@ class TrackerHTTP:
     app = Klein()
     log = Logger()
 
-    def __init__(self, state: SwarmState, store: JsonStore, reactor: IReactorTime, settings: Config) -> None:
+    def __init__(self, state: SwarmState, store: JsonStore | SqliteStore, reactor: IReactorTime, settings: Config) -> None:
         self.state = state
         self.store = store
         self.reactor = reactor
         self.settings = settings
         self._saved_revision = state.revision
+        #: With the SQLite store: answers wait for the commit that holds their change (see sqlite_store.py).
+        self.commit: GroupCommit | None = None
+        self._snapshots: LoopingCall | None = None
+        if isinstance(store, SqliteStore):
+            self.commit = GroupCommit(state, store.write, lambda f: reactor.callLater(0, f))
         # Per address since the last liveness check: refusals logged, and refusals only counted.
         self._refusals_logged: dict[str | None, int] = {}
         self._refusals_unlogged: dict[str | None, int] = {}
@@ -69,8 +77,15 @@ class TrackerHTTP:
 
     def load(self) -> None:
         """Read the database back; its nodes count as seen now."""
-        nodes_doc, files_doc = self.store.load()
-        problems = self.state.restore(nodes_doc, files_doc, self.reactor.seconds())
+        if isinstance(self.store, SqliteStore):
+            problems = self.store.load(self.state, self.reactor.seconds())
+            self.store.start()
+            self._snapshots = LoopingCall(self._snapshot)
+            self._snapshots.clock = self.reactor
+            self._snapshots.start(SNAPSHOT_INTERVAL, now=False)
+        else:
+            nodes_doc, files_doc = self.store.load()
+            problems = self.state.restore(nodes_doc, files_doc, self.reactor.seconds())
         for problem in problems:
             self.log.warn("database: {problem}", problem=problem)
         self._saved_revision = self.state.revision
@@ -80,6 +95,36 @@ class TrackerHTTP:
             nodes=summary["nodes"], files=summary["files"], folder=str(self.store.folder),
         )
 
+    def durable(self) -> Deferred[None]:
+        """Fires once every change so far is saved (the SQLite store: committed; fails if the commit failed)."""
+        if self.commit is not None:
+            return self.commit.durable()
+        self.persist()
+        return succeed(None)
+
+    def close(self) -> Deferred[None]:
+        """A clean stop: the last changes committed, the JSON snapshots written, the store closed."""
+        if self.commit is None or not isinstance(self.store, SqliteStore):
+            self.persist()
+            return succeed(None)
+        store = self.store
+        if self._snapshots is not None and self._snapshots.running:
+            self._snapshots.stop()
+        d = self.commit.durable()
+        d.addErrback(lambda f: self.log.failure("could not commit the last changes", f))
+        d.addCallback(lambda _: store.snapshot())
+        d.addErrback(lambda f: self.log.failure("could not write the JSON snapshots", f))
+        d.addBoth(lambda _: store.stop())
+        d.addErrback(lambda f: self.log.failure("could not close the tracker database", f))
+        return d
+
+    def _snapshot(self) -> None:
+        """nodes.json and files.json, from the database, when something was committed since the last time."""
+        if self.commit is None or not self.commit.unsnapshotted or not isinstance(self.store, SqliteStore):
+            return
+        self.commit.unsnapshotted = False
+        self.store.snapshot().addErrback(lambda f: self.log.failure("could not write the JSON snapshots", f))
+
     def persist(self) -> None:
         """Save if the state changed since the last save.  Never raises.
 
@@ -87,6 +132,10 @@ class TrackerHTTP:
         check: the state in memory stays right, and answering 500 for a
         request that did take effect would mislead the node.
         """
+        if self.commit is not None or not isinstance(self.store, JsonStore):
+            if self.commit is not None:
+                self.commit.durable().addErrback(lambda _: None)  # (logged by the committer)
+            return
         revision = self.state.revision
         if revision == self._saved_revision:
             return
@@ -116,7 +165,7 @@ class TrackerHTTP:
     # ---- routes
 
     @app.route("/", methods=["POST"])
-    def post(self, request: IRequest) -> bytes:
+    def post(self, request: IRequest) -> bytes | Deferred[bytes]:
         host: str | None = None
         parsed: Request | None = None
         try:
@@ -130,8 +179,14 @@ class TrackerHTTP:
         except Exception:
             self.log.failure("failed on a request from {host}", host=host)
             return _json(request, 500, {"ok": False, "error": "internal error in the tracker"})
-        self.persist()
-        return _json(request, 200, {"ok": True, **answer})
+        # Answered once the change is saved: an acknowledged change survives a kill -9.
+        done = self.durable()
+        if done.called and not self.commit:
+            return _json(request, 200, {"ok": True, **answer})
+        return done.addCallbacks(
+            lambda _: _json(request, 200, {"ok": True, **answer}),
+            lambda _: _json(request, 503, {"ok": False, "error": "the tracker could not save this change: try again"}),
+        )
 
     @app.route("/", methods=["GET"])
     def get(self, request: IRequest) -> bytes:

@@ -407,6 +407,9 @@ class SwarmState:
         #: Live node records per host, for TRACKER_MAX_NODES_PER_HOST.
         self._per_host: dict[str, int] = {}
         self.revision = 0
+        #: Nodes and files whose persisted entry changed since the store last took them (see take_dirty()).
+        self._dirty_nodes: set[int] = set()
+        self._dirty_files: set[str] = set()
         #: When the last liveness check ran (None before the first).
         self.last_check: float | None = None
 
@@ -454,6 +457,7 @@ class SwarmState:
             self._nodes[node_id] = _Node(node_id, host, port, 0, _digest(fresh), last_seen=now)
             self._count(host, +1)
             self.revision += 1
+            self._dirty_nodes.add(node_id)
             return Registration(node_id, fresh, True, host, port)
         self._authenticate(node, token)
         if node.host != host:
@@ -468,6 +472,7 @@ class SwarmState:
             self._count(host, +1)
             node.host, node.port = host, port
             self.revision += 1
+            self._dirty_nodes.add(node_id)
         assert token is not None
         return Registration(node_id, token, False, host, port, returned)
 
@@ -512,6 +517,8 @@ class SwarmState:
             change = OwnChange.NOW_PARTIAL if partial else OwnChange.KNOWN
         if change.saved:
             self.revision += 1
+        if change is not OwnChange.KNOWN:
+            self._dirty_files.add(info_hash)  # progress too: it goes with the next commit
         return change
 
     def withdraw(self, node_id: int, token: str | None, info_hash: str) -> bool:
@@ -529,6 +536,7 @@ class SwarmState:
         if not file.owners and not file.credits:
             del self._files[info_hash]
         self.revision += 1
+        self._dirty_files.add(info_hash)
         return True
 
     def need(self, node_id: int, token: str | None, info_hash: str) -> NeedResult:
@@ -570,6 +578,8 @@ class SwarmState:
         if credited:
             file.credits[node_id] = given
             self.revision += 1
+            self._dirty_nodes.update(credited)
+            self._dirty_files.add(info_hash)
         return credited
 
     def exit(self, node_id: int, token: str | None) -> None:
@@ -603,33 +613,40 @@ class SwarmState:
 
     def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The persisted part of the state as (nodes.json, files.json) documents."""
-        nodes = [
-            {
-                "node_id": n.node_id,
-                "host": n.host,
-                "port": n.port,
-                "frequency": n.frequency,
-                "token_sha256": n.token_sha256,
-            }
-            for n in sorted(self._nodes.values(), key=lambda n: n.node_id)
-        ]
-        files = [
-            {
-                "info_hash": f.info_hash,
-                "name": f.name,
-                "length": f.length,
-                "owners": sorted(f.owners),
-                # Progress goes with whatever save comes next; see own().
-                "partial": [
-                    {"node_id": i, "have": have, "pieces": pieces} for i, (have, pieces) in sorted(f.partial.items())
-                ],
-                "credits": [
-                    {"downloader": d, "uploaders": sorted(u)} for d, u in sorted(f.credits.items()) if u
-                ],
-            }
-            for f in sorted(self._files.values(), key=lambda f: f.info_hash)
-        ]
+        nodes = [_node_entry(n) for n in sorted(self._nodes.values(), key=lambda n: n.node_id)]
+        files = [_file_entry(f) for f in sorted(self._files.values(), key=lambda f: f.info_hash)]
         return {"version": DB_VERSION, "nodes": nodes}, {"version": DB_VERSION, "files": files}
+
+    def node_entry(self, node_id: int) -> dict[str, Any] | None:
+        """The node's entry in nodes.json (None: it is gone)."""
+        node = self._nodes.get(node_id)
+        return None if node is None else _node_entry(node)
+
+    def file_entry(self, info_hash: str) -> dict[str, Any] | None:
+        """The file's entry in files.json (None: it is gone)."""
+        file = self._files.get(info_hash)
+        return None if file is None else _file_entry(file)
+
+    def all_rows(self) -> tuple[dict[int, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """Every entry, by key (to fill a new database)."""
+        self.take_dirty()
+        return ({i: _node_entry(n) for i, n in self._nodes.items()}, {h: _file_entry(f) for h, f in self._files.items()})
+
+    @property
+    def dirty(self) -> bool:
+        """Did a persisted entry change since the store last took the changes?"""
+        return bool(self._dirty_nodes or self._dirty_files)
+
+    def take_dirty(self) -> tuple[set[int], set[str]]:
+        """The nodes and files whose entries changed since the last call (the store writes those)."""
+        taken = self._dirty_nodes, self._dirty_files
+        self._dirty_nodes, self._dirty_files = set(), set()
+        return taken
+
+    def mark_dirty(self, node_ids: Iterable[int], info_hashes: Iterable[str]) -> None:
+        """These entries still need writing (a commit failed)."""
+        self._dirty_nodes.update(node_ids)
+        self._dirty_files.update(info_hashes)
 
     def restore(self, nodes_doc: Mapping[str, Any], files_doc: Mapping[str, Any], now: float) -> list[str]:
         """Replace the state with saved documents; every node counts as seen at ``now``.
@@ -683,6 +700,7 @@ class SwarmState:
                 files[info_hash] = file
         self._nodes = nodes
         self._files = files
+        self._dirty_nodes, self._dirty_files = set(), set()
         # Nodes admitted before stay, even beyond a cap lowered since: they only block new ones.
         self._per_host = {}
         for node in nodes.values():
@@ -731,18 +749,40 @@ class SwarmState:
     def _drop(self, node_id: int) -> None:
         node = self._nodes.pop(node_id)
         self._count(node.host, -1)
+        self._dirty_nodes.add(node_id)
         for info_hash in list(self._files):
             file = self._files[info_hash]
+            touched = node_id in file.owners or node_id in file.credits
             file.owners.discard(node_id)
             file.partial.pop(node_id, None)
             file.credits.pop(node_id, None)
             for downloader in list(file.credits):
+                if node_id in file.credits[downloader]:
+                    touched = True
                 file.credits[downloader].discard(node_id)
                 if not file.credits[downloader]:
                     del file.credits[downloader]
             if not file.owners and not file.credits:
                 del self._files[info_hash]
+            if touched:
+                self._dirty_files.add(info_hash)
         self.revision += 1
+
+
+def _node_entry(n: _Node) -> dict[str, Any]:
+    return {"node_id": n.node_id, "host": n.host, "port": n.port, "frequency": n.frequency, "token_sha256": n.token_sha256}
+
+
+def _file_entry(f: _File) -> dict[str, Any]:
+    return {
+        "info_hash": f.info_hash,
+        "name": f.name,
+        "length": f.length,
+        "owners": sorted(f.owners),
+        # Progress goes with whatever save comes next; see own().
+        "partial": [{"node_id": i, "have": have, "pieces": pieces} for i, (have, pieces) in sorted(f.partial.items())],
+        "credits": [{"downloader": d, "uploaders": sorted(u)} for d, u in sorted(f.credits.items()) if u],
+    }
 
 
 def _restore_partial(file: _File, mark: Any, problems: list[str]) -> None:

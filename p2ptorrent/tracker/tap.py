@@ -26,6 +26,7 @@ from p2ptorrent.logfile import LogFileService
 from p2ptorrent.startup import FolderDaemon, FolderLock, StartupError, claim_under_twistd, fail_to_start, usable_folder
 from p2ptorrent.options import SettingsOptions
 from p2ptorrent.tracker.state import SwarmState
+from p2ptorrent.tracker.sqlite_store import SqliteStore
 from p2ptorrent.tracker.store import JsonStore
 
 if TYPE_CHECKING:
@@ -52,6 +53,9 @@ class Options(SettingsOptions):
         ["port", None, None, "TCP port to listen on (default: the port of TRACKER_ADDR)."],
         ["listen", None, None,
          "Twisted server endpoint string, overriding --host and --port (e.g. tcp:0:interface=127.0.0.1)."],
+        ["store", None, None,
+         "Where the state is kept: sqlite (tracker.db, the default) or json (nodes.json and files.json rewritten "
+         "at every change: small swarms only) (TRACKER_STORE)."],
     ]
 
     def postOptions(self) -> None:
@@ -147,8 +151,10 @@ class TrackerServerService(StreamServerEndpointService):
 
     def stopService(self) -> Deferred[None] | None:
         d = super().stopService()
-        self.tracker.persist()
-        return d
+        closed = self.tracker.close()
+        if d is None:
+            return closed
+        return d.addBoth(lambda result: closed.addCallback(lambda _: result))
 
 
 class TrackerService(FolderDaemon):
@@ -209,7 +215,7 @@ def _build(config: Options | dict[str, Any], reactor: Any) -> TrackerService:
 
     settings = config["settings"]
     state = SwarmState(settings, random.Random())
-    store = JsonStore(settings.tracker_db_dir)
+    store = JsonStore(settings.tracker_db_dir) if settings.TRACKER_STORE == "json" else SqliteStore(settings.tracker_db_dir, reactor)
     tracker = TrackerHTTP(state, store, reactor, settings)
 
     top = TrackerService(tracker, Path(settings.tracker_db_dir), Path(settings.logs_dir))
