@@ -4,7 +4,8 @@ Load is plain HTTP from the test (http.client), one request at a time, so at
 any moment at most one request is "in doubt" (sent, never answered).  A kill
 comes at a seeded random moment from a second thread while requests stream.
 Only what the processes write is judged: their output, tracker.log, and
-nodes.json / files.json on disk.
+what the tracker saved on disk (tracker.db, read as nodes.json / files.json
+documents; the JSON snapshots beside it must be whole whenever they exist).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import pytest
 from p2ptorrent.metainfo import read_torrent
 from p2ptorrent.procs import Daemons, connects, free_port
 from p2ptorrent.procs import wait_for as _wait_for
+from p2ptorrent.tracker.sqlite_store import read_docs
 
 wait_for = partial(_wait_for, timeout=20.0, fail=pytest.fail)
 
@@ -116,15 +118,18 @@ class Cluster(Daemons):
         wait_for(sock.exists, f"node {node_id}'s control socket", alive=lambda: self.check_alive(name))
 
     def saved(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """nodes.json and files.json as they are on disk now; each must be whole JSON."""
-        docs = []
+        """What the tracker has saved: tracker.db, as nodes.json/files.json documents.  The JSON snapshots
+        beside it, where written yet, must be whole JSON (they are written atomically), also after a kill."""
         for name in ("nodes.json", "files.json"):
-            data = (self.db / name).read_bytes()
             try:
-                docs.append(json.loads(data))
+                data = (self.db / name).read_bytes()
+            except FileNotFoundError:
+                continue
+            try:
+                json.loads(data)
             except ValueError as e:
                 pytest.fail(f"{name} is not whole JSON after a kill ({e}): {data[:200]!r}...")
-        return docs[0], docs[1]
+        return read_docs(self.db)
 
 
 @pytest.fixture
@@ -451,7 +456,7 @@ def test_a_real_tracker_flooded_with_joins_from_one_address_stays_small_and_serv
             rss[n] = tracker.memory_info().rss
     seconds = time.monotonic() - started
     assert codes == {200: 256, 429: 10_000 - 256}
-    saved = json.loads((cluster.db / "nodes.json").read_bytes())
+    saved, _ = cluster.saved()
     assert len(saved["nodes"]) == 256
     # Another address is served at once (the whole of 127.0.0.0/8 is this machine's loopback).
     other = TrackerAPI(cluster.port, source="127.0.0.2").ok({"mode": 0, "node_id": 7, "port": 9007})

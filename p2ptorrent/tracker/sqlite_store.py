@@ -137,6 +137,18 @@ class SqliteStore:
         return db
 
 
+def read_docs(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What tracker.db in *folder* holds, as the nodes.json and files.json documents (read only: for tools
+    and tests, also while a tracker runs)."""
+    db = sqlite3.connect(f"file:{Path(folder) / DB_FILE}?mode=ro", uri=True)
+    try:
+        nodes = [json.loads(doc) for (doc,) in db.execute("SELECT doc FROM nodes ORDER BY node_id")]
+        files = [json.loads(doc) for (doc,) in db.execute("SELECT doc FROM files ORDER BY info_hash")]
+    finally:
+        db.close()
+    return {"version": DB_VERSION, "nodes": nodes}, {"version": DB_VERSION, "files": files}
+
+
 def _write(db: sqlite3.Connection, rows: Rows) -> None:
     nodes, files = rows
     db.execute("BEGIN IMMEDIATE")
