@@ -326,6 +326,26 @@ def test_trusted_proxy_option() -> None:
 
 
 @pytest.mark.parametrize(
+    "argv, line",
+    [
+        (["p2ptracker", "--trusted-proxy", "nginx"],
+         "twistd p2ptracker: error: --trusted-proxy: 'nginx' is not an IP address or network (e.g. 10.0.0.5 or 10.0.0.0/24)"),
+        (["p2ptracker", "--set", "TRACKER_TRUSTED_PROXIES=10.0.0.1/8"],
+         "twistd p2ptracker: error: TRACKER_TRUSTED_PROXIES: '10.0.0.1/8' is not an IP address or network"),
+    ],
+)
+def test_a_refused_proxy_is_one_line_under_twistd(argv: list[str], line: str) -> None:
+    from twisted.scripts.twistd import ServerOptions
+
+    from p2ptorrent.options import SettingRefused
+
+    with pytest.raises(SettingRefused) as e:
+        ServerOptions().parseOptions(argv)
+    assert isinstance(e.value.code, str) and "\n" not in e.value.code
+    assert e.value.code.startswith(line)
+
+
+@pytest.mark.parametrize(
     "setting, value, words",
     [
         ("TRACKER_MAX_CONNECTIONS_PER_HOST", "0", "must be at least 1"),
