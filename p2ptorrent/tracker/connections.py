@@ -214,7 +214,7 @@ class ConnectionEvents:
     quiet_until: float = float("-inf")
 
     def record(self, kind: str, host: str | None, now: float) -> tuple[str | None, float | None]:
-        """Count an event: (a line to log now or None, when to call :meth:`summary` or None if it is due already)."""
+        """Count an event: (a line to log now, or None; when an interval starts, the time :meth:`summary` is due)."""
         self.totals[kind] = self.totals.get(kind, 0) + 1
         if now >= self.quiet_until and not self.counts:
             self.quiet_until = now + self.interval
