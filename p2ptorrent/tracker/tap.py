@@ -2,7 +2,8 @@
 
 The tree is, in this order: the log file (logs/tracker.log), the HTTP server
 and the liveness timer.  The database is read back just before the server
-starts listening, so the first request already sees it.
+starts listening, so the first request already sees it; then the open-file
+limit is raised and the connections in all capped below it (connections.py).
 """
 
 from __future__ import annotations
