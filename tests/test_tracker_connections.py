@@ -185,14 +185,30 @@ def test_slowloris_over_the_cap_is_closed_unread_the_slow_are_cut_at_the_deadlin
     assert len(lines(log_events, "closed more connections")) == 1  # nothing new: quiet
 
 
-def test_the_cap_in_all_refuses_every_address() -> None:
+def test_at_the_cap_in_all_the_oldest_waiting_request_makes_room_for_a_node() -> None:
     world = World(CFG)
     world.site.set_total(6)
-    conns = [world.connect(f"10.0.0.{i}") for i in range(8)]
-    assert [c.refused for c in conns] == [False] * 6 + [True] * 2
-    assert world.site.events.totals == {Refused.TOTAL: 2}
-    world.advance(10)  # they all sent nothing: cut at the deadline, room for more
-    assert world.site.limits.count == 0 and world.register("10.0.0.1", 1)[0] == 200
+    slow = [world.connect(f"10.9.0.{i}") for i in range(6)]  # six addresses, nothing sent
+    world.advance(1)
+    late = world.connect("10.9.0.99")
+    assert not late.refused and slow[0].closing and slow[0].transport.disconnected
+    assert world.site.events.totals == {Refused.EVICTED: 1}
+    code, answer = world.register("10.0.0.1", 1)  # takes slow[1]'s place, and is answered at once
+    assert (code, answer["ok"]) == (200, True) and slow[1].closing
+    assert world.site.limits.count == 6
+    world.advance(10)  # the four left and the late one reach their deadline; the node's keep-alive stays
+    assert world.site.limits.open == {"10.0.0.1": 1} and world.site.events.totals[Refused.SLOW] == 5
+
+
+def test_at_the_cap_in_all_without_a_waiting_request_a_new_connection_is_refused() -> None:
+    world = World(CFG)
+    world.site.set_total(3)
+    busy = [world.connect(f"10.0.0.{i}") for i in range(3)]
+    for conn in busy:
+        conn.send(b"GET / HTTP/1.1\r\nHost: tracker\r\n\r\n")  # answered; now idle keep-alive
+    assert world.connect("10.0.0.9").refused
+    assert world.site.events.totals == {Refused.TOTAL: 1}
+    assert not any(c.closing for c in busy)
 
 
 def test_keep_alive_waits_idle_timeout_then_each_request_has_its_deadline() -> None:
@@ -365,13 +381,25 @@ def test_bad_connection_settings_are_refused(setting: str, value: str, words: st
 
 def test_limits_count_per_address_and_in_all() -> None:
     limits = ConnectionLimits(per_host=2, total=3)
-    assert [limits.opened("a"), limits.opened("a"), limits.opened("a")] == [None, None, Refused.PER_HOST]
-    assert [limits.opened("b"), limits.opened("c")] == [None, Refused.TOTAL]
+    assert [limits.opened("a"), limits.opened("a"), limits.opened("a")] == [(None, None)] * 2 + [(Refused.PER_HOST, None)]
+    assert [limits.opened("b"), limits.opened("c")] == [(None, None), (Refused.TOTAL, None)]
     limits.closed("a")
-    assert limits.opened("c") is None
+    assert limits.opened("c") == (None, None)
     for host in ("a", "b", "c"):
         limits.closed(host)
     assert (limits.open, limits.count) == ({}, 0)
+
+
+def test_at_the_cap_in_all_the_oldest_waiting_connection_is_the_victim() -> None:
+    limits = ConnectionLimits(per_host=5, total=3)
+    for conn, host in (("c1", "a"), ("c2", "b"), ("c3", "a")):
+        assert limits.opened(host) == (None, None)
+        limits.waits(conn, host)
+    limits.received("c1")  # c1's request arrived: it is not a victim
+    assert limits.opened("d") == (None, "c2")
+    assert (limits.open, limits.count, list(limits.waiting)) == ({"a": 2, "d": 1}, 3, ["c3"])
+    assert limits.opened("d") == (None, "c3")
+    assert limits.opened("d") == (Refused.TOTAL, None)  # nothing left waiting
 
 
 def test_events_are_logged_once_then_summed_up_per_interval() -> None:

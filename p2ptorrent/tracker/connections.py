@@ -7,7 +7,10 @@ could register (issue 13).  So:
 - the soft open-file limit is raised to the hard one at start
   (:func:`raise_open_file_limit`);
 - :class:`ConnectionLimits` caps open connections per address and in all;
-  one over a cap is closed as it is accepted, before anything is read;
+  one over a cap is closed as it is accepted, before anything is read, except
+  that at the cap in all a new connection takes the place of the one whose
+  request has been arriving longest (slow clients from many addresses cannot
+  keep nodes out);
 - :class:`TrackerChannel` closes a connection whose request (headers and
   body) has not all arrived :attr:`ConnectionPolicy.request_timeout` seconds
   after the connection opened or after the first byte of a later request on
@@ -161,6 +164,7 @@ class Refused:
 
     PER_HOST = "over the cap per address"
     TOTAL = "over the cap in all"
+    EVICTED = "closed to make room at the cap in all (the oldest request still arriving)"
     SLOW = "request not received in time"
 
 
@@ -170,26 +174,52 @@ class ConnectionLimits:
 
     A key is an address as a string, or None for a peer without one (a unix
     socket), which only counts in all.
+
+    At the cap in all, a new connection takes the place of the one that has
+    waited longest for its request to arrive, if any: slow clients from many
+    addresses then cannot keep a node out, and a request that slow was close
+    to its deadline anyway.  Connections are any hashable object (channels).
     """
 
     per_host: int
     total: int
     open: dict[str | None, int] = field(default_factory=dict)
     count: int = 0
+    #: Connections whose request is still arriving, oldest first, with their address.
+    waiting: dict[Any, str | None] = field(default_factory=dict)
 
-    def opened(self, host: str | None) -> str | None:
-        """A connection was accepted from *host*: None if it may stay (it is counted), else a :class:`Refused` kind."""
-        if self.count >= self.total:
-            return Refused.TOTAL
+    def opened(self, host: str | None) -> tuple[str | None, Any]:
+        """A connection was accepted from *host*.
+
+        Returns (None, None) if it may stay (it is counted), (None, victim) if
+        it may stay once *victim* is closed (no longer counted), or (a
+        :class:`Refused` kind, None) if it must be closed.
+        """
         held = self.open.get(host, 0)
         if host is not None and held >= self.per_host:
-            return Refused.PER_HOST
+            return Refused.PER_HOST, None
+        victim = None
+        if self.count >= self.total:
+            if not self.waiting:
+                return Refused.TOTAL, None
+            victim = next(iter(self.waiting))
+            self.closed(self.waiting[victim], victim)
+            held = self.open.get(host, 0)
         self.open[host] = held + 1
         self.count += 1
-        return None
+        return None, victim
 
-    def closed(self, host: str | None) -> None:
-        """A connection that :meth:`opened` let stay has closed."""
+    def waits(self, conn: Any, host: str | None) -> None:
+        """*conn* started waiting for a request."""
+        self.waiting[conn] = host
+
+    def received(self, conn: Any) -> None:
+        """*conn*'s request has arrived (or it stopped waiting)."""
+        self.waiting.pop(conn, None)
+
+    def closed(self, host: str | None, conn: Any = None) -> None:
+        """A connection that :meth:`opened` let stay has closed (or was chosen to close)."""
+        self.waiting.pop(conn, None)
         held = self.open.get(host, 0)
         if held <= 1:
             self.open.pop(host, None)
@@ -314,6 +344,8 @@ class TrackerChannel(HTTPChannel):
     site: GuardedSite
     #: The address this connection is counted under in the site's limits.
     host_key: str | None = None
+    #: Closed to make room at the cap in all (and no longer counted).
+    evicted = False
     _deadline: IDelayedCall | None = None
     _abort: IDelayedCall | None = None
 
@@ -344,21 +376,31 @@ class TrackerChannel(HTTPChannel):
             self._abort.cancel()
         self._abort = None
         super().connectionLost(reason)
-        self.site.connection_closed(self.host_key)
+        if not self.evicted:
+            self.site.connection_closed(self.host_key)
 
     def _start_deadline(self) -> None:
         timeout = self.site.policy.request_timeout
         self._deadline = self.callLater(timeout, self._too_slow)
+        self.site.limits.waits(self, self.host_key)
 
     def _cancel_deadline(self) -> None:
+        self.site.limits.received(self)
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
 
     def _too_slow(self) -> None:
         self._deadline = None
+        self.site.limits.received(self)  # closing already: not one to close for a newer connection
         self.site.connection_event(Refused.SLOW, self.host_key)
         # Nothing is owed to a client that has not sent its request: no answer, no waiting.
+        self._abort_now()
+
+    def evict(self) -> None:
+        """Close at once for a newer connection (the site's limits no longer count this one)."""
+        self.evicted = True
+        self._cancel_deadline()
         self._abort_now()
 
     def _abort_now(self) -> None:
@@ -397,10 +439,13 @@ class GuardedSite(Site):
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         host = address_key(addr)
-        refused = self.limits.opened(host)
+        refused, victim = self.limits.opened(host)
         if refused is not None:
             self.connection_event(refused, host)
             return None  # the port closes the socket unread
+        if victim is not None:
+            self.connection_event(Refused.EVICTED, victim.host_key)
+            victim.evict()
         channel = super().buildProtocol(addr)
         channel.host_key = host
         return channel
