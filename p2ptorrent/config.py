@@ -10,6 +10,7 @@ sense before anything starts.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,19 @@ class Config:
     #: Most live node records the tracker keeps for one IP address; a REGISTER
     #: beyond it is refused (429), so one host cannot fill the tracker.
     TRACKER_MAX_NODES_PER_HOST: int = 256
+    #: Most open HTTP connections from one address; one more is closed unread.
+    #: A node keeps one (at most two) between its heartbeats, so this also
+    #: bounds the nodes behind one NAT or proxy address (see connections.py).
+    TRACKER_MAX_CONNECTIONS_PER_HOST: int = 64
+    #: Most open HTTP connections in all; 0: the open-file limit less 64.
+    TRACKER_MAX_CONNECTIONS: int = 0
+    #: Seconds a request's headers and body may take to arrive, from the
+    #: connection's start or the first byte of a later request on it.
+    TRACKER_REQUEST_TIMEOUT: float = 10.0
+    #: Seconds a keep-alive connection may wait for its next request.
+    TRACKER_IDLE_TIMEOUT: float = 60.0
+    #: Addresses or networks of reverse proxies whose X-Forwarded-For is believed.
+    TRACKER_TRUSTED_PROXIES: tuple[str, ...] = ()
     #: Blocks a second a seeder sends to one address while it serves several
     #: (a token bucket that saves up to 1/8 s of it, at least two full
     #: requests); the rest of a request is dropped, which a real downloader
@@ -196,7 +210,8 @@ def _problems(c: Config) -> list[str]:
         errs.append(f"MAX_PARTIAL_PEERS must be 0-1024, got {c.MAX_PARTIAL_PEERS}")
     if not 1 <= c.UPLOAD_SLOTS <= 1024:
         errs.append(f"UPLOAD_SLOTS must be 1-1024, got {c.UPLOAD_SLOTS}")
-    for name in ("NODE_TIME_INTERVAL", "TRACKER_TIME_INTERVAL", "REQUEST_TIMEOUT", "PEER_TIMEOUT", "SWARM_INTERVAL"):
+    for name in ("NODE_TIME_INTERVAL", "TRACKER_TIME_INTERVAL", "REQUEST_TIMEOUT", "PEER_TIMEOUT", "SWARM_INTERVAL",
+                 "TRACKER_REQUEST_TIMEOUT", "TRACKER_IDLE_TIMEOUT"):
         if not getattr(c, name) > 0:
             errs.append(f"{name} must be a positive number of seconds, got {getattr(c, name)}")
     if c.TRACKER_MISSED_CHECKS < 1:
@@ -214,6 +229,15 @@ def _problems(c: Config) -> list[str]:
         errs.append(f"SOCKET_BUFFER must not be negative, got {c.SOCKET_BUFFER}")
     if c.TRACKER_MAX_NODES_PER_HOST < 1:
         errs.append(f"TRACKER_MAX_NODES_PER_HOST must be at least 1, got {c.TRACKER_MAX_NODES_PER_HOST}")
+    if c.TRACKER_MAX_CONNECTIONS_PER_HOST < 1:
+        errs.append(f"TRACKER_MAX_CONNECTIONS_PER_HOST must be at least 1, got {c.TRACKER_MAX_CONNECTIONS_PER_HOST}")
+    if c.TRACKER_MAX_CONNECTIONS < 0:
+        errs.append(f"TRACKER_MAX_CONNECTIONS must be 0 (from the open-file limit) or more, got {c.TRACKER_MAX_CONNECTIONS}")
+    for proxy in c.TRACKER_TRUSTED_PROXIES:
+        try:
+            ipaddress.ip_network(proxy)
+        except ValueError:
+            errs.append(f"TRACKER_TRUSTED_PROXIES: {proxy!r} is not an IP address or network (e.g. 10.0.0.5 or 10.0.0.0/24)")
     if c.MAX_BLOCKS_PER_SECOND_PER_PEER < 0:
         errs.append(f"MAX_BLOCKS_PER_SECOND_PER_PEER must be 0 (no limit) or more, got {c.MAX_BLOCKS_PER_SECOND_PER_PEER}")
     if not (16 <= c.PEER_TABLE_SIZE <= 1 << 20):
@@ -276,6 +300,9 @@ def _coerce(name: str, value: Any) -> Any:
     form = {"TRACKER_ADDR": TRACKER_ADDR_FORM, "AVAILABLE_PORTS_RANGE": PORTS_RANGE_FORM}.get(name)
     given = value
     try:
+        if kind == "tuple[str, ...]":  # a list: JSON array or comma-separated string
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(v).strip() for v in items if str(v).strip())
         if kind.startswith("tuple[str"):
             if isinstance(value, str):
                 host, _, port = value.rpartition(":")

@@ -22,10 +22,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
-from twisted.web.server import Site
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from p2ptorrent.config import Config
+from p2ptorrent.tracker.connections import GuardedSite, client_address
 from p2ptorrent.tracker.state import (
     Exit,
     Need,
@@ -322,6 +322,7 @@ class TrackerHTTP:
 
 
 def _client_host(request: IRequest) -> str | None:
+    """The node's address: the peer's, or from a trusted proxy the one it forwards (see connections.py)."""
     address = request.getClientAddress()
     host = getattr(address, "host", None)
     if not isinstance(host, str):
@@ -332,7 +333,11 @@ def _client_host(request: IRequest) -> str | None:
         return host
     # A dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d; peers need the plain form.
     mapped = getattr(ip, "ipv4_mapped", None)
-    return str(mapped) if mapped is not None else str(ip)
+    peer = str(mapped) if mapped is not None else str(ip)
+    trusted = getattr(getattr(request, "site", None), "trusted_proxies", ())
+    if not trusted:
+        return peer
+    return client_address(peer, request.requestHeaders.getRawHeaders(b"x-forwarded-for"), trusted)
 
 
 def _json(request: IRequest, status: int, doc: dict[str, Any]) -> bytes:
@@ -364,8 +369,9 @@ class _CappedBody(io.BytesIO):
         return n
 
 
-class TrackerSite(Site):
-    """A Site with bounded request bodies and no per-request access log (events are logged instead)."""
+class TrackerSite(GuardedSite):
+    """A Site with bounded request bodies, connection limits and timeouts (connections.py),
+    and no per-request access log (events are logged instead)."""
 
     noisy = False  # no "Starting factory" lines: the tap logs "tracker listening on ..."
 

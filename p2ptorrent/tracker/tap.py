@@ -2,7 +2,8 @@
 
 The tree is, in this order: the log file (logs/tracker.log), the HTTP server
 and the liveness timer.  The database is read back just before the server
-starts listening, so the first request already sees it.
+starts listening, so the first request already sees it; then the open-file
+limit is raised and the connections in all capped below it (connections.py).
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.server import Site
-
 from twisted.internet.error import CannotListenError
 
+from p2ptorrent.config import Config, ConfigError
 from p2ptorrent.logfile import LogFileService
 from p2ptorrent.startup import FolderDaemon, FolderLock, StartupError, claim_under_twistd, fail_to_start, usable_folder
 from p2ptorrent.options import SettingsOptions
+from p2ptorrent.tracker.connections import ConnectionPolicy, GuardedSite, connection_cap, raise_open_file_limit
 from p2ptorrent.tracker.state import SwarmState
 from p2ptorrent.tracker.sqlite_store import SqliteStore
 from p2ptorrent.tracker.store import JsonStore
@@ -57,6 +58,24 @@ class Options(SettingsOptions):
          "Where the state is kept: sqlite (tracker.db, the default) or json (nodes.json and files.json rewritten "
          "at every change: small swarms only) (TRACKER_STORE)."],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["trusted-proxy"] = []
+
+    def opt_trusted_proxy(self, address: str) -> None:
+        """Address or network of a reverse proxy whose X-Forwarded-For is believed (repeatable;
+        replaces TRACKER_TRUSTED_PROXIES)."""
+        self["trusted-proxy"].append(address)
+
+    def settings(self) -> Config:
+        settings = super().settings()
+        if not self["trusted-proxy"]:
+            return settings
+        try:
+            return settings.replace(TRACKER_TRUSTED_PROXIES=tuple(a.strip() for a in self["trusted-proxy"]))
+        except ConfigError as e:
+            raise usage.UsageError(str(e).replace("TRACKER_TRUSTED_PROXIES", "--trusted-proxy")) from None
 
     def postOptions(self) -> None:
         super().postOptions()
@@ -102,10 +121,12 @@ class TrackerServerService(StreamServerEndpointService):
 
     log = Logger()
 
-    def __init__(self, tracker: TrackerHTTP, endpoint: IStreamServerEndpoint, site: Site) -> None:
+    def __init__(self, tracker: TrackerHTTP, endpoint: IStreamServerEndpoint, site: GuardedSite) -> None:
         super().__init__(endpoint, site)
         self.tracker = tracker
+        self.site = site
         self._loaded = False
+        self._files_checked = False
 
     def open(self) -> None:
         """Load the database and listen, or raise StartupError (twistd calls this before it forks)."""
@@ -115,6 +136,9 @@ class TrackerServerService(StreamServerEndpointService):
         if not self._loaded:
             self.tracker.load()
             self._loaded = True
+        if not self._files_checked:
+            self._make_room_for_connections()
+            self._files_checked = True
         self._raiseSynchronously = True
         try:
             super().privilegedStartService()
@@ -127,6 +151,22 @@ class TrackerServerService(StreamServerEndpointService):
 
     def privilegedStartService(self) -> None:
         self.open()
+
+    def _make_room_for_connections(self) -> None:
+        """Raise the open-file limit and cap connections in all below it (each holds a descriptor)."""
+        limit = raise_open_file_limit()
+        if limit.error is None:
+            self.log.info("{line}", line=limit.describe())
+        else:
+            self.log.warn("{line}", line=limit.describe())
+        total, lowered = connection_cap(self.tracker.settings.TRACKER_MAX_CONNECTIONS, limit.soft)
+        if lowered is not None:
+            self.log.warn("{line}", line=lowered)
+        self.site.set_total(total)
+        self.log.info(
+            "connections: at most {total} in all and {per_host} per address",
+            total=total, per_host=self.site.policy.per_host,
+        )
 
     def _listening(self, port: IListeningPort | None) -> IListeningPort | None:
         if port is not None:
@@ -226,7 +266,9 @@ def _build(config: Options | dict[str, Any], reactor: Any) -> TrackerService:
         logfile.setName("log")
         logfile.setServiceParent(top)
 
-    site = TrackerSite(tracker.resource(), settings.TRACKER_MAX_BODY, reactor=reactor)
+    # The cap in all is set again at start, once the open-file limit is raised.
+    policy = ConnectionPolicy.from_settings(settings)
+    site = TrackerSite(tracker.resource(), settings.TRACKER_MAX_BODY, policy=policy, reactor=reactor)
     server = TrackerServerService(tracker, serverFromString(reactor, config["endpoint"]), site)
     server.setName("http")
     server.setServiceParent(top)
