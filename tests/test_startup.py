@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator
 import psutil
 import pytest
 
+from p2ptorrent.tracker.sqlite_store import read_docs
 from p2ptorrent.procs import connects, free_port
 from p2ptorrent.procs import wait_for as _wait_for
 
@@ -194,9 +195,9 @@ class Folder:
         return path.read_bytes() if path.exists() else None
 
     def tracker_record(self, node_id: int) -> dict[str, Any] | None:
-        """Node *node_id*'s record in tracker_db/nodes.json (None: not there)."""
-        data = self.read("tracker_db/nodes.json")
-        for record in json.loads(data)["nodes"] if data else []:
+        """Node *node_id*'s record in what the tracker saved (tracker_db/tracker.db; None: not there)."""
+        nodes = read_docs(self.path / "tracker_db")[0]["nodes"] if (self.path / "tracker_db" / "tracker.db").exists() else []
+        for record in nodes:
             if record["node_id"] == node_id:
                 return dict(record)
         return None
@@ -207,6 +208,10 @@ class Folder:
 
 def node_args(node_id: int, tracker_port: int, *extra: str) -> list[str]:
     return ["p2pnode", "--id", str(node_id), "--tracker", f"127.0.0.1:{tracker_port}", "--no-stdin", *extra]
+
+
+#: What a tracker saves in its database folder (tracker.db and its write-ahead log; the JSON snapshots).
+SAVED = ("tracker.db", "tracker.db-wal", "nodes.json", "files.json")
 
 
 def snapshot(folder: Path, *names: str) -> dict[str, tuple[bytes, int, int] | None]:
@@ -274,13 +279,14 @@ def test_a_second_tracker_on_the_same_database_is_refused_and_the_first_is_untou
                                         "info_hash": "ab" * 20, "name": "a.bin", "length": 1234})
     assert status == 200, owned
     db = home.path / "tracker_db"
-    before = snapshot(db, "nodes.json", "files.json", ".lock")
-    assert before["nodes.json"] and before["files.json"], before
+    nodes_doc, files_doc = read_docs(db)  # what the tracker saved (answered after its commit)
+    assert [n["node_id"] for n in nodes_doc["nodes"]] == [7] and len(files_doc["files"]) == 1
+    before = snapshot(db, *SAVED, ".lock")
 
     for form in (["-n"], []):  # in the foreground, then as the daemon form would start
         line = home.refused(*form, "p2ptracker", "--port", str(port), "--tracker-interval", "3600")
         assert line == f"twistd p2ptracker: cannot start: tracker_db/ is in use by process {first.pid}", (form, line)
-        assert snapshot(db, "nodes.json", "files.json", ".lock") == before, form
+        assert snapshot(db, *SAVED, ".lock") == before, form
         assert first.poll() is None, home.output("tracker")
         assert not (db / "tracker.pid").exists()
     assert [p.pid for p in lab.running()] == [first.pid]
@@ -485,10 +491,9 @@ def test_a_node_the_tracker_refuses_says_not_registered_and_why(lab: Lab) -> Non
     mine = a.status(1)
     assert mine is not None
     db = a.path / "tracker_db"
-    before = snapshot(db, "nodes.json", "files.json")
+    before = read_docs(db)
     token = a.read("node_files/1/.tracker_token")
-    assert before["files.json"] is not None
-    assert [f["owners"] for f in json.loads(before["files.json"][0])["files"]] == [[1]], before["files.json"]
+    assert [f["owners"] for f in before[1]["files"]] == [[1]], before
 
     # Node id 1 again, from another folder (no lock clash): the tracker refuses it (someone else's id).
     impostor = b.start("node1", *node_args(1, port, "--node-interval", "1"))
@@ -510,6 +515,6 @@ def test_a_node_the_tracker_refuses_says_not_registered_and_why(lab: Lab) -> Non
     # The real node 1 is untouched: still registered, same port, same records and token.
     now = a.status(1)
     assert now is not None and now["registered"] is True and now["udp_port"] == mine["udp_port"], now
-    assert snapshot(db, "nodes.json", "files.json") == before
+    assert read_docs(db) == before
     assert a.read("node_files/1/.tracker_token") == token
     assert real.poll() is None

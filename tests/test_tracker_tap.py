@@ -189,8 +189,10 @@ def test_liveness_keeps_heartbeating_nodes_and_drops_silent_ones(tmp_path: Path,
 
     def heartbeat() -> None:
         body = {"mode": 0, "node_id": 2, "port": 9002, "token": saved_swarm[2]}
-        response = result(stub.post("http://t/", data=json.dumps(body).encode()))
-        assert response.code == 200
+        posted = stub.post("http://t/", data=json.dumps(body).encode())
+        reactor.advance(0)  # the commit of a change starts at the reactor's next turn; then the answer
+        stub.flush()
+        assert result(posted).code == 200
 
     t = 0.0
     next_beat = 1.0

@@ -26,9 +26,11 @@ import json
 import os
 import sqlite3
 from pathlib import Path
+from threading import Thread
 from typing import Any, Callable, Iterable
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -60,6 +62,11 @@ class SqliteStore:
         self.reactor = reactor
         self.path = self.folder / DB_FILE
         self._pool = ThreadPool(1, 1, name="tracker-db")
+        # A daemon thread: a tracker that was never stopped cleanly must not keep its process alive.
+        self._pool.threadFactory = _daemon_thread  # type: ignore[assignment]
+        #: A reactor that cannot take calls from other threads (a memory reactor in tests) gets its writes
+        #: done in-line, on its own thread.
+        self.threaded = IReactorFromThreads.providedBy(reactor)
         self._db: sqlite3.Connection | None = None
 
     # ---- start (the caller's thread, before the tracker listens)
@@ -85,16 +92,23 @@ class SqliteStore:
             db.close()
 
     def start(self) -> None:
-        self._pool.start()
+        if self.threaded:
+            self._pool.start()
+
+    def _run(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        if self.threaded:
+            return deferToThreadPool(self.reactor, self._pool, f, *args)
+        return maybeDeferred(f, *args)
 
     def stop(self) -> Deferred[None]:
         """After the writes under way: close the database (checkpointing the WAL into it), stop the thread."""
-        d = deferToThreadPool(self.reactor, self._pool, self._close_now)
+        d = self._run(self._close_now)
         d.addBoth(self._stop_pool)
         return d
 
     def _stop_pool(self, result: Any) -> Any:
-        self._pool.stop()
+        if self.threaded:
+            self._pool.stop()
         return result
 
     def _close_now(self) -> None:
@@ -105,11 +119,11 @@ class SqliteStore:
     # ---- the store's thread
     def write(self, rows: Rows) -> Deferred[None]:
         """Commit *rows* in one transaction on the store's thread; fires once it is on disk."""
-        return deferToThreadPool(self.reactor, self._pool, self._write_now, rows)
+        return self._run(self._write_now, rows)
 
     def snapshot(self) -> Deferred[None]:
         """Write nodes.json and files.json from the database, atomically, on the store's thread."""
-        return deferToThreadPool(self.reactor, self._pool, self._snapshot_now)
+        return self._run(self._snapshot_now)
 
     def _thread_db(self) -> sqlite3.Connection:
         if self._db is None:
@@ -135,6 +149,10 @@ class SqliteStore:
         db.execute("CREATE TABLE IF NOT EXISTS files (info_hash TEXT PRIMARY KEY, doc TEXT NOT NULL)")
         os.chmod(self.path, 0o600)  # the nodes' token hashes are nobody else's business
         return db
+
+
+def _daemon_thread(*args: Any, **kwargs: Any) -> Thread:
+    return Thread(*args, daemon=True, **kwargs)
 
 
 def read_docs(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -117,7 +117,8 @@ class Options(SettingsOptions):
 
 
 class TrackerServerService(StreamServerEndpointService):
-    """The HTTP server; loads the database before listening and saves once more on stop."""
+    """The HTTP server; loads the database once its port is bound (before the reactor runs) and saves once
+    more on stop."""
 
     log = Logger()
 
@@ -132,10 +133,6 @@ class TrackerServerService(StreamServerEndpointService):
         """Load the database and listen, or raise StartupError (twistd calls this before it forks)."""
         if self._waitingForPort is not None:
             return
-        # The state must be ready before the first request.
-        if not self._loaded:
-            self.tracker.load()
-            self._loaded = True
         if not self._files_checked:
             self._make_room_for_connections()
             self._files_checked = True
@@ -147,6 +144,11 @@ class TrackerServerService(StreamServerEndpointService):
             where = f"{e.interface or 'all addresses'} port {e.port}"
             raise StartupError(f"cannot listen for HTTP on {where}: {why}") from None
         assert self._waitingForPort is not None
+        # The state must be ready before the first request: loaded now, before the reactor runs and accepts
+        # anything, and only once the port is ours (a refused start leaves the database folder as it was).
+        if not self._loaded:
+            self.tracker.load()
+            self._loaded = True
         self._waitingForPort.addCallback(self._listening)
 
     def privilegedStartService(self) -> None:
