@@ -21,9 +21,9 @@ def prefix_sums_hold(bag: WeightedSet, model: dict[int, int]) -> None:
     hits: dict[int, int] = {}
     point = 0
     while point < bag.total:
-        key = bag._keys[bag._find(point)]  # noqa: SLF001 - the tree's own lookup, checked against the model
-        assert key is not None
-        hits[key] = hits.get(key, 0) + 1
+        found = bag._keys[bag._find(point)]  # noqa: SLF001 - the tree's own lookup, checked against the model
+        assert found is not None
+        hits[found] = hits.get(found, 0) + 1
         point += 1
     assert hits == {k: w for k, w in model.items()}
 

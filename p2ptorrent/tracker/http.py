@@ -216,7 +216,7 @@ class TrackerHTTP:
             )
             return {}
         if isinstance(req, Need):
-            result = state.need(req.node_id, req.token, req.info_hash)
+            result = state.need(req.node_id, req.token, req.info_hash, req.numwant)
             # Debug: downloading nodes ask every few seconds.
             self.log.debug(
                 "node {node_id} needs {info_hash}: ranking {ranking}",
