@@ -21,10 +21,13 @@ from typing import Any, Iterator
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent
 
 from p2ptorrent.config import Config, ConfigError
+from p2ptorrent.tracker.http import TrackerHTTP
 from p2ptorrent.tracker.state import Need, SwarmState, TrackerError, parse_request
-from trackerkit import CFG, H1, Harness
+from trackerkit import CFG, H1, Harness, MemoryStore
 
 HASHES = [f"{i:02x}" * 20 for i in range(1, 6)]
 #: The token of every owner read back by swarm_of_owners.
@@ -207,6 +210,102 @@ def test_dropping_a_node_visits_its_own_files_only() -> None:
     assert state._files.visits <= 3  # noqa: SLF001 - its three files, not 20 000
     assert state.owners(many[0]) == {2} and state.summary() == {"nodes": 2, "files": 20_000}
     assert brute_force_problems(state) == []
+
+
+# ---------------------------------------------------------------- liveness in slices
+
+
+def next_turn(clock: Clock) -> bool:
+    """Run one call due now; Clock.advance(0) would run every call it schedules as well, as one turn."""
+    due = [c for c in clock.calls if c.getTime() <= clock.seconds()]
+    if not due:
+        return False
+    call = min(due, key=lambda c: c.getTime())
+    clock.calls.remove(call)
+    call.called = 1
+    call.func(*call.args, **call.kw)
+    return True
+
+
+def test_ten_thousand_silent_nodes_are_dropped_a_bounded_slice_per_turn(events: list[dict[str, Any]]) -> None:
+    slice_ = 1000
+    cfg = CFG.replace(TRACKER_DROP_SLICE=slice_)
+    clock = Clock()
+    state = SwarmState(cfg, random.Random(1))
+    web = TrackerHTTP(state, MemoryStore(), clock, cfg)
+    tokens = {}
+    for i in range(1, 10_001):
+        tokens[i] = state.register(i, f"10.{i >> 8 & 255}.{i & 255}.1", 9000, None, 0.0).token
+        if i % 2:
+            state.own(i, tokens[i], HASHES[i % 5], "f", 1)  # cost 2 to drop, the others cost 1
+    keeper = 9_999  # among the last to be dropped: it joined second to last
+    for _ in range(cfg.TRACKER_MISSED_CHECKS):
+        clock.advance(cfg.TRACKER_TIME_INTERVAL)
+        web.check_liveness()
+        assert not clock.getDelayedCalls() and state.summary()["nodes"] == 10_000
+    clock.advance(cfg.TRACKER_TIME_INTERVAL)
+    left = set(state.node_ids())
+    web.check_liveness()  # the first slice runs in the check's own turn
+    slices: list[set[int]] = []
+    while True:
+        slices.append(left - set(state.node_ids()))
+        left = set(state.node_ids())
+        if len(slices) == 3:
+            # Between two slices the keeper heartbeats: the slices to come must not drop it.
+            assert keeper in state
+            state.register(keeper, "10.39.15.1", 9000, tokens[keeper], clock.seconds())
+            # A check that comes while slices still run does not start a second run of them.
+            web.check_liveness()
+            assert len(clock.getDelayedCalls()) == 1
+        if not next_turn(clock):
+            break
+    # Each slice drops at most TRACKER_DROP_SLICE of work: a node costs 1, plus 1 for its file.
+    costs = [sum(1 + i % 2 for i in dropped) for dropped in slices]
+    assert max(costs) <= slice_ and min(costs[:-1]) >= slice_ - 1
+    assert sum(costs) == 3 * 5_000 - 2 and len(slices) == 16
+    assert state.node_ids() == [keeper] and sum(len(d) for d in slices) == 9_999
+    assert state.summary()["files"] == 1  # the keeper's
+    # One info line for the drops (ids capped), one per node at debug.
+    lines = [(e["log_level"], formatEvent(e)) for e in events]
+    summary = [t for lv, t in lines if lv == LogLevel.info and "stopped heartbeating" in t]
+    assert len(summary) == 1 and summary[0].startswith("dropped 9999 nodes that stopped heartbeating")
+    assert summary[0].endswith(" and 9979 more") and len(summary[0]) < 300
+    assert sum(1 for lv, t in lines if lv == LogLevel.debug and t.startswith("dropped node ")) == 9_999
+
+
+def test_the_dropped_nodes_add_up_when_every_slice_is_one_node() -> None:
+    cfg = CFG.replace(TRACKER_DROP_SLICE=1, TRACKER_MISSED_CHECKS=1)
+    clock = Clock()
+    state = SwarmState(cfg, random.Random(1))
+    web = TrackerHTTP(state, MemoryStore(), clock, cfg)
+    for i in range(1, 6):
+        token = state.register(i, "10.0.0.1", 9000 + i, None, 0.0).token
+        for info_hash in HASHES:
+            state.own(i, token, info_hash, "f", 1)  # each node costs 6: more than the budget, still one a turn
+    web.check_liveness()
+    web.check_liveness()
+    turns = 1
+    while next_turn(clock):
+        turns += 1
+    assert turns == 5 and state.summary() == {"nodes": 0, "files": 0}
+
+
+def test_a_failing_slice_is_logged_and_the_next_check_drops_the_rest(
+    monkeypatch: pytest.MonkeyPatch, events: list[dict[str, Any]]
+) -> None:
+    cfg = CFG.replace(TRACKER_MISSED_CHECKS=1)
+    clock = Clock()
+    state = SwarmState(cfg, random.Random(1))
+    web = TrackerHTTP(state, MemoryStore(), clock, cfg)
+    state.register(1, "10.0.0.1", 9001, None, 0.0)
+    real = state.drop_silent
+    monkeypatch.setattr(state, "drop_silent", lambda budget=None: (_ for _ in ()).throw(RuntimeError("bug")))
+    web.check_liveness()
+    web.check_liveness()
+    assert 1 in state and any(e.get("log_failure") is not None for e in events)
+    monkeypatch.setattr(state, "drop_silent", real)
+    web.check_liveness()
+    assert 1 not in state
 
 
 # ---------------------------------------------------------------- NEED: a fixed number, the same chances

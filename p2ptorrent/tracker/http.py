@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from klein import Klein
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -44,6 +44,8 @@ from p2ptorrent.tracker.store import JsonStore
 REFUSALS_LOGGED_PER_CHECK = 20
 #: Addresses whose refusals are counted apart between two checks (beyond: counted together).
 REFUSAL_HOSTS_TRACKED = 1024
+#: Node ids the info line of a liveness check names (the rest are counted, and logged at debug).
+DROPPED_IDS_LOGGED = 20
 
 
 class TrackerHTTP:
@@ -61,6 +63,9 @@ class TrackerHTTP:
         # Per address since the last liveness check: refusals logged, and refusals only counted.
         self._refusals_logged: dict[str | None, int] = {}
         self._refusals_unlogged: dict[str | None, int] = {}
+        # The liveness check under way: the next slice of drops, and the nodes dropped so far.
+        self._dropping: IDelayedCall | None = None
+        self._dropped: list[int] = []
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -99,19 +104,50 @@ class TrackerHTTP:
         self._saved_revision = revision
 
     def check_liveness(self) -> None:
-        """One liveness check (the TimerService body).  Never raises: a LoopingCall stops on its first error."""
+        """One liveness check (the TimerService body).  Never raises: a LoopingCall stops on its first error.
+
+        Silent nodes are dropped a TRACKER_DROP_SLICE at a time, one slice per
+        turn of the reactor, so that dropping 100k nodes at once does not stop
+        the tracker answering for seconds.  A check that comes while the drops
+        of the previous one still run adds to them.
+        """
         try:
-            now = self.reactor.seconds()
-            dropped = self.state.check_liveness(now)
+            self.state.start_check(self.reactor.seconds())
+            self._sum_up_refusals()
+            if self._dropping is None:
+                self._drop_slice()
+        except Exception:
+            self.log.failure("liveness check failed")
+
+    def _drop_slice(self) -> None:
+        """Drop one slice of silent nodes, then give the reactor back until the next slice."""
+        self._dropping = None
+        try:
+            dropped = self.state.drop_silent(self.settings.TRACKER_DROP_SLICE)
             for node_id in dropped:
-                self.log.info(
+                self.log.debug(
                     "dropped node {node_id}: no REGISTER across {checks} liveness checks",
                     node_id=node_id, checks=self.settings.TRACKER_MISSED_CHECKS,
                 )
-            self.persist()
-            self._sum_up_refusals()
+            self._dropped.extend(dropped)
+            if self.state.has_silent():
+                self._dropping = self.reactor.callLater(0, self._drop_slice)
+                return
+            self._end_check()
         except Exception:
             self.log.failure("liveness check failed")
+
+    def _end_check(self) -> None:
+        dropped, self._dropped = sorted(self._dropped), []
+        if dropped:
+            more = len(dropped) - DROPPED_IDS_LOGGED
+            self.log.info(
+                "dropped {count} nodes that stopped heartbeating ({checks} liveness checks without a REGISTER):"
+                " ids {ids}{more}",
+                count=len(dropped), checks=self.settings.TRACKER_MISSED_CHECKS,
+                ids=" ".join(map(str, dropped[:DROPPED_IDS_LOGGED])), more=f" and {more} more" if more > 0 else "",
+            )
+        self.persist()
 
     # ---- routes
 
