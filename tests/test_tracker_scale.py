@@ -265,12 +265,13 @@ def test_ten_thousand_silent_nodes_are_dropped_a_bounded_slice_per_turn(events: 
     assert sum(costs) == 3 * 5_000 - 2 and len(slices) == 16
     assert state.node_ids() == [keeper] and sum(len(d) for d in slices) == 9_999
     assert state.summary()["files"] == 1  # the keeper's
-    # One info line for the drops (ids capped), one per node at debug.
+    # One info line for the drops (ids capped), one per node at debug; one line of counts.
     lines = [(e["log_level"], formatEvent(e)) for e in events]
     summary = [t for lv, t in lines if lv == LogLevel.info and "stopped heartbeating" in t]
     assert len(summary) == 1 and summary[0].startswith("dropped 9999 nodes that stopped heartbeating")
     assert summary[0].endswith(" and 9979 more") and len(summary[0]) < 300
     assert sum(1 for lv, t in lines if lv == LogLevel.debug and t.startswith("dropped node ")) == 9_999
+    assert sum(1 for lv, t in lines if lv == LogLevel.info and "9999 dropped" in t) == 1
 
 
 def test_the_dropped_nodes_add_up_when_every_slice_is_one_node() -> None:
@@ -445,3 +446,37 @@ def test_the_first_place_has_the_chances_of_the_old_ranking() -> None:
     for (a, b), count in pairs.items():
         p = weights[a] / total * weights[b] / (total - weights[a])
         assert abs(count - runs * p) < 5 * math.sqrt(runs * p * (1 - p)) + 1, (a, b)
+
+
+# ---------------------------------------------------------------- counts, not a line per request
+
+
+def test_one_line_of_counts_per_check_and_no_info_line_for_frequent_requests(
+    tmp_path: Any, events: list[dict[str, Any]]
+) -> None:
+    tracker = Harness(tmp_path / "db")
+    a, b = tracker.join(1), tracker.join(2)  # joins: info
+    tracker.ok({"mode": 1, "node_id": 1, "token": a, "info_hash": H1, "name": "f", "length": 5})  # new owner: info
+    del events[:]
+    for _ in range(3):
+        tracker.ok({"mode": 0, "node_id": 1, "port": 9001, "token": a})
+        tracker.ok({"mode": 2, "node_id": 2, "token": b, "info_hash": H1})
+        tracker.ok({"mode": 1, "node_id": 2, "token": b, "info_hash": H1, "name": "f", "length": 5, "have": 1, "pieces": 3})
+        tracker.ok({"mode": 1, "node_id": 1, "token": a, "info_hash": H1, "name": "f", "length": 5})  # known
+    tracker.ok({"mode": 3, "node_id": 2, "token": b, "info_hash": H1, "uploaders": [1]})
+    tracker.ok({"mode": 1, "node_id": 2, "token": b, "info_hash": "ee" * 20, "withdraw": True})  # did not own it
+    tracker.post({"mode": 0, "node_id": 1, "port": 9001, "token": b})  # refused (403, a warning)
+    info = [formatEvent(e) for e in events if e["log_level"] == LogLevel.info]
+    # Becoming a partial owner is a change of ownership; the progress after it, and the rest, are not.
+    assert info == ["node 2 owns part of " + H1 + " (f, 5 bytes): 1 of 3 pieces"]
+    tracker.clock.advance(22)
+    tracker.web.check_liveness()
+    info = [formatEvent(e) for e in events if e["log_level"] == LogLevel.info][1:]
+    # Counted since the tracker started (the two joins and the first OWN too).
+    assert info == [
+        "in the last 22 s: 18 requests (NEED 3, OWN 7, REGISTER 6, UPDATE 1, WITHDRAW 1), 1 refused;"
+        " 2 nodes, 1 files, 0 dropped"
+    ]
+    tracker.clock.advance(22)
+    tracker.web.check_liveness()
+    assert formatEvent(events[-1]) == "in the last 22 s: 0 requests (none), 0 refused; 2 nodes, 1 files, 0 dropped"

@@ -12,11 +12,12 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
+from collections import Counter
 from typing import Any
 
 from klein import Klein
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
@@ -66,6 +67,10 @@ class TrackerHTTP:
         # The liveness check under way: the next slice of drops, and the nodes dropped so far.
         self._dropping: IDelayedCall | None = None
         self._dropped: list[int] = []
+        # Counted since the previous liveness check, logged at info once per check.
+        self._requests: Counter[str] = Counter()
+        self._refused = 0
+        self._counted_since = reactor.seconds()
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -148,6 +153,22 @@ class TrackerHTTP:
                 ids=" ".join(map(str, dropped[:DROPPED_IDS_LOGGED])), more=f" and {more} more" if more > 0 else "",
             )
         self.persist()
+        self._log_counts(len(dropped))
+
+    def _log_counts(self, dropped: int) -> None:
+        """The one info line per check that says how busy the tracker is (requests themselves are at debug)."""
+        now = self.reactor.seconds()
+        summary = self.state.summary()
+        modes = ", ".join(f"{mode} {n}" for mode, n in sorted(self._requests.items())) or "none"
+        self.log.info(
+            "in the last {seconds:.0f} s: {requests} requests ({modes}), {refused} refused;"
+            " {nodes} nodes, {files} files, {dropped} dropped",
+            seconds=now - self._counted_since, requests=sum(self._requests.values()), modes=modes,
+            refused=self._refused, nodes=summary["nodes"], files=summary["files"], dropped=dropped,
+        )
+        self._requests = Counter()
+        self._refused = 0
+        self._counted_since = now
 
     # ---- routes
 
@@ -203,7 +224,10 @@ class TrackerHTTP:
         return body
 
     def _dispatch(self, req: Request, host: str | None) -> dict[str, Any]:
+        # Only joins, leaves and changes of ownership are logged at info: the rest come every
+        # few seconds from every node and are counted in the line of each liveness check.
         state = self.state
+        self._requests[type(req).__name__.upper()] += 1
         if isinstance(req, Register):
             if host is None:
                 raise TrackerError(400, "cannot tell the address of this connection")
@@ -234,19 +258,25 @@ class TrackerHTTP:
                     node_id=req.node_id, info_hash=req.info_hash, name=req.name, length=req.length,
                     have=req.have, pieces=req.pieces,
                 )
-            elif change is not OwnChange.PROGRESS:
-                # Progress is not logged: partial owners announce it every few seconds.
+            elif change in (OwnChange.NEW, OwnChange.COMPLETED):
                 self.log.info(
-                    "node {node_id} owns {info_hash} ({name}, {length} bytes){already}",
+                    "node {node_id} owns {info_hash} ({name}, {length} bytes){completed}",
                     node_id=req.node_id, info_hash=req.info_hash, name=req.name, length=req.length,
-                    already={OwnChange.KNOWN: " (already known)", OwnChange.COMPLETED: " (download completed)"}.get(
-                        change, ""
-                    ),
+                    completed=" (download completed)" if change is OwnChange.COMPLETED else "",
+                )
+            elif change is OwnChange.KNOWN:
+                self.log.debug("node {node_id} owns {info_hash} (already known)", node_id=req.node_id, info_hash=req.info_hash)
+            else:
+                # Partial owners announce their progress every few seconds.
+                self.log.debug(
+                    "node {node_id} has {have} of {pieces} pieces of {info_hash}",
+                    node_id=req.node_id, info_hash=req.info_hash, have=req.have, pieces=req.pieces,
                 )
             return {}
         if isinstance(req, Withdraw):
             owned = state.withdraw(req.node_id, req.token, req.info_hash)
-            self.log.info(
+            self.log.emit(
+                LogLevel.info if owned else LogLevel.debug,
                 "node {node_id} withdrew {info_hash}{already}",
                 node_id=req.node_id, info_hash=req.info_hash, already="" if owned else " (did not own it)",
             )
@@ -265,8 +295,9 @@ class TrackerHTTP:
             }
         if isinstance(req, Update):
             credited = state.update(req.node_id, req.token, req.info_hash, req.uploaders)
-            not_credited = [u for u in req.uploaders if u not in credited]
-            self.log.info(
+            given = set(credited)
+            not_credited = [u for u in req.uploaders if u not in given]
+            self.log.debug(
                 "node {node_id} downloaded {info_hash}: credited {credited}, not credited {not_credited}",
                 node_id=req.node_id, info_hash=req.info_hash, credited=credited, not_credited=not_credited,
             )
@@ -277,6 +308,7 @@ class TrackerHTTP:
         return {}
 
     def _log_refusal(self, req: Request | None, host: str | None, error: TrackerError) -> None:
+        self._refused += 1
         logged = self._refusals_logged
         key = host if host in logged or len(logged) < REFUSAL_HOSTS_TRACKED else "other addresses"
         if logged.get(key, 0) >= REFUSALS_LOGGED_PER_CHECK:
