@@ -104,6 +104,13 @@ class Config:
     TRACKER_IDLE_TIMEOUT: float = 60.0
     #: Addresses or networks of reverse proxies whose X-Forwarded-For is believed.
     TRACKER_TRUSTED_PROXIES: tuple[str, ...] = ()
+    #: Most owners one NEED answers, drawn by upload frequency (a node may ask
+    #: for fewer with "numwant"): a file with 10k owners answers 50, not 10k.
+    NUMWANT: int = 50
+    #: Work a liveness check does per turn of the reactor while it drops silent
+    #: nodes: a node counts 1 plus 1 per file it owns or credited.  The rest
+    #: waits for the next turn, so requests are answered in between.
+    TRACKER_DROP_SLICE: int = 2000
     #: Blocks a second a seeder sends to one address while it serves several
     #: (a token bucket that saves up to 1/8 s of it, at least two full
     #: requests); the rest of a request is dropped, which a real downloader
@@ -238,6 +245,10 @@ def _problems(c: Config) -> list[str]:
             ipaddress.ip_network(proxy)
         except ValueError:
             errs.append(f"TRACKER_TRUSTED_PROXIES: {proxy!r} is not an IP address or network (e.g. 10.0.0.5 or 10.0.0.0/24)")
+    if c.NUMWANT < 1:
+        errs.append(f"NUMWANT must be at least 1, got {c.NUMWANT}")
+    if c.TRACKER_DROP_SLICE < 1:
+        errs.append(f"TRACKER_DROP_SLICE must be at least 1, got {c.TRACKER_DROP_SLICE}")
     if c.MAX_BLOCKS_PER_SECOND_PER_PEER < 0:
         errs.append(f"MAX_BLOCKS_PER_SECOND_PER_PEER must be 0 (no limit) or more, got {c.MAX_BLOCKS_PER_SECOND_PER_PEER}")
     if not (16 <= c.PEER_TABLE_SIZE <= 1 << 20):

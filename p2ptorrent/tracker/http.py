@@ -12,13 +12,14 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
+from collections import Counter
 from typing import Any
 
 from klein import Klein
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
@@ -47,6 +48,8 @@ from p2ptorrent.tracker.store import JsonStore
 REFUSALS_LOGGED_PER_CHECK = 20
 #: Addresses whose refusals are counted apart between two checks (beyond: counted together).
 REFUSAL_HOSTS_TRACKED = 1024
+#: Node ids the info line of a liveness check names (the rest are counted, and logged at debug).
+DROPPED_IDS_LOGGED = 20
 
 
 class TrackerHTTP:
@@ -69,6 +72,13 @@ class TrackerHTTP:
         # Per address since the last liveness check: refusals logged, and refusals only counted.
         self._refusals_logged: dict[str | None, int] = {}
         self._refusals_unlogged: dict[str | None, int] = {}
+        # The liveness check under way: the next slice of drops, and the nodes dropped so far.
+        self._dropping: IDelayedCall | None = None
+        self._dropped: list[int] = []
+        # Counted since the previous liveness check, logged at info once per check.
+        self._requests: Counter[str] = Counter()
+        self._refused = 0
+        self._counted_since = reactor.seconds()
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -104,6 +114,9 @@ class TrackerHTTP:
 
     def close(self) -> Deferred[None]:
         """A clean stop: the last changes committed, the JSON snapshots written, the store closed."""
+        if self._dropping is not None and self._dropping.active():
+            self._dropping.cancel()  # the rest of a liveness check waits for the next start
+            self._dropping = None
         if self.commit is None or not isinstance(self.store, SqliteStore):
             self.persist()
             return succeed(None)
@@ -148,19 +161,66 @@ class TrackerHTTP:
         self._saved_revision = revision
 
     def check_liveness(self) -> None:
-        """One liveness check (the TimerService body).  Never raises: a LoopingCall stops on its first error."""
+        """One liveness check (the TimerService body).  Never raises: a LoopingCall stops on its first error.
+
+        Silent nodes are dropped a TRACKER_DROP_SLICE at a time, one slice per
+        turn of the reactor, so that dropping 100k nodes at once does not stop
+        the tracker answering for seconds.  A check that comes while the drops
+        of the previous one still run adds to them.
+        """
         try:
-            now = self.reactor.seconds()
-            dropped = self.state.check_liveness(now)
+            self.state.start_check(self.reactor.seconds())
+            self._sum_up_refusals()
+            if self._dropping is None:
+                self._drop_slice()
+        except Exception:
+            self.log.failure("liveness check failed")
+
+    def _drop_slice(self) -> None:
+        """Drop one slice of silent nodes, then give the reactor back until the next slice."""
+        self._dropping = None
+        try:
+            dropped = self.state.drop_silent(self.settings.TRACKER_DROP_SLICE)
             for node_id in dropped:
-                self.log.info(
+                self.log.debug(
                     "dropped node {node_id}: no REGISTER across {checks} liveness checks",
                     node_id=node_id, checks=self.settings.TRACKER_MISSED_CHECKS,
                 )
-            self.persist()
-            self._sum_up_refusals()
+            self._dropped.extend(dropped)
+            if self.state.has_silent():
+                self._dropping = self.reactor.callLater(0, self._drop_slice)
+                return
+            self._end_check()
         except Exception:
             self.log.failure("liveness check failed")
+
+    def _end_check(self) -> None:
+        dropped, self._dropped = sorted(self._dropped), []
+        if dropped:
+            more = len(dropped) - DROPPED_IDS_LOGGED
+            self.log.info(
+                "dropped {count} nodes that stopped heartbeating ({checks} liveness checks without a REGISTER):"
+                " ids {ids}{more}",
+                count=len(dropped), checks=self.settings.TRACKER_MISSED_CHECKS,
+                ids=" ".join(map(str, dropped[:DROPPED_IDS_LOGGED])), more=f" and {more} more" if more > 0 else "",
+            )
+        self.persist()
+        self._log_counts(len(dropped))
+
+    def _log_counts(self, dropped: int) -> None:
+        """The one info line per check that says how busy the tracker is (requests themselves are at debug)."""
+        now = self.reactor.seconds()
+        summary = self.state.summary()
+        modes = ", ".join(f"{mode} {n}" for mode, n in sorted(self._requests.items())) or "none"
+        self.log.info(
+            "in the last {seconds:.0f} s: {requests} requests ({modes}), {refused} refused;"
+            " {nodes} nodes, {files} files, {dropped} dropped",
+            seconds=now - self._counted_since, requests=sum(self._requests.values()), modes=modes,
+            refused=self._refused, nodes=summary["nodes"], files=summary["files"], dropped=dropped,
+        )
+        self._requests = Counter()
+        self._refused = 0
+        self._counted_since = now
 
     # ---- routes
 
@@ -222,7 +282,10 @@ class TrackerHTTP:
         return body
 
     def _dispatch(self, req: Request, host: str | None) -> dict[str, Any]:
+        # Only joins, leaves and changes of ownership are logged at info: the rest come every
+        # few seconds from every node and are counted in the line of each liveness check.
         state = self.state
+        self._requests[type(req).__name__.upper()] += 1
         if isinstance(req, Register):
             if host is None:
                 raise TrackerError(400, "cannot tell the address of this connection")
@@ -253,25 +316,31 @@ class TrackerHTTP:
                     node_id=req.node_id, info_hash=req.info_hash, name=req.name, length=req.length,
                     have=req.have, pieces=req.pieces,
                 )
-            elif change is not OwnChange.PROGRESS:
-                # Progress is not logged: partial owners announce it every few seconds.
+            elif change in (OwnChange.NEW, OwnChange.COMPLETED):
                 self.log.info(
-                    "node {node_id} owns {info_hash} ({name}, {length} bytes){already}",
+                    "node {node_id} owns {info_hash} ({name}, {length} bytes){completed}",
                     node_id=req.node_id, info_hash=req.info_hash, name=req.name, length=req.length,
-                    already={OwnChange.KNOWN: " (already known)", OwnChange.COMPLETED: " (download completed)"}.get(
-                        change, ""
-                    ),
+                    completed=" (download completed)" if change is OwnChange.COMPLETED else "",
+                )
+            elif change is OwnChange.KNOWN:
+                self.log.debug("node {node_id} owns {info_hash} (already known)", node_id=req.node_id, info_hash=req.info_hash)
+            else:
+                # Partial owners announce their progress every few seconds.
+                self.log.debug(
+                    "node {node_id} has {have} of {pieces} pieces of {info_hash}",
+                    node_id=req.node_id, info_hash=req.info_hash, have=req.have, pieces=req.pieces,
                 )
             return {}
         if isinstance(req, Withdraw):
             owned = state.withdraw(req.node_id, req.token, req.info_hash)
-            self.log.info(
+            self.log.emit(
+                LogLevel.info if owned else LogLevel.debug,
                 "node {node_id} withdrew {info_hash}{already}",
                 node_id=req.node_id, info_hash=req.info_hash, already="" if owned else " (did not own it)",
             )
             return {}
         if isinstance(req, Need):
-            result = state.need(req.node_id, req.token, req.info_hash)
+            result = state.need(req.node_id, req.token, req.info_hash, req.numwant)
             # Debug: downloading nodes ask every few seconds.
             self.log.debug(
                 "node {node_id} needs {info_hash}: ranking {ranking}",
@@ -284,8 +353,9 @@ class TrackerHTTP:
             }
         if isinstance(req, Update):
             credited = state.update(req.node_id, req.token, req.info_hash, req.uploaders)
-            not_credited = [u for u in req.uploaders if u not in credited]
-            self.log.info(
+            given = set(credited)
+            not_credited = [u for u in req.uploaders if u not in given]
+            self.log.debug(
                 "node {node_id} downloaded {info_hash}: credited {credited}, not credited {not_credited}",
                 node_id=req.node_id, info_hash=req.info_hash, credited=credited, not_credited=not_credited,
             )
@@ -296,6 +366,7 @@ class TrackerHTTP:
         return {}
 
     def _log_refusal(self, req: Request | None, host: str | None, error: TrackerError) -> None:
+        self._refused += 1
         logged = self._refusals_logged
         key = host if host in logged or len(logged) < REFUSAL_HOSTS_TRACKED else "other addresses"
         if logged.get(key, 0) >= REFUSALS_LOGGED_PER_CHECK:

@@ -15,15 +15,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import random
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Iterable, Mapping, TypeGuard, Union
 
 from p2ptorrent.config import MAX_NODE_ID, Config
 from p2ptorrent.metainfo import MAX_LENGTH, MAX_NAME_BYTES
+from p2ptorrent.tracker.weighted import WeightedSet
 
 #: Most uploaders one UPDATE may list.
 MAX_UPLOADERS = 1000
@@ -91,9 +92,12 @@ class Withdraw:
 
 @dataclass(frozen=True)
 class Need:
+    """NEED: up to ``numwant`` owners (None: NUMWANT, the most the tracker answers)."""
+
     node_id: int
     token: str | None
     info_hash: str
+    numwant: int | None = None
 
 
 @dataclass(frozen=True)
@@ -154,7 +158,7 @@ def parse_request(body: bytes, settings: Config) -> Request:
         name, length = _name(doc), _integer(doc, "length", 0, MAX_LENGTH)
         return Own(node_id, token, info_hash, name, length, *_progress(doc))
     if mode == "NEED":
-        return Need(node_id, token, info_hash)
+        return Need(node_id, token, info_hash, _numwant(doc, settings))
     assert mode == "UPDATE", mode
     return Update(node_id, token, info_hash, _uploaders(doc))
 
@@ -264,6 +268,13 @@ def _progress(doc: Mapping[str, Any]) -> tuple[int | None, int | None]:
     return have, pieces
 
 
+def _numwant(doc: Mapping[str, Any], settings: Config) -> int | None:
+    """NEED's optional ``numwant``: a node may ask for fewer owners than NUMWANT, never more."""
+    if "numwant" not in doc:
+        return None
+    return _integer(doc, "numwant", 1, settings.NUMWANT)
+
+
 def _uploaders(doc: Mapping[str, Any]) -> tuple[int, ...]:
     value = _field(doc, "uploaders")
     if not isinstance(value, list):
@@ -358,10 +369,8 @@ class _Node:
     frequency: int
     token_sha256: str
     last_seen: float
-    #: Sent a REGISTER since the previous liveness check.
-    seen: bool = True
-    #: Consecutive liveness checks without a REGISTER.
-    missed: int = 0
+    #: Liveness checks the tracker had made when this node last sent a REGISTER (or was read back).
+    epoch: int
     #: Sent a REGISTER to this tracker process (False for nodes read back from the database).
     heard: bool = True
 
@@ -371,12 +380,21 @@ class _File:
     info_hash: str
     name: str
     length: int
-    #: Every owner, partial ones included.
-    owners: set[int] = field(default_factory=set)
+    #: Every owner, partial ones included, weighted 1 + upload frequency for NEED's draw.
+    owners: WeightedSet = field(default_factory=WeightedSet)
     #: Partial owners (a subset of ``owners``) -> (have, pieces), with have < pieces.
     partial: dict[int, tuple[int, int]] = field(default_factory=dict)
     #: downloader -> uploaders it has credited for this file (each at most once).
     credits: dict[int, set[int]] = field(default_factory=dict)
+    #: The same credits by uploader (uploader -> downloaders), so dropping a node visits only its own.
+    credited: dict[int, set[int]] = field(default_factory=dict)
+
+    def involves(self, node_id: int) -> bool:
+        """Whether the node owns this file or gave or got credits for it (what ``_files_of`` indexes)."""
+        return node_id in self.owners or node_id in self.credits or node_id in self.credited
+
+    def empty(self) -> bool:
+        return not self.owners and not self.credits
 
 
 def proposed_token(token: str | None) -> TypeGuard[str]:
@@ -397,13 +415,23 @@ class SwarmState:
     layer saves exactly when needed (not on a heartbeat that changes nothing).
     A partial owner's progress is the one exception: it is in the snapshot but
     does not grow the revision, so it reaches the disk with the next save.
+
+    No request and no dropped node costs time in proportion to every node or
+    every file (100k nodes is the size aimed at): nodes are kept in the order
+    of their last REGISTER, so liveness finds the silent ones at the front;
+    ``_files_of`` indexes each node's files, so dropping a node visits only
+    those; and each file's owners sit in a :class:`WeightedSet`, so NEED draws
+    NUMWANT of them in O(NUMWANT log owners).
     """
 
     def __init__(self, settings: Config, rng: random.Random) -> None:
         self.settings = settings
         self._rng = rng
-        self._nodes: dict[int, _Node] = {}
+        #: Live nodes, oldest REGISTER first (moved to the end on each one).
+        self._nodes: OrderedDict[int, _Node] = OrderedDict()
         self._files: dict[str, _File] = {}
+        #: node -> info hashes of the files it owns (whole or in part) or gave or got credits for.
+        self._files_of: dict[int, set[str]] = {}
         #: Live node records per host, for TRACKER_MAX_NODES_PER_HOST.
         self._per_host: dict[str, int] = {}
         self.revision = 0
@@ -412,6 +440,8 @@ class SwarmState:
         self._dirty_files: set[str] = set()
         #: When the last liveness check ran (None before the first).
         self.last_check: float | None = None
+        #: Liveness checks so far; a node's ``epoch`` is this count at its last REGISTER.
+        self._checks = 0
 
     # ---- reading
 
@@ -454,7 +484,7 @@ class SwarmState:
         if node is None:
             self._check_room(host)
             fresh = token if proposed_token(token) else secrets.token_hex(TOKEN_BYTES)
-            self._nodes[node_id] = _Node(node_id, host, port, 0, _digest(fresh), last_seen=now)
+            self._nodes[node_id] = _Node(node_id, host, port, 0, _digest(fresh), last_seen=now, epoch=self._checks)
             self._count(host, +1)
             self.revision += 1
             self._dirty_nodes.add(node_id)
@@ -464,8 +494,9 @@ class SwarmState:
             self._check_room(host)
         returned = not node.heard
         node.heard = True
-        node.seen = True
         node.last_seen = now
+        node.epoch = self._checks
+        self._nodes.move_to_end(node_id)
         if (node.host, node.port) != (host, port):
             # The node moved (new UDP port, new address behind a NAT): peers must learn it.
             self._count(node.host, -1)
@@ -508,8 +539,9 @@ class SwarmState:
             file.partial[node.node_id] = (have, pieces)
         else:
             file.partial.pop(node.node_id, None)
-        file.owners.add(node.node_id)
         if not owned:
+            file.owners.add(node.node_id, 1 + node.frequency)
+            self._files_of.setdefault(node.node_id, set()).add(info_hash)
             change = OwnChange.NEW_PARTIAL if partial else OwnChange.NEW
         elif was_partial:
             change = OwnChange.PROGRESS if partial else OwnChange.COMPLETED
@@ -533,25 +565,31 @@ class SwarmState:
             return False
         file.owners.discard(node_id)
         file.partial.pop(node_id, None)
-        if not file.owners and not file.credits:
+        self._untie(node_id, file)
+        if file.empty():
             del self._files[info_hash]
         self.revision += 1
         self._dirty_files.add(info_hash)
         return True
 
-    def need(self, node_id: int, token: str | None, info_hash: str) -> NeedResult:
-        """Every live owner except the asker, in a weighted random order."""
+    def need(self, node_id: int, token: str | None, info_hash: str, numwant: int | None = None) -> NeedResult:
+        """Up to NUMWANT (or *numwant*) live owners other than the asker, drawn by weight.
+
+        The draw is the first NUMWANT of the old ranking of every owner, with
+        the same chances: each next owner with chance (1 + its upload
+        frequency) / (the weight of the owners not drawn yet).
+        """
         self._known(node_id, token)
         file = self._files.get(info_hash)
         if file is None:
             return NeedResult(info_hash, None, [])
+        wanted = self.settings.NUMWANT if numwant is None else min(numwant, self.settings.NUMWANT)
         # Partial owners are drawn together with complete ones: a downloader that is ahead
         # spreads the load, and frequency alone says who has served well.
-        candidates = [self._nodes[i] for i in sorted(file.owners) if i != node_id and i in self._nodes]
-        ranked = self._rank(candidates)
         owners: list[OwnerInfo] = []
-        for n in ranked:
-            progress = file.partial.get(n.node_id)
+        for owner in file.owners.draw(self._rng, wanted, exclude=node_id):
+            n = self._nodes[owner]
+            progress = file.partial.get(owner)
             if progress is None:
                 owners.append(OwnerInfo(n.node_id, n.host, n.port, n.frequency))
             else:
@@ -573,10 +611,12 @@ class SwarmState:
             if uploader in given or uploader not in file.owners or uploader not in self._nodes:
                 continue
             given.add(uploader)
-            self._nodes[uploader].frequency += 1
+            file.credited.setdefault(uploader, set()).add(node_id)
+            self._credit(self._nodes[uploader])
             credited.append(uploader)
         if credited:
             file.credits[node_id] = given
+            self._files_of.setdefault(node_id, set()).add(info_hash)
             self.revision += 1
             self._dirty_nodes.update(credited)
             self._dirty_files.add(info_hash)
@@ -587,27 +627,48 @@ class SwarmState:
         self._known(node_id, token)
         self._drop(node_id)
 
+    # ---- liveness
+
     def check_liveness(self, now: float) -> list[int]:
-        """One liveness check: drop nodes silent across TRACKER_MISSED_CHECKS checks.
+        """One whole liveness check: :meth:`start_check`, then every drop it calls for at once."""
+        self.start_check(now)
+        return sorted(self.drop_silent())
+
+    def start_check(self, now: float) -> None:
+        """Count one liveness check; nodes silent across TRACKER_MISSED_CHECKS checks are now due.
 
         The rule counts checks, not seconds (as the spec says), so ``now`` only
         dates the check; a node is dropped between MISSED_CHECKS and
-        MISSED_CHECKS + 1 check intervals after its last REGISTER.
+        MISSED_CHECKS + 1 check intervals after its last REGISTER.  Nothing is
+        dropped here: :meth:`drop_silent` does it, as many at a time as the
+        caller likes.
         """
         self.last_check = now
-        limit = self.settings.TRACKER_MISSED_CHECKS
+        self._checks += 1
+
+    def has_silent(self) -> bool:
+        """Whether a node is due to be dropped (it sent no REGISTER across the last MISSED_CHECKS checks)."""
+        return bool(self._nodes) and self._silent(next(iter(self._nodes.values())))
+
+    def drop_silent(self, budget: int | None = None) -> list[int]:
+        """Drop due nodes, longest silent first, until *budget* is spent (None: all of them).
+
+        Dropping a node costs 1 plus 1 per file it owns or credited, so a
+        budget bounds the time taken whatever the nodes hold; at least one due
+        node is dropped.  A node that sent a REGISTER since the check is not
+        due any more.
+        """
         dropped: list[int] = []
-        for node in list(self._nodes.values()):
-            if node.seen:
-                node.seen = False
-                node.missed = 0
-                continue
-            node.missed += 1
-            if node.missed >= limit:
-                dropped.append(node.node_id)
-        for node_id in dropped:
+        spent = 0
+        while self.has_silent():
+            node_id = next(iter(self._nodes))
+            cost = 1 + len(self._files_of.get(node_id, ()))
+            if budget is not None and dropped and spent + cost > budget:
+                break
+            spent += cost
             self._drop(node_id)
-        return sorted(dropped)
+            dropped.append(node_id)
+        return dropped
 
     # ---- persistence
 
@@ -656,7 +717,7 @@ class SwarmState:
         empty document means an empty part.
         """
         problems: list[str] = []
-        nodes: dict[int, _Node] = {}
+        nodes: OrderedDict[int, _Node] = OrderedDict()
         for entry in _entries(nodes_doc, "nodes", problems):
             try:
                 node = _Node(
@@ -666,6 +727,7 @@ class SwarmState:
                     _checked_int(entry["frequency"], 0, None),
                     _checked_sha256(entry["token_sha256"]),
                     last_seen=now,
+                    epoch=self._checks,
                     heard=False,
                 )
             except (KeyError, TypeError, ValueError) as e:
@@ -681,7 +743,7 @@ class SwarmState:
                 file = _File(info_hash, _checked_str(entry["name"]), _checked_int(entry["length"], 0, MAX_LENGTH))
                 for owner in entry["owners"]:
                     if _checked_int(owner, 0, MAX_NODE_ID) in nodes:
-                        file.owners.add(owner)
+                        file.owners.add(owner, 1 + nodes[owner].frequency)
                 # Absent in databases written before partial owners existed: everyone was complete.
                 marks = entry.get("partial", [])
                 if not isinstance(marks, list):
@@ -696,10 +758,18 @@ class SwarmState:
             except (KeyError, TypeError, ValueError, AttributeError) as e:
                 problems.append(f"skipped file entry {_short(entry)}: {_why(e)}")
                 continue
-            if file.owners or file.credits:
+            if not file.empty():
                 files[info_hash] = file
+        files_of: dict[int, set[str]] = {}
+        for file in files.values():
+            for downloader, given in file.credits.items():
+                for uploader in given:
+                    file.credited.setdefault(uploader, set()).add(downloader)
+            for node_id in set(file.owners) | file.credits.keys() | file.credited.keys():
+                files_of.setdefault(node_id, set()).add(file.info_hash)
         self._nodes = nodes
         self._files = files
+        self._files_of = files_of
         self._dirty_nodes, self._dirty_files = set(), set()
         # Nodes admitted before stay, even beyond a cap lowered since: they only block new ones.
         self._per_host = {}
@@ -738,34 +808,54 @@ class SwarmState:
         self._authenticate(node, token)
         return node
 
-    def _rank(self, candidates: list[_Node]) -> list[_Node]:
-        # Efraimidis-Spirakis weighted sampling without replacement: sort by
-        # u ** (1 / w), compared here as log(u) / w, which orders the same and
-        # stays exact for large weights.  1 - random() lies in (0, 1].
-        keyed = [(math.log(1.0 - self._rng.random()) / (1 + n.frequency), n) for n in candidates]
-        keyed.sort(key=lambda kn: kn[0], reverse=True)
-        return [n for _, n in keyed]
+    def _silent(self, node: _Node) -> bool:
+        # A REGISTER after check k - 1 (epoch k - 1) is seen by check k and missed by the next
+        # MISSED_CHECKS, the last of them check k + MISSED_CHECKS, which drops the node.
+        return node.epoch < self._checks - self.settings.TRACKER_MISSED_CHECKS
+
+    def _credit(self, node: _Node) -> None:
+        """One more upload credited to the node: its weight in every file it owns follows."""
+        node.frequency += 1
+        for info_hash in self._files_of.get(node.node_id, ()):
+            owners = self._files[info_hash].owners
+            if node.node_id in owners:
+                owners.add(node.node_id, 1 + node.frequency)
+
+    def _untie(self, node_id: int, file: _File) -> None:
+        """Take the file out of the node's index once the node no longer owns it or has credits in it."""
+        if file.involves(node_id):
+            return
+        files = self._files_of.get(node_id)
+        if files is not None:
+            files.discard(file.info_hash)
+            if not files:
+                del self._files_of[node_id]
 
     def _drop(self, node_id: int) -> None:
+        """Forget a node: O(its files and its credits), not of every file."""
         node = self._nodes.pop(node_id)
         self._count(node.host, -1)
         self._dirty_nodes.add(node_id)
-        for info_hash in list(self._files):
+        for info_hash in self._files_of.pop(node_id, ()):
+            # Every file in the node's index names it: each entry changes.
+            self._dirty_files.add(info_hash)
             file = self._files[info_hash]
-            touched = node_id in file.owners or node_id in file.credits
             file.owners.discard(node_id)
             file.partial.pop(node_id, None)
-            file.credits.pop(node_id, None)
-            for downloader in list(file.credits):
-                if node_id in file.credits[downloader]:
-                    touched = True
-                file.credits[downloader].discard(node_id)
-                if not file.credits[downloader]:
+            for uploader in file.credits.pop(node_id, ()):
+                downloaders = file.credited[uploader]
+                downloaders.discard(node_id)
+                if not downloaders:
+                    del file.credited[uploader]
+                self._untie(uploader, file)
+            for downloader in file.credited.pop(node_id, ()):
+                given = file.credits[downloader]
+                given.discard(node_id)
+                if not given:
                     del file.credits[downloader]
-            if not file.owners and not file.credits:
+                self._untie(downloader, file)
+            if file.empty():
                 del self._files[info_hash]
-            if touched:
-                self._dirty_files.add(info_hash)
         self.revision += 1
 
 
