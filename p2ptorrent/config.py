@@ -92,9 +92,10 @@ class Config:
     #: beyond it is refused (429), so one host cannot fill the tracker.
     TRACKER_MAX_NODES_PER_HOST: int = 256
     #: Most open HTTP connections from one address; one more is closed unread.
-    #: A node keeps one (at most two) between its heartbeats, so this also
-    #: bounds the nodes behind one NAT or proxy address (see connections.py).
-    TRACKER_MAX_CONNECTIONS_PER_HOST: int = 64
+    #: A node keeps one (at most two) between its heartbeats: twice
+    #: TRACKER_MAX_NODES_PER_HOST, so the nodes one address may hold (behind
+    #: one NAT or proxy address) all keep theirs (see connections.py).
+    TRACKER_MAX_CONNECTIONS_PER_HOST: int = 512
     #: Most open HTTP connections in all; 0: the open-file limit less 64.
     TRACKER_MAX_CONNECTIONS: int = 0
     #: Seconds a request's headers and body may take to arrive, from the

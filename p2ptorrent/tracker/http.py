@@ -355,7 +355,8 @@ class TrackerHTTP:
             credited = state.update(req.node_id, req.token, req.info_hash, req.uploaders)
             given = set(credited)
             not_credited = [u for u in req.uploaders if u not in given]
-            self.log.debug(
+            # Info while it credits someone (once per finished download: rare in steady state).
+            (self.log.info if credited else self.log.debug)(
                 "node {node_id} downloaded {info_hash}: credited {credited}, not credited {not_credited}",
                 node_id=req.node_id, info_hash=req.info_hash, credited=credited, not_credited=not_credited,
             )

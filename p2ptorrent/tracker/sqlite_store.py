@@ -92,8 +92,10 @@ class SqliteStore:
             db.close()
 
     def start(self) -> None:
+        """The store's thread starts with the reactor: twistd loads the database before it forks into a
+        daemon, and a thread started before a fork does not exist after it (work queued till then waits)."""
         if self.threaded:
-            self._pool.start()
+            self.reactor.callWhenRunning(self._pool.start)
 
     def _run(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         if self.threaded:
