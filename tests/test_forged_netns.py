@@ -49,6 +49,10 @@ from p2ptorrent.procs import wait_for as _wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import netlab  # noqa: E402
+import test_lab  # noqa: E402
+
+#: The lab test's: Daemons (of this module's lab, stopped before it is removed), and the log tails of a failure.
+daemons, tails = test_lab.daemons, test_lab.tails
 
 pytestmark = pytest.mark.slow
 
@@ -84,24 +88,6 @@ def lab() -> Iterator[netlab.Lab]:
     finally:
         problems = network.destroy()
         assert not problems, problems
-
-
-@pytest.fixture
-def daemons(tmp_path: Path, lab: netlab.Lab) -> Iterator[Daemons]:
-    d = Daemons(tmp_path, fail=pytest.fail, search_path=False, ctl_timeout=START)
-    try:
-        yield d
-    finally:
-        d.stop(grace=5)  # before `lab` removes the namespaces
-
-
-def tails(root: Path, lines: int = 25) -> str:
-    """The last lines of every log and daemon output under *root*: what explains a failure."""
-    out = []
-    for path in sorted([*root.glob("*.out"), *(root / "logs").glob("*.log")]):
-        text = path.read_text(errors="replace").splitlines()
-        out.append(f"--- {path.name} (last {min(lines, len(text))} of {len(text)} lines)\n" + "\n".join(text[-lines:]))
-    return "\n".join(out)
 
 
 def status(daemons: Daemons, node_id: int) -> dict[str, Any]:
