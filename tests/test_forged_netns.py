@@ -44,7 +44,7 @@ import pytest
 
 import daemonkit
 from p2ptorrent import wire
-from p2ptorrent.procs import Daemons, free_port, sha256, tcp_listening
+from p2ptorrent.procs import Daemons, free_port, sha256
 from p2ptorrent.procs import wait_for as _wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -58,7 +58,7 @@ pytestmark = pytest.mark.slow
 
 MIB = 1024 * 1024
 SIZE = 64 * MIB
-TRACKER_PORT = 12345
+TRACKER_PORT = test_lab.TRACKER_PORT  # (the tracker is started as the lab test starts it)
 #: Fixed UDP ports (the namespaces are new and empty: any port is free there).
 PORTS = {1: 40001, 2: 40002, 3: 40003}
 #: Each seeder's egress, Mbit/s: the download takes about SIZE * 8 / (2 * RATE) seconds (5.4 s).
@@ -117,13 +117,7 @@ def test_forged_blocks_and_errors_across_the_lab(tmp_path: Path, lab: netlab.Lab
         lab.set_rate(role, RATE_MBIT)
 
     nodes_dir, logs = tmp_path / "node_files", tmp_path / "logs"
-    tracker = lab.host("tracker").addr
-    proc = daemons.start("tracker", [
-        "p2ptracker", "--host", tracker, "--port", str(TRACKER_PORT),
-        "--tracker-db-dir", str(tmp_path / "tracker_db"), "--logs-dir", str(logs),
-    ], wrapper=lab.exec_in("tracker"))
-    wait_for(lambda: tcp_listening(proc.pid, TRACKER_PORT), f"the tracker to listen at {tracker}:{TRACKER_PORT}",
-             alive=partial(daemons.check_alive, "tracker"))
+    tracker = test_lab.start_tracker(tmp_path, lab, daemons)
 
     placed = {1: "seed1", 2: "seed2", 3: "node"}
     for node_id, role in placed.items():

@@ -72,6 +72,18 @@ def daemons(tmp_path: Path, lab: netlab.Lab) -> Iterator[Daemons]:
         d.stop(grace=5)  # before `lab` removes the namespaces
 
 
+def start_tracker(tmp_path: Path, lab: netlab.Lab, daemons: Daemons) -> str:
+    """`twistd -n p2ptracker` on the lab's tracker host, listening: its address."""
+    tracker = lab.host("tracker").addr
+    proc = daemons.start("tracker", [
+        "p2ptracker", "--host", tracker, "--port", str(TRACKER_PORT),
+        "--tracker-db-dir", str(tmp_path / "tracker_db"), "--logs-dir", str(tmp_path / "logs"),
+    ], wrapper=lab.exec_in("tracker"))
+    wait_for(lambda: tcp_listening(proc.pid, TRACKER_PORT), f"the tracker to listen at {tracker}:{TRACKER_PORT}",
+             alive=partial(daemons.check_alive, "tracker"))
+    return tracker
+
+
 def tails(root: Path, lines: int = 25) -> str:
     """The last lines of every log and daemon output under *root*: what explains a failure."""
     out = []
@@ -92,13 +104,7 @@ def test_two_seeders_to_one_node_across_a_lossy_lab(tmp_path: Path, lab: netlab.
         pytest.fail(f"{e}\nThis test needs network namespaces: run it as root on a kernel with veth, bridge and nftables.")
 
     nodes_dir, logs = tmp_path / "node_files", tmp_path / "logs"
-    tracker = lab.host("tracker").addr
-    proc = daemons.start("tracker", [
-        "p2ptracker", "--host", tracker, "--port", str(TRACKER_PORT),
-        "--tracker-db-dir", str(tmp_path / "tracker_db"), "--logs-dir", str(logs),
-    ], wrapper=lab.exec_in("tracker"))
-    wait_for(lambda: tcp_listening(proc.pid, TRACKER_PORT), f"the tracker to listen at {tracker}:{TRACKER_PORT}",
-             alive=partial(daemons.check_alive, "tracker"))
+    tracker = start_tracker(tmp_path, lab, daemons)
 
     # Node ids: 1 and 2 seed, 3 downloads.  Only what the placement needs is given: default settings.
     placed = {1: "seed1", 2: "seed2", 3: "node"}

@@ -85,9 +85,7 @@ class SqliteStore:
                 if nodes_doc or files_doc:
                     self.log.info("imported nodes.json and files.json into {path}", path=str(self.path))
                 return problems
-            nodes = [json.loads(doc) for (doc,) in db.execute("SELECT doc FROM nodes ORDER BY node_id")]
-            files = [json.loads(doc) for (doc,) in db.execute("SELECT doc FROM files ORDER BY info_hash")]
-            return state.restore({"version": DB_VERSION, "nodes": nodes}, {"version": DB_VERSION, "files": files}, now)
+            return state.restore(*_docs(db), now)
         finally:
             db.close()
 
@@ -162,10 +160,14 @@ def read_docs(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
     and tests, also while a tracker runs)."""
     db = sqlite3.connect(f"file:{Path(folder) / DB_FILE}?mode=ro", uri=True)
     try:
-        nodes = [json.loads(doc) for (doc,) in db.execute("SELECT doc FROM nodes ORDER BY node_id")]
-        files = [json.loads(doc) for (doc,) in db.execute("SELECT doc FROM files ORDER BY info_hash")]
+        return _docs(db)
     finally:
         db.close()
+
+
+def _docs(db: sqlite3.Connection) -> tuple[dict[str, Any], dict[str, Any]]:
+    nodes = [json.loads(doc) for (doc,) in db.execute("SELECT doc FROM nodes ORDER BY node_id")]
+    files = [json.loads(doc) for (doc,) in db.execute("SELECT doc FROM files ORDER BY info_hash")]
     return {"version": DB_VERSION, "nodes": nodes}, {"version": DB_VERSION, "files": files}
 
 
