@@ -146,7 +146,8 @@ class Config:
     LOG_BACKUPS: int = 5
     #: Where the tracker keeps its state (one of TRACKER_STORES): "sqlite", tracker.db in tracker_db_dir
     #: written by group commit off the reactor, with nodes.json/files.json as snapshots beside it; "json",
-    #: the two JSON files rewritten whole at every change (the original format: for small swarms only).
+    #: the two JSON files rewritten whole at every change (the original format: for small swarms only);
+    #: or redis://HOST:PORT/DB, the state in Redis, shared by every tracker given the same address.
     TRACKER_STORE: str = "sqlite"
 
     # ---- derived values
@@ -266,8 +267,9 @@ def _problems(c: Config) -> list[str]:
                     f" got {c.LOG_MAX_BYTES}")
     if c.LOG_BACKUPS < 1:
         errs.append(f"LOG_BACKUPS must be at least 1 (rotated log files kept), got {c.LOG_BACKUPS}")
-    if c.TRACKER_STORE not in TRACKER_STORES:
-        errs.append(f"TRACKER_STORE must be one of {', '.join(TRACKER_STORES)}, got {c.TRACKER_STORE!r}"
+    if c.TRACKER_STORE not in TRACKER_STORES and not str(c.TRACKER_STORE).startswith("redis://"):
+        errs.append(f"TRACKER_STORE must be one of {', '.join(TRACKER_STORES)} or redis://HOST:PORT/DB,"
+                    f" got {c.TRACKER_STORE!r}"
                     + _did_you_mean(str(c.TRACKER_STORE).lower(), TRACKER_STORES))
     modes = c.tracker_requests_mode
     want = set(_modes())

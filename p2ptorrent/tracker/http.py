@@ -13,7 +13,7 @@ import io
 import ipaddress
 import json
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 from klein import Klein
 from twisted.internet.defer import Deferred, succeed
@@ -33,6 +33,7 @@ from p2ptorrent.tracker.state import (
     Own,
     OwnChange,
     Register,
+    Registration,
     Request,
     SwarmState,
     TrackerError,
@@ -40,6 +41,8 @@ from p2ptorrent.tracker.state import (
     Withdraw,
     parse_request,
 )
+from p2ptorrent.tracker.changes import Outcome, apply
+from p2ptorrent.tracker.redis_store import RedisSwarm
 from p2ptorrent.tracker.sqlite_store import SNAPSHOT_INTERVAL, GroupCommit, SqliteStore
 from p2ptorrent.tracker.store import JsonStore
 
@@ -58,9 +61,13 @@ class TrackerHTTP:
     app = Klein()
     log = Logger()
 
-    def __init__(self, state: SwarmState, store: JsonStore | SqliteStore, reactor: IReactorTime, settings: Config) -> None:
+    def __init__(
+        self, state: SwarmState, store: JsonStore | SqliteStore | RedisSwarm, reactor: IReactorTime, settings: Config,
+    ) -> None:
         self.state = state
         self.store = store
+        #: With the Redis store: changes go through the shared log (see redis_store.py).
+        self.shared = store if isinstance(store, RedisSwarm) else None
         self.reactor = reactor
         self.settings = settings
         self._saved_revision = state.revision
@@ -86,7 +93,18 @@ class TrackerHTTP:
     # ---- life cycle (called by the service in tap.py)
 
     def load(self) -> None:
-        """Read the database back; its nodes count as seen now."""
+        """Read the database back; its nodes count as seen now.
+
+        The Redis store is read once the reactor runs (this only checks that
+        Redis answers, and raises OSError if not)."""
+        if self.shared is not None:
+            shared = self.shared
+            shared.check_reachable()
+            shared.on_dropped = self._log_dropped
+            shared.ready.addCallback(lambda _: self._log_loaded())
+            shared.ready.addErrback(lambda _: None)  # (logged by the store)
+            cast(Any, self.reactor).callWhenRunning(shared.start)
+            return
         if isinstance(self.store, SqliteStore):
             problems = self.store.load(self.state, self.reactor.seconds())
             self.store.start()
@@ -94,11 +112,15 @@ class TrackerHTTP:
             self._snapshots.clock = self.reactor
             self._snapshots.start(SNAPSHOT_INTERVAL, now=False)
         else:
+            assert isinstance(self.store, JsonStore)
             nodes_doc, files_doc = self.store.load()
             problems = self.state.restore(nodes_doc, files_doc, self.reactor.seconds())
         for problem in problems:
             self.log.warn("database: {problem}", problem=problem)
         self._saved_revision = self.state.revision
+        self._log_loaded()
+
+    def _log_loaded(self) -> None:
         summary = self.state.summary()
         self.log.info(
             "loaded {nodes} nodes and {files} files from {folder}",
@@ -109,7 +131,7 @@ class TrackerHTTP:
         """Fires once every change so far is saved (the SQLite store: committed; fails if the commit failed)."""
         if self.commit is not None:
             return self.commit.durable()
-        self.persist()
+        self.persist()  # (the Redis store: the change is in Redis before it is applied)
         return succeed(None)
 
     def close(self) -> Deferred[None]:
@@ -117,6 +139,8 @@ class TrackerHTTP:
         if self._dropping is not None and self._dropping.active():
             self._dropping.cancel()  # the rest of a liveness check waits for the next start
             self._dropping = None
+        if self.shared is not None:
+            return self.shared.stop()
         if self.commit is None or not isinstance(self.store, SqliteStore):
             self.persist()
             return succeed(None)
@@ -169,8 +193,15 @@ class TrackerHTTP:
         of the previous one still run adds to them.
         """
         try:
-            self.state.start_check(self.reactor.seconds())
             self._sum_up_refusals()
+            if self.shared is not None:
+                # One tracker makes the checks of a shared swarm; every tracker applies them (redis_store.py).
+                dropped, self.shared.dropped = self.shared.dropped, 0
+                self.shared.check().addErrback(lambda f: self.log.warn(
+                    "could not append a liveness check to the Redis log: {why}", why=f.getErrorMessage()))
+                self._log_counts(dropped)
+                return
+            self.state.start_check(self.reactor.seconds())
             if self._dropping is None:
                 self._drop_slice()
         except Exception:
@@ -196,6 +227,12 @@ class TrackerHTTP:
 
     def _end_check(self) -> None:
         dropped, self._dropped = sorted(self._dropped), []
+        self._log_dropped(dropped)
+        self.persist()
+        self._log_counts(len(dropped))
+
+    def _log_dropped(self, dropped: list[int]) -> None:
+        dropped = sorted(dropped)
         if dropped:
             more = len(dropped) - DROPPED_IDS_LOGGED
             self.log.info(
@@ -204,8 +241,6 @@ class TrackerHTTP:
                 count=len(dropped), checks=self.settings.TRACKER_MISSED_CHECKS,
                 ids=" ".join(map(str, dropped[:DROPPED_IDS_LOGGED])), more=f" and {more} more" if more > 0 else "",
             )
-        self.persist()
-        self._log_counts(len(dropped))
 
     def _log_counts(self, dropped: int) -> None:
         """The one info line per check that says how busy the tracker is (requests themselves are at debug)."""
@@ -232,6 +267,8 @@ class TrackerHTTP:
             host = _client_host(request)
             body = self._read_body(request)
             parsed = parse_request(body, self.settings)
+            if self.shared is not None:
+                return self._shared(request, parsed, host)
             answer = self._dispatch(parsed, host)
         except TrackerError as e:
             self._log_refusal(parsed, host, e)
@@ -247,6 +284,29 @@ class TrackerHTTP:
             lambda _: _json(request, 200, {"ok": True, **answer}),
             lambda _: _json(request, 503, {"ok": False, "error": "the tracker could not save this change: try again"}),
         )
+
+    def _shared(self, request: IRequest, parsed: Request, host: str | None) -> Deferred[bytes]:
+        """A request on the Redis store: a change is answered once this tracker applied it from the shared log;
+        a NEED once this tracker applied every change logged before it."""
+        assert self.shared is not None
+        self._requests[type(parsed).__name__.upper()] += 1
+        if isinstance(parsed, Need):
+            d = self.shared.caught_up().addCallback(lambda _: self._answer(parsed, None, host))
+        else:
+            if isinstance(parsed, Register) and host is None:
+                raise TrackerError(400, "cannot tell the address of this connection")
+            d = self.shared.change(parsed, host).addCallback(lambda outcome: self._answer(parsed, outcome, host))
+
+        def refused(failure: Failure) -> bytes:
+            error = failure.value
+            if not isinstance(error, TrackerError):
+                self.log.warn("could not confirm a {mode} through Redis: {why}",
+                              mode=type(parsed).__name__.upper(), why=failure.getErrorMessage())
+                error = TrackerError(503, "the tracker could not confirm this change with its store: try again")
+            self._log_refusal(parsed, host, error)
+            return _json(request, error.status, {"ok": False, "error": error.message})
+
+        return d.addCallbacks(lambda answer: _json(request, 200, {"ok": True, **answer}), refused)
 
     @app.route("/", methods=["GET"])
     def get(self, request: IRequest) -> bytes:
@@ -282,14 +342,20 @@ class TrackerHTTP:
         return body
 
     def _dispatch(self, req: Request, host: str | None) -> dict[str, Any]:
-        # Only joins, leaves and changes of ownership are logged at info: the rest come every
-        # few seconds from every node and are counted in the line of each liveness check.
-        state = self.state
         self._requests[type(req).__name__.upper()] += 1
+        outcome = None if isinstance(req, Need) else apply(self.state, req, host, self.reactor.seconds())
+        return self._answer(req, outcome, host)
+
+    def _answer(self, req: Request, outcome: Outcome, host: str | None) -> dict[str, Any]:
+        """The answer to an applied request (a NEED: drawn now), and its log line.
+
+        Only joins, leaves and changes of ownership are logged at info: the rest come every
+        few seconds from every node and are counted in the line of each liveness check.
+        """
+        state = self.state
         if isinstance(req, Register):
-            if host is None:
-                raise TrackerError(400, "cannot tell the address of this connection")
-            reg = state.register(req.node_id, host, req.port, req.token, self.reactor.seconds())
+            reg = outcome
+            assert isinstance(reg, Registration)
             if reg.new:
                 self.log.info("node {node_id} joined from {host}:{port}", node_id=reg.node_id, host=host, port=reg.port)
             elif reg.returned:
@@ -309,7 +375,7 @@ class TrackerHTTP:
                 "interval": self.settings.NODE_TIME_INTERVAL,
             }
         if isinstance(req, Own):
-            change = state.own(req.node_id, req.token, req.info_hash, req.name, req.length, req.have, req.pieces)
+            change = outcome
             if change in (OwnChange.NEW_PARTIAL, OwnChange.NOW_PARTIAL):
                 self.log.info(
                     "node {node_id} owns part of {info_hash} ({name}, {length} bytes): {have} of {pieces} pieces",
@@ -332,7 +398,7 @@ class TrackerHTTP:
                 )
             return {}
         if isinstance(req, Withdraw):
-            owned = state.withdraw(req.node_id, req.token, req.info_hash)
+            owned = bool(outcome)
             self.log.emit(
                 LogLevel.info if owned else LogLevel.debug,
                 "node {node_id} withdrew {info_hash}{already}",
@@ -352,7 +418,7 @@ class TrackerHTTP:
                 "owners": [o.as_json() for o in result.owners],
             }
         if isinstance(req, Update):
-            credited = state.update(req.node_id, req.token, req.info_hash, req.uploaders)
+            credited = outcome if isinstance(outcome, list) else []
             given = set(credited)
             not_credited = [u for u in req.uploaders if u not in given]
             # Info while it credits someone (once per finished download: rare in steady state).
@@ -362,7 +428,6 @@ class TrackerHTTP:
             )
             return {"credited": credited}
         assert isinstance(req, Exit), req
-        state.exit(req.node_id, req.token)
         self.log.info("node {node_id} left", node_id=req.node_id)
         return {}
 

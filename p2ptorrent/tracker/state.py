@@ -397,15 +397,34 @@ class _File:
         return not self.owners and not self.credits
 
 
+class TokenDigest(str):
+    """The SHA-256 (hex) of a token, standing in for the token itself.
+
+    The shared change log of the Redis store carries these, never a token:
+    a tracker replaying a change checks it against the node's digest as it
+    would check the token.
+    """
+
+
+def token_digest(token: str) -> TokenDigest:
+    """The digest the tracker keeps of a token (a :class:`TokenDigest` is its own digest)."""
+    if isinstance(token, TokenDigest):
+        return token
+    # surrogatepass: a token is whatever string the node sent; hashing must not fail on it.
+    return TokenDigest(hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest())
+
+
 def proposed_token(token: str | None) -> TypeGuard[str]:
     """Whether a joining node's token is one the tracker adopts: enough lowercase hex digits."""
     low, high = PROPOSED_TOKEN_DIGITS
-    return token is not None and low <= len(token) <= high and _HEX.issuperset(token)
+    return (
+        token is not None and not isinstance(token, TokenDigest)
+        and low <= len(token) <= high and _HEX.issuperset(token)
+    )
 
 
 def _digest(token: str) -> str:
-    # surrogatepass: a token is whatever string the node sent; hashing must not fail on it.
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+    return str(token_digest(token))
 
 
 class SwarmState:
@@ -442,6 +461,10 @@ class SwarmState:
         self.last_check: float | None = None
         #: Liveness checks so far; a node's ``epoch`` is this count at its last REGISTER.
         self._checks = 0
+        #: Keep the nodes whose epoch changed (see take_epochs()): the Redis store saves epochs, so that
+        #: every tracker sharing a swarm drops the same nodes at the same check.
+        self.track_epochs = False
+        self._epochs_changed: set[int] = set()
 
     # ---- reading
 
@@ -464,6 +487,20 @@ class SwarmState:
         file = self._files.get(info_hash)
         return None if file is None else file.partial.get(node_id)
 
+    @property
+    def checks(self) -> int:
+        """Liveness checks made so far (a node's epoch is this count at its last REGISTER)."""
+        return self._checks
+
+    def epoch(self, node_id: int) -> int | None:
+        node = self._nodes.get(node_id)
+        return None if node is None else node.epoch
+
+    def take_epochs(self) -> set[int]:
+        """Live nodes whose epoch changed since the last call (with ``track_epochs``)."""
+        taken, self._epochs_changed = self._epochs_changed, set()
+        return taken
+
     def summary(self) -> dict[str, int]:
         return {"nodes": len(self._nodes), "files": len(self._files)}
 
@@ -473,17 +510,21 @@ class SwarmState:
 
     # ---- requests
 
-    def register(self, node_id: int, host: str, port: int, token: str | None, now: float) -> Registration:
+    def register(
+        self, node_id: int, host: str, port: int, token: str | None, now: float, fresh_token: str | None = None,
+    ) -> Registration:
         """Join afresh (unknown node) or heartbeat (known node, right token).
 
         A joining node may propose its token (see :func:`proposed_token`); the
         tracker then adopts it, so a join whose answer was lost can be sent
-        again as is and is taken as the heartbeat it now is.
+        again as is and is taken as the heartbeat it now is.  Otherwise it gets
+        *fresh_token*, or a new random one: a change replayed from the shared
+        log names the token (as a digest) so that every tracker agrees.
         """
         node = self._nodes.get(node_id)
         if node is None:
             self._check_room(host)
-            fresh = token if proposed_token(token) else secrets.token_hex(TOKEN_BYTES)
+            fresh = token if proposed_token(token) else fresh_token or secrets.token_hex(TOKEN_BYTES)
             self._nodes[node_id] = _Node(node_id, host, port, 0, _digest(fresh), last_seen=now, epoch=self._checks)
             self._count(host, +1)
             self.revision += 1
@@ -495,7 +536,10 @@ class SwarmState:
         returned = not node.heard
         node.heard = True
         node.last_seen = now
-        node.epoch = self._checks
+        if node.epoch != self._checks:
+            node.epoch = self._checks
+            if self.track_epochs:
+                self._epochs_changed.add(node_id)
         self._nodes.move_to_end(node_id)
         if (node.host, node.port) != (host, port):
             # The node moved (new UDP port, new address behind a NAT): peers must learn it.
@@ -709,15 +753,23 @@ class SwarmState:
         self._dirty_nodes.update(node_ids)
         self._dirty_files.update(info_hashes)
 
-    def restore(self, nodes_doc: Mapping[str, Any], files_doc: Mapping[str, Any], now: float) -> list[str]:
+    def restore(
+        self, nodes_doc: Mapping[str, Any], files_doc: Mapping[str, Any], now: float,
+        liveness: tuple[int, Mapping[int, int]] | None = None,
+    ) -> list[str]:
         """Replace the state with saved documents; every node counts as seen at ``now``.
 
         Entries that do not make sense (hand edits, a newer format) are skipped
         and described in the returned list so the caller can log them; an
-        empty document means an empty part.
+        empty document means an empty part.  *liveness*, the count of checks
+        and each node's epoch as saved (the Redis store), takes the place of
+        "seen now", so a tracker joining a shared swarm drops the same nodes
+        as the others.
         """
         problems: list[str] = []
         nodes: OrderedDict[int, _Node] = OrderedDict()
+        if liveness is not None:
+            self._checks = liveness[0]
         for entry in _entries(nodes_doc, "nodes", problems):
             try:
                 node = _Node(
@@ -733,7 +785,13 @@ class SwarmState:
             except (KeyError, TypeError, ValueError) as e:
                 problems.append(f"skipped node entry {_short(entry)}: {_why(e)}")
                 continue
+            if liveness is not None:
+                node.epoch = min(liveness[1].get(node.node_id, self._checks), self._checks)
+                node.heard = True
             nodes[node.node_id] = node
+        if liveness is not None:
+            # Oldest REGISTER first, as the nodes' order must be (liveness looks at the front).
+            nodes = OrderedDict(sorted(nodes.items(), key=lambda kv: kv[1].epoch))
         files: dict[str, _File] = {}
         for entry in _entries(files_doc, "files", problems):
             try:
@@ -771,6 +829,7 @@ class SwarmState:
         self._files = files
         self._files_of = files_of
         self._dirty_nodes, self._dirty_files = set(), set()
+        self._epochs_changed = set()
         # Nodes admitted before stay, even beyond a cap lowered since: they only block new ones.
         self._per_host = {}
         for node in nodes.values():

@@ -26,6 +26,7 @@ from p2ptorrent.logfile import LogFileService
 from p2ptorrent.startup import FolderDaemon, FolderLock, StartupError, claim_under_twistd, fail_to_start, usable_folder
 from p2ptorrent.options import SettingsOptions
 from p2ptorrent.tracker.connections import ConnectionPolicy, GuardedSite, connection_cap, raise_open_file_limit
+from p2ptorrent.tracker.redis_store import RedisAddress, RedisConfigError, RedisSwarm
 from p2ptorrent.tracker.state import SwarmState
 from p2ptorrent.tracker.sqlite_store import SqliteStore
 from p2ptorrent.tracker.store import JsonStore
@@ -55,8 +56,9 @@ class Options(SettingsOptions):
         ["listen", None, None,
          "Twisted server endpoint string, overriding --host and --port (e.g. tcp:0:interface=127.0.0.1)."],
         ["store", None, None,
-         "Where the state is kept: sqlite (tracker.db, the default) or json (nodes.json and files.json rewritten "
-         "at every change: small swarms only) (TRACKER_STORE)."],
+         "Where the state is kept: sqlite (tracker.db, the default), json (nodes.json and files.json rewritten "
+         "at every change: small swarms only) or redis://HOST:PORT/DB (in Redis, shared by every tracker given "
+         "the same address: several tracker processes serve one swarm) (TRACKER_STORE)."],
     ]
 
     def __init__(self) -> None:
@@ -81,6 +83,12 @@ class Options(SettingsOptions):
         super().postOptions()
         self["endpoint"] = self._endpoint()
         settings = self["settings"]
+        self["redis"] = None
+        if settings.TRACKER_STORE.startswith("redis://"):
+            try:
+                self["redis"] = RedisAddress.parse(settings.TRACKER_STORE)
+            except RedisConfigError as e:
+                raise usage.UsageError(str(e)) from None
         self["log_taken_over"] = claim_under_twistd(
             self, "p2ptracker", Path(settings.tracker_db_dir), Path(settings.tracker_db_dir) / PID_FILE,
             Path(settings.logs_dir) / "tracker.log",
@@ -147,7 +155,10 @@ class TrackerServerService(StreamServerEndpointService):
         # The state must be ready before the first request: loaded now, before the reactor runs and accepts
         # anything, and only once the port is ours (a refused start leaves the database folder as it was).
         if not self._loaded:
-            self.tracker.load()
+            try:
+                self.tracker.load()
+            except OSError as e:
+                raise StartupError(f"cannot reach the store at {self.tracker.store.folder}: {e}") from None
             self._loaded = True
         self._waitingForPort.addCallback(self._listening)
 
@@ -257,7 +268,14 @@ def _build(config: Options | dict[str, Any], reactor: Any) -> TrackerService:
 
     settings = config["settings"]
     state = SwarmState(settings, random.Random())
-    store = JsonStore(settings.tracker_db_dir) if settings.TRACKER_STORE == "json" else SqliteStore(settings.tracker_db_dir, reactor)
+    store: JsonStore | SqliteStore | RedisSwarm
+    if settings.TRACKER_STORE == "json":
+        store = JsonStore(settings.tracker_db_dir)
+    elif settings.TRACKER_STORE == "sqlite":
+        store = SqliteStore(settings.tracker_db_dir, reactor)
+    else:
+        address = config.get("redis") or RedisAddress.parse(settings.TRACKER_STORE)
+        store = RedisSwarm(address, state, reactor, settings)
     tracker = TrackerHTTP(state, store, reactor, settings)
 
     top = TrackerService(tracker, Path(settings.tracker_db_dir), Path(settings.logs_dir))

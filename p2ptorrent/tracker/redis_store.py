@@ -1,0 +1,580 @@
+"""The Redis store: several tracker processes serving one swarm.
+
+Redis holds the swarm in two forms, and every tracker a copy in memory:
+
+- **the change log**, a stream (``p2ptracker:log``): every change
+  (changes.py: REGISTER, OWN, UPDATE, EXIT and each liveness check) is
+  appended by the tracker that received it, numbered by one counter in the
+  same Lua script, so the log has one order.  Every tracker reads the log and
+  applies each change, in that order, to its :class:`SwarmState`: the same
+  rules on the same changes give the same state everywhere, so a node
+  registered through one tracker is found through any other and tokens,
+  credits and ownerships agree.  A request is answered once its tracker has
+  applied its own change (the outcome is what the rules gave *there*, in the
+  log's order); a NEED first waits until its tracker has applied everything
+  logged before it.
+- **rows**: hashes of node and file entries (the JSON of nodes.json and
+  files.json), each node's liveness epoch, and the log position they hold.
+  The tracker that makes the liveness checks writes what changed every few
+  seconds, in one script that refuses a position older than the one written,
+  and trims the log a while behind it.  A starting tracker reads the rows,
+  then the log from their position.
+
+Liveness: one tracker at a time, the holder of a lease key, appends a check
+to the log (the script takes or renews the lease and appends only for its
+holder); every tracker applies the check, so a silent node is dropped once,
+in one place of the log, by all of them.  If the holder dies, another takes
+the lease when it runs out.
+
+Durability: a change is answered only after Redis took it into the log, so
+killing a tracker loses nothing acknowledged; what a crash of Redis itself
+may lose is its ``appendfsync`` setting's business (see the README).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from p2ptorrent.config import Config
+from p2ptorrent.tracker.changes import CHANGE_FORMAT, Changing, Check, Outcome, apply_change, decode, encode, to_change
+from p2ptorrent.tracker.state import TOKEN_BYTES, Register, Registration, SwarmState, TrackerError, proposed_token
+
+#: Every key the store uses starts with this.
+PREFIX = "p2ptracker:"
+LOG, SEQ, META, NODES, EPOCHS, FILES, CHECKER = (
+    PREFIX + k for k in ("log", "seq", "meta", "nodes", "epochs", "files", "checker")
+)
+#: Seconds between two writes of the rows (by the checker, when something changed).
+SAVE_INTERVAL = 5.0
+#: Log entries kept behind the rows' position, in milliseconds: a tracker that falls further behind
+#: reads the rows again.
+RETENTION_MS = 120_000
+#: Entries applied per turn of the reactor (the rest waits for the next turn).
+APPLY_SLICE = 500
+#: Entries one read of the log takes at most, and how long it waits for one (ms).
+READ_COUNT, READ_BLOCK_MS = 2000, 1000
+#: Seconds a request waits for Redis to take its change and for the tracker to apply it.
+CONFIRM_TIMEOUT = 10.0
+#: The settings every tracker of one swarm must share: the rules depend on them.
+SHARED_SETTINGS = ("TRACKER_MISSED_CHECKS", "TRACKER_MAX_NODES_PER_HOST", "TRACKER_TIME_INTERVAL")
+
+# Append one change: the counter and the stream move together.
+APPEND = """
+local seq = redis.call('INCR', KEYS[1])
+local id = redis.call('XADD', KEYS[2], '*', 'seq', seq, 'origin', ARGV[1], 'c', ARGV[2])
+return {seq, id}
+"""
+# Append a liveness check, only for the holder of the lease (taken if free, renewed if ours).
+APPEND_CHECK = """
+local holder = redis.call('GET', KEYS[3])
+if holder and holder ~= ARGV[1] then return false end
+redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[3])
+local seq = redis.call('INCR', KEYS[1])
+local id = redis.call('XADD', KEYS[2], '*', 'seq', seq, 'origin', ARGV[1], 'c', ARGV[2])
+return {seq, id}
+"""
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# Write changed rows as of one log position, unless rows of a later position are there already.
+SAVE = """
+local cur = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+if cur >= tonumber(ARGV[1]) then return 0 end
+for id, row in pairs(cjson.decode(ARGV[5])) do
+  if row == '' then
+    redis.call('HDEL', KEYS[2], id)
+    redis.call('HDEL', KEYS[3], id)
+  else
+    redis.call('HSET', KEYS[2], id, row)
+  end
+end
+for id, e in string.gmatch(ARGV[6], '(%d+):(%d+)') do redis.call('HSET', KEYS[3], id, e) end
+for h, row in pairs(cjson.decode(ARGV[7])) do
+  if row == '' then redis.call('HDEL', KEYS[4], h) else redis.call('HSET', KEYS[4], h, row) end
+end
+redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'id', ARGV[2], 'checks', ARGV[3])
+local ms = tonumber(string.match(ARGV[2], '^(%d+)'))
+redis.call('XTRIM', KEYS[5], 'MINID', string.format('%d', ms - tonumber(ARGV[4])))
+return 1
+"""
+LOAD = """
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
+        redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4])}
+"""
+
+
+class RedisConfigError(ValueError):
+    """A redis:// address that cannot be used."""
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    host: str
+    port: int
+    db: int
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> RedisAddress:
+        """``redis://[:PASSWORD@]HOST[:PORT][/DB]`` (port 6379 and database 0 by default)."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port or 6379
+        except ValueError as e:
+            raise RedisConfigError(f"bad Redis address {url!r}: {e}") from None
+        if parts.scheme != "redis" or not parts.hostname:
+            raise RedisConfigError(f"bad Redis address {url!r}: give redis://HOST:PORT/DB")
+        path = parts.path.strip("/") or "0"
+        if not path.isdigit():
+            raise RedisConfigError(f"bad Redis address {url!r}: the database must be a number, not {path!r}")
+        return cls(parts.hostname, port, int(path), parts.password)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"redis://{host}:{self.port}/{self.db}"
+
+
+def ping(address: RedisAddress, timeout: float = 5.0) -> None:
+    """Check that Redis answers (before twistd forks, so a tracker that cannot reach it says so and exits).
+
+    Raises OSError saying why."""
+    with socket.create_connection((address.host, address.port), timeout=timeout) as s:
+        s.settimeout(timeout)
+        if address.password is not None:
+            s.sendall(_resp("AUTH", address.password))
+            _expect_ok(s, "AUTH")
+        s.sendall(_resp("PING"))
+        reply = s.recv(256)
+        if not reply.startswith(b"+PONG"):
+            raise OSError(f"not a Redis server, or it refused: {reply[:80]!r}")
+
+
+def _resp(*words: str) -> bytes:
+    out = [b"*%d\r\n" % len(words)]
+    for word in words:
+        data = word.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def _expect_ok(s: socket.socket, what: str) -> None:
+    reply = s.recv(256)
+    if not reply.startswith(b"+OK"):
+        raise OSError(f"{what} refused: {reply[:80]!r}")
+
+
+class RedisSwarm:
+    """The tracker's side of the shared swarm: appends changes, applies the log, writes rows, checks liveness."""
+
+    log = Logger()
+
+    def __init__(self, address: RedisAddress, state: SwarmState, reactor: Any, settings: Config) -> None:
+        self.address = address
+        self.state = state
+        self.reactor = reactor
+        self.settings = settings
+        self.folder = str(address)  # what the tracker's "loaded from" line names
+        state.track_epochs = True
+        #: This process in the log (a new one at every start).
+        self.origin = secrets.token_hex(8)
+        self._pool: Any = None
+        self._reader: Any = None
+        self.ready: Deferred[None] = Deferred()
+        self._ready = False
+        self._reloading = False
+        # Requests that came before the store was ready.
+        self._waiting: list[Deferred[None]] = []
+        self._stopping = False
+        #: The last change applied, by number and stream id.
+        self.applied = 0
+        self._applied_id = "0-0"
+        # Own changes by number: waiting for their outcome, or applied before Redis's answer came.
+        self._pending: dict[int, Deferred[Outcome]] = {}
+        self._early: dict[int, tuple[Outcome | Failure]] = {}
+        # NEEDs waiting for the tracker to catch up: (number, Deferred).
+        self._barriers: list[tuple[int, Deferred[None]]] = []
+        self._queue: deque[Any] = deque()
+        #: Stream id of the last change read, and of the last applied.
+        self._read_id = "0-0"
+        self._draining = False
+        #: A liveness check whose drops are under way (applied before the next change).
+        self._dropping: list[int] | None = None
+        self._check_origin: str | None = None
+        #: Holds the liveness lease (makes the checks and writes the rows).
+        self.checker = False
+        # Rows taken from the state but not written yet (the write failed or was refused).
+        self._unsaved: tuple[set[int], set[str], set[int]] = (set(), set(), set())
+        self._saving = False
+        self._saver: LoopingCall | None = None
+        #: Nodes dropped by checks this tracker appended, since the caller last took the count.
+        self.dropped = 0
+        self.on_dropped: Callable[[list[int]], None] = lambda ids: None
+
+    # ---- life cycle
+
+    def check_reachable(self) -> None:
+        """Raise OSError if Redis does not answer a PING (called before the reactor runs)."""
+        ping(self.address)
+
+    def start(self) -> Deferred[None]:
+        """Connect, check the shared settings, read the rows and follow the log; fires ``ready``."""
+        import txredisapi  # imported late: it imports the reactor
+
+        a = self.address
+        common = dict(dbid=a.db, password=a.password, convertNumbers=False, charset="utf-8")
+        d: Deferred[Any] = txredisapi.ConnectionPool(a.host, a.port, poolsize=4, **common)
+
+        def pooled(pool: Any) -> Deferred[Any]:
+            self._pool = pool
+            reader: Deferred[Any] = txredisapi.Connection(a.host, a.port, **common)
+            return reader
+
+        def connected(reader: Any) -> Deferred[Any]:
+            self._reader = reader
+            return self._check_rules()
+
+        d.addCallback(pooled)
+        d.addCallback(connected)
+        d.addCallback(lambda _: self._load())
+        d.addCallback(self._started)
+        d.addErrback(self._failed_to_start)
+        return d
+
+    def _started(self, _: Any) -> None:
+        self._ready = True
+        self._read()
+        self._saver = LoopingCall(self.save)
+        self._saver.clock = self.reactor
+        self._saver.start(SAVE_INTERVAL, now=False)
+        self.ready.callback(None)
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    def _failed_to_start(self, failure: Failure) -> None:
+        self.log.critical(
+            "cannot use the Redis store at {address}: {why}", address=str(self.address), why=failure.getErrorMessage(),
+        )
+        if not self.ready.called:
+            self.ready.errback(failure)
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(TrackerError(503, "the tracker cannot use its Redis store"))
+        if self.reactor.running:
+            self.reactor.stop()
+
+    def _check_rules(self) -> Deferred[None]:
+        rules = json.dumps(
+            {"format": CHANGE_FORMAT, **{name: getattr(self.settings, name) for name in SHARED_SETTINGS}},
+            sort_keys=True,
+        )
+        d = self._pool.execute_command("HSETNX", META, "rules", rules)
+        d.addCallback(lambda _: self._pool.execute_command("HGET", META, "rules"))
+
+        def compare(theirs: str) -> None:
+            if theirs == rules:
+                return
+            raise RuntimeError(
+                f"the swarm in Redis runs with {theirs}, this tracker with {rules}: every tracker of one swarm"
+                " needs the same settings (or another Redis database)"
+            )
+
+        return d.addCallback(compare)
+
+    def _load(self) -> Deferred[None]:
+        """Replace the state with the rows; the log is read from their position on."""
+        d = self._pool.eval(LOAD, keys=[META, NODES, EPOCHS, FILES])
+        return d.addCallback(self._restore)
+
+    def _restore(self, reply: list[list[str]]) -> None:
+        meta, nodes, epochs, files = (dict(zip(r[::2], r[1::2], strict=True)) for r in reply)
+        node_entries = [json.loads(v) for v in nodes.values()]
+        file_entries = [json.loads(v) for v in files.values()]
+        checks = int(meta.get("checks", 0))
+        liveness = (checks, {int(k): int(v) for k, v in epochs.items()})
+        problems = self.state.restore(
+            {"version": 1, "nodes": node_entries}, {"version": 1, "files": file_entries},
+            self.reactor.seconds(), liveness,
+        )
+        for problem in problems:
+            self.log.warn("Redis rows: {problem}", problem=problem)
+        self.applied = int(meta.get("seq", 0))
+        self._applied_id = self._read_id = meta.get("id", "0-0")
+        self._unsaved = (set(), set(), set())
+
+    def stop(self) -> Deferred[None]:
+        """Write the last rows (the checker), give up the lease and disconnect."""
+        self._stopping = True
+        if self._saver is not None and self._saver.running:
+            self._saver.stop()
+        d: Deferred[Any] = succeed(None)
+        if self._ready and self.checker:
+            d.addCallback(lambda _: self.save())
+            d.addCallback(lambda _: self._pool.eval(RELEASE, keys=[CHECKER], args=[self.origin]))
+            d.addErrback(lambda f: self.log.failure("could not write the last rows to Redis", f))
+        d.addBoth(lambda _: self._disconnect())
+        return d
+
+    def _disconnect(self) -> Deferred[None]:
+        ds = [c.disconnect() for c in (self._reader, self._pool) if c is not None]
+        return DeferredList(ds, consumeErrors=True).addCallback(lambda _: None)
+
+    # ---- requests
+
+    def change(self, request: Changing, host: str | None) -> Deferred[Outcome]:
+        """Log the change a request makes and fire with its outcome once applied here (or fail:
+        TrackerError if the rules refused it, another error if Redis did not take it or did not say)."""
+        if not self._ready:
+            return self._when_ready().addCallback(lambda _: self.change(request, host))
+        fresh = secrets.token_hex(TOKEN_BYTES) if isinstance(request, Register) else None
+        entry = encode(to_change(request, host, self.reactor.seconds(), fresh))
+        d = self._pool.eval(APPEND, keys=[SEQ, LOG], args=[self.origin, entry])
+        d.addCallback(lambda reply: self._outcome(int(reply[0])))
+        d.addCallback(self._plain_token, request, fresh)
+        return d.addTimeout(CONFIRM_TIMEOUT, self.reactor)
+
+    def caught_up(self) -> Deferred[None]:
+        """Fires once this tracker has applied every change logged before now (for a NEED)."""
+        if not self._ready:
+            return self._when_ready().addCallback(lambda _: self.caught_up())
+        d = self._pool.execute_command("GET", SEQ)
+
+        def wait(seq: str | None) -> Deferred[None]:
+            if seq is None or int(seq) <= self.applied:
+                return succeed(None)
+            waiter: Deferred[None] = Deferred()
+            self._barriers.append((int(seq), waiter))
+            return waiter
+
+        d.addCallback(wait)
+        return d.addTimeout(CONFIRM_TIMEOUT, self.reactor)
+
+    def _when_ready(self) -> Deferred[None]:
+        if self.ready.called or self._reloading:
+            return fail(TrackerError(503, "the tracker is reading its Redis store again: try again"))
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d.addTimeout(CONFIRM_TIMEOUT, self.reactor)
+
+    def check(self) -> Deferred[bool]:
+        """Append a liveness check if this tracker holds (or can take) the lease; fires with whether it did."""
+        if not self._ready or self._stopping:
+            return succeed(False)
+        entry = encode(to_change(Check(), None, self.reactor.seconds()))
+        lease_ms = int(self.settings.TRACKER_TIME_INTERVAL * 2500)
+        d = self._pool.eval(APPEND_CHECK, keys=[SEQ, LOG, CHECKER], args=[self.origin, entry, lease_ms])
+
+        def took(reply: Any) -> bool:
+            was, self.checker = self.checker, reply is not None
+            if self.checker and not was:
+                self.log.info("this tracker makes the liveness checks of the shared swarm")
+            return self.checker
+
+        return d.addCallback(took)
+
+    def _outcome(self, seq: int) -> Outcome | Deferred[Outcome]:
+        early = self._early.pop(seq, None)
+        if early is not None:
+            (outcome,) = early
+            if isinstance(outcome, Failure):
+                outcome.raiseException()
+            return outcome
+        if seq <= self.applied:
+            raise TrackerError(503, "the tracker lost track of this change (it read its store again): try again")
+        d: Deferred[Outcome] = Deferred()
+        self._pending[seq] = d
+        return d
+
+    @staticmethod
+    def _plain_token(outcome: Outcome, request: Changing, fresh: str | None) -> Outcome:
+        """A Registration replayed from the log names the token's digest: answer with the token itself."""
+        if not isinstance(outcome, Registration) or not isinstance(request, Register):
+            return outcome
+        if not outcome.new:
+            assert request.token is not None
+            return replace(outcome, token=request.token)
+        chosen = request.token if proposed_token(request.token) else fresh
+        assert chosen is not None
+        return replace(outcome, token=chosen)
+
+    # ---- following the log
+
+    def _read(self) -> None:
+        if self._stopping:
+            return
+        d = self._reader.execute_command(
+            "XREAD", "COUNT", READ_COUNT, "BLOCK", READ_BLOCK_MS, "STREAMS", LOG, self._read_id,
+        )
+        d.addCallbacks(self._got, self._read_failed)
+
+    def _read_failed(self, failure: Failure) -> None:
+        if self._stopping:
+            return
+        self.log.warn("could not read the change log from Redis ({why}): again in 1 s", why=failure.getErrorMessage())
+        self.reactor.callLater(1.0, self._read)
+
+    def _got(self, reply: Any) -> None:
+        if reply:
+            entries = reply[0][1]
+            if entries:
+                self._queue.extend(entries)
+                self._read_id = entries[-1][0]
+        if self._queue:
+            self._drain()
+        else:
+            self._read()
+
+    def _drain(self) -> None:
+        """Apply queued entries, a slice per turn of the reactor; a check's drops come before the next entry."""
+        try:
+            budget = APPLY_SLICE
+            while budget > 0:
+                if self._dropping is not None:
+                    if not self._drop_slice():
+                        break
+                    continue
+                if not self._queue:
+                    break
+                entry_id, flat = self._queue.popleft()
+                budget -= 1
+                self._apply_entry(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+            self._release_barriers()
+        except Exception:
+            self.log.failure("could not apply the change log")
+        if self._queue or self._dropping is not None:
+            self.reactor.callLater(0, self._drain)
+        elif not self._reloading:
+            self._read()
+
+    def _apply_entry(self, entry_id: str, fields: dict[str, str]) -> None:
+        seq = int(fields["seq"])
+        if seq <= self.applied:
+            return
+        if seq != self.applied + 1:
+            self._gap(seq)
+            return
+        self.applied, self._applied_id = seq, entry_id
+        mine = fields.get("origin") == self.origin
+        try:
+            change = decode(fields["c"])
+        except ValueError as e:
+            self.log.error("change {seq} of the log is not one this tracker reads: {why}", seq=seq, why=str(e))
+            self._settle(seq, mine, Failure(TrackerError(500, "this change could not be read back")))
+            return
+        try:
+            outcome: Outcome | Failure = apply_change(self.state, change)
+        except TrackerError as e:
+            outcome = Failure(e)
+        if isinstance(change.request, Check):
+            self._dropping = []
+            self._check_origin = fields.get("origin")
+        self._settle(seq, mine, outcome)
+
+    def _settle(self, seq: int, mine: bool, outcome: Outcome | Failure) -> None:
+        if not mine:
+            return
+        d = self._pending.pop(seq, None)
+        if d is None:
+            self._early[seq] = (outcome,)  # Redis's answer to the append has not come yet
+        elif isinstance(outcome, Failure):
+            d.errback(outcome)
+        else:
+            d.callback(outcome)
+
+    def _drop_slice(self) -> bool:
+        """Drop one slice of the nodes the last check made due; False once none is left."""
+        assert self._dropping is not None
+        if self.state.has_silent():
+            self._dropping.extend(self.state.drop_silent(self.settings.TRACKER_DROP_SLICE))
+            if self.state.has_silent():
+                return False  # the reactor's turn is over: more next turn
+        dropped, self._dropping = self._dropping, None
+        if self._check_origin == self.origin:
+            self.dropped += len(dropped)
+            if dropped:
+                self.on_dropped(dropped)
+        return True
+
+    def _release_barriers(self) -> None:
+        if not self._barriers:
+            return
+        waiting = []
+        for seq, d in self._barriers:
+            if seq <= self.applied and self._dropping is None:
+                d.callback(None)
+            else:
+                waiting.append((seq, d))
+        self._barriers = waiting
+
+    def _gap(self, seq: int) -> None:
+        """Changes were trimmed before this tracker read them: read the rows again."""
+        self.log.error(
+            "the change log moved on without this tracker (next change {seq}, applied {applied}): reading the rows"
+            " again", seq=seq, applied=self.applied,
+        )
+        self._queue.clear()
+        self._dropping = None
+        lost = TrackerError(503, "the tracker lost track of this change (it read its store again): try again")
+        for d in self._pending.values():
+            d.errback(lost)
+        self._pending = {}
+        self._early = {}
+        self._ready = False
+        self._reloading = True
+
+        def reloaded(_: Any) -> None:
+            self._ready, self._reloading = True, False
+            self._read()
+
+        self._load().addCallbacks(reloaded, self._failed_to_start)
+
+    # ---- rows
+
+    def save(self) -> Deferred[None]:
+        """Write the rows that changed since the last write (the checker only; not during a check's drops)."""
+        if not self._ready or not self.checker or self._saving or self._dropping is not None:
+            return succeed(None)
+        nodes, files = self.state.take_dirty()
+        epochs = self.state.take_epochs()
+        old_nodes, old_files, old_epochs = self._unsaved
+        nodes |= old_nodes
+        files |= old_files
+        epochs |= old_epochs | nodes
+        node_rows = {str(i): _row(self.state.node_entry(i)) for i in nodes}
+        file_rows = {h: _row(self.state.file_entry(h)) for h in files}
+        marks = ",".join(f"{i}:{e}" for i in epochs if (e := self.state.epoch(i)) is not None)
+        if not (node_rows or file_rows or marks):
+            return succeed(None)
+        self._saving = True
+        args = [self.applied, self._applied_id, self.state.checks, RETENTION_MS,
+                json.dumps(node_rows, separators=(",", ":")), marks, json.dumps(file_rows, separators=(",", ":"))]
+        d = self._pool.eval(SAVE, keys=[META, NODES, EPOCHS, FILES, LOG], args=args)
+
+        def done(result: Any) -> None:
+            self._saving = False
+            if isinstance(result, Failure) or str(result) != "1":
+                # Refused (a later position is written) or failed: these rows go with the next write.
+                u_nodes, u_files, u_epochs = self._unsaved
+                self._unsaved = (u_nodes | nodes, u_files | files, u_epochs | epochs)
+                if isinstance(result, Failure):
+                    self.log.warn("could not write the rows to Redis: {why}", why=result.getErrorMessage())
+                return
+            self._unsaved = (set(), set(), set())
+
+        return d.addBoth(done)
+
+
+def _row(entry: dict[str, Any] | None) -> str:
+    return "" if entry is None else json.dumps(entry, separators=(",", ":"), sort_keys=True)
