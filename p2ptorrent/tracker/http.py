@@ -309,8 +309,14 @@ class TrackerHTTP:
         return d.addCallbacks(lambda answer: _json(request, 200, {"ok": True, **answer}), refused)
 
     @app.route("/", methods=["GET"])
-    def get(self, request: IRequest) -> bytes:
-        return _json(request, 200, {"ok": True, **self.state.summary()})
+    def get(self, request: IRequest) -> bytes | Deferred[bytes]:
+        if self.shared is None:
+            return _json(request, 200, {"ok": True, **self.state.summary()})
+        # On a shared swarm: as of every change logged before the request.
+        return self.shared.caught_up().addCallbacks(
+            lambda _: _json(request, 200, {"ok": True, **self.state.summary()}),
+            lambda f: _json(request, 503, {"ok": False, "error": "the tracker could not reach its store: try again"}),
+        )
 
     @app.handle_errors(MethodNotAllowed)
     def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:

@@ -370,8 +370,11 @@ class RedisSwarm:
 
     def check(self) -> Deferred[bool]:
         """Append a liveness check if this tracker holds (or can take) the lease; fires with whether it did."""
-        if not self._ready or self._stopping:
+        if self._stopping:
             return succeed(False)
+        if not self._ready:
+            # The first check of a tracker comes as it starts: it takes the lease if nobody holds it.
+            return self._when_ready().addCallback(lambda _: self.check())
         entry = encode(to_change(Check(), None, self.reactor.seconds()))
         lease_ms = int(self.settings.TRACKER_TIME_INTERVAL * 2500)
         d = self._pool.eval(APPEND_CHECK, keys=[SEQ, LOG, CHECKER], args=[self.origin, entry, lease_ms])

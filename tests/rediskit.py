@@ -1,0 +1,90 @@
+"""A real redis-server for one test, and what the Redis store holds, read independently of any tracker."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from p2ptorrent.config import Config
+from p2ptorrent.procs import free_port
+from p2ptorrent.tracker.changes import Check, apply_change, decode
+from p2ptorrent.tracker.redis_store import EPOCHS, FILES, LOG, META, NODES, SEQ
+from p2ptorrent.tracker.state import SwarmState, TrackerError
+
+
+class RedisServer:
+    """``redis-server`` from the distribution's package, on a free loopback port, its files in *folder*.
+
+    appendonly with appendfsync always: what the README advises for a tracker that loses nothing.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server; .ci/run does)")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+             "--appendfsync", "always", "--dir", str(folder), "--logfile", str(folder / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.client = redis.Redis(port=self.port, decode_responses=True)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if self.client.ping():
+                    break
+            except redis.ConnectionError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start: {(folder / 'redis.log').read_text()[-2000:]}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def shared_state(client: redis.Redis, settings: Config) -> tuple[SwarmState, dict[str, int]]:
+    """The swarm the store holds: its rows, then every change logged after them, replayed here.
+
+    Also counts what the replay saw: changes, checks, and the nodes those checks dropped.
+    """
+    with client.pipeline(transaction=True) as p:
+        p.hgetall(META).hgetall(NODES).hgetall(EPOCHS).hgetall(FILES).get(SEQ)
+        meta, nodes, epochs, files, seq = p.execute()
+    state = SwarmState(settings, random.Random(0))
+    state.restore(
+        {"nodes": [json.loads(v) for v in nodes.values()]}, {"files": [json.loads(v) for v in files.values()]}, 0.0,
+        (int(meta.get("checks", 0)), {int(k): int(v) for k, v in epochs.items()}),
+    )
+    counts = {"changes": 0, "checks": 0, "dropped": 0}
+    applied = int(meta.get("seq", 0))
+    for _, entry in client.xrange(LOG, min=f"({meta.get('id', '0-0')}"):
+        if int(entry["seq"]) <= applied:
+            continue
+        assert int(entry["seq"]) == applied + 1, f"a gap in the log after change {applied}"
+        applied += 1
+        change = decode(entry["c"])
+        counts["changes"] += 1
+        try:
+            apply_change(state, change)
+        except TrackerError:
+            pass
+        if isinstance(change.request, Check):
+            counts["checks"] += 1
+            counts["dropped"] += len(state.drop_silent())
+    assert seq is None or applied == int(seq), (applied, seq)
+    return state, counts
+

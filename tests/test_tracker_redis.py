@@ -1,0 +1,421 @@
+"""Several tracker processes serving one swarm through Redis (issue 13, item 6).
+
+The pure part first: a change replayed from the log gives the same state and
+outcome as where it was made, and the log never carries a token.  Then real
+`twistd -n p2ptracker --store redis://...` processes on a real redis-server
+(started per test, see rediskit.py): a node joins through one tracker and is
+found through the other; a tracker killed with SIGKILL under load loses nothing
+it acknowledged; a silent node is dropped once, by one check that every
+tracker applies; trackers that disagree on the rules, or cannot reach Redis,
+refuse to start and say why.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import re
+import signal
+import threading
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import pytest_twisted
+
+from p2ptorrent.config import Config
+from p2ptorrent.procs import Daemons, connects, free_port
+from p2ptorrent.procs import wait_for as _wait_for
+from p2ptorrent.tracker.changes import Check, apply, apply_change, decode, encode, to_change
+from p2ptorrent.tracker.redis_store import LOG, RedisAddress, RedisConfigError, RedisSwarm
+from p2ptorrent.tracker.state import (
+    Exit,
+    Own,
+    Register,
+    Registration,
+    SwarmState,
+    TrackerError,
+    Update,
+    Withdraw,
+)
+from tests.rediskit import RedisServer, shared_state
+from tests.test_tracker_processes import FILES, OBSERVER, REAL_NODE, UPLOADER, Load, TrackerAPI, info_hash
+
+wait_for = partial(_wait_for, timeout=30.0, fail=pytest.fail)
+
+SETTINGS = Config(TRACKER_MAX_NODES_PER_HOST=5, TRACKER_MISSED_CHECKS=1)
+
+
+# ---------------------------------------------------------------- the log, pure
+
+
+def test_a_log_replayed_elsewhere_gives_the_same_state_and_the_same_outcomes() -> None:
+    rng = random.Random(5)
+    origin, replica = SwarmState(SETTINGS, random.Random(1)), SwarmState(SETTINGS, random.Random(2))
+    tokens: dict[int, str] = {}
+    log: list[str] = []
+    outcomes = 0
+    for step in range(3000):
+        node = rng.randrange(12)
+        host = f"10.0.0.{node % 3}"
+        token = tokens.get(node) if rng.random() < 0.9 else "f" * 32
+        hashes = [info_hash(i) for i in range(4)]
+        kind = rng.random()
+        request: Any
+        if kind < 0.3:
+            request = Register(node, 1000 + node + rng.randrange(2), token if node in tokens else
+                               rng.choice([None, f"{rng.getrandbits(128):032x}"]))
+        elif kind < 0.55:
+            request = Own(node, token, rng.choice(hashes), "f", 100, *rng.choice([(None, None), (1, 4), (4, 4)]))
+        elif kind < 0.65:
+            request = Withdraw(node, token, rng.choice(hashes))
+        elif kind < 0.8:
+            request = Update(node, token, rng.choice(hashes), tuple(rng.sample(range(12), 3)))
+        elif kind < 0.88:
+            request = Exit(node, token)
+        else:
+            request = Check()
+        fresh = f"{rng.getrandbits(128):032x}"
+        now = float(step)
+        try:
+            made: Any = apply(origin, request, host, now, fresh)
+        except TrackerError as e:
+            made = e
+        if isinstance(request, Check):
+            origin.drop_silent(budget=7)  # in slices, as the tracker does
+            while origin.has_silent():
+                origin.drop_silent(budget=7)
+        text = encode(to_change(request, host, now, fresh))
+        log.append(text)
+        change = decode(text)
+        try:
+            replayed: Any = apply_change(replica, change)
+        except TrackerError as e:
+            replayed = e
+        if isinstance(change.request, Check):
+            replica.drop_silent()
+        if isinstance(made, Registration):
+            assert isinstance(replayed, Registration)
+            assert (made.node_id, made.new, made.host, made.port) == (
+                replayed.node_id, replayed.new, replayed.host, replayed.port)
+            tokens[node] = made.token
+            if not made.new:
+                assert made.token == token
+        elif isinstance(made, TrackerError):
+            assert isinstance(replayed, TrackerError) and (replayed.status, replayed.message) == (made.status, made.message)
+        else:
+            assert replayed == made, (request, made, replayed)
+        outcomes += 1
+        assert origin.snapshot() == replica.snapshot(), f"the states differ after change {step}: {request}"
+    assert origin.summary()["nodes"] > 0 and outcomes == 3000
+    # Joins, refusals, drops and credits all happened in this run (the comparison covered them).
+    kinds = {json.loads(t)["kind"] for t in log}
+    assert kinds == {"register", "own", "withdraw", "update", "exit", "check"}
+    # No token the origin handed out is in the log: only their digests.
+    text = "\n".join(log)
+    assert tokens and not any(t in text for t in tokens.values())
+
+
+def test_a_replayed_join_hands_out_the_token_the_origin_chose() -> None:
+    replica = SwarmState(SETTINGS, random.Random(0))
+    fresh = "ab" * 16
+    change = decode(encode(to_change(Register(3, 4000, None), "10.0.0.1", 1.0, fresh)))
+    assert fresh not in encode(change)
+    joined = apply_change(replica, change)
+    assert isinstance(joined, Registration) and joined.new
+    # The node heartbeats with the token the origin gave it: the replica knows it by its digest.
+    again = replica.register(3, "10.0.0.1", 4000, fresh, 2.0)
+    assert not again.new
+    with pytest.raises(TrackerError) as refused:
+        replica.register(3, "10.0.0.1", 4000, "cd" * 16, 3.0)
+    assert refused.value.status == 403
+
+
+def test_a_tracker_reading_the_rows_drops_the_same_nodes_as_one_that_saw_every_change() -> None:
+    """Epochs are saved with the rows: a tracker that starts later agrees on who is silent."""
+    settings = Config(TRACKER_MISSED_CHECKS=2)
+    old = SwarmState(settings, random.Random(0))
+    old.track_epochs = True
+    tokens = {n: old.register(n, "10.0.0.1", 1000 + n, None, 0.0).token for n in range(20)}
+    for check in range(3):
+        old.start_check(float(check))
+        old.drop_silent()
+        for n in range(20):
+            if n % (check + 2) == 0 and n in old:
+                old.register(n, "10.0.0.1", 1000 + n, tokens[n], float(check))
+    nodes_doc, files_doc = old.snapshot()
+    epochs = {n: old.epoch(n) for n in old.node_ids()}
+    new = SwarmState(settings, random.Random(0))
+    new.restore(nodes_doc, files_doc, 99.0, (old.checks, {n: e for n, e in epochs.items() if e is not None}))
+    for check in range(3, 6):
+        old.start_check(float(check))
+        new.start_check(float(check))
+        dropped_old, dropped_new = sorted(old.drop_silent()), sorted(new.drop_silent())
+        assert dropped_old == dropped_new
+    assert old.node_ids() == new.node_ids()
+
+
+def test_redis_addresses_are_parsed_or_refused_with_the_reason() -> None:
+    assert RedisAddress.parse("redis://10.1.2.3:7000/2") == RedisAddress("10.1.2.3", 7000, 2)
+    assert RedisAddress.parse("redis://db.example") == RedisAddress("db.example", 6379, 0)
+    assert RedisAddress.parse("redis://:secret@[::1]:7000/1") == RedisAddress("::1", 7000, 1, "secret")
+    for bad, why in [("redis://h:99999/0", "(?i)port"), ("http://h/0", "redis://"), ("redis://h/x", "number")]:
+        with pytest.raises(RedisConfigError, match=why):
+            RedisAddress.parse(bad)
+
+
+# ---------------------------------------------------------------- real processes on a real Redis
+
+
+class Trackers(Daemons):
+    """Tracker processes sharing one real redis-server; each with its own port, folder and log."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, fail=pytest.fail, search_path=False, ctl_timeout=30.0)
+        self.redis = RedisServer(root / "redis")
+        self.ports: dict[str, int] = {}
+
+    def start_tracker(self, name: str, *extra: str, wait: bool = True) -> int:
+        port = self.ports.setdefault(name, free_port())
+        loaded = self.log(name).count("] loaded ")
+        self.start(name, [
+            "p2ptracker", "--listen", f"tcp:{port}:interface=127.0.0.1", "--store", self.redis.url,
+            "--tracker-db-dir", str(self.root / name / "db"), "--logs-dir", str(self.root / name / "logs"), *extra,
+        ])
+        if wait:
+            wait_for(lambda: connects(port) or self.check_alive(name), f"{name} listening")
+            wait_for(lambda: self.log(name).count("] loaded ") > loaded or self.check_alive(name),
+                     f"{name} read the Redis store")
+        return port
+
+    def log(self, name: str) -> str:
+        path = self.root / name / "logs" / "tracker.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def api(self, name: str) -> TrackerAPI:
+        return TrackerAPI(self.ports[name])
+
+    def summary(self, name: str) -> dict[str, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.ports[name], timeout=10)
+        try:
+            conn.request("GET", "/")
+            return json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+
+    def kill(self, name: str) -> None:
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def close(self) -> None:
+        self.stop(grace=5)
+        self.redis.stop()
+
+
+@pytest.fixture
+def trackers(tmp_path: Path) -> Iterator[Trackers]:
+    t = Trackers(tmp_path)
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+def test_a_node_joins_through_one_tracker_and_is_found_through_the_other(trackers: Trackers) -> None:
+    trackers.start_tracker("a")
+    trackers.start_tracker("b")
+    a, b = trackers.api("a"), trackers.api("b")
+    h = info_hash(1)
+    seeder = a.ok({"mode": 0, "node_id": 1, "port": 6001})
+    assert seeder["new"] is True
+    token = seeder["token"]
+    # The token handed out by a is the node's token at b too; a wrong one is refused by both.
+    assert b.ok({"mode": 0, "node_id": 1, "port": 6001, "token": token})["new"] is False
+    for api in (a, b):
+        assert api.call({"mode": 0, "node_id": 1, "port": 6001, "token": "0" * 32}) == (
+            403, {"ok": False, "error": "wrong token for node 1"})
+    b.ok({"mode": 1, "node_id": 1, "token": token, "info_hash": h, "name": "film.mkv", "length": 1234})
+    leecher = b.ok({"mode": 0, "node_id": 2, "port": 6002})["token"]
+    need = a.ok({"mode": 2, "node_id": 2, "token": leecher, "info_hash": h})
+    assert need["name"] == "film.mkv"
+    assert [(o["node_id"], o["port"]) for o in need["owners"]] == [(1, 6001)]
+    # A credit through one is counted once, whichever tracker is asked again.
+    assert a.ok({"mode": 3, "node_id": 2, "token": leecher, "info_hash": h, "uploaders": [1]})["credited"] == [1]
+    assert b.ok({"mode": 3, "node_id": 2, "token": leecher, "info_hash": h, "uploaders": [1]})["credited"] == []
+    assert b.ok({"mode": 2, "node_id": 2, "token": leecher, "info_hash": h})["owners"][0]["frequency"] == 1
+    # Node 2 joins again through b: refused there as at a, for the same reason (it is known, with a token).
+    assert b.call({"mode": 0, "node_id": 2, "port": 6002}) == (
+        403, {"ok": False, "error": "node 2 is registered: its token is required"})
+    b.ok({"mode": 4, "node_id": 1, "token": token})
+    assert a.ok({"mode": 2, "node_id": 2, "token": leecher, "info_hash": h})["owners"] == []
+    assert trackers.summary("a") == trackers.summary("b") == {"ok": True, "nodes": 1, "files": 0}
+    state, counts = shared_state(trackers.redis.client, Config())
+    assert state.node_ids() == [2] and counts["changes"] >= 8
+
+
+def test_a_tracker_killed_under_load_loses_nothing_it_acknowledged(trackers: Trackers) -> None:
+    """Load through a; a is killed with SIGKILL at seeded random moments and started again, three times.
+
+    What Redis holds (its rows and log, replayed by the test) has every
+    acknowledged change; b, alive throughout, and a started again agree.
+    """
+    rng = random.Random(13)
+    trackers.start_tracker("a", "--tracker-interval", "60")
+    trackers.start_tracker("b", "--tracker-interval", "60")
+    b = trackers.api("b")
+    tokens: dict[int, str] = {}
+    for node_id in (UPLOADER, OBSERVER, REAL_NODE):
+        tokens[node_id] = b.ok({"mode": 0, "node_id": node_id, "port": 9000 + node_id})["token"]
+    for h in FILES:
+        b.ok({"mode": 1, "node_id": UPLOADER, "token": tokens[UPLOADER], "info_hash": h, "name": "f", "length": 1000})
+    load = Load(trackers.api("a"), tokens)
+    for _ in range(3):
+        before = load.answered
+        # Kill after a seeded number of answered requests (not after a time): the same on any machine.
+        target = before + rng.randrange(20, 200)
+        while load.answered < target:
+            if not load.one():
+                pytest.fail(f"a stopped answering before it was killed:\n{trackers.tail('a', 40)}")
+        killed = threading.Event()
+
+        def killer(killed: threading.Event = killed) -> None:
+            trackers.kill("a")
+            killed.set()
+
+        # The kill lands while requests stream (one of them may be left in doubt).
+        threading.Thread(target=killer, daemon=True).start()
+        while not killed.is_set():
+            load.one()
+        load.api.close()
+        state, _ = shared_state(trackers.redis.client, Config())
+        nodes_doc, files_doc = state.snapshot()
+        frequency = load.check_disk(nodes_doc, files_doc)
+        load.settle(frequency)
+        # b saw the same: the uploader's frequency through b's NEED, and the node counts.
+        need = b.ok({"mode": 2, "node_id": OBSERVER, "token": tokens[OBSERVER], "info_hash": FILES[0]})
+        assert {o["node_id"]: o["frequency"] for o in need["owners"]}[UPLOADER] == frequency
+        assert trackers.summary("b")["nodes"] == state.summary()["nodes"]
+        trackers.start_tracker("a", "--tracker-interval", "60")
+        assert trackers.summary("a") == trackers.summary("b")
+        assert "Traceback" not in trackers.log("a") + trackers.log("b")
+    assert load.acked_updates > 0 and load.exited
+
+
+def test_a_silent_node_is_dropped_once_by_one_check_that_every_tracker_applies(trackers: Trackers) -> None:
+    fast = ("--tracker-interval", "0.5", "--set", "TRACKER_MISSED_CHECKS=1")
+    trackers.start_tracker("a", *fast)
+    trackers.start_tracker("b", *fast)
+    a, b = trackers.api("a"), trackers.api("b")
+    a.ok({"mode": 0, "node_id": 7, "port": 7007})
+    b.ok({"mode": 0, "node_id": 8, "port": 7008})
+    wait_for(lambda: trackers.summary("a")["nodes"] == trackers.summary("b")["nodes"] == 0, "both nodes dropped")
+    state, counts = shared_state(trackers.redis.client, Config(TRACKER_MISSED_CHECKS=1))
+    assert counts["dropped"] == 2 and state.summary()["nodes"] == 0
+    lines = [line for name in ("a", "b") for line in trackers.log(name).splitlines() if "stopped heartbeating" in line]
+    assert len(lines) == 1 and "dropped 2 nodes" in lines[0] and "ids 7 8" in lines[0], lines
+    # One tracker made every check; the other made none while it lived.
+    origins = {entry["origin"] for _, entry in trackers.redis.client.xrange(LOG)
+               if json.loads(entry["c"])["kind"] == "check"}
+    assert len(origins) == 1
+    checker = "a" if "makes the liveness checks" in trackers.log("a") else "b"
+    other = "b" if checker == "a" else "a"
+    assert "makes the liveness checks" not in trackers.log(other)
+    # The checker dies: the other takes the lease once it runs out, and drops the next silent node.
+    trackers.kill(checker)
+    trackers.api(other).ok({"mode": 0, "node_id": 9, "port": 7009})
+    wait_for(lambda: "makes the liveness checks" in trackers.log(other), f"{other} taking over the checks")
+    wait_for(lambda: trackers.summary(other)["nodes"] == 0, "node 9 dropped by the new checker")
+    assert re.search(r"dropped 1 nodes .*ids 9\b", trackers.log(other))
+
+
+def test_a_tracker_with_other_rules_than_the_swarm_refuses_to_join_it(trackers: Trackers) -> None:
+    trackers.start_tracker("a")
+    trackers.start_tracker("b", "--set", "TRACKER_MISSED_CHECKS=5", wait=False)
+    proc = trackers.procs["b"]
+    proc.wait(30)
+    said = trackers.log("b")
+    assert "needs the same settings" in said and '"TRACKER_MISSED_CHECKS": 5' in said, said
+    # The swarm is untouched: a still serves it.
+    assert trackers.api("a").ok({"mode": 0, "node_id": 1, "port": 6001})["new"] is True
+
+
+def test_a_tracker_that_cannot_reach_redis_says_so_and_exits(tmp_path: Path) -> None:
+    d = Daemons(tmp_path, fail=pytest.fail, search_path=False)
+    port = free_port()
+    proc = d.start("t", ["p2ptracker", "--listen", f"tcp:{free_port()}:interface=127.0.0.1",
+                         "--store", f"redis://127.0.0.1:{port}/0", "--tracker-db-dir", str(tmp_path / "db"),
+                         "--logs-dir", str(tmp_path / "logs")])
+    assert proc.wait(30) == 1
+    assert f"cannot reach the store at redis://127.0.0.1:{port}/0" in d.tail("t"), d.tail("t")
+
+
+# ---------------------------------------------------------------- in one process: rows, trimming, reading again
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_checker_writes_rows_and_trims_the_log_and_a_new_tracker_reads_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from twisted.internet import reactor
+
+    from p2ptorrent.tracker import redis_store
+
+    monkeypatch.setattr(redis_store, "RETENTION_MS", 0)  # trim right up to the rows' position
+    server = RedisServer(tmp_path / "redis")
+    settings = Config(TRACKER_MISSED_CHECKS=1)
+    address = RedisAddress.parse(server.url)
+    swarms: list[RedisSwarm] = []
+
+    async def started() -> RedisSwarm:
+        swarm = RedisSwarm(address, SwarmState(settings, random.Random(0)), reactor, settings)
+        swarms.append(swarm)
+        await swarm.start()
+        return swarm
+
+    try:
+        a, b = await started(), await started()
+        assert await a.check() is True and await b.check() is False  # one holder of the lease
+        tokens = {}
+        for n in range(40):
+            joined = await (a if n % 2 else b).change(Register(n, 5000 + n, None), "10.0.0.1")
+            assert isinstance(joined, Registration)
+            tokens[n] = joined.token
+        for n in range(0, 40, 3):
+            await (b if n % 2 else a).change(Own(n, tokens[n], info_hash(n % 4), "f", 10), "10.0.0.1")
+        await a.check()  # nodes that do not register again before the next check are dropped at it
+        for n in range(20):
+            await b.change(Register(n, 5000 + n, tokens[n]), "10.0.0.1")
+        await a.caught_up()
+        await b.caught_up()
+        assert a.state.snapshot() == b.state.snapshot()
+        total = server.client.xlen(LOG)
+        await a.save()
+        assert int(server.client.hget(redis_store.META, "seq")) == a.applied == total
+        assert server.client.hlen(redis_store.NODES) == 40 and server.client.xlen(LOG) < total
+        await b.save()  # b does not hold the lease: it writes nothing
+        # A tracker started now reads the rows and the (trimmed) log after them, and agrees.
+        c = await started()
+        await c.caught_up()
+        assert c.state.snapshot() == a.state.snapshot()
+        assert {n: c.state.epoch(n) for n in range(40)} == {n: a.state.epoch(n) for n in range(40)}
+        await a.check()
+        await a.caught_up()
+        await c.caught_up()
+        assert c.state.node_ids() == a.state.node_ids() == list(range(20))
+        # A tracker that lost its place (the log was trimmed before what it read) reads the rows again.
+        await a.save()
+        c.applied, c._applied_id = 0, "0-0"
+        with pytest.raises(TrackerError) as lost:
+            await c.change(Register(99, 5099, None), "10.0.0.2")
+        assert lost.value.status == 503 and "read its store again" in lost.value.message
+        await c.caught_up()
+        await a.caught_up()
+        assert c.state.snapshot() == a.state.snapshot() and 99 in c.state
+    finally:
+        for swarm in swarms:
+            await swarm.stop()
+        server.stop()
