@@ -66,6 +66,8 @@ APPLY_SLICE = 500
 READ_COUNT, READ_BLOCK_MS = 2000, 1000
 #: Seconds a request waits for Redis to take its change and for the tracker to apply it.
 CONFIRM_TIMEOUT = 10.0
+#: Outcomes of this tracker's changes kept until Redis's answer to their append comes (most).
+MAX_EARLY = 4096
 #: The settings every tracker of one swarm must share: the rules depend on them.
 SHARED_SETTINGS = ("TRACKER_MISSED_CHECKS", "TRACKER_MAX_NODES_PER_HOST", "TRACKER_TIME_INTERVAL")
 
@@ -491,6 +493,11 @@ class RedisSwarm:
         d = self._pending.pop(seq, None)
         if d is None:
             self._early[seq] = (outcome,)  # Redis's answer to the append has not come yet
+            if len(self._early) > MAX_EARLY:
+                # Appends whose answer never came (a dropped connection): nobody will ask for these.
+                del self._early[min(self._early)]
+        elif d.called:
+            pass  # the request timed out
         elif isinstance(outcome, Failure):
             d.errback(outcome)
         else:
