@@ -419,3 +419,29 @@ async def test_the_checker_writes_rows_and_trims_the_log_and_a_new_tracker_reads
         for swarm in swarms:
             await swarm.stop()
         server.stop()
+
+
+def test_two_trackers_on_one_port_with_reuse_port_both_serve_the_swarm(trackers: Trackers) -> None:
+    port = free_port()
+    for name in ("a", "b"):
+        trackers.ports[name] = port
+        loaded = trackers.log(name).count("] loaded ")
+        trackers.start(name, [
+            "p2ptracker", "--host", "127.0.0.1", "--port", str(port), "--reuse-port", "--store", trackers.redis.url,
+            "--tracker-db-dir", str(trackers.root / name / "db"), "--logs-dir", str(trackers.root / name / "logs"),
+        ])
+        wait_for(lambda name=name, loaded=loaded: trackers.log(name).count("] loaded ") > loaded
+                 or trackers.check_alive(name), f"{name} read the Redis store")
+    tokens = {}
+    for node_id in range(1, 65):
+        api = TrackerAPI(port)  # a new connection each time: the kernel picks a tracker for each
+        tokens[node_id] = api.ok({"mode": 0, "node_id": node_id, "port": 6000 + node_id})["token"]
+        api.close()
+    joined = {name: set(map(int, re.findall(r"node (\d+) joined from", trackers.log(name)))) for name in ("a", "b")}
+    assert joined["a"] and joined["b"], "the kernel gave every connection to one tracker"
+    assert joined["a"] | joined["b"] == set(range(1, 65)) and not joined["a"] & joined["b"]
+    # Whichever tracker answers, every node is known with its token.
+    for node_id in range(1, 65):
+        api = TrackerAPI(port)
+        assert api.ok({"mode": 0, "node_id": node_id, "port": 6000 + node_id, "token": tokens[node_id]})["new"] is False
+        api.close()

@@ -95,6 +95,9 @@ def test_settings_options_reach_the_tracker() -> None:
         (["--listen", "tcp:notaport"], "bad --listen endpoint"),
         (["--listen", "tcp:0", "--port", "1"], "--listen replaces --host and --port"),
         (["--set", "TRACKER_MISSED_CHECKS=0"], "TRACKER_MISSED_CHECKS must be at least 1"),
+        (["--listen", "tcp:0", "--reuse-port"], "--reuse-port goes with --host and --port, not --listen"),
+        (["--store", "redis://db.example/x"], "the database must be a number, not 'x'"),
+        (["--store", "mysql://db.example"], "TRACKER_STORE must be one of sqlite, json or redis://HOST:PORT/DB"),
     ],
 )
 def test_bad_options_are_usage_errors(args: list[str], words: str) -> None:

@@ -26,6 +26,7 @@ from p2ptorrent.logfile import LogFileService
 from p2ptorrent.startup import FolderDaemon, FolderLock, StartupError, claim_under_twistd, fail_to_start, usable_folder
 from p2ptorrent.options import SettingsOptions
 from p2ptorrent.tracker.connections import ConnectionPolicy, GuardedSite, connection_cap, raise_open_file_limit
+from p2ptorrent.tracker.reuseport import ReusePortEndpoint
 from p2ptorrent.tracker.redis_store import RedisAddress, RedisConfigError, RedisSwarm
 from p2ptorrent.tracker.state import SwarmState
 from p2ptorrent.tracker.sqlite_store import SqliteStore
@@ -59,6 +60,12 @@ class Options(SettingsOptions):
          "Where the state is kept: sqlite (tracker.db, the default), json (nodes.json and files.json rewritten "
          "at every change: small swarms only) or redis://HOST:PORT/DB (in Redis, shared by every tracker given "
          "the same address: several tracker processes serve one swarm) (TRACKER_STORE)."],
+    ]
+
+    optFlags: list[list[Any]] = [
+        ["reuse-port", None,
+         "Listen with SO_REUSEPORT, so that several trackers on the Redis store share --host and --port "
+         "(the kernel spreads the connections over them)."],
     ]
 
     def __init__(self) -> None:
@@ -103,6 +110,8 @@ class Options(SettingsOptions):
                 serverFromString(None, self["listen"])
             except (ValueError, TypeError, KeyError) as e:
                 raise usage.UsageError(f"bad --listen endpoint {self['listen']!r}: {e}") from None
+            if self["reuse-port"]:
+                raise usage.UsageError("--reuse-port goes with --host and --port, not --listen")
             return str(self["listen"])
         default_host, default_port = self["settings"].TRACKER_ADDR
         host = self["host"] if self["host"] is not None else default_host
@@ -121,6 +130,7 @@ class Options(SettingsOptions):
             raise usage.UsageError(f"--port must be a number, got {port!r}") from None
         if not 0 <= port <= 65535:
             raise usage.UsageError(f"--port must be 0..65535 (0: any free port), got {port}")
+        self["bind"] = (host, port)
         return f"tcp:{port}:interface={quoteStringArgument(host)}"
 
 
@@ -289,7 +299,12 @@ def _build(config: Options | dict[str, Any], reactor: Any) -> TrackerService:
     # The cap in all is set again at start, once the open-file limit is raised.
     policy = ConnectionPolicy.from_settings(settings)
     site = TrackerSite(tracker.resource(), settings.TRACKER_MAX_BODY, policy=policy, reactor=reactor)
-    server = TrackerServerService(tracker, serverFromString(reactor, config["endpoint"]), site)
+    endpoint: IStreamServerEndpoint
+    if config.get("reuse-port"):
+        endpoint = ReusePortEndpoint(reactor, *config["bind"])
+    else:
+        endpoint = serverFromString(reactor, config["endpoint"])
+    server = TrackerServerService(tracker, endpoint, site)
     server.setName("http")
     server.setServiceParent(top)
 
