@@ -445,3 +445,59 @@ def test_two_trackers_on_one_port_with_reuse_port_both_serve_the_swarm(trackers:
         api = TrackerAPI(port)
         assert api.ok({"mode": 0, "node_id": node_id, "port": 6000 + node_id, "token": tokens[node_id]})["new"] is False
         api.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_checker_writes_every_row_and_trackers_follow_redis_when_it_lost_its_data(tmp_path: Path) -> None:
+    from twisted.internet import reactor
+
+    from p2ptorrent.tracker import redis_store
+
+    server = RedisServer(tmp_path / "redis")
+    settings = Config()
+    address = RedisAddress.parse(server.url)
+    swarms: list[RedisSwarm] = []
+
+    async def started() -> RedisSwarm:
+        swarm = RedisSwarm(address, SwarmState(settings, random.Random(0)), reactor, settings)
+        swarms.append(swarm)
+        await swarm.start()
+        return swarm
+
+    def rows() -> dict[str, str]:
+        return server.client.hgetall(redis_store.NODES)
+
+    try:
+        a, b = await started(), await started()
+        assert await a.check() is True
+        tokens = {}
+        for n in range(30):
+            joined = await b.change(Register(n, 5000 + n, None), "10.0.0.1")
+            assert isinstance(joined, Registration)
+            tokens[n] = joined.token
+        await a.save()
+        assert len(rows()) == 30
+        # Changes b noted while it was not the checker are not kept (its memory would grow with churn).
+        for n in range(10):
+            await a.change(Exit(n, tokens[n]), "10.0.0.1")
+        await b.caught_up()
+        await b.save()
+        assert not b.state.dirty and len(rows()) == 30
+        # a goes; b takes the lease and writes every row in place of what is there.
+        await a.stop()
+        swarms.remove(a)
+        assert await b.check() is True
+        await b.save()
+        assert sorted(map(int, rows())) == list(range(10, 30))
+        assert int(server.client.hget(redis_store.META, "seq")) == b.applied
+        # Redis loses everything (a FLUSHALL stands for a restart without its files): b starts over with it.
+        server.client.flushall()
+        c = await started()
+        joined = await c.change(Register(77, 5077, None), "10.0.0.3")
+        assert isinstance(joined, Registration) and joined.new
+        await b.caught_up()
+        assert b.state.node_ids() == [77] == c.state.node_ids()
+    finally:
+        for swarm in swarms:
+            await swarm.stop()
+        server.stop()

@@ -90,10 +90,12 @@ RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-# Write changed rows as of one log position, unless rows of a later position are there already.
+# Write changed rows (or, ARGV[8] == '1', all of them in place of what is there) as of one log position,
+# unless rows of a later position are there already.
 SAVE = """
 local cur = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
 if cur >= tonumber(ARGV[1]) then return 0 end
+if ARGV[8] == '1' then redis.call('DEL', KEYS[2], KEYS[3], KEYS[4]) end
 for id, row in pairs(cjson.decode(ARGV[5])) do
   if row == '' then
     redis.call('HDEL', KEYS[2], id)
@@ -110,6 +112,12 @@ redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'id', ARGV[2], 'checks', ARGV[3])
 local ms = tonumber(string.match(ARGV[2], '^(%d+)'))
 redis.call('XTRIM', KEYS[5], 'MINID', string.format('%d', ms - tonumber(ARGV[4])))
 return 1
+"""
+# The stream id of the last change logged (nil: none).
+LAST = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last == 0 then return false end
+return last[1][1]
 """
 LOAD = """
 return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
@@ -205,8 +213,8 @@ class RedisSwarm:
         # Own changes by number: waiting for their outcome, or applied before Redis's answer came.
         self._pending: dict[int, Deferred[Outcome]] = {}
         self._early: dict[int, tuple[Outcome | Failure]] = {}
-        # NEEDs waiting for the tracker to catch up: (number, Deferred).
-        self._barriers: list[tuple[int, Deferred[None]]] = []
+        # NEEDs waiting for the tracker to catch up: (the log's last stream id then, Deferred).
+        self._barriers: list[tuple[tuple[int, int], Deferred[None]]] = []
         self._queue: deque[Any] = deque()
         #: Stream id of the last change read, and of the last applied.
         self._read_id = "0-0"
@@ -219,6 +227,8 @@ class RedisSwarm:
         # Rows taken from the state but not written yet (the write failed or was refused).
         self._unsaved: tuple[set[int], set[str], set[int]] = (set(), set(), set())
         self._saving = False
+        #: The next write replaces every row (this tracker just took the lease).
+        self._full = False
         self._saver: LoopingCall | None = None
         #: Nodes dropped by checks this tracker appended, since the caller last took the count.
         self.dropped = 0
@@ -266,6 +276,8 @@ class RedisSwarm:
             d.callback(None)
 
     def _failed_to_start(self, failure: Failure) -> None:
+        if self._stopping:
+            return
         self.log.critical(
             "cannot use the Redis store at {address}: {why}", address=str(self.address), why=failure.getErrorMessage(),
         )
@@ -351,13 +363,13 @@ class RedisSwarm:
         """Fires once this tracker has applied every change logged before now (for a NEED)."""
         if not self._ready:
             return self._when_ready().addCallback(lambda _: self.caught_up())
-        d = self._pool.execute_command("GET", SEQ)
+        d = self._pool.eval(LAST, keys=[LOG])
 
-        def wait(seq: str | None) -> Deferred[None]:
-            if seq is None or int(seq) <= self.applied:
+        def wait(last: str | None) -> Deferred[None]:
+            if last is None or _stream_id(last) <= _stream_id(self._applied_id):
                 return succeed(None)
             waiter: Deferred[None] = Deferred()
-            self._barriers.append((int(seq), waiter))
+            self._barriers.append((_stream_id(last), waiter))
             return waiter
 
         d.addCallback(wait)
@@ -384,6 +396,7 @@ class RedisSwarm:
         def took(reply: Any) -> bool:
             was, self.checker = self.checker, reply is not None
             if self.checker and not was:
+                self._full = True
                 self.log.info("this tracker makes the liveness checks of the shared swarm")
             return self.checker
 
@@ -466,6 +479,9 @@ class RedisSwarm:
     def _apply_entry(self, entry_id: str, fields: dict[str, str]) -> None:
         seq = int(fields["seq"])
         if seq <= self.applied:
+            if _stream_id(entry_id) > _stream_id(self._applied_id):
+                # Numbered again from the start, later than what this tracker applied: Redis lost its data.
+                self._gap(seq)
             return
         if seq != self.applied + 1:
             self._gap(seq)
@@ -521,55 +537,88 @@ class RedisSwarm:
         if not self._barriers:
             return
         waiting = []
-        for seq, d in self._barriers:
-            if seq <= self.applied and self._dropping is None:
+        applied = _stream_id(self._applied_id)
+        for last, d in self._barriers:
+            if d.called:
+                continue  # timed out
+            if last <= applied and self._dropping is None:
                 d.callback(None)
             else:
-                waiting.append((seq, d))
+                waiting.append((last, d))
         self._barriers = waiting
 
     def _gap(self, seq: int) -> None:
-        """Changes were trimmed before this tracker read them: read the rows again."""
+        """Changes were trimmed before this tracker read them, or the log starts again (Redis lost its data):
+        read the rows again (retried every second while Redis cannot be read)."""
         self.log.error(
-            "the change log moved on without this tracker (next change {seq}, applied {applied}): reading the rows"
-            " again", seq=seq, applied=self.applied,
+            "the change log moved on without this tracker, or starts again (next change {seq}, applied {applied}):"
+            " reading the rows again", seq=seq, applied=self.applied,
         )
         self._queue.clear()
         self._dropping = None
         lost = TrackerError(503, "the tracker lost track of this change (it read its store again): try again")
         for d in self._pending.values():
-            d.errback(lost)
+            if not d.called:
+                d.errback(lost)
         self._pending = {}
         self._early = {}
         self._ready = False
         self._reloading = True
+        self._reload()
+
+    def _reload(self) -> None:
+        if self._stopping:
+            return
 
         def reloaded(_: Any) -> None:
             self._ready, self._reloading = True, False
+            self._release_barriers()
             self._read()
 
-        self._load().addCallbacks(reloaded, self._failed_to_start)
+        def failed(failure: Failure) -> None:
+            self.log.warn("could not read the rows from Redis ({why}): again in 1 s", why=failure.getErrorMessage())
+            self.reactor.callLater(1.0, self._reload)
+
+        self._load().addCallbacks(reloaded, failed)
 
     # ---- rows
 
     def save(self) -> Deferred[None]:
-        """Write the rows that changed since the last write (the checker only; not during a check's drops)."""
-        if not self._ready or not self.checker or self._saving or self._dropping is not None:
+        """Write the rows that changed since the last write (the checker only; not during a check's drops).
+
+        A tracker that just took the lease writes every row once: what it
+        noted as changed before is not kept (others wrote the rows then), so
+        its memory does not grow with the swarm's churn.
+        """
+        if not self._ready or self._saving or self._dropping is not None:
             return succeed(None)
-        nodes, files = self.state.take_dirty()
-        epochs = self.state.take_epochs()
-        old_nodes, old_files, old_epochs = self._unsaved
-        nodes |= old_nodes
-        files |= old_files
-        epochs |= old_epochs | nodes
-        node_rows = {str(i): _row(self.state.node_entry(i)) for i in nodes}
-        file_rows = {h: _row(self.state.file_entry(h)) for h in files}
+        if not self.checker:
+            self.state.take_dirty()
+            self.state.take_epochs()
+            return succeed(None)
+        full = self._full
+        if full:
+            all_nodes, all_files = self.state.all_rows()
+            self.state.take_epochs()
+            nodes, files, epochs = set(all_nodes), set(all_files), set(all_nodes)
+            node_rows = {str(i): _row(entry) for i, entry in all_nodes.items()}
+            file_rows = {h: _row(entry) for h, entry in all_files.items()}
+        else:
+            nodes, files = self.state.take_dirty()
+            epochs = self.state.take_epochs()
+            old_nodes, old_files, old_epochs = self._unsaved
+            nodes |= old_nodes
+            files |= old_files
+            epochs |= old_epochs | nodes
+            node_rows = {str(i): _row(self.state.node_entry(i)) for i in nodes}
+            file_rows = {h: _row(self.state.file_entry(h)) for h in files}
         marks = ",".join(f"{i}:{e}" for i in epochs if (e := self.state.epoch(i)) is not None)
-        if not (node_rows or file_rows or marks):
+        if not (node_rows or file_rows or marks or full):
             return succeed(None)
         self._saving = True
         args = [self.applied, self._applied_id, self.state.checks, RETENTION_MS,
-                json.dumps(node_rows, separators=(",", ":")), marks, json.dumps(file_rows, separators=(",", ":"))]
+                json.dumps(node_rows, separators=(",", ":")), marks, json.dumps(file_rows, separators=(",", ":")),
+                "1" if full else "0"]
         d = self._pool.eval(SAVE, keys=[META, NODES, EPOCHS, FILES, LOG], args=args)
 
         def done(result: Any) -> None:
@@ -582,8 +631,15 @@ class RedisSwarm:
                     self.log.warn("could not write the rows to Redis: {why}", why=result.getErrorMessage())
                 return
             self._unsaved = (set(), set(), set())
+            if full:
+                self._full = False
 
         return d.addBoth(done)
+
+
+def _stream_id(text: str) -> tuple[int, int]:
+    ms, _, n = text.partition("-")
+    return int(ms), int(n or 0)
 
 
 def _row(entry: dict[str, Any] | None) -> str:

@@ -895,6 +895,7 @@ class SwarmState:
         node = self._nodes.pop(node_id)
         self._count(node.host, -1)
         self._dirty_nodes.add(node_id)
+        self._epochs_changed.discard(node_id)
         for info_hash in self._files_of.pop(node_id, ()):
             # Every file in the node's index names it: each entry changes.
             self._dirty_files.add(info_hash)
