@@ -56,14 +56,17 @@ class RedisServer:
             self.proc.wait(10)
 
 
-def shared_state(client: redis.Redis, settings: Config) -> tuple[SwarmState, dict[str, int]]:
+def shared_state(client: redis.Redis, settings: Config, rows: bool = True) -> tuple[SwarmState, dict[str, int]]:
     """The swarm the store holds: its rows, then every change logged after them, replayed here.
 
-    Also counts what the replay saw: changes, checks, and the nodes those checks dropped.
+    Also counts what the replay saw: changes, checks, and the nodes those checks dropped.  ``rows=False``
+    replays the whole log from an empty swarm instead (the log must not have been trimmed yet).
     """
     with client.pipeline(transaction=True) as p:
         p.hgetall(META).hgetall(NODES).hgetall(EPOCHS).hgetall(FILES).get(SEQ)
         meta, nodes, epochs, files, seq = p.execute()
+    if not rows:
+        meta, nodes, epochs, files = {}, {}, {}, {}
     state = SwarmState(settings, random.Random(0))
     state.restore(
         {"nodes": [json.loads(v) for v in nodes.values()]}, {"files": [json.loads(v) for v in files.values()]}, 0.0,

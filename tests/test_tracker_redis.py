@@ -313,10 +313,14 @@ def test_a_silent_node_is_dropped_once_by_one_check_that_every_tracker_applies(t
     a.ok({"mode": 0, "node_id": 7, "port": 7007})
     b.ok({"mode": 0, "node_id": 8, "port": 7008})
     wait_for(lambda: trackers.summary("a")["nodes"] == trackers.summary("b")["nodes"] == 0, "both nodes dropped")
-    state, counts = shared_state(trackers.redis.client, Config(TRACKER_MISSED_CHECKS=1))
+    state, counts = shared_state(trackers.redis.client, Config(TRACKER_MISSED_CHECKS=1), rows=False)
     assert counts["dropped"] == 2 and state.summary()["nodes"] == 0
-    lines = [line for name in ("a", "b") for line in trackers.log(name).splitlines() if "stopped heartbeating" in line]
-    assert len(lines) == 1 and "dropped 2 nodes" in lines[0] and "ids 7 8" in lines[0], lines
+    # Each drop is logged once, by the tracker that made the check (7 and 8 may fall to two checks).
+    lines = {name: [line for line in trackers.log(name).splitlines() if "stopped heartbeating" in line]
+             for name in ("a", "b")}
+    logged = sorted(int(i) for found in lines.values() for line in found
+                    for i in re.search(r" ids ([\d ]+)", line).group(1).split())  # type: ignore[union-attr]
+    assert logged == [7, 8] and not (lines["a"] and lines["b"]), lines
     # One tracker made every check; the other made none while it lived.
     origins = {entry["origin"] for _, entry in trackers.redis.client.xrange(LOG)
                if json.loads(entry["c"])["kind"] == "check"}

@@ -41,8 +41,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
-from twisted.internet.task import LoopingCall
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, succeed
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -66,6 +66,8 @@ APPLY_SLICE = 500
 READ_COUNT, READ_BLOCK_MS = 2000, 1000
 #: Seconds a request waits for Redis to take its change and for the tracker to apply it.
 CONFIRM_TIMEOUT = 10.0
+#: Rows encoded and staged in Redis per turn of the reactor while the rows are written.
+STAGE_ROWS = 2000
 #: Outcomes of this tracker's changes kept until Redis's answer to their append comes (most).
 MAX_EARLY = 4096
 #: The settings every tracker of one swarm must share: the rules depend on them.
@@ -90,23 +92,42 @@ RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-# Write changed rows (or, ARGV[8] == '1', all of them in place of what is there) as of one log position,
-# unless rows of a later position are there already.
+# Make the rows those of one log position, unless rows of a later position are there already.  The rows
+# were staged in KEYS[6..8] beforehand, a slice at a time; ARGV[8] == '1': the staged rows replace all
+# rows, else they are merged in (an empty row deletes).  Then the rows that changed while they were staged
+# (ARGV[5] and ARGV[7]: lines "key<TAB>row", ARGV[6]: "node:epoch,...").
 SAVE = """
 local cur = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
-if cur >= tonumber(ARGV[1]) then return 0 end
-if ARGV[8] == '1' then redis.call('DEL', KEYS[2], KEYS[3], KEYS[4]) end
-for id, row in pairs(cjson.decode(ARGV[5])) do
+if cur >= tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[6], KEYS[7], KEYS[8])
+  return 0
+end
+local function put(hash, key, row, also)
   if row == '' then
-    redis.call('HDEL', KEYS[2], id)
-    redis.call('HDEL', KEYS[3], id)
+    redis.call('HDEL', hash, key)
+    if also then redis.call('HDEL', also, key) end
   else
-    redis.call('HSET', KEYS[2], id, row)
+    redis.call('HSET', hash, key, row)
   end
 end
+for k = 2, 4 do
+  local stage = KEYS[k + 4]
+  if ARGV[8] == '1' then
+    if redis.call('EXISTS', stage) == 1 then redis.call('RENAME', stage, KEYS[k]) else redis.call('DEL', KEYS[k]) end
+  else
+    local kv = redis.call('HGETALL', stage)
+    for i = 1, #kv, 2 do put(KEYS[k], kv[i], kv[i + 1], k == 2 and KEYS[3] or nil) end
+    redis.call('DEL', stage)
+  end
+end
+for line in string.gmatch(ARGV[5], '[^\\n]+') do
+  local id, row = string.match(line, '^([^\\t]*)\\t(.*)$')
+  put(KEYS[2], id, row, KEYS[3])
+end
 for id, e in string.gmatch(ARGV[6], '(%d+):(%d+)') do redis.call('HSET', KEYS[3], id, e) end
-for h, row in pairs(cjson.decode(ARGV[7])) do
-  if row == '' then redis.call('HDEL', KEYS[4], h) else redis.call('HSET', KEYS[4], h, row) end
+for line in string.gmatch(ARGV[7], '[^\\n]+') do
+  local h, row = string.match(line, '^([^\\t]*)\\t(.*)$')
+  put(KEYS[4], h, row, nil)
 end
 redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'id', ARGV[2], 'checks', ARGV[3])
 local ms = tonumber(string.match(ARGV[2], '^(%d+)'))
@@ -586,9 +607,12 @@ class RedisSwarm:
     def save(self) -> Deferred[None]:
         """Write the rows that changed since the last write (the checker only; not during a check's drops).
 
-        A tracker that just took the lease writes every row once: what it
-        noted as changed before is not kept (others wrote the rows then), so
-        its memory does not grow with the swarm's churn.
+        Rows are encoded and staged in Redis a slice per turn of the reactor
+        (STAGE_ROWS), so that writing 100k rows never holds the reactor; one
+        script then makes them the rows of one log position, together with
+        the rows that changed meanwhile.  A tracker that just took the lease
+        writes every row once: what it noted as changed before is not kept
+        (others wrote the rows then), so its memory does not grow with churn.
         """
         if not self._ready or self._saving or self._dropping is not None:
             return succeed(None)
@@ -596,45 +620,74 @@ class RedisSwarm:
             self.state.take_dirty()
             self.state.take_epochs()
             return succeed(None)
-        full = self._full
+        self._saving = True
+        d = ensureDeferred(self._save(self._full))
+        d.addErrback(lambda f: self.log.warn("could not write the rows to Redis: {why}", why=f.getErrorMessage()))
+        return d
+
+    async def _save(self, full: bool) -> None:
+        state = self.state
         if full:
-            all_nodes, all_files = self.state.all_rows()
-            self.state.take_epochs()
-            nodes, files, epochs = set(all_nodes), set(all_files), set(all_nodes)
-            node_rows = {str(i): _row(entry) for i, entry in all_nodes.items()}
-            file_rows = {h: _row(entry) for h, entry in all_files.items()}
+            state.take_dirty()
+            state.take_epochs()
+            nodes, files = set(state.node_ids()), set(state.info_hashes())
+            epochs = set(nodes)
         else:
-            nodes, files = self.state.take_dirty()
-            epochs = self.state.take_epochs()
+            nodes, files = state.take_dirty()
+            epochs = state.take_epochs()
             old_nodes, old_files, old_epochs = self._unsaved
             nodes |= old_nodes
             files |= old_files
             epochs |= old_epochs | nodes
-            node_rows = {str(i): _row(self.state.node_entry(i)) for i in nodes}
-            file_rows = {h: _row(self.state.file_entry(h)) for h in files}
-        marks = ",".join(f"{i}:{e}" for i in epochs if (e := self.state.epoch(i)) is not None)
-        if not (node_rows or file_rows or marks or full):
-            return succeed(None)
-        self._saving = True
-        args = [self.applied, self._applied_id, self.state.checks, RETENTION_MS,
-                json.dumps(node_rows, separators=(",", ":")), marks, json.dumps(file_rows, separators=(",", ":")),
-                "1" if full else "0"]
-        d = self._pool.eval(SAVE, keys=[META, NODES, EPOCHS, FILES, LOG], args=args)
-
-        def done(result: Any) -> None:
+            self._unsaved = (set(), set(), set())
+        stage = [f"{PREFIX}stage:{self.origin}:{k}" for k in ("nodes", "epochs", "files")]
+        written = False
+        try:
+            if not (nodes or files or epochs or full):
+                return
+            await self._pool.execute_command("DEL", *stage)
+            await self._stage(stage[0], sorted(nodes), lambda i: _row(state.node_entry(i)), full)
+            await self._stage(stage[1], sorted(epochs), lambda i: _epoch(state.epoch(i)), True)
+            await self._stage(stage[2], sorted(files), lambda h: _row(state.file_entry(h)), full)
+            while self._dropping is not None:  # the rows must be those of one position
+                await deferLater(self.reactor, 0.01, lambda: None)
+            # What changed while the slices were staged, as of now.
+            late_nodes, late_files = state.take_dirty()
+            late_epochs = state.take_epochs() | late_nodes
+            nodes |= late_nodes
+            files |= late_files
+            epochs |= late_epochs
+            node_lines = "\n".join(f"{i}\t{_row(state.node_entry(i))}" for i in late_nodes)
+            marks = ",".join(f"{i}:{e}" for i in late_epochs if (e := state.epoch(i)) is not None)
+            file_lines = "\n".join(f"{h}\t{_row(state.file_entry(h))}" for h in late_files)
+            args = [self.applied, self._applied_id, state.checks, RETENTION_MS, node_lines, marks, file_lines,
+                    "1" if full else "0"]
+            result = await self._pool.eval(SAVE, keys=[META, NODES, EPOCHS, FILES, LOG, *stage], args=args)
+            written = str(result) == "1"
+        finally:
             self._saving = False
-            if isinstance(result, Failure) or str(result) != "1":
+            if written:
+                if full:
+                    self._full = False
+            elif not full:
                 # Refused (a later position is written) or failed: these rows go with the next write.
                 u_nodes, u_files, u_epochs = self._unsaved
                 self._unsaved = (u_nodes | nodes, u_files | files, u_epochs | epochs)
-                if isinstance(result, Failure):
-                    self.log.warn("could not write the rows to Redis: {why}", why=result.getErrorMessage())
-                return
-            self._unsaved = (set(), set(), set())
-            if full:
-                self._full = False
 
-        return d.addBoth(done)
+    async def _stage(self, key: str, keys: list[Any], row: Callable[[Any], str], skip_empty: bool) -> None:
+        """HSET the rows of *keys* into a staging hash, STAGE_ROWS per turn of the reactor."""
+        for start in range(0, len(keys), STAGE_ROWS):
+            args: list[Any] = []
+            for k in keys[start:start + STAGE_ROWS]:
+                text = row(k)
+                if text or not skip_empty:
+                    args += [k, text]
+            if args:
+                await self._pool.execute_command("HSET", key, *args)
+
+
+def _epoch(epoch: int | None) -> str:
+    return "" if epoch is None else str(epoch)
 
 
 def _stream_id(text: str) -> tuple[int, int]:

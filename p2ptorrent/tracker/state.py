@@ -474,6 +474,9 @@ class SwarmState:
     def node_ids(self) -> list[int]:
         return sorted(self._nodes)
 
+    def info_hashes(self) -> list[str]:
+        return list(self._files)
+
     def owner_info(self, node_id: int) -> OwnerInfo | None:
         node = self._nodes.get(node_id)
         return None if node is None else OwnerInfo(node.node_id, node.host, node.port, node.frequency)
