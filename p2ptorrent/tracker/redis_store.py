@@ -140,9 +140,15 @@ local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if #last == 0 then return false end
 return last[1][1]
 """
+# The rows, each hash packed into one text of "key<TAB>value" lines (one reply to parse, not 300k).
 LOAD = """
-return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
-        redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4])}
+local function packed(key)
+  local kv = redis.call('HGETALL', key)
+  local out = {}
+  for i = 1, #kv, 2 do out[#out + 1] = kv[i] .. '\\t' .. kv[i + 1] end
+  return table.concat(out, '\\n')
+end
+return {redis.call('HGETALL', KEYS[1]), packed(KEYS[2]), packed(KEYS[3]), packed(KEYS[4])}
 """
 
 
@@ -333,12 +339,13 @@ class RedisSwarm:
         d = self._pool.eval(LOAD, keys=[META, NODES, EPOCHS, FILES])
         return d.addCallback(self._restore)
 
-    def _restore(self, reply: list[list[str]]) -> None:
-        meta, nodes, epochs, files = (dict(zip(r[::2], r[1::2], strict=True)) for r in reply)
-        node_entries = [json.loads(v) for v in nodes.values()]
-        file_entries = [json.loads(v) for v in files.values()]
+    def _restore(self, reply: list[Any]) -> None:
+        flat, nodes, epochs, files = reply
+        meta = dict(zip(flat[::2], flat[1::2], strict=True))
+        node_entries = [json.loads(line.partition("\t")[2]) for line in _lines(nodes)]
+        file_entries = [json.loads(line.partition("\t")[2]) for line in _lines(files)]
         checks = int(meta.get("checks", 0))
-        liveness = (checks, {int(k): int(v) for k, v in epochs.items()})
+        liveness = (checks, {int(k): int(v) for k, _, v in (line.partition("\t") for line in _lines(epochs))})
         problems = self.state.restore(
             {"version": 1, "nodes": node_entries}, {"version": 1, "files": file_entries},
             self.reactor.seconds(), liveness,
@@ -684,6 +691,10 @@ class RedisSwarm:
                     args += [k, text]
             if args:
                 await self._pool.execute_command("HSET", key, *args)
+
+
+def _lines(packed: str | None) -> list[str]:
+    return packed.split("\n") if packed else []
 
 
 def _epoch(epoch: int | None) -> str:
