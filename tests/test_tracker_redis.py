@@ -479,6 +479,7 @@ async def test_a_new_checker_writes_every_row_and_trackers_follow_redis_when_it_
             joined = await b.change(Register(n, 5000 + n, None), "10.0.0.1")
             assert isinstance(joined, Registration)
             tokens[n] = joined.token
+        await a.caught_up()  # (the rows a writes are those of the changes it applied)
         await a.save()
         assert len(rows()) == 30
         # Changes b noted while it was not the checker are not kept (its memory would grow with churn).
