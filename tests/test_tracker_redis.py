@@ -492,6 +492,7 @@ async def test_a_new_checker_writes_every_row_and_trackers_follow_redis_when_it_
         await a.stop()
         swarms.remove(a)
         assert await b.check() is True
+        await b.caught_up()
         await b.save()
         assert sorted(map(int, rows())) == list(range(10, 30))
         assert int(server.client.hget(redis_store.META, "seq")) == b.applied
