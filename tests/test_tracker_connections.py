@@ -580,3 +580,31 @@ async def test_slowloris_on_loopback(tmp_path: Path) -> None:
     assert "closed a connection from 127.0.0.2: over the cap per address" in log
     assert "open files:" in log
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_form_body_is_not_parsed_as_a_form_but_refused_as_json(tmp_path: Path) -> None:
+    """Bodies are JSON: twisted.web's form parsing is off (it cost a quarter of a heartbeat's CPU), so a
+    multipart body with a broken boundary gets the tracker's own JSON refusal, not twisted.web's bare 400."""
+    from twisted.internet import reactor
+    from twisted.web.client import Agent, HTTPConnectionPool
+    from treq.client import HTTPClient
+
+    options = tap.Options()
+    options.parseOptions(["--tracker-db-dir", str(tmp_path / "db"), "--logs-dir", str(tmp_path / "logs"),
+                          "--listen", "tcp:0:interface=127.0.0.1"])
+    service = tap.makeService(options, reactor=reactor)
+    service.startService()
+    http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+    try:
+        port = (await service.getServiceNamed("http").listening()).getHost().port
+        for ctype, body in [(b"multipart/form-data; boundary=x", b"--y\r\nnot a part\r\n"),
+                            (b"application/x-www-form-urlencoded", b"mode=0&node_id=1&port=2")]:
+            response = await http.post(f"http://127.0.0.1:{port}/", body, headers={b"content-type": [ctype]})
+            assert response.code == 400
+            assert (await response.json())["error"].startswith("body is not valid JSON"), ctype
+        answer = await http.post(f"http://127.0.0.1:{port}/", json.dumps({"mode": 0, "node_id": 1, "port": 2}).encode(),
+                                 headers={b"content-type": [b"application/json"]})
+        assert answer.code == 200 and (await answer.json())["new"] is True
+    finally:
+        await service.stopService()

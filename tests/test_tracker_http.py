@@ -226,7 +226,8 @@ def test_a_failed_save_is_logged_answered_and_retried(
 # ---------------------------------------------------------------- logging
 
 
-def test_every_event_is_logged_and_tokens_never_are(tracker: Harness, events: list[dict[str, Any]]) -> None:
+def test_every_event_is_logged_and_tokens_never_are(tmp_path: Path, events: list[dict[str, Any]]) -> None:
+    tracker = Harness(tmp_path / "db", CFG.replace(LOG_LEVEL="debug"))
     a, b = tracker.join(1), tracker.join(2)
     tracker.ok({"mode": 0, "node_id": 1, "port": 9001, "token": a})
     tracker.ok({"mode": 1, "node_id": 1, "token": a, "info_hash": H1, "name": "f", "length": 5})
@@ -252,6 +253,15 @@ def test_every_event_is_logged_and_tokens_never_are(tracker: Harness, events: li
         assert expected in text, expected
     everything = text + repr(events)
     assert a not in everything and b not in everything
+
+
+def test_heartbeats_are_not_even_logged_at_debug_below_the_debug_level(
+    tracker: Harness, events: list[dict[str, Any]],
+) -> None:
+    a = tracker.join(1)
+    tracker.ok({"mode": 0, "node_id": 1, "port": 9001, "token": a})
+    text = "\n".join(messages(events))
+    assert "node 1 joined from" in text and "heartbeat" not in text
 
 
 def test_no_access_log_line_per_request() -> None:
