@@ -245,7 +245,6 @@ class RedisSwarm:
         self._queue: deque[Any] = deque()
         #: Stream id of the last change read, and of the last applied.
         self._read_id = "0-0"
-        self._draining = False
         #: A liveness check whose drops are under way (applied before the next change).
         self._dropping: list[int] | None = None
         self._check_origin: str | None = None
