@@ -727,6 +727,8 @@ def run_variant(n: int, variant: Variant, args: argparse.Namespace, work: Path, 
         if redis_server is not None:
             watched["redis-server"] = redis_server.proc.pid
         watched["load generator"] = os.getpid()
+        res["pins"] = {"tracker A" if variant.trackers > 1 else "tracker": pin.trackers[0],
+                       "tracker B": pin.trackers[-1], "redis-server": pin.redis, "load generator": pin.generator}
         meter = CpuMeter(watched).start()
         res["hb_rate"] = asyncio.run(closed_loop(ports, lambda i: register(i % n), args.seconds))
         res["cpu_hb"] = meter.stop()
@@ -740,7 +742,8 @@ def run_variant(n: int, variant: Variant, args: argparse.Namespace, work: Path, 
         for t, name in zip(trackers, names):
             procs.check_alive(t, name)
         res["stop_s"] = procs.end(*trackers)
-        res["trivial"] = trivial_rate(procs, args.seconds, pin.trackers)  # just after, so the same machine load
+        # Just after, so about the same machine load.
+        res["trivial"], res["cpu_trivial"] = trivial_rate(procs, args.seconds, pin.trackers)
         res["db_mib"] = redis_server.mib_on_disk() if redis_server is not None else db_mib(folders[0], variant.store)
         if not args.no_stall:
             # The liveness check: restart on the same folder (or Redis) with a short interval and one missed check.
@@ -764,7 +767,7 @@ def run_variant(n: int, variant: Variant, args: argparse.Namespace, work: Path, 
     return res
 
 
-def trivial_rate(procs: Procs, seconds: float, cpus: Sequence[int | None]) -> float:
+def trivial_rate(procs: Procs, seconds: float, cpus: Sequence[int | None]) -> tuple[float, dict[str, float]]:
     """Requests/s of trivial Klein apps (one per tracker, pinned alike) at CONNS connections (the same POSTs as the
     heartbeats), started afresh."""
     ports = [free_port() for _ in cpus]
@@ -773,7 +776,9 @@ def trivial_rate(procs: Procs, seconds: float, cpus: Sequence[int | None]) -> fl
     try:
         for proc, port in zip(started, ports):
             procs.wait_listening(proc, port, "trivial")
-        return asyncio.run(closed_loop(ports, register, seconds))
+        meter = CpuMeter({f"app {k}": p.pid for k, p in enumerate(started)}).start()
+        rate = asyncio.run(closed_loop(ports, register, seconds))
+        return rate, meter.stop()
     finally:
         procs.end(*started)
 
@@ -822,14 +827,21 @@ def rows_for(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows.append(("  trivial Klein app(s) just after, req/s", fmt(trivial, 0), "as many apps as trackers"))
     ratio = r["hb_rate"] / trivial if trivial else float("nan")
     rows.append(("  / trivial Klein app", f"{fmt(ratio, 2)}x", f">= {TARGET_RATIO}x (was 0.44x)"))
+    # CPU time per request: what the rates would be on cores of their own, whatever else ran on the machine.
+    per_hb = cpu_ms(r["cpu_hb"], "tracker", r["hb_rate"])
+    per_trivial = cpu_ms(r["cpu_trivial"], "app", trivial)
+    rows.append(("  CPU ms per request: tracker(s) / trivial", f"{fmt(per_hb, 3)} / {fmt(per_trivial, 3)}", ""))
+    rows.append(("  / trivial Klein app by CPU per request", f"{fmt(per_trivial / per_hb if per_hb else float('nan'), 2)}x",
+                 f">= {TARGET_RATIO}x"))
     if "vs_one" in r:
         rows.append(("  combined / one Redis tracker", f"{fmt(r['vs_one']['hb'], 2)}x", ""))
-    rows.extend(cpu_rows("  CPU % during them:", r["cpu_hb"]))
+    rows.extend(cpu_rows("  CPU % during them:", r["cpu_hb"], r["pins"]))
     rows.append((f"NEED/s at {CONNS} conns ({OWNERS} owners)", fmt(r["need_rate"], 0), ""))
     rows.append(("  / trivial Klein app", f"{fmt(r['need_rate'] / trivial if trivial else float('nan'), 2)}x", ""))
     if "vs_one" in r:
         rows.append(("  combined / one Redis tracker", f"{fmt(r['vs_one']['need'], 2)}x", ""))
-    rows.extend(cpu_rows("  CPU % during them:", r["cpu_need"]))
+    rows.append(("  CPU ms per NEED: tracker(s)", fmt(cpu_ms(r["cpu_need"], "tracker", r["need_rate"]), 3), ""))
+    rows.extend(cpu_rows("  CPU % during them:", r["cpu_need"], r["pins"]))
     s = r.get("stall")
     if s is not None:
         rows.append(("liveness check every, s", fmt(s["interval"], 2), ""))
@@ -855,7 +867,13 @@ def rows_for(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
-def cpu_rows(title: str, cpu: dict[str, float]) -> list[tuple[str, str, str]]:
+def cpu_ms(cpu: dict[str, float], prefix: str, rate: float) -> float:
+    """CPU milliseconds per request of the processes named *prefix*... (their CPU % summed, over *rate*)."""
+    used = sum(v for k, v in cpu.items() if k.startswith(prefix))
+    return 10 * used / rate if rate else float("nan")
+
+
+def cpu_rows(title: str, cpu: dict[str, float], pins: dict[str, int | None]) -> list[tuple[str, str, str]]:
     """The CPU of each process, and of each core, as rows; the server side first."""
     trackers = [v for k, v in cpu.items() if k.startswith("tracker")]
     cores = [v for k, v in sorted(cpu.items()) if k.startswith("cpu")]
@@ -865,7 +883,7 @@ def cpu_rows(title: str, cpu: dict[str, float]) -> list[tuple[str, str, str]]:
     rows.append(("    load generator", fmt(cpu["load generator"], 0), ""))
     rows.append(("    cores busy", " / ".join(fmt(v, 0) for v in cores), ""))
     rows.append(("    anything else (cores - these)", fmt(others(cpu), 0), "other work on the machine"))
-    rows.append(("    bound", bound(cpu), ""))
+    rows.append(("    bound", bound(cpu, pins), ""))
     return rows
 
 
@@ -874,11 +892,17 @@ def others(cpu: dict[str, float]) -> float:
     return sum(v for k, v in cpu.items() if k.startswith("cpu")) - sum(v for k, v in cpu.items() if not k.startswith("cpu"))
 
 
-def bound(cpu: dict[str, float]) -> str:
-    """A reading of the CPU figures: what limited the rate (a process near 100% of its core, or every core busy)."""
+def bound(cpu: dict[str, float], pins: dict[str, int | None]) -> str:
+    """A reading of the CPU figures: what limited the rate (a process near 100% of its core, a tracker's core
+    busy with other work too, or every core busy)."""
     cores = [v for k, v in cpu.items() if k.startswith("cpu")]
     procs = {k: v for k, v in cpu.items() if not k.startswith("cpu")}
     busiest, most = max(procs.items(), key=lambda kv: kv[1])
+    starved = [f"{k} {v:.0f}% on a {cpu.get(f'cpu{pins.get(k)}', 0):.0f}% busy cpu {pins.get(k)}"
+               for k, v in procs.items() if k.startswith("tracker") and v < 85 and pins.get(k) is not None
+               and cpu.get(f"cpu{pins.get(k)}", 0) >= 90]
+    if starved and most < 85:
+        return "core shared: " + ", ".join(starved)
     if cores and min(cores) >= 90:
         if others(cpu) >= 30:
             return f"all cores, {others(cpu):.0f}% on other work"
@@ -948,7 +972,7 @@ def two_trackers(results: list[dict[str, Any]]) -> list[str]:
             procs = ", ".join(f"{k} {v:.0f}%" for k, v in cpu.items() if not k.startswith("cpu"))
             cores = ", ".join(f"{k} {v:.0f}%" for k, v in cpu.items() if k.startswith("cpu"))
             lines.append(f"  CPU during the {phase}: {procs}; busy {cores}; other work {others(cpu):.0f}%;"
-                         f" bound: {bound(cpu)}")
+                         f" bound: {bound(cpu, r['pins'])}")
         lines.append(f"  pinning: {r['pinning']}")
     return lines
 

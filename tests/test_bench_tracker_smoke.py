@@ -73,7 +73,8 @@ def test_tiny_benchmark_runs_every_phase_for_every_store_and_prints_one_table(tm
     for figure in ("admit one by one, s", "join p50 / p99, ms", "OWN p50 / p99, ms", "NEED p50 / p99, ms",
                    "UPDATE p50 / p99, ms", "EXIT p50 / p99, ms", "heartbeats/s at 64 conns",
                    "trivial Klein app(s) just after, req/s", "/ trivial Klein app", "NEED/s at 64 conns",
-                   "RSS joined, MiB", "redis-server RSS end, MiB", "combined / one Redis tracker", "cores busy"):
+                   "RSS joined, MiB", "redis-server RSS end, MiB", "combined / one Redis tracker", "cores busy",
+                   "CPU ms per request: tracker(s) / trivial"):
         assert figure in text, f"no {figure!r}\n{output}"
     # The stall figure of sqlite, redis and redis x2 (the last with one per tracker), then the target.
     assert re.search(r"stall dropping 20 nodes, ms\s+[\d.,]+\s+[\d.,]+\s+[\d.,]+ \([\d.,]+ / [\d.,]+\)\s+<= 50 ms",
@@ -104,6 +105,7 @@ def test_tiny_benchmark_runs_every_phase_for_every_store_and_prints_one_table(tm
             assert all(math.isfinite(v) and v >= 0 for v in cpu.values()), where
             assert sum(1 for k in cpu if k.startswith("tracker")) == trackers, where
             assert ("redis-server" in cpu) == variant.startswith("redis"), where
+        assert sum(1 for k in r["cpu_trivial"] if k.startswith("app")) == trackers, where
         if variant.startswith("redis"):
             assert _positive(r["redis_rss"]), where
     assert _positive(results[("redis2", 200)]["vs_one"]["hb"])
