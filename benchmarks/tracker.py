@@ -53,7 +53,12 @@ only joined would be dropped while 100k join one by one), and:
    p99 of the probe away from the drop is beside it.  With Redis, one tracker
    (the lease holder) appends the check and every tracker drops the nodes as
    it applies it; a GET / is answered once its tracker applied the log up to
-   it, drops included, so the probe sees the same stall.  The swarm in Redis
+   it, drops included, so the probe sees the whole drop.  A second probe,
+   `GET /no-such-path` every 5 ms (a 404 from the reactor, touching neither
+   state nor store), gives the reactor's own delay near the drop beside it:
+   SQLite answers a GET / between two slices of drops, as it does the 404;
+   with Redis the two show whether requests waited for the log or for a busy
+   reactor.  The swarm in Redis
    refuses trackers whose TRACKER_TIME_INTERVAL or TRACKER_MISSED_CHECKS
    differ from its own (its ``rules``), so between the two starts, with no
    tracker running, this script deletes that field and the lease key.
@@ -129,6 +134,8 @@ TARGET_STALL_MS = 50.0
 
 POST_HEAD = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
 GET_REQ = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+#: A path the tracker does not serve: its 404 touches neither the state nor the store (the reactor's own delay).
+MISS_REQ = b"GET /no-such-path HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
 # ---- messages (tokens are proposed by the nodes, so every token is known here without keeping answers)
@@ -173,9 +180,10 @@ class Conn:
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         return self
 
-    async def call(self, body: bytes | None = None) -> tuple[int, bytes]:
+    async def call(self, body: bytes | None = None, raw: bytes | None = None) -> tuple[int, bytes]:
+        """POST *body*, or send *raw* as it is, or GET /."""
         assert self.reader is not None and self.writer is not None
-        self.writer.write(GET_REQ if body is None else POST_HEAD % len(body) + body)
+        self.writer.write(raw if raw is not None else GET_REQ if body is None else POST_HEAD % len(body) + body)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         at = head.lower().find(b"content-length:")
@@ -630,9 +638,30 @@ async def stall(ports: Sequence[int], n: int, interval: float) -> dict[str, Any]
             c.close()
         return samples, dropped_at
 
+    done = asyncio.Event()
+
+    async def reactor_probe(port: int) -> list[tuple[float, float]]:
+        """A 404 every 5 ms: answered by the reactor at once, whatever the store waits for."""
+        c = await Conn(port).open()
+        samples: list[tuple[float, float]] = []
+        try:
+            while not done.is_set():
+                s = time.perf_counter()
+                status, _ = await c.call(raw=MISS_REQ)
+                samples.append((s, time.perf_counter() - s))
+                if status != 404:
+                    raise HTTPError(f"{status} for GET /no-such-path")
+                await asyncio.sleep(max(0.0, 0.005 - (time.perf_counter() - s)))
+        finally:
+            c.close()
+        return samples
+
+    misses = [asyncio.ensure_future(reactor_probe(port)) for port in ports]
     try:
         seen = await asyncio.gather(*(probe(port) for port in ports))
     finally:
+        done.set()
+        missed = await asyncio.gather(*misses)
         stop.set()
         heartbeats = await hb
     every = [x for samples, _ in seen for x in samples]
@@ -643,10 +672,12 @@ async def stall(ports: Sequence[int], n: int, interval: float) -> dict[str, Any]
         near: list[float] = []
         away: list[float] = []
         out["stall_each_ms"] = []
-        for samples, at in seen:
+        out["reactor_each_ms"] = []
+        for (samples, at), misses_here in zip(seen, missed):
             assert at is not None
             mine = [d for s, d, _ in samples if abs(s - at) <= 1.0]
             out["stall_each_ms"].append(1000 * max(mine))
+            out["reactor_each_ms"].append(1000 * max([d for s, d in misses_here if abs(s - at) <= 1.0], default=float("nan")))
             near += mine
             away += [d for s, d, _ in samples if abs(s - at) > 1.0]
         out["stall_ms"] = 1000 * max(near)
@@ -851,6 +882,9 @@ def rows_for(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             rows.append((f"  stall dropping {s['silent']:,} nodes, ms", fmt(s["stall_ms"]) + detail,
                          f"<= {TARGET_STALL_MS:.0f} ms"))
             rows.append(("  probe p99 away from the check, ms", fmt(s["away_p99_ms"]), ""))
+            if "reactor_each_ms" in s:
+                rows.append(("  reactor's own delay then (a 404), ms", " / ".join(fmt(x) for x in s["reactor_each_ms"]),
+                             ""))
         else:
             rows.append((f"  stall dropping {s['silent']:,} nodes, ms", f"NOT SEEN (nodes {s['final_nodes']:,})",
                          f"<= {TARGET_STALL_MS:.0f} ms"))
@@ -898,11 +932,11 @@ def bound(cpu: dict[str, float], pins: dict[str, int | None]) -> str:
     cores = [v for k, v in cpu.items() if k.startswith("cpu")]
     procs = {k: v for k, v in cpu.items() if not k.startswith("cpu")}
     busiest, most = max(procs.items(), key=lambda kv: kv[1])
-    starved = [f"{k} {v:.0f}% on a {cpu.get(f'cpu{pins.get(k)}', 0):.0f}% busy cpu {pins.get(k)}"
+    starved = [f"{k.split()[-1] if ' ' in k else k} {v:.0f}% of cpu{pins.get(k)} {cpu.get(f'cpu{pins.get(k)}', 0):.0f}%"
                for k, v in procs.items() if k.startswith("tracker") and v < 85 and pins.get(k) is not None
                and cpu.get(f"cpu{pins.get(k)}", 0) >= 90]
     if starved and most < 85:
-        return "core shared: " + ", ".join(starved)
+        return "shared: " + ", ".join(starved)
     if cores and min(cores) >= 90:
         if others(cpu) >= 30:
             return f"all cores, {others(cpu):.0f}% on other work"

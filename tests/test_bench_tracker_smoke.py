@@ -74,7 +74,7 @@ def test_tiny_benchmark_runs_every_phase_for_every_store_and_prints_one_table(tm
                    "UPDATE p50 / p99, ms", "EXIT p50 / p99, ms", "heartbeats/s at 64 conns",
                    "trivial Klein app(s) just after, req/s", "/ trivial Klein app", "NEED/s at 64 conns",
                    "RSS joined, MiB", "redis-server RSS end, MiB", "combined / one Redis tracker", "cores busy",
-                   "CPU ms per request: tracker(s) / trivial"):
+                   "CPU ms per request: tracker(s) / trivial", "reactor's own delay then (a 404), ms"):
         assert figure in text, f"no {figure!r}\n{output}"
     # The stall figure of sqlite, redis and redis x2 (the last with one per tracker), then the target.
     assert re.search(r"stall dropping 20 nodes, ms\s+[\d.,]+\s+[\d.,]+\s+[\d.,]+ \([\d.,]+ / [\d.,]+\)\s+<= 50 ms",
@@ -100,6 +100,7 @@ def test_tiny_benchmark_runs_every_phase_for_every_store_and_prints_one_table(tm
         stall = r["stall"]
         assert stall["silent"] == n // 10 and stall["final_nodes"] == n - n // 10, where
         assert len(stall["stall_each_ms"]) == trackers and _positive(stall["stall_ms"]), where
+        assert len(stall["reactor_each_ms"]) == trackers and all(_positive(x) for x in stall["reactor_each_ms"]), where
         for cpu in (r["cpu_hb"], r["cpu_need"]):
             assert set(cpu) >= {"load generator", "cpu0"}, where
             assert all(math.isfinite(v) and v >= 0 for v in cpu.values()), where
