@@ -1,45 +1,92 @@
-"""The tracker under load: a real `twistd -n p2ptracker` on 127.0.0.1, populations of 1k to 100k nodes.
+"""The tracker under load: real `twistd -n p2ptracker` processes on 127.0.0.1, populations of 1k to 100k nodes.
 
     python benchmarks/tracker.py --quick            # 1000 and 10000 nodes, plus the JSON store at 1000
     python benchmarks/tracker.py                    # 1000, 10000 and 100000 nodes
-    python benchmarks/tracker.py --nodes 200 --seconds 1 --no-json     # the smoke test
+    python benchmarks/tracker.py --nodes 100000 --no-json --stores sqlite,redis2
+    python benchmarks/tracker.py --nodes 200 --seconds 1 --no-json     # about the smoke test
 
-Issue 13, item 7.  For each population N, a fresh tracker (`--store sqlite`, or
-`--store json` for the comparison run) is started on core 0 (when there are
-two cores; this load generator runs on the other one) with
+Issue 13, item 7.  The same measurements run for each store (--stores, default
+all three of the first):
+
+- ``sqlite``: one tracker, `--store sqlite` (tracker.db);
+- ``redis``: one tracker, `--store redis://...` on a redis-server this script
+  starts in its work folder (appendonly yes, appendfsync always, no RDB
+  snapshots) and stops, one per population;
+- ``redis2``: two trackers on that one Redis, serving one swarm; every load
+  below spreads its connections over both trackers' ports (connection k goes
+  to tracker k mod 2), rates are the two combined and latencies are measured
+  through both;
+- ``redis-everysec``, ``redis2-everysec``: the same with appendfsync everysec
+  (not run by default);
+- ``json`` (at --json-nodes, unless --no-json): the comparison run of today.
+
+For each population N and store, fresh processes are started with
 TRACKER_MAX_NODES_PER_HOST raised (`--set`, every client is 127.0.0.1) and no
 liveness check during phases 1 to 3 (`--tracker-interval 86400`: nodes that
 only joined would be dropped while 100k join one by one), and:
 
-1. admit: N REGISTERs one by one on one keep-alive connection (each waits for
-   its answer, so for the commit holding its join), capped at --seq-seconds:
-   when capped, the rate and the extrapolation to N are printed, labelled so,
-   and the rest of the population joins over 64 connections (that rate too).
+1. admit: N REGISTERs one by one (each waits for its answer, so for the commit
+   holding its join; with two trackers, alternately through each), capped at
+   --seq-seconds: when capped, the rate and the extrapolation to N are
+   printed, labelled so, and the rest of the population joins over 64
+   connections (that rate too).
 2. latency under heartbeat load: heartbeats of every node at N /
    NODE_TIME_INTERVAL per second (paced, 32 connections) for --seconds, while
-   two probe connections run cycles of join, OWN, NEED (a file with 50
-   owners), UPDATE, EXIT of fresh nodes (at most --probes cycles): p50/p99 of
-   each.
+   two probe connections (one per tracker with two) run cycles of join, OWN,
+   NEED (a file with 50 owners), UPDATE, EXIT of fresh nodes (at most
+   --probes cycles): p50/p99 of each.
 3. throughput at 64 connections, closed loop for --seconds each: heartbeats/s
-   and NEED/s against the tracker, and the same POST against a trivial Klein
-   app (a route answering a small JSON, `--serve-trivial`, run the same way in
-   its own process on the same core, just after): the ratio.
+   and NEED/s against the tracker(s), and the same POST against a trivial
+   Klein app (a route answering a small JSON, `--serve-trivial`; as many apps
+   as trackers, pinned the same way, just after): the ratio.  The CPU used by
+   each process (psutil, user + system) and how busy each core was are taken
+   over both runs; with two trackers, the combined rate is also divided by
+   the one-tracker Redis run's.
 4. the longest stall around a liveness check that drops 10% of the nodes: the
-   tracker is stopped cleanly (SIGTERM) and started again on the same folder
-   with `--tracker-interval T --set TRACKER_MISSED_CHECKS=1` (T sized so that
-   the heartbeats of the other 90% take about half the measured heartbeat
-   throughput); the 90% keep heartbeating, the 10% are silent, and `GET /` is
-   sent every 5 ms on its own connection.  The worst answer time within a
-   second of the drop (seen as the node count falling in those answers) is the
-   stall seen from outside; the p99 of the probe away from the drop is beside it.
-5. RSS of the tracker (psutil) after the joins and at the end, tracker.db size
-   (with its -wal), the restart time (loading N nodes back).
+   tracker(s) are stopped cleanly (SIGTERM) and started again on the same
+   folder or Redis with `--tracker-interval T --set TRACKER_MISSED_CHECKS=1`
+   (T sized so that the heartbeats of the other 90% take about half the
+   measured heartbeat throughput); the 90% keep heartbeating, the 10% are
+   silent, and `GET /` is sent every 5 ms on its own connection (one per
+   tracker).  The worst answer time within a second of the drop (seen as the
+   node count falling in those answers) is the stall seen from outside; the
+   p99 of the probe away from the drop is beside it.  With Redis, one tracker
+   (the lease holder) appends the check and every tracker drops the nodes as
+   it applies it; a GET / is answered once its tracker applied the log up to
+   it, drops included, so the probe sees the whole drop.  A second probe,
+   `GET /no-such-path` every 5 ms (a 404 from the reactor, touching neither
+   state nor store), gives the reactor's own delay near the drop beside it:
+   SQLite answers a GET / between two slices of drops, as it does the 404;
+   with Redis the two show whether requests waited for the log or for a busy
+   reactor.  The swarm in Redis
+   refuses trackers whose TRACKER_TIME_INTERVAL or TRACKER_MISSED_CHECKS
+   differ from its own (its ``rules``), so between the two starts, with no
+   tracker running, this script deletes that field and the lease key.
+5. RSS of the tracker(s) (psutil) after the joins and at the end, of
+   redis-server at the end, the store's size on disk (tracker.db with its
+   -wal, the JSON files, or Redis's append-only files), the restart time
+   (loading N nodes back: until `GET /` answers 200).
+
+CPU pinning (when this machine gives us two cores or more; with one, nothing
+is pinned).  The load generator (this script) runs on the last core; the
+server side on the others, and with two cores that is core 0:
+
+- sqlite, json: the tracker on core 0, the load generator on core 1 (as before);
+- redis: the tracker and redis-server on core 0 (the server side and its
+  store on one core, as SQLite's commits are in the tracker's process), the
+  load generator on core 1;
+- redis2: tracker A and redis-server on core 0, tracker B on core 1 beside the
+  load generator: four busy processes on two cores, so the combined rate is
+  bounded by the machine, which the CPU rows show.  With four cores or more,
+  each of the trackers, redis-server and the load generator has its own.
+- the trivial Klein app(s): where the tracker(s) were.
 
 Every load is bounded in count and time, on loopback only.  The processes run
 in their own session with PR_SET_PDEATHSIG, so they die with this script even
 when it is SIGKILLed; the work folder is removed on every exit but a SIGKILL.
-Figures depend on the machine and whatever else runs on it: the load average is
-printed with them.
+They run this checkout's code (its folder first on PYTHONPATH).  Figures
+depend on the machine and whatever else runs on it: the load average is
+printed with them.  --save FILE writes every figure as JSON.
 
 Exit status: 0 every phase ran (targets missed or not), 1 a phase failed, 2 bad usage.
 """
@@ -58,6 +105,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -86,6 +134,8 @@ TARGET_STALL_MS = 50.0
 
 POST_HEAD = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
 GET_REQ = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+#: A path the tracker does not serve: its 404 touches neither the state nor the store (the reactor's own delay).
+MISS_REQ = b"GET /no-such-path HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
 # ---- messages (tokens are proposed by the nodes, so every token is known here without keeping answers)
@@ -130,9 +180,10 @@ class Conn:
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         return self
 
-    async def call(self, body: bytes | None = None) -> tuple[int, bytes]:
+    async def call(self, body: bytes | None = None, raw: bytes | None = None) -> tuple[int, bytes]:
+        """POST *body*, or send *raw* as it is, or GET /."""
         assert self.reader is not None and self.writer is not None
-        self.writer.write(GET_REQ if body is None else POST_HEAD % len(body) + body)
+        self.writer.write(raw if raw is not None else GET_REQ if body is None else POST_HEAD % len(body) + body)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         at = head.lower().find(b"content-length:")
@@ -152,8 +203,9 @@ class Conn:
             self.writer.close()
 
 
-async def conns(port: int, n: int) -> list[Conn]:
-    return [await Conn(port).open() for _ in range(n)]
+async def conns(ports: Sequence[int], n: int) -> list[Conn]:
+    """*n* connections, the k-th to ports[k mod len(ports)] (spread over the trackers)."""
+    return [await Conn(ports[k % len(ports)]).open() for k in range(n)]
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -161,6 +213,61 @@ def pct(values: Sequence[float], q: float) -> float:
         return float("nan")
     s = sorted(values)
     return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+
+
+# ---- the stores compared
+
+@dataclass(frozen=True)
+class Variant:
+    """One column of the table: a store, how many tracker processes share it, Redis's appendfsync."""
+
+    name: str
+    store: str  # sqlite, json or redis
+    trackers: int = 1
+    fsync: str = "always"
+
+    @property
+    def title(self) -> str:
+        if self.store != "redis":
+            return self.store
+        return ("redis" if self.trackers == 1 else f"redis x{self.trackers}") + ("" if self.fsync == "always" else " es")
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("json", "json"), Variant("sqlite", "sqlite"), Variant("redis", "redis"), Variant("redis2", "redis", 2),
+    Variant("redis-everysec", "redis", 1, "everysec"), Variant("redis2-everysec", "redis", 2, "everysec"),
+)}
+DEFAULT_STORES = ("sqlite", "redis", "redis2")
+
+
+@dataclass(frozen=True)
+class Pinning:
+    """Which core each process runs on (None: not pinned)."""
+
+    generator: int | None
+    trackers: tuple[int | None, ...]
+    redis: int | None
+
+    @classmethod
+    def plan(cls, cpus: Sequence[int], trackers: int) -> Pinning:
+        """The load generator on the last core, the server side on the others (see the docstring)."""
+        if len(cpus) < 2:
+            return cls(None, (None,) * trackers, None)
+        generator, servers = cpus[-1], list(cpus[:-1])
+        if len(servers) >= trackers + 1:  # a core each
+            return cls(generator, tuple(servers[:trackers]), servers[trackers])
+        if len(servers) >= trackers:  # the trackers a core each, Redis beside the first
+            return cls(generator, tuple(servers[:trackers]), servers[0])
+        # Two cores, two trackers: tracker A (and Redis) on core 0, tracker B beside the load generator.
+        return cls(generator, tuple(cpus[k % len(cpus)] for k in range(trackers)), servers[0])
+
+    def describe(self, variant: Variant) -> str:
+        parts = [f"tracker {'AB'[k] if variant.trackers > 1 else ''}".rstrip() + f" cpu {c}"
+                 for k, c in enumerate(self.trackers)]
+        if variant.store == "redis":
+            parts.append(f"redis-server cpu {self.redis}")
+        parts.append(f"load generator cpu {self.generator}")
+        return ", ".join(parts)
 
 
 # ---- processes
@@ -177,27 +284,33 @@ def _child_setup(cpu: int | None) -> Callable[[], None]:
     return setup
 
 
+def _child_env() -> dict[str, str]:
+    """This script's environment with this checkout first on PYTHONPATH: the processes run the code measured here,
+    not whatever p2ptorrent the Python's console scripts would import."""
+    env = dict(os.environ)
+    root = str(HERE.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root)])
+    return env
+
+
 class Procs:
     """The processes this script started; :meth:`stop` ends them (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, root: Path, cpu: int | None) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
-        self.cpu = cpu
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def start(self, name: str, argv: list[str], cpu: int | None) -> subprocess.Popen[bytes]:
         with open(self.root / f"{name}.out", "ab") as out:
             proc = subprocess.Popen(argv, cwd=self.root, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    preexec_fn=_child_setup(self.cpu))
+                                    env=_child_env(), preexec_fn=_child_setup(cpu))
         self.procs.append(proc)
         return proc
 
     def wait_listening(self, proc: subprocess.Popen[bytes], port: int, name: str) -> float:
         t0 = time.monotonic()
         while time.monotonic() - t0 < START_TIMEOUT:
-            if proc.poll() is not None:
-                tail = (self.root / f"{name}.out").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{name} ended with status {proc.returncode}:\n{tail}")
+            self.check_alive(proc, name)
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                     return time.monotonic() - t0
@@ -205,13 +318,20 @@ class Procs:
                 time.sleep(0.02)
         raise RuntimeError(f"{name} did not listen on {port} within {START_TIMEOUT:.0f} s")
 
-    def end(self, proc: subprocess.Popen[bytes], grace: float = 60.0) -> float:
-        """SIGTERM (a clean stop: the last commit and the snapshots), SIGKILL after *grace*; seconds taken."""
+    def check_alive(self, proc: subprocess.Popen[bytes], name: str) -> None:
+        if proc.poll() is not None:
+            tail = (self.root / f"{name}.out").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{name} ended with status {proc.returncode}:\n{tail}")
+
+    def end(self, *procs: subprocess.Popen[bytes], grace: float = 60.0) -> float:
+        """SIGTERM (a clean stop: the last commit and the snapshots), SIGKILL after *grace*; seconds taken by all."""
         t0 = time.monotonic()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
             try:
-                proc.wait(grace)
+                proc.wait(max(0.1, grace - (time.monotonic() - t0)))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -238,6 +358,51 @@ def tracker_argv(port: int, folder: Path, store: str, extra: Sequence[str] = ())
             "--set", "TRACKER_MAX_NODES_PER_HOST=10000000", *extra]
 
 
+class Redis:
+    """A redis-server of this run, in *folder*, on a free loopback port (stopped with the other processes)."""
+
+    def __init__(self, procs: Procs, folder: Path, name: str, fsync: str, cpu: int | None) -> None:
+        import redis
+
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(binary).exists():
+            raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.procs = procs
+        self.proc = procs.start(name, [
+            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+            "--appendfsync", fsync, "--dir", str(folder), "--logfile", str(folder / "redis.log"),
+            "--daemonize", "no"], cpu)
+        self.client = redis.Redis(port=self.port, socket_timeout=30)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if self.client.ping():
+                    break
+            except redis.ConnectionError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = folder / "redis.log"
+                raise RuntimeError(f"redis-server did not start: {log.read_text()[-2000:] if log.exists() else ''}")
+            time.sleep(0.02)
+
+    def forget_rules(self) -> None:
+        """With no tracker running: let the next trackers set the swarm's settings (interval, missed checks)
+        and take the liveness lease at once."""
+        self.client.hdel("p2ptracker:meta", "rules")
+        self.client.delete("p2ptracker:checker")
+
+    def mib_on_disk(self) -> float:
+        return sum(f.stat().st_size for f in self.folder.rglob("*") if f.is_file() and f.name != "redis.log") / 2**20
+
+    def stop(self) -> float:
+        self.client.close()
+        return self.procs.end(self.proc, grace=30.0)
+
+
 def db_mib(folder: Path, store: str) -> float:
     names = ("tracker.db", "tracker.db-wal") if store == "sqlite" else ("nodes.json", "files.json")
     return sum((folder / "db" / n).stat().st_size for n in names if (folder / "db" / n).exists()) / 2**20
@@ -247,24 +412,55 @@ def rss_mib(pid: int) -> float:
     return float(psutil.Process(pid).memory_info().rss) / 2**20
 
 
+class CpuMeter:
+    """CPU seconds (user + system) of some processes and how busy each core was, between start and stop, in %."""
+
+    def __init__(self, procs: dict[str, int]) -> None:
+        self.procs = {name: psutil.Process(pid) for name, pid in procs.items()}
+        self.t0 = 0.0
+        self.before: dict[str, float] = {}
+        self.cores: list[Any] = []
+
+    @staticmethod
+    def _used(p: psutil.Process) -> float:
+        t = p.cpu_times()
+        return float(t.user + t.system)
+
+    def start(self) -> CpuMeter:
+        self.before = {name: self._used(p) for name, p in self.procs.items()}
+        self.cores = psutil.cpu_times(percpu=True)
+        self.t0 = time.perf_counter()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        wall = time.perf_counter() - self.t0
+        out = {name: 100 * (self._used(p) - self.before[name]) / wall for name, p in self.procs.items()}
+        for k, (a, b) in enumerate(zip(self.cores, psutil.cpu_times(percpu=True))):
+            busy = sum(b) - sum(a) - (b.idle - a.idle) - (getattr(b, "iowait", 0) - getattr(a, "iowait", 0))
+            total = sum(b) - sum(a)
+            out[f"cpu{k}"] = 100 * busy / total if total > 0 else float("nan")
+        return out
+
+
 # ---- phases (each one asyncio.run)
 
-async def admit(port: int, n: int, seq_seconds: float) -> dict[str, Any]:
-    """REGISTER 0..n-1 one by one on one connection (capped in time), the rest over CONNS connections."""
+async def admit(ports: Sequence[int], n: int, seq_seconds: float) -> dict[str, Any]:
+    """REGISTER 0..n-1 one by one (alternately through each tracker; capped in time), the rest over CONNS connections."""
     out: dict[str, Any] = {}
-    c = await Conn(port).open()
+    one = await conns(ports, len(ports))
     t0 = time.perf_counter()
     done = 0
     while done < n and time.perf_counter() - t0 < seq_seconds:
-        await c.ok(register(done))
+        await one[done % len(one)].ok(register(done))
         done += 1
     seq = time.perf_counter() - t0
-    c.close()
+    for c in one:
+        c.close()
     out["seq_done"], out["seq_s"] = done, seq
     out["seq_rate"] = done / seq if seq > 0 else float("nan")
     if done < n:
         rest = iter(range(done, n))
-        cs = await conns(port, CONNS)
+        cs = await conns(ports, CONNS)
 
         async def worker(conn: Conn) -> None:
             for i in rest:
@@ -279,10 +475,11 @@ async def admit(port: int, n: int, seq_seconds: float) -> dict[str, Any]:
     return out
 
 
-async def paced(port: int, ids: Sequence[int], rate: float, stop: asyncio.Event, nconns: int = HB_CONNS) -> dict[str, Any]:
+async def paced(ports: Sequence[int], ids: Sequence[int], rate: float, stop: asyncio.Event,
+                nconns: int = HB_CONNS) -> dict[str, Any]:
     """Heartbeats of *ids* in turn at *rate* per second over *nconns* connections until *stop* (open loop, paced)."""
-    nconns = max(1, min(nconns, len(ids)))
-    cs = await conns(port, nconns)
+    nconns = max(len(ports), min(nconns, len(ids)))
+    cs = await conns(ports, nconns)
     sent = [0] * nconns
     lat: list[float] = []
     per = rate / nconns
@@ -314,12 +511,12 @@ async def paced(port: int, ids: Sequence[int], rate: float, stop: asyncio.Event,
     return {"sent": sum(sent), "rate": sum(sent) / elapsed, "p50": pct(lat, 50), "p99": pct(lat, 99)}
 
 
-async def latency(port: int, n: int, seconds: float, probes: int) -> dict[str, Any]:
+async def latency(ports: Sequence[int], n: int, seconds: float, probes: int) -> dict[str, Any]:
     """join, OWN, NEED, UPDATE, EXIT cycles of fresh nodes on PROBE_CONNS connections, under paced heartbeats."""
     stop = asyncio.Event()
-    hb = asyncio.ensure_future(paced(port, range(n), n / NODE_TIME_INTERVAL, stop))
+    hb = asyncio.ensure_future(paced(ports, range(n), n / NODE_TIME_INTERVAL, stop))
     lat: dict[str, list[float]] = {k: [] for k in ("join", "OWN", "NEED", "UPDATE", "EXIT")}
-    cs = await conns(port, PROBE_CONNS)
+    cs = await conns(ports, max(PROBE_CONNS, len(ports)))
     cycles = iter(range(probes))
     t0 = time.perf_counter()
 
@@ -350,12 +547,12 @@ async def latency(port: int, n: int, seconds: float, probes: int) -> dict[str, A
         heartbeats = await hb
         for c in cs:
             c.close()
-    return {"lat": lat, "hb": heartbeats, "hb_target": n / NODE_TIME_INTERVAL}
+    return {"lat": lat, "cycles": len(lat["EXIT"]), "hb": heartbeats, "hb_target": n / NODE_TIME_INTERVAL}
 
 
-async def closed_loop(port: int, make: Callable[[int], bytes], seconds: float, nconns: int = CONNS) -> float:
+async def closed_loop(ports: Sequence[int], make: Callable[[int], bytes], seconds: float, nconns: int = CONNS) -> float:
     """Requests per second over *nconns* connections, each sending its next request as soon as answered."""
-    cs = await conns(port, nconns)
+    cs = await conns(ports, nconns)
     count = [0]
     t0 = time.perf_counter()
 
@@ -373,14 +570,14 @@ async def closed_loop(port: int, make: Callable[[int], bytes], seconds: float, n
     return count[0] / elapsed
 
 
-async def setup_owners(port: int, n: int, files: int) -> float:
+async def setup_owners(ports: Sequence[int], n: int, files: int) -> float:
     """OWNERS owners of H_NEED; then nodes 0..files-1 own one file each (over CONNS connections): seconds taken."""
-    c = await Conn(port).open()
+    c = await Conn(ports[0]).open()
     for i in range(min(OWNERS, n)):
         await c.ok(own(i, H_NEED))
     c.close()
     todo = iter(range(files))
-    cs = await conns(port, CONNS)
+    cs = await conns(ports, CONNS)
 
     async def worker(conn: Conn) -> None:
         for i in todo:
@@ -393,36 +590,96 @@ async def setup_owners(port: int, n: int, files: int) -> float:
     return time.perf_counter() - t0
 
 
-async def stall(port: int, n: int, interval: float) -> dict[str, Any]:
-    """Heartbeats of 90% of the nodes, 10% silent, GET / every 5 ms until the 10% are dropped (or 3 intervals)."""
+async def wait_ready(ports: Sequence[int], timeout: float = START_TIMEOUT) -> None:
+    """Until `GET /` answers 200 on every port (the Redis store reads its rows once the reactor runs)."""
+    t0 = time.monotonic()
+    for port in ports:
+        while True:
+            try:
+                c = await Conn(port).open()
+                try:
+                    status, _ = await asyncio.wait_for(c.call(), 30)
+                finally:
+                    c.close()
+                if status == 200:
+                    break
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+                pass
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"the tracker on {port} did not answer GET / within {timeout:.0f} s")
+            await asyncio.sleep(0.05)
+
+
+async def stall(ports: Sequence[int], n: int, interval: float) -> dict[str, Any]:
+    """Heartbeats of 90% of the nodes, 10% silent, GET / every 5 ms (on each tracker) until the 10% are dropped
+    (or 3 intervals)."""
     active = [i for i in range(n) if i % 10 != 9]
     silent = n - len(active)
     stop = asyncio.Event()
-    hb = asyncio.ensure_future(paced(port, active, 1.2 * len(active) / interval, stop))
-    probe = await Conn(port).open()
-    samples: list[tuple[float, float, int]] = []  # (sent at, seconds, nodes)
+    hb = asyncio.ensure_future(paced(ports, active, 1.2 * len(active) / interval, stop))
     t0 = time.perf_counter()
-    dropped_at: float | None = None
+
+    async def probe(port: int) -> tuple[list[tuple[float, float, int]], float | None]:
+        c = await Conn(port).open()
+        samples: list[tuple[float, float, int]] = []  # (sent at, seconds, nodes)
+        dropped_at: float | None = None
+        try:
+            while time.perf_counter() - t0 < 3 * interval + 10:
+                s = time.perf_counter()
+                nodes = int(json.loads(await c.ok())["nodes"])
+                e = time.perf_counter()
+                samples.append((s, e - s, nodes))
+                if dropped_at is None and nodes <= n - silent:
+                    dropped_at = s
+                if dropped_at is not None and s - dropped_at > 1.0:
+                    break
+                await asyncio.sleep(max(0.0, 0.005 - (time.perf_counter() - s)))
+        finally:
+            c.close()
+        return samples, dropped_at
+
+    done = asyncio.Event()
+
+    async def reactor_probe(port: int) -> list[tuple[float, float]]:
+        """A 404 every 5 ms: answered by the reactor at once, whatever the store waits for."""
+        c = await Conn(port).open()
+        samples: list[tuple[float, float]] = []
+        try:
+            while not done.is_set():
+                s = time.perf_counter()
+                status, _ = await c.call(raw=MISS_REQ)
+                samples.append((s, time.perf_counter() - s))
+                if status != 404:
+                    raise HTTPError(f"{status} for GET /no-such-path")
+                await asyncio.sleep(max(0.0, 0.005 - (time.perf_counter() - s)))
+        finally:
+            c.close()
+        return samples
+
+    misses = [asyncio.ensure_future(reactor_probe(port)) for port in ports]
     try:
-        while time.perf_counter() - t0 < 3 * interval + 10:
-            s = time.perf_counter()
-            nodes = int(json.loads(await probe.ok())["nodes"])
-            e = time.perf_counter()
-            samples.append((s, e - s, nodes))
-            if dropped_at is None and nodes <= n - silent:
-                dropped_at = s
-            if dropped_at is not None and s - dropped_at > 1.0:
-                break
-            await asyncio.sleep(max(0.0, 0.005 - (time.perf_counter() - s)))
+        seen = await asyncio.gather(*(probe(port) for port in ports))
     finally:
+        done.set()
+        missed = await asyncio.gather(*misses)
         stop.set()
         heartbeats = await hb
-        probe.close()
-    out: dict[str, Any] = {"interval": interval, "hb": heartbeats, "silent": silent, "probes": len(samples),
-                           "worst_ms": 1000 * max(d for _, d, _ in samples), "final_nodes": samples[-1][2]}
-    if dropped_at is not None:
-        near = [d for s, d, _ in samples if abs(s - dropped_at) <= 1.0]
-        away = [d for s, d, _ in samples if abs(s - dropped_at) > 1.0]
+    every = [x for samples, _ in seen for x in samples]
+    out: dict[str, Any] = {"interval": interval, "hb": heartbeats, "silent": silent, "probes": len(every),
+                           "worst_ms": 1000 * max(d for _, d, _ in every),
+                           "final_nodes": min(samples[-1][2] for samples, _ in seen)}
+    if all(at is not None for _, at in seen):
+        near: list[float] = []
+        away: list[float] = []
+        out["stall_each_ms"] = []
+        out["reactor_each_ms"] = []
+        for (samples, at), misses_here in zip(seen, missed):
+            assert at is not None
+            mine = [d for s, d, _ in samples if abs(s - at) <= 1.0]
+            out["stall_each_ms"].append(1000 * max(mine))
+            out["reactor_each_ms"].append(1000 * max([d for s, d in misses_here if abs(s - at) <= 1.0], default=float("nan")))
+            near += mine
+            away += [d for s, d, _ in samples if abs(s - at) > 1.0]
         out["stall_ms"] = 1000 * max(near)
         out["away_p99_ms"] = 1000 * pct(away, 99)
     return out
@@ -447,61 +704,114 @@ def serve_trivial(port: int) -> None:
 
     site = Site(app.resource())
     site.log = lambda request: None  # type: ignore[method-assign]  # as TrackerSite: no access log
-    reactor.listenTCP(port, site, interface="127.0.0.1")  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.listenTCP(port, site, interface="127.0.0.1")  # type: ignore[arg-type]
+    reactor.run()
 
 
-# ---- one population
 
-def run_population(n: int, store: str, args: argparse.Namespace, work: Path, procs: Procs) -> dict[str, Any]:
-    folder = work / f"{store}-{n}"
-    folder.mkdir()
-    port = free_port()
-    res: dict[str, Any] = {"store": store, "n": n}
-    # No liveness check while the population is built and measured: joining 100k nodes one by one takes minutes,
-    # and nodes that only joined would be dropped after 44 to 66 s.  Phase 4 restarts it with a short interval.
-    tracker = procs.start(f"tracker-{store}-{n}", tracker_argv(port, folder, store, ["--tracker-interval", "86400"]))
-    procs.wait_listening(tracker, port, f"tracker-{store}-{n}")
-    res["pid"] = tracker.pid
-    print(f"[{store} {n}] tracker pid {tracker.pid} on port {port}: admitting", flush=True)
-    res["admit"] = asyncio.run(admit(port, n, args.seq_seconds))
-    res["rss_joined"] = rss_mib(tracker.pid)
-    res["files"] = files = min(n, int(round(args.files_ratio * n)))
-    res["files_s"] = asyncio.run(setup_owners(port, n, files))
-    print(f"[{store} {n}] latency under heartbeats", flush=True)
-    res["latency"] = asyncio.run(latency(port, n, args.seconds, args.probes))
-    print(f"[{store} {n}] throughput", flush=True)
-    res["hb_rate"] = asyncio.run(closed_loop(port, lambda i: register(i % n), args.seconds))
-    res["need_rate"] = asyncio.run(closed_loop(port, lambda i: need(OWNERS + i % max(1, n - OWNERS), H_NEED), args.seconds))
-    res["rss_loaded"] = rss_mib(tracker.pid)
-    res["stop_s"] = procs.end(tracker)
-    res["trivial"] = trivial_rate(procs, args.seconds)  # just after, so the same machine load
-    res["db_mib"] = db_mib(folder, store)
-    if args.no_stall:
-        return res
-    # The liveness check: restart on the same folder with a short interval and one missed check.
-    interval = max(args.min_interval, min(args.max_interval, 0.9 * n * 1.2 / max(1.0, 0.5 * res["hb_rate"])))
-    port = free_port()
-    name = f"tracker-{store}-{n}-stall"
-    tracker = procs.start(name, tracker_argv(port, folder, store, [
-        "--tracker-interval", f"{interval:g}", "--set", "TRACKER_MISSED_CHECKS=1"]))
-    res["restart_s"] = procs.wait_listening(tracker, port, name)
-    print(f"[{store} {n}] liveness check every {interval:g} s (restart took {res['restart_s']:.1f} s)", flush=True)
-    res["stall"] = asyncio.run(stall(port, n, interval))
-    res["rss_end"] = rss_mib(tracker.pid)
-    procs.end(tracker)
+
+# ---- one population, one store
+
+def run_variant(n: int, variant: Variant, args: argparse.Namespace, work: Path, procs: Procs,
+                cpus: Sequence[int], one_tracker: dict[str, Any] | None = None) -> dict[str, Any]:
+    tag = f"[{variant.title} {n}]"
+    top = work / f"{variant.name}-{n}"
+    top.mkdir()
+    pin = Pinning.plan(cpus, variant.trackers)
+    if pin.generator is not None:
+        os.sched_setaffinity(0, {pin.generator})
+    res: dict[str, Any] = {"variant": variant.name, "title": variant.title, "store": variant.store, "n": n,
+                           "trackers": variant.trackers, "pinning": pin.describe(variant)}
+    redis_server: Redis | None = None
+    names = [f"tracker-{variant.name}-{n}" + ("" if variant.trackers == 1 else f"-{'AB'[k]}") for k in range(variant.trackers)]
+    folders = [top / ("t" if variant.trackers == 1 else f"t{'AB'[k]}") for k in range(variant.trackers)]
+    try:
+        store = variant.store
+        if variant.store == "redis":
+            redis_server = Redis(procs, top / "redis", f"redis-{variant.name}-{n}", variant.fsync, pin.redis)
+            store = redis_server.url
+            res["redis_pid"] = redis_server.proc.pid
+
+        def start(extra: Sequence[str], suffix: str = "") -> tuple[list[subprocess.Popen[bytes]], list[int], float]:
+            ports = [free_port() for _ in names]
+            t0 = time.monotonic()
+            started = [procs.start(name + suffix, tracker_argv(port, folder, store, extra), cpu)
+                       for name, port, folder, cpu in zip(names, ports, folders, pin.trackers)]
+            for proc, port, name in zip(started, ports, names):
+                procs.wait_listening(proc, port, name + suffix)
+            asyncio.run(wait_ready(ports))
+            return started, ports, time.monotonic() - t0
+
+        # No liveness check while the population is built and measured: joining 100k nodes one by one takes
+        # minutes, and nodes that only joined would be dropped after 44 to 66 s.  Phase 4 restarts with a short one.
+        trackers, ports, _ = start(["--tracker-interval", "86400"])
+        res["pids"] = [t.pid for t in trackers]
+        print(f"{tag} trackers {res['pids']} on ports {ports} ({res['pinning']}): admitting", flush=True)
+        res["admit"] = asyncio.run(admit(ports, n, args.seq_seconds))
+        res["rss_joined"] = [rss_mib(t.pid) for t in trackers]
+        res["files"] = files = min(n, int(round(args.files_ratio * n)))
+        res["files_s"] = asyncio.run(setup_owners(ports, n, files))
+        print(f"{tag} latency under heartbeats", flush=True)
+        res["latency"] = asyncio.run(latency(ports, n, args.seconds, args.probes))
+        print(f"{tag} throughput", flush=True)
+        watched = {f"tracker {'AB'[k]}" if variant.trackers > 1 else "tracker": t.pid for k, t in enumerate(trackers)}
+        if redis_server is not None:
+            watched["redis-server"] = redis_server.proc.pid
+        watched["load generator"] = os.getpid()
+        res["pins"] = {"tracker A" if variant.trackers > 1 else "tracker": pin.trackers[0],
+                       "tracker B": pin.trackers[-1], "redis-server": pin.redis, "load generator": pin.generator}
+        meter = CpuMeter(watched).start()
+        res["hb_rate"] = asyncio.run(closed_loop(ports, lambda i: register(i % n), args.seconds))
+        res["cpu_hb"] = meter.stop()
+        meter.start()
+        res["need_rate"] = asyncio.run(closed_loop(
+            ports, lambda i: need(OWNERS + i % max(1, n - OWNERS), H_NEED), args.seconds))
+        res["cpu_need"] = meter.stop()
+        if one_tracker is not None and one_tracker.get("hb_rate"):
+            res["vs_one"] = {"hb": res["hb_rate"] / one_tracker["hb_rate"], "need": res["need_rate"] / one_tracker["need_rate"]}
+        res["rss_loaded"] = [rss_mib(t.pid) for t in trackers]
+        for t, name in zip(trackers, names):
+            procs.check_alive(t, name)
+        res["stop_s"] = procs.end(*trackers)
+        # Just after, so about the same machine load.
+        res["trivial"], res["cpu_trivial"] = trivial_rate(procs, args.seconds, pin.trackers)
+        res["db_mib"] = redis_server.mib_on_disk() if redis_server is not None else db_mib(folders[0], variant.store)
+        if not args.no_stall:
+            # The liveness check: restart on the same folder (or Redis) with a short interval and one missed check.
+            interval = max(args.min_interval, min(args.max_interval, 0.9 * n * 1.2 / max(1.0, 0.5 * res["hb_rate"])))
+            if redis_server is not None:
+                redis_server.forget_rules()
+            trackers, ports, res["restart_s"] = start(
+                ["--tracker-interval", f"{interval:g}", "--set", "TRACKER_MISSED_CHECKS=1"], "-stall")
+            print(f"{tag} liveness check every {interval:g} s (restart took {res['restart_s']:.1f} s)", flush=True)
+            res["stall"] = asyncio.run(stall(ports, n, interval))
+            res["rss_end"] = [rss_mib(t.pid) for t in trackers]
+            for t, name in zip(trackers, names):
+                procs.check_alive(t, name + "-stall")
+            procs.end(*trackers)
+        if redis_server is not None:
+            res["redis_rss"] = rss_mib(redis_server.proc.pid)
+            res["db_mib"] = redis_server.mib_on_disk()
+    finally:
+        if redis_server is not None:
+            res["redis_stop_s"] = redis_server.stop()
     return res
 
 
-def trivial_rate(procs: Procs, seconds: float) -> float:
-    """Requests/s of the trivial Klein app at CONNS connections (the same POSTs as the heartbeats), started afresh."""
-    port = free_port()
-    proc = procs.start("trivial", [sys.executable, str(Path(__file__).resolve()), "--serve-trivial", str(port)])
+def trivial_rate(procs: Procs, seconds: float, cpus: Sequence[int | None]) -> tuple[float, dict[str, float]]:
+    """Requests/s of trivial Klein apps (one per tracker, pinned alike) at CONNS connections (the same POSTs as the
+    heartbeats), started afresh."""
+    ports = [free_port() for _ in cpus]
+    started = [procs.start("trivial", [sys.executable, str(Path(__file__).resolve()), "--serve-trivial", str(port)], cpu)
+               for port, cpu in zip(ports, cpus)]
     try:
-        procs.wait_listening(proc, port, "trivial")
-        return asyncio.run(closed_loop(port, register, seconds))
+        for proc, port in zip(started, ports):
+            procs.wait_listening(proc, port, "trivial")
+        meter = CpuMeter({f"app {k}": p.pid for k, p in enumerate(started)}).start()
+        rate = asyncio.run(closed_loop(ports, register, seconds))
+        return rate, meter.stop()
     finally:
-        procs.end(proc)
+        procs.end(*started)
 
 
 # ---- the table
@@ -512,7 +822,14 @@ def fmt(x: Any, digits: int = 1) -> str:
     return f"{x:,}" if isinstance(x, int) else str(x)
 
 
+def each(values: Sequence[float], digits: int = 1) -> str:
+    """One figure per tracker: 'A' or 'A + B'."""
+    return " + ".join(fmt(v, digits) for v in values)
+
+
 def rows_for(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(figure, value, target) of one run; the figure names depend only on the population, so runs of the same
+    population share them and stand side by side."""
     trivial = r["trivial"]
     n = r["n"]
     big = n >= 100000
@@ -522,54 +839,176 @@ def rows_for(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     if a["seq_done"] == n:
         rows.append(("admit one by one, s", fmt(a["seq_s"]), target_admit))
     else:
-        rows.append((f"admit one by one: capped, {a['seq_done']:,} in", fmt(a["seq_s"]) + " s", ""))
-        rows.append(("  rate, joins/s", fmt(a["seq_rate"]), ""))
-        rows.append(("  EXTRAPOLATED to all N, s", fmt(n / a["seq_rate"] if a["seq_rate"] else float("nan")), target_admit))
+        extrapolated = n / a["seq_rate"] if a["seq_rate"] else float("nan")
+        rows.append(("admit one by one, s", f"{fmt(extrapolated)} EXTRAPOLATED", target_admit))
+        rows.append(("  capped: joined one by one in s", f"{a['seq_done']:,} in {fmt(a['seq_s'])}", ""))
         rows.append((f"  rest over {CONNS} conns, joins/s", fmt(a["par_done"] / a["par_s"]), ""))
+    rows.append(("  one by one, joins/s", fmt(a["seq_rate"]), ""))
     if r["files"]:
         rows.append((f"files owned ({r['files']:,}, one owner each), OWN/s", fmt(r["files"] / r["files_s"]), ""))
     lat = r["latency"]
     hb = lat["hb"]
-    rows.append(("heartbeats during latency, /s", f"{fmt(hb['rate'])} of {fmt(lat['hb_target'])} asked", "N/20 per s"))
+    rows.append((f"heartbeats during latency, /s ({fmt(lat['hb_target'])} asked)", fmt(hb["rate"]), "N/20 per s"))
     rows.append(("  heartbeat p50 / p99, ms", f"{fmt(1000 * hb['p50'], 2)} / {fmt(1000 * hb['p99'], 2)}", ""))
     for kind, values in lat["lat"].items():
         target = f"p99 <= {TARGET_P99_MS:.0f} ms at 100k" if kind != "NEED" else ""
-        rows.append((f"{kind} p50 / p99, ms ({len(values)})",
-                     f"{fmt(1000 * pct(values, 50), 2)} / {fmt(1000 * pct(values, 99), 2)}", target))
+        rows.append((f"{kind} p50 / p99, ms", f"{fmt(1000 * pct(values, 50), 2)} / {fmt(1000 * pct(values, 99), 2)}", target))
+    rows.append(("  probe cycles (join..EXIT)", fmt(lat.get("cycles", len(lat["lat"]["EXIT"]))), ""))
     rows.append((f"heartbeats/s at {CONNS} conns", fmt(r["hb_rate"], 0), ""))
-    rows.append(("  trivial Klein app just after, req/s", fmt(trivial, 0), ""))
+    rows.append(("  trivial Klein app(s) just after, req/s", fmt(trivial, 0), "as many apps as trackers"))
     ratio = r["hb_rate"] / trivial if trivial else float("nan")
     rows.append(("  / trivial Klein app", f"{fmt(ratio, 2)}x", f">= {TARGET_RATIO}x (was 0.44x)"))
+    # CPU time per request: what the rates would be on cores of their own, whatever else ran on the machine.
+    per_hb = cpu_ms(r["cpu_hb"], "tracker", r["hb_rate"])
+    per_trivial = cpu_ms(r["cpu_trivial"], "app", trivial)
+    rows.append(("  CPU ms per request: tracker(s) / trivial", f"{fmt(per_hb, 3)} / {fmt(per_trivial, 3)}", ""))
+    rows.append(("  / trivial Klein app by CPU per request", f"{fmt(per_trivial / per_hb if per_hb else float('nan'), 2)}x",
+                 f">= {TARGET_RATIO}x"))
+    if "vs_one" in r:
+        rows.append(("  combined / one Redis tracker", f"{fmt(r['vs_one']['hb'], 2)}x", ""))
+    rows.extend(cpu_rows("  CPU % during them:", r["cpu_hb"], r["pins"]))
     rows.append((f"NEED/s at {CONNS} conns ({OWNERS} owners)", fmt(r["need_rate"], 0), ""))
     rows.append(("  / trivial Klein app", f"{fmt(r['need_rate'] / trivial if trivial else float('nan'), 2)}x", ""))
+    if "vs_one" in r:
+        rows.append(("  combined / one Redis tracker", f"{fmt(r['vs_one']['need'], 2)}x", ""))
+    rows.append(("  CPU ms per NEED: tracker(s)", fmt(cpu_ms(r["cpu_need"], "tracker", r["need_rate"]), 3), ""))
+    rows.extend(cpu_rows("  CPU % during them:", r["cpu_need"], r["pins"]))
     s = r.get("stall")
     if s is not None:
-        rows.append((f"liveness check every {s['interval']:g} s: heartbeats/s", fmt(s["hb"]["rate"]), ""))
+        rows.append(("liveness check every, s", fmt(s["interval"], 2), ""))
+        rows.append(("  heartbeats/s meanwhile", fmt(s["hb"]["rate"]), ""))
         if "stall_ms" in s:
-            rows.append((f"  stall dropping {s['silent']:,} nodes, ms", fmt(s["stall_ms"]), f"<= {TARGET_STALL_MS:.0f} ms"))
+            detail = "" if len(s["stall_each_ms"]) == 1 else f" ({' / '.join(fmt(x) for x in s['stall_each_ms'])})"
+            rows.append((f"  stall dropping {s['silent']:,} nodes, ms", fmt(s["stall_ms"]) + detail,
+                         f"<= {TARGET_STALL_MS:.0f} ms"))
             rows.append(("  probe p99 away from the check, ms", fmt(s["away_p99_ms"]), ""))
+            if "reactor_each_ms" in s:
+                rows.append(("  reactor's own delay then (a 404), ms", " / ".join(fmt(x) for x in s["reactor_each_ms"]),
+                             ""))
         else:
-            rows.append(("  stall: the drop was NOT seen", f"nodes {s['final_nodes']:,}", f"<= {TARGET_STALL_MS:.0f} ms"))
+            rows.append((f"  stall dropping {s['silent']:,} nodes, ms", f"NOT SEEN (nodes {s['final_nodes']:,})",
+                         f"<= {TARGET_STALL_MS:.0f} ms"))
         rows.append(("  worst probe over the run, ms", fmt(s["worst_ms"]), ""))
         rows.append(("restart (load N back), s", fmt(r["restart_s"], 2), ""))
     rows.append(("clean stop (SIGTERM), s", fmt(r["stop_s"], 2), ""))
-    rows.append(("RSS joined / loaded / end, MiB",
-                 f"{fmt(r['rss_joined'])} / {fmt(r['rss_loaded'])} / {fmt(r.get('rss_end', float('nan')))}", ""))
-    rows.append(("tracker.db (+wal), MiB" if r["store"] == "sqlite" else "nodes.json + files.json, MiB",
-                 fmt(r["db_mib"], 2), ""))
+    rows.append(("RSS joined, MiB", each(r["rss_joined"]), ""))
+    rows.append(("RSS loaded, MiB", each(r["rss_loaded"]), ""))
+    rows.append(("RSS end, MiB", each(r.get("rss_end", [float("nan")])), ""))
+    if "redis_rss" in r:
+        rows.append(("redis-server RSS end, MiB", fmt(r["redis_rss"]), ""))
+    disk = {"sqlite": "tracker.db+wal", "json": "nodes+files.json", "redis": "AOF"}[r["store"]]
+    rows.append(("store on disk, MiB", f"{fmt(r['db_mib'], 2)} {disk}", ""))
     return rows
 
 
-def print_table(results: list[dict[str, Any]]) -> None:
-    table = [("store", "nodes", "figure", "measured", "target")]
-    for r in results:
-        for figure, value, target in rows_for(r):
-            table.append((r["store"], f"{r['n']:,}", figure, value, target))
-    widths = [max(len(row[i]) for row in table) for i in range(5)]
+def cpu_ms(cpu: dict[str, float], prefix: str, rate: float) -> float:
+    """CPU milliseconds per request of the processes named *prefix*... (their CPU % summed, over *rate*)."""
+    used = sum(v for k, v in cpu.items() if k.startswith(prefix))
+    return 10 * used / rate if rate else float("nan")
+
+
+def cpu_rows(title: str, cpu: dict[str, float], pins: dict[str, int | None]) -> list[tuple[str, str, str]]:
+    """The CPU of each process, and of each core, as rows; the server side first."""
+    trackers = [v for k, v in cpu.items() if k.startswith("tracker")]
+    cores = [v for k, v in sorted(cpu.items()) if k.startswith("cpu")]
+    rows = [(title + " tracker(s)", each(trackers, 0), "")]
+    if "redis-server" in cpu:
+        rows.append(("    redis-server", fmt(cpu["redis-server"], 0), ""))
+    rows.append(("    load generator", fmt(cpu["load generator"], 0), ""))
+    rows.append(("    cores busy", " / ".join(fmt(v, 0) for v in cores), ""))
+    rows.append(("    anything else (cores - these)", fmt(others(cpu), 0), "other work on the machine"))
+    rows.append(("    bound", bound(cpu, pins), ""))
+    return rows
+
+
+def others(cpu: dict[str, float]) -> float:
+    """CPU % the cores spent on anything but the processes watched (other work on a shared machine)."""
+    return sum(v for k, v in cpu.items() if k.startswith("cpu")) - sum(v for k, v in cpu.items() if not k.startswith("cpu"))
+
+
+def bound(cpu: dict[str, float], pins: dict[str, int | None]) -> str:
+    """A reading of the CPU figures: what limited the rate (a process near 100% of its core, a tracker's core
+    busy with other work too, or every core busy)."""
+    cores = [v for k, v in cpu.items() if k.startswith("cpu")]
+    procs = {k: v for k, v in cpu.items() if not k.startswith("cpu")}
+    busiest, most = max(procs.items(), key=lambda kv: kv[1])
+    starved = [f"{k.split()[-1] if ' ' in k else k} {v:.0f}% of cpu{pins.get(k)} {cpu.get(f'cpu{pins.get(k)}', 0):.0f}%"
+               for k, v in procs.items() if k.startswith("tracker") and v < 85 and pins.get(k) is not None
+               and cpu.get(f"cpu{pins.get(k)}", 0) >= 90]
+    if starved and most < 85:
+        return "shared: " + ", ".join(starved)
+    if cores and min(cores) >= 90:
+        if others(cpu) >= 30:
+            return f"all cores, {others(cpu):.0f}% on other work"
+        return f"all cores ({busiest} {most:.0f}%)"
+    if most >= 85:
+        return busiest
+    return f"latency ({busiest} {most:.0f}%)"
+
+
+def keyed(rows: list[tuple[str, str, str]]) -> list[tuple[tuple[str, str], str, str, str]]:
+    """((section, figure), figure, value, target): an indented figure belongs to the last one that is not, so that
+    'bound' under heartbeats/s and under NEED/s are two rows."""
+    out = []
+    section = ""
+    for figure, value, target in rows:
+        if not figure.startswith(" "):
+            section = figure
+        out.append(((section, figure), figure, value, target))
+    return out
+
+
+def print_table(results: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    """One table: the stores side by side (a column each), population after population, the targets beside."""
+    titles = [VARIANTS[c].title for c in columns]
+    table: list[tuple[str, ...]] = [("nodes", "figure", *titles, "target")]
+    sizes = list(dict.fromkeys(r["n"] for r in results))
+    breaks = []
+    for n in sizes:
+        runs = [r for r in results if r["n"] == n]
+        here = {r["variant"]: {k: v for k, _, v, _ in keyed(rows_for(r))} for r in runs}
+        # Every run's figures in one order: a figure only some runs have goes after the one before it in theirs.
+        order: list[tuple[str, str]] = []
+        label: dict[tuple[str, str], tuple[str, str]] = {}
+        for r in runs:
+            previous: tuple[str, str] | None = None
+            for key, figure, _, target in keyed(rows_for(r)):
+                if key not in label:
+                    order.insert(order.index(previous) + 1 if previous is not None else len(order), key)
+                    label[key] = (figure, target)
+                elif target and not label[key][1]:
+                    label[key] = (figure, target)
+                previous = key
+        breaks.append(len(table))
+        for key in order:
+            figure, target = label[key]
+            table.append((f"{n:,}", figure, *(here[c].get(key, "-") if c in here else "" for c in columns), target))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    last = len(widths) - 1
     for k, row in enumerate(table):
-        print("  ".join(cell.ljust(w) if i in (0, 2, 4) else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+        if k in breaks[1:]:
+            print()
+        print("  ".join(cell.ljust(w) if i in (0, 1, last) else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
         if k == 0:
             print("  ".join("-" * w for w in widths))
+
+
+def two_trackers(results: list[dict[str, Any]]) -> list[str]:
+    """For each two-tracker run: its combined rates against the one-tracker run, and where the CPU went."""
+    lines = []
+    for r in results:
+        if "vs_one" not in r:
+            continue
+        lines.append("")
+        lines.append(f"{r['title']} at {r['n']:,} nodes, against one tracker on the same Redis setup: "
+                     f"heartbeats/s x{r['vs_one']['hb']:.2f}, NEED/s x{r['vs_one']['need']:.2f}")
+        for phase, cpu in (("heartbeats", r["cpu_hb"]), ("NEEDs", r["cpu_need"])):
+            procs = ", ".join(f"{k} {v:.0f}%" for k, v in cpu.items() if not k.startswith("cpu"))
+            cores = ", ".join(f"{k} {v:.0f}%" for k, v in cpu.items() if k.startswith("cpu"))
+            lines.append(f"  CPU during the {phase}: {procs}; busy {cores}; other work {others(cpu):.0f}%;"
+                         f" bound: {bound(cpu, r['pins'])}")
+        lines.append(f"  pinning: {r['pinning']}")
+    return lines
 
 
 def load_line() -> str:
@@ -581,6 +1020,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=f"populations {','.join(map(str, QUICK_NODES))}")
     parser.add_argument("--nodes", default=None, help=f"comma list of populations (default {','.join(map(str, DEFAULT_NODES))})")
+    parser.add_argument("--stores", default=",".join(DEFAULT_STORES),
+                        help=f"comma list of {', '.join(v for v in VARIANTS if v != 'json')} (default {','.join(DEFAULT_STORES)})")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of each load phase (default 10)")
     parser.add_argument("--probes", type=int, default=300, help="join/OWN/NEED/UPDATE/EXIT cycles at most (default 300)")
     parser.add_argument("--seq-seconds", type=float, default=120.0, help="cap on admitting one by one (default 120)")
@@ -593,6 +1034,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-stall", action="store_true", help="skip the liveness-check phase")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (databases, logs)")
     parser.add_argument("--workdir", type=Path, default=None, help="make the work folder inside this one (default: /tmp)")
+    parser.add_argument("--save", type=Path, default=None, help="also write every figure to this JSON file")
     parser.add_argument("--serve-trivial", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_trivial is not None:
@@ -604,34 +1046,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--nodes takes a comma list of integers")
     if any(s < 10 for s in sizes) or args.seconds <= 0:
         parser.error("populations of at least 10 nodes, --seconds above 0")
+    stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    unknown = [s for s in stores if s not in VARIANTS]
+    if unknown or not stores:
+        parser.error(f"--stores: unknown {', '.join(unknown) or '(none given)'}; choose among {', '.join(VARIANTS)}")
+    if any(VARIANTS[s].store == "redis" for s in stores) and not (shutil.which("redis-server") or Path("/usr/bin/redis-server").exists()):
+        parser.error("the Redis stores need redis-server (Debian: apt-get install redis-server)")
 
     cpus = sorted(os.sched_getaffinity(0))
-    server_cpu = cpus[0] if len(cpus) >= 2 else None
-    if server_cpu is not None:
-        os.sched_setaffinity(0, {cpus[1]})
     # A SIGTERM or SIGHUP ends the run through the finally below, as Ctrl-C does.
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     work = Path(tempfile.mkdtemp(prefix="trkbench-", dir=args.workdir))
-    procs = Procs(work, server_cpu)
+    procs = Procs(work)
     results: list[dict[str, Any]] = []
     status = 0
-    print(f"tracker benchmark: populations {sizes}, {load_line()}, "
-          f"tracker on cpu {server_cpu}, load generator on cpu {cpus[1] if server_cpu is not None else 'any'}", flush=True)
+    print(f"tracker benchmark: populations {sizes}, stores {stores}, {load_line()}", flush=True)
     try:
-        plan = [(n, "sqlite") for n in sizes]
-        if not args.no_json:
+        plan = [(n, s) for n in sizes for s in stores]
+        if not args.no_json and "json" not in stores:
             plan.insert(0, (args.json_nodes, "json"))
-        for n, store in plan:
+        for n, name in plan:
+            variant = VARIANTS[name]
+            # The two-tracker run is compared with the one-tracker Redis run of the same population and fsync.
+            one = next((r for r in results if r["n"] == n and r["store"] == "redis" and r["trackers"] == 1
+                        and VARIANTS[r["variant"]].fsync == variant.fsync), None) if variant.trackers > 1 else None
             try:
-                results.append(run_population(n, store, args, work, procs))
+                results.append(run_variant(n, variant, args, work, procs, cpus, one))
             except Exception as e:
                 status = 1
-                print(f"[{store} {n}] FAILED: {type(e).__name__}: {e}", flush=True)
+                print(f"[{variant.title} {n}] FAILED: {type(e).__name__}: {e}", flush=True)
                 procs.stop()
         print()
-        print(f"Tracker benchmark: {' '.join(sys.argv[1:]) or '(defaults)'}; {load_line()} at the end")
-        print_table(results)
+        print(f"Tracker benchmark: {' '.join(sys.argv[1:] if argv is None else argv) or '(defaults)'}; "
+              f"{load_line()} at the end")
+        for name in dict.fromkeys(r["variant"] for r in results):
+            r = next(x for x in results if x["variant"] == name)
+            print(f"  {r['title']}: {r['pinning']}")
+        columns = [v for v in VARIANTS if any(r["variant"] == v for r in results)]
+        print_table(results, columns)
+        for line in two_trackers(results):
+            print(line)
+        if args.save is not None:
+            args.save.write_text(json.dumps({"argv": list(sys.argv[1:] if argv is None else argv), "results": results},
+                                            indent=1, default=str))
     finally:
         procs.stop()
         if args.keep:
