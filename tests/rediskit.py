@@ -13,8 +13,8 @@ import redis
 
 from p2ptorrent.config import Config
 from p2ptorrent.procs import free_port
-from p2ptorrent.tracker.changes import Check, apply_change, decode
-from p2ptorrent.tracker.redis_store import EPOCHS, FILES, LOG, META, NODES, SEQ
+from p2ptorrent.tracker.changes import Check, Drop, apply_change, decode
+from p2ptorrent.tracker.redis_store import EPOCHS, FILES, LOG, META, NODES, SEQ, parse_entry
 from p2ptorrent.tracker.state import SwarmState, TrackerError
 
 
@@ -74,20 +74,23 @@ def shared_state(client: redis.Redis, settings: Config, rows: bool = True) -> tu
     )
     counts = {"changes": 0, "checks": 0, "dropped": 0}
     applied = int(meta.get("seq", 0))
-    for _, entry in client.xrange(LOG, min=f"({meta.get('id', '0-0')}"):
-        if int(entry["seq"]) <= applied:
+    for _, fields in client.xrange(LOG, min=f"({meta.get('id', '0-0')}"):
+        seq, _, text = parse_entry(fields)
+        if seq <= applied:
             continue
-        assert int(entry["seq"]) == applied + 1, f"a gap in the log after change {applied}"
+        assert seq == applied + 1, f"a gap in the log after change {applied}"
         applied += 1
-        change = decode(entry["c"])
+        change = decode(text)
         counts["changes"] += 1
         try:
-            apply_change(state, change)
+            outcome = apply_change(state, change)
         except TrackerError:
-            pass
+            continue
         if isinstance(change.request, Check):
             counts["checks"] += 1
-            counts["dropped"] += len(state.drop_silent())
+        if isinstance(change.request, Drop):
+            assert isinstance(outcome, list)
+            counts["dropped"] += len(outcome)
     assert seq is None or applied == int(seq), (applied, seq)
     return state, counts
 

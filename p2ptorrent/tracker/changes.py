@@ -40,17 +40,30 @@ CHANGE_FORMAT = 1
 
 @dataclass(frozen=True)
 class Check:
-    """One liveness check: every tracker counts it, and the nodes it makes due are dropped everywhere."""
+    """One liveness check: every tracker counts it; the nodes it makes due are dropped by :class:`Drop`."""
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Drop due nodes, longest silent first, until *budget* work is spent (``SwarmState.drop_silent``).
+
+    The tracker that made a check logs these one after another while nodes
+    are due, so a big drop is spread over the log and other changes are
+    applied between its slices, in the same order everywhere.
+    """
+
+    budget: int
 
 
 #: A request that changes the swarm (NEED is not one).
 Changing = Union[Register, Own, Withdraw, Update, Exit]
 #: What applying a change gives: REGISTER a Registration, OWN an OwnChange, a withdrawal whether the node
-#: owned the file, UPDATE the credited uploaders, EXIT and Check None.
+#: owned the file, UPDATE the credited uploaders, a Drop the dropped nodes, EXIT and Check None.
 Outcome = Union[Registration, OwnChange, bool, list[int], None]
 
 _KINDS: dict[str, type[Any]] = {
     "register": Register, "own": Own, "withdraw": Withdraw, "update": Update, "exit": Exit, "check": Check,
+    "drop": Drop,
 }
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
 
@@ -60,18 +73,18 @@ class Change:
     """A change as the log carries it: the request (tokens as digests), where and when it came, and for a
     REGISTER the digest of the token the node gets if it joins now."""
 
-    request: Changing | Check
+    request: Changing | Check | Drop
     host: str | None
     now: float
     fresh_digest: str | None = None
 
 
-def apply(state: SwarmState, request: Changing | Check, host: str | None, now: float,
+def apply(state: SwarmState, request: Changing | Check | Drop, host: str | None, now: float,
           fresh_token: str | None = None) -> Outcome:
     """Apply one change; raises :class:`TrackerError` (and changes nothing) if the rules refuse it.
 
-    A Check only counts the check: the caller drops the nodes it made due
-    (``state.drop_silent``), in slices, before the next change.
+    A Check only counts the check: the nodes it made due are dropped by
+    later Drop changes (or, on one tracker, by ``state.drop_silent`` in slices).
     """
     if isinstance(request, Register):
         if host is None:
@@ -87,6 +100,8 @@ def apply(state: SwarmState, request: Changing | Check, host: str | None, now: f
     if isinstance(request, Exit):
         state.exit(request.node_id, request.token)
         return None
+    if isinstance(request, Drop):
+        return state.drop_silent(request.budget)
     assert isinstance(request, Check), request
     state.start_check(now)
     return None
@@ -98,13 +113,13 @@ def apply_change(state: SwarmState, change: Change) -> Outcome:
     return apply(state, change.request, change.host, change.now, fresh)
 
 
-def to_change(request: Changing | Check, host: str | None, now: float, fresh_token: str | None = None) -> Change:
+def to_change(request: Changing | Check | Drop, host: str | None, now: float, fresh_token: str | None = None) -> Change:
     """The change a request makes, for the log: its token replaced by the token's digest.
 
     *fresh_token* is the token a REGISTER hands out if the node joins now and
     proposed none (the tracker that received the request keeps it to answer).
     """
-    if isinstance(request, Check):
+    if isinstance(request, (Check, Drop)):
         return Change(request, host, now)
     token = request.token
     digest = None if token is None else token_digest(token)

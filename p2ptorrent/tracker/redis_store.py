@@ -42,12 +42,22 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, succeed
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2ptorrent.config import Config
-from p2ptorrent.tracker.changes import CHANGE_FORMAT, Changing, Check, Outcome, apply_change, decode, encode, to_change
+from p2ptorrent.tracker.changes import (
+    CHANGE_FORMAT,
+    Changing,
+    Check,
+    Drop,
+    Outcome,
+    apply_change,
+    decode,
+    encode,
+    to_change,
+)
 from p2ptorrent.tracker.state import TOKEN_BYTES, Register, Registration, SwarmState, TrackerError, proposed_token
 
 #: Every key the store uses starts with this.
@@ -73,19 +83,20 @@ MAX_EARLY = 4096
 #: The settings every tracker of one swarm must share: the rules depend on them.
 SHARED_SETTINGS = ("TRACKER_MISSED_CHECKS", "TRACKER_MAX_NODES_PER_HOST", "TRACKER_TIME_INTERVAL")
 
-# Append one change: the counter and the stream move together.
+# Append one change: the counter and the stream move together.  An entry is one field, "c": its number,
+# the tracker that made it and the change (changes.py), separated by spaces (one value to parse, not six).
 APPEND = """
 local seq = redis.call('INCR', KEYS[1])
-local id = redis.call('XADD', KEYS[2], '*', 'seq', seq, 'origin', ARGV[1], 'c', ARGV[2])
+local id = redis.call('XADD', KEYS[2], '*', 'c', seq .. ' ' .. ARGV[1] .. ' ' .. ARGV[2])
 return {seq, id}
 """
-# Append a liveness check, only for the holder of the lease (taken if free, renewed if ours).
-APPEND_CHECK = """
+# Append a liveness check or drop, only for the holder of the lease (taken if free, renewed if ours).
+APPEND_LEASED = """
 local holder = redis.call('GET', KEYS[3])
 if holder and holder ~= ARGV[1] then return false end
 redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[3])
 local seq = redis.call('INCR', KEYS[1])
-local id = redis.call('XADD', KEYS[2], '*', 'seq', seq, 'origin', ARGV[1], 'c', ARGV[2])
+local id = redis.call('XADD', KEYS[2], '*', 'c', seq .. ' ' .. ARGV[1] .. ' ' .. ARGV[2])
 return {seq, id}
 """
 RELEASE = """
@@ -246,8 +257,8 @@ class RedisSwarm:
         #: Stream id of the last change read, and of the last applied.
         self._read_id = "0-0"
         #: A liveness check whose drops are under way (applied before the next change).
+        #: Nodes dropped so far by the Drops that follow this tracker's last check (None: no drops under way).
         self._dropping: list[int] | None = None
-        self._check_origin: str | None = None
         #: Holds the liveness lease (makes the checks and writes the rows).
         self.checker = False
         # Rows taken from the state but not written yet (the write failed or was refused).
@@ -416,9 +427,7 @@ class RedisSwarm:
         if not self._ready:
             # The first check of a tracker comes as it starts: it takes the lease if nobody holds it.
             return self._when_ready().addCallback(lambda _: self.check())
-        entry = encode(to_change(Check(), None, self.reactor.seconds()))
-        lease_ms = int(self.settings.TRACKER_TIME_INTERVAL * 2500)
-        d = self._pool.eval(APPEND_CHECK, keys=[SEQ, LOG, CHECKER], args=[self.origin, entry, lease_ms])
+        d = self._append_leased(Check())
 
         def took(reply: Any) -> bool:
             was, self.checker = self.checker, reply is not None
@@ -428,6 +437,38 @@ class RedisSwarm:
             return self.checker
 
         return d.addCallback(took)
+
+    def _append_leased(self, request: Check | Drop) -> Deferred[Any]:
+        entry = encode(to_change(request, None, self.reactor.seconds()))
+        lease_ms = int(self.settings.TRACKER_TIME_INTERVAL * 2500)
+        d: Deferred[Any] = self._pool.eval(APPEND_LEASED, keys=[SEQ, LOG, CHECKER], args=[self.origin, entry, lease_ms])
+        return d
+
+    def _drop_more(self, dropped: list[int] | None) -> None:
+        """After this tracker's check or drop was applied here: log the next drop while nodes are due,
+        or tell how many the check dropped."""
+        if dropped is not None and self._dropping is not None:
+            self._dropping.extend(dropped)
+        if self.state.has_silent() and not self._stopping:
+            if self._dropping is None:
+                self._dropping = []
+            d = self._append_leased(Drop(self.settings.TRACKER_DROP_SLICE))
+
+            def refused(reply: Any) -> None:
+                if reply is None:  # the lease went to another tracker: it drops the rest
+                    self._end_drops()
+
+            d.addCallbacks(refused, lambda f: self._end_drops(f))
+            return
+        self._end_drops()
+
+    def _end_drops(self, failure: Failure | None = None) -> None:
+        if failure is not None:
+            self.log.warn("could not append a drop to the Redis log: {why}", why=failure.getErrorMessage())
+        dropped, self._dropping = self._dropping or [], None
+        self.dropped += len(dropped)
+        if dropped:
+            self.on_dropped(dropped)
 
     def _outcome(self, seq: int) -> Outcome | Deferred[Outcome]:
         early = self._early.pop(seq, None)
@@ -482,53 +523,54 @@ class RedisSwarm:
             self._read()
 
     def _drain(self) -> None:
-        """Apply queued entries, a slice per turn of the reactor; a check's drops come before the next entry."""
+        """Apply queued entries, a slice per turn of the reactor (a drop ends the turn: it is a slice itself)."""
         try:
             budget = APPLY_SLICE
-            while budget > 0:
-                if self._dropping is not None:
-                    if not self._drop_slice():
-                        break
-                    continue
-                if not self._queue:
-                    break
+            while budget > 0 and self._queue:
                 entry_id, flat = self._queue.popleft()
                 budget -= 1
-                self._apply_entry(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+                if self._apply_entry(entry_id, dict(zip(flat[::2], flat[1::2], strict=True))):
+                    break
             self._release_barriers()
         except Exception:
             self.log.failure("could not apply the change log")
-        if self._queue or self._dropping is not None:
+        if self._queue:
             self.reactor.callLater(0, self._drain)
         elif not self._reloading:
             self._read()
 
-    def _apply_entry(self, entry_id: str, fields: dict[str, str]) -> None:
-        seq = int(fields["seq"])
+    def _apply_entry(self, entry_id: str, fields: dict[str, str]) -> bool:
+        """Apply one entry of the log; True if it was a drop."""
+        try:
+            seq, origin, text = parse_entry(fields)
+        except ValueError:
+            self.log.error("entry {id} of the log is not one this tracker reads", id=entry_id)
+            return False
         if seq <= self.applied:
             if _stream_id(entry_id) > _stream_id(self._applied_id):
                 # Numbered again from the start, later than what this tracker applied: Redis lost its data.
                 self._gap(seq)
-            return
+            return False
         if seq != self.applied + 1:
             self._gap(seq)
-            return
+            return False
         self.applied, self._applied_id = seq, entry_id
-        mine = fields.get("origin") == self.origin
+        mine = origin == self.origin
         try:
-            change = decode(fields["c"])
+            change = decode(text)
         except ValueError as e:
             self.log.error("change {seq} of the log is not one this tracker reads: {why}", seq=seq, why=str(e))
             self._settle(seq, mine, Failure(TrackerError(500, "this change could not be read back")))
-            return
+            return False
         try:
             outcome: Outcome | Failure = apply_change(self.state, change)
         except TrackerError as e:
             outcome = Failure(e)
-        if isinstance(change.request, Check):
-            self._dropping = []
-            self._check_origin = fields.get("origin")
+        request = change.request
+        if mine and isinstance(request, (Check, Drop)):
+            self._drop_more(outcome if isinstance(outcome, list) else None)
         self._settle(seq, mine, outcome)
+        return isinstance(request, Drop)
 
     def _settle(self, seq: int, mine: bool, outcome: Outcome | Failure) -> None:
         if not mine:
@@ -546,20 +588,6 @@ class RedisSwarm:
         else:
             d.callback(outcome)
 
-    def _drop_slice(self) -> bool:
-        """Drop one slice of the nodes the last check made due; False once none is left."""
-        assert self._dropping is not None
-        if self.state.has_silent():
-            self._dropping.extend(self.state.drop_silent(self.settings.TRACKER_DROP_SLICE))
-            if self.state.has_silent():
-                return False  # the reactor's turn is over: more next turn
-        dropped, self._dropping = self._dropping, None
-        if self._check_origin == self.origin:
-            self.dropped += len(dropped)
-            if dropped:
-                self.on_dropped(dropped)
-        return True
-
     def _release_barriers(self) -> None:
         if not self._barriers:
             return
@@ -568,7 +596,7 @@ class RedisSwarm:
         for last, d in self._barriers:
             if d.called:
                 continue  # timed out
-            if last <= applied and self._dropping is None:
+            if last <= applied:
                 d.callback(None)
             else:
                 waiting.append((last, d))
@@ -582,7 +610,6 @@ class RedisSwarm:
             " reading the rows again", seq=seq, applied=self.applied,
         )
         self._queue.clear()
-        self._dropping = None
         lost = TrackerError(503, "the tracker lost track of this change (it read its store again): try again")
         for d in self._pending.values():
             if not d.called:
@@ -620,7 +647,7 @@ class RedisSwarm:
         writes every row once: what it noted as changed before is not kept
         (others wrote the rows then), so its memory does not grow with churn.
         """
-        if not self._ready or self._saving or self._dropping is not None:
+        if not self._ready or self._saving:
             return succeed(None)
         if not self.checker:
             self.state.take_dirty()
@@ -655,8 +682,6 @@ class RedisSwarm:
             await self._stage(stage[0], sorted(nodes), lambda i: _row(state.node_entry(i)), full)
             await self._stage(stage[1], sorted(epochs), lambda i: _epoch(state.epoch(i)), True)
             await self._stage(stage[2], sorted(files), lambda h: _row(state.file_entry(h)), full)
-            while self._dropping is not None:  # the rows must be those of one position
-                await deferLater(self.reactor, 0.01, lambda: None)
             # What changed while the slices were staged, as of now.
             late_nodes, late_files = state.take_dirty()
             late_epochs = state.take_epochs() | late_nodes
@@ -698,6 +723,15 @@ def _lines(packed: str | None) -> list[str]:
 
 def _epoch(epoch: int | None) -> str:
     return "" if epoch is None else str(epoch)
+
+
+def parse_entry(fields: dict[str, str]) -> tuple[int, str, str]:
+    """(number, tracker that made it, change text) of one entry of the log, or ValueError."""
+    try:
+        seq, origin, text = fields["c"].split(" ", 2)
+        return int(seq), origin, text
+    except (KeyError, ValueError):
+        raise ValueError(f"not an entry of the change log: {str(fields)[:80]}") from None
 
 
 def _stream_id(text: str) -> tuple[int, int]:
