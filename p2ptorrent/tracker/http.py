@@ -77,8 +77,8 @@ class TrackerHTTP:
         self._snapshots: LoopingCall | None = None
         if isinstance(store, SqliteStore):
             self.commit = GroupCommit(state, store.write, lambda f: reactor.callLater(0, f))
-        #: Heartbeats are the most frequent request by far: their debug line is not even built at other levels.
-        self._log_heartbeats = settings.LOG_LEVEL == "debug"
+        #: Heartbeats and dropped nodes come by the thousand: their debug lines are not even built at other levels.
+        self._log_every_request = settings.LOG_LEVEL == "debug"
         # Per address since the last liveness check: refusals logged, and refusals only counted.
         self._refusals_logged: dict[str | None, int] = {}
         self._refusals_unlogged: dict[str | None, int] = {}
@@ -215,7 +215,7 @@ class TrackerHTTP:
         self._dropping = None
         try:
             dropped = self.state.drop_silent(self.settings.TRACKER_DROP_SLICE)
-            for node_id in dropped:
+            for node_id in dropped if self._log_every_request else ():
                 self.log.debug(
                     "dropped node {node_id}: no REGISTER across {checks} liveness checks",
                     node_id=node_id, checks=self.settings.TRACKER_MISSED_CHECKS,
@@ -373,7 +373,7 @@ class TrackerHTTP:
                     "node {node_id} checked in again from {host}:{port} after the tracker restarted",
                     node_id=reg.node_id, host=host, port=reg.port,
                 )
-            elif self._log_heartbeats:
+            elif self._log_every_request:
                 self.log.debug("heartbeat from node {node_id} at {host}:{port}", node_id=reg.node_id, host=host, port=reg.port)
             return {
                 "node_id": reg.node_id,
