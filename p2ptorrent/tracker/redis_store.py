@@ -22,8 +22,10 @@ Redis holds the swarm in two forms, and every tracker a copy in memory:
 
 Liveness: one tracker at a time, the holder of a lease key, appends a check
 to the log (the script takes or renews the lease and appends only for its
-holder); every tracker applies the check, so a silent node is dropped once,
-in one place of the log, by all of them.  If the holder dies, another takes
+holder), then, while nodes are due, drops of TRACKER_DROP_SLICE work each;
+every tracker applies them where they are in the log, so a silent node is
+dropped once, in one place of the log, by all of them, and other changes are
+applied between the slices of a big drop.  If the holder dies, another takes
 the lease when it runs out.
 
 Durability: a change is answered only after Redis took it into the log, so
