@@ -40,9 +40,6 @@ if TYPE_CHECKING:
     from p2ptorrent.tracker.http import TrackerHTTP
 
 
-#: Allocations between two collections of the youngest generation in a tracker daemon (Python's default: 700).
-GC_YOUNG_THRESHOLD = 50_000
-
 #: A daemonised tracker's pid file, in its database folder (none in the foreground).
 PID_FILE = "tracker.pid"
 
@@ -274,10 +271,7 @@ def makeService(config: Options | dict[str, Any], reactor: Any = None) -> Tracke
         except StartupError as e:
             raise fail_to_start("p2ptracker", e) from None
         # The swarm read back lives long and holds no reference cycles: keep it out of the cyclic garbage
-        # collector, whose full passes over 100k nodes stopped the reactor for 35-260 ms.  And collect the
-        # young generation 70 times less often, so that requests in flight at a collection (which then live
-        # on into the older generations) make full passes rare too.
-        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+        # collector, whose full passes over 100k nodes stopped the reactor for 35-260 ms.
         store = top.tracker.store
         if isinstance(store, RedisSwarm):
             store.ready.addCallback(lambda _: gc.freeze())
