@@ -114,7 +114,7 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from p2ptorrent.procs import find_script, free_port  # noqa: E402
+from p2ptorrent.procs import find_script, free_port, redis_server_argv, wait_redis_server  # noqa: E402
 
 DEFAULT_NODES = (1000, 10000, 100000)
 QUICK_NODES = (1000, 10000)
@@ -372,22 +372,9 @@ class Redis:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.procs = procs
-        self.proc = procs.start(name, [
-            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-            "--appendfsync", fsync, "--dir", str(folder), "--logfile", str(folder / "redis.log"),
-            "--daemonize", "no"], cpu)
+        self.proc = procs.start(name, redis_server_argv(binary, self.port, folder, fsync), cpu)
+        wait_redis_server(self.proc, self.port, folder)
         self.client = redis.Redis(port=self.port, socket_timeout=30)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if self.client.ping():
-                    break
-            except redis.ConnectionError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                log = folder / "redis.log"
-                raise RuntimeError(f"redis-server did not start: {log.read_text()[-2000:] if log.exists() else ''}")
-            time.sleep(0.02)
 
     def forget_rules(self) -> None:
         """With no tracker running: let the next trackers set the swarm's settings (interval, missed checks)

@@ -58,6 +58,30 @@ def connects(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def redis_server_argv(binary: str, port: int, folder: Path, fsync: str = "always") -> list[str]:
+    """A redis-server of our own on 127.0.0.1:*port*, its append-only file and log in *folder* (no RDB)."""
+    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+            "--appendfsync", fsync, "--dir", str(folder), "--logfile", str(folder / "redis.log"), "--daemonize", "no"]
+
+
+def wait_redis_server(proc: subprocess.Popen[bytes], port: int, folder: Path, timeout: float = 20.0) -> None:
+    """Until the redis-server started with :func:`redis_server_argv` answers a PING; RuntimeError (with
+    its log) if it ended or did not answer in time."""
+    from p2ptorrent.tracker.redis_store import RedisAddress, ping
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ping(RedisAddress("127.0.0.1", port, 0), timeout=1.0)
+            return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log = folder / "redis.log"
+            raise RuntimeError(f"redis-server did not start: {log.read_text()[-2000:] if log.exists() else ''}")
+        time.sleep(0.02)
+
+
 def tcp_listening(pid: int, port: int) -> bool:
     """Whether a socket listens on TCP *port* in the network namespace of process *pid*.
 

@@ -6,13 +6,12 @@ import json
 import random
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import redis
 
 from p2ptorrent.config import Config
-from p2ptorrent.procs import free_port
+from p2ptorrent.procs import free_port, redis_server_argv, wait_redis_server
 from p2ptorrent.tracker.changes import Check, Drop, apply_change, decode
 from p2ptorrent.tracker.redis_store import EPOCHS, FILES, LOG, META, NODES, SEQ, parse_entry
 from p2ptorrent.tracker.state import SwarmState, TrackerError
@@ -32,22 +31,10 @@ class RedisServer:
         self.folder = folder
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-             "--appendfsync", "always", "--dir", str(folder), "--logfile", str(folder / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        self.proc = subprocess.Popen(redis_server_argv(binary, self.port, folder),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_redis_server(self.proc, self.port, folder)
         self.client = redis.Redis(port=self.port, decode_responses=True)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if self.client.ping():
-                    break
-            except redis.ConnectionError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start: {(folder / 'redis.log').read_text()[-2000:]}")
-            time.sleep(0.02)
 
     def stop(self) -> None:
         self.client.close()

@@ -356,6 +356,29 @@ def test_a_tracker_that_cannot_reach_redis_says_so_and_exits(tmp_path: Path) -> 
 # ---------------------------------------------------------------- in one process: rows, trimming, reading again
 
 
+class LocalSwarms:
+    """RedisSwarms in this process (on its reactor) sharing one real redis-server."""
+
+    def __init__(self, folder: Path, settings: Config) -> None:
+        self.server = RedisServer(folder / "redis")
+        self.settings = settings
+        self.swarms: list[RedisSwarm] = []
+
+    async def started(self) -> RedisSwarm:
+        from twisted.internet import reactor
+
+        swarm = RedisSwarm(RedisAddress.parse(self.server.url), SwarmState(self.settings, random.Random(0)),
+                           reactor, self.settings)
+        self.swarms.append(swarm)
+        await swarm.start()
+        return swarm
+
+    async def close(self) -> None:
+        for swarm in self.swarms:
+            await swarm.stop()
+        self.server.stop()
+
+
 async def settled(*swarms: RedisSwarm) -> None:
     """Until every tracker applied every change, the drops that follow a check included."""
     from twisted.internet import reactor
@@ -376,22 +399,12 @@ async def settled(*swarms: RedisSwarm) -> None:
 async def test_the_checker_writes_rows_and_trims_the_log_and_a_new_tracker_reads_both(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from twisted.internet import reactor
 
     from p2ptorrent.tracker import redis_store
 
     monkeypatch.setattr(redis_store, "RETENTION_MS", 0)  # trim right up to the rows' position
-    server = RedisServer(tmp_path / "redis")
-    settings = Config(TRACKER_MISSED_CHECKS=1)
-    address = RedisAddress.parse(server.url)
-    swarms: list[RedisSwarm] = []
-
-    async def started() -> RedisSwarm:
-        swarm = RedisSwarm(address, SwarmState(settings, random.Random(0)), reactor, settings)
-        swarms.append(swarm)
-        await swarm.start()
-        return swarm
-
+    local = LocalSwarms(tmp_path, Config(TRACKER_MISSED_CHECKS=1))
+    server, started = local.server, local.started
     try:
         a, b = await started(), await started()
         assert await a.check() is True and await b.check() is False  # one holder of the lease
@@ -431,9 +444,7 @@ async def test_the_checker_writes_rows_and_trims_the_log_and_a_new_tracker_reads
         await a.caught_up()
         assert c.state.snapshot() == a.state.snapshot() and 99 in c.state
     finally:
-        for swarm in swarms:
-            await swarm.stop()
-        server.stop()
+        await local.close()
 
 
 def test_two_trackers_on_one_port_with_reuse_port_both_serve_the_swarm(trackers: Trackers) -> None:
@@ -464,20 +475,11 @@ def test_two_trackers_on_one_port_with_reuse_port_both_serve_the_swarm(trackers:
 
 @pytest_twisted.ensureDeferred
 async def test_a_new_checker_writes_every_row_and_trackers_follow_redis_when_it_lost_its_data(tmp_path: Path) -> None:
-    from twisted.internet import reactor
 
     from p2ptorrent.tracker import redis_store
 
-    server = RedisServer(tmp_path / "redis")
-    settings = Config()
-    address = RedisAddress.parse(server.url)
-    swarms: list[RedisSwarm] = []
-
-    async def started() -> RedisSwarm:
-        swarm = RedisSwarm(address, SwarmState(settings, random.Random(0)), reactor, settings)
-        swarms.append(swarm)
-        await swarm.start()
-        return swarm
+    local = LocalSwarms(tmp_path, Config())
+    server, started = local.server, local.started
 
     def rows() -> dict[str, str]:
         return server.client.hgetall(redis_store.NODES)
@@ -501,7 +503,7 @@ async def test_a_new_checker_writes_every_row_and_trackers_follow_redis_when_it_
         assert not b.state.dirty and len(rows()) == 30
         # a goes; b takes the lease and writes every row in place of what is there.
         await a.stop()
-        swarms.remove(a)
+        local.swarms.remove(a)
         assert await b.check() is True
         await b.caught_up()
         await b.save()
@@ -515,6 +517,4 @@ async def test_a_new_checker_writes_every_row_and_trackers_follow_redis_when_it_
         await b.caught_up()
         assert b.state.node_ids() == [77] == c.state.node_ids()
     finally:
-        for swarm in swarms:
-            await swarm.stop()
-        server.stop()
+        await local.close()
