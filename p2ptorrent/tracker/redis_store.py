@@ -43,7 +43,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -348,7 +348,7 @@ class RedisSwarm:
 
     def _load(self) -> Deferred[None]:
         """Replace the state with the rows; the log is read from their position on."""
-        d = self._pool.eval(LOAD, keys=[META, NODES, EPOCHS, FILES])
+        d = maybeDeferred(self._pool.eval, LOAD, keys=[META, NODES, EPOCHS, FILES])
         return d.addCallback(self._restore)
 
     def _restore(self, reply: list[Any]) -> None:
@@ -394,7 +394,8 @@ class RedisSwarm:
             return self._when_ready().addCallback(lambda _: self.change(request, host))
         fresh = secrets.token_hex(TOKEN_BYTES) if isinstance(request, Register) else None
         entry = encode(to_change(request, host, self.reactor.seconds(), fresh))
-        d = self._pool.eval(APPEND, keys=[SEQ, LOG], args=[self.origin, entry])
+        # (maybeDeferred: with Redis away the client raises at once instead of failing the Deferred)
+        d = maybeDeferred(self._pool.eval, APPEND, keys=[SEQ, LOG], args=[self.origin, entry])
         d.addCallback(lambda reply: self._outcome(int(reply[0])))
         d.addCallback(self._plain_token, request, fresh)
         return d.addTimeout(CONFIRM_TIMEOUT, self.reactor)
@@ -403,7 +404,7 @@ class RedisSwarm:
         """Fires once this tracker has applied every change logged before now (for a NEED)."""
         if not self._ready:
             return self._when_ready().addCallback(lambda _: self.caught_up())
-        d = self._pool.eval(LAST, keys=[LOG])
+        d = maybeDeferred(self._pool.eval, LAST, keys=[LOG])
 
         def wait(last: str | None) -> Deferred[None]:
             if last is None or _stream_id(last) <= _stream_id(self._applied_id):
@@ -443,8 +444,7 @@ class RedisSwarm:
     def _append_leased(self, request: Check | Drop) -> Deferred[Any]:
         entry = encode(to_change(request, None, self.reactor.seconds()))
         lease_ms = int(self.settings.TRACKER_TIME_INTERVAL * 2500)
-        d: Deferred[Any] = self._pool.eval(APPEND_LEASED, keys=[SEQ, LOG, CHECKER], args=[self.origin, entry, lease_ms])
-        return d
+        return maybeDeferred(self._pool.eval, APPEND_LEASED, keys=[SEQ, LOG, CHECKER], args=[self.origin, entry, lease_ms])
 
     def _drop_more(self, dropped: list[int] | None) -> None:
         """After this tracker's check or drop was applied here: log the next drop while nodes are due,
@@ -502,7 +502,8 @@ class RedisSwarm:
     def _read(self) -> None:
         if self._stopping:
             return
-        d = self._reader.execute_command(
+        d = maybeDeferred(
+            self._reader.execute_command,
             "XREAD", "COUNT", READ_COUNT, "BLOCK", READ_BLOCK_MS, "STREAMS", LOG, self._read_id,
         )
         d.addCallbacks(self._got, self._read_failed)
