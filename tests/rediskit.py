@@ -31,10 +31,19 @@ class RedisServer:
         self.folder = folder
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = subprocess.Popen(redis_server_argv(binary, self.port, folder),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_redis_server(self.proc, self.port, folder)
+        self.binary = binary
+        self.start()
         self.client = redis.Redis(port=self.port, decode_responses=True)
+
+    def start(self) -> None:
+        """Start (or start again, on the same port and append-only file) and wait until it answers."""
+        self.proc = subprocess.Popen(redis_server_argv(self.binary, self.port, self.folder),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_redis_server(self.proc, self.port, self.folder)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
 
     def stop(self) -> None:
         self.client.close()

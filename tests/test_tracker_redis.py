@@ -518,3 +518,37 @@ async def test_a_new_checker_writes_every_row_and_trackers_follow_redis_when_it_
         assert b.state.node_ids() == [77] == c.state.node_ids()
     finally:
         await local.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_while_redis_is_away_changes_are_refused_and_the_tracker_goes_on_once_it_is_back(tmp_path: Path) -> None:
+    """Redis killed (SIGKILL) and started again on its append-only file: in between a change fails (the HTTP
+    layer answers 503), nothing is half done; after, the same trackers go on and agree."""
+    local = LocalSwarms(tmp_path, Config())
+    try:
+        a, b = await local.started(), await local.started()
+        joined = await a.change(Register(1, 5001, None), "10.0.0.1")
+        assert isinstance(joined, Registration)
+        local.server.kill()
+        with pytest.raises(Exception) as away:
+            await a.change(Register(2, 5002, None), "10.0.0.1")
+        assert not isinstance(away.value, TrackerError) or away.value.status == 503
+        local.server.start()
+        # txredisapi connects again by itself; the first tries may still find the old connection gone.
+        for _ in range(200):
+            try:
+                again = await b.change(Register(3, 5003, None), "10.0.0.2")
+                break
+            except Exception:
+                from twisted.internet import reactor
+                from twisted.internet.task import deferLater
+
+                await deferLater(reactor, 0.05, lambda: None)
+        else:
+            raise AssertionError("the tracker did not reach Redis again")
+        assert isinstance(again, Registration) and again.new
+        await settled(a, b)
+        assert a.state.snapshot() == b.state.snapshot()
+        assert 1 in a.state and 3 in a.state and 2 not in b.state
+    finally:
+        await local.close()
