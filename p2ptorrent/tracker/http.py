@@ -22,7 +22,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, Resource
 from twisted.web import server
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
@@ -91,7 +91,7 @@ class TrackerHTTP:
         self._counted_since = reactor.seconds()
 
     def resource(self) -> IResource:
-        return self.app.resource()
+        return TrackerResource(self, self.app.resource())
 
     # ---- life cycle (called by the service in tap.py)
 
@@ -513,6 +513,50 @@ class _CappedBody(io.BytesIO):
             super().write(kept)
             self._room -= len(kept)
         return n
+
+
+class TrackerResource(Resource):
+    """The tracker's root: ``POST /`` goes straight to :meth:`TrackerHTTP.post`; every other request through the
+    Klein app (its routes, 404 and 405 answers).
+
+    POST / carries every node's heartbeat, 5k a second at 100k nodes.  Klein's routing bound a werkzeug
+    MapAdapter for each one and left closures in reference cycles: a third of a heartbeat's CPU, and 41
+    objects of cyclic garbage per request that made the collector run full collections every second or
+    two, each a stall of every request in flight.  Routed here, a request leaves no cyclic garbage.
+    """
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, tracker: TrackerHTTP, app: IResource) -> None:
+        super().__init__()
+        self.tracker = tracker
+        self.app = app
+
+    def render(self, request: IRequest) -> bytes | int:
+        if request.method != b"POST" or request.path != b"/":
+            return cast(Any, self.app).render(request)
+        result = self.tracker.post(request)
+        if isinstance(result, bytes):
+            return result
+        # An answer that waits (for a commit, or for Redis) is written unless the client went away meanwhile.
+        finished: list[Any] = []
+        cast(server.Request, request).notifyFinish().addBoth(finished.append)
+        result.addCallback(self._write, request, finished).addErrback(self._failed, request, finished)
+        return server.NOT_DONE_YET
+
+    @staticmethod
+    def _write(body: bytes, request: IRequest, finished: list[Any]) -> None:
+        if not finished:
+            request.write(body)
+            request.finish()
+
+    def _failed(self, failure: Failure, request: IRequest, finished: list[Any]) -> None:
+        self.log.failure("failed to answer a request", failure)
+        if not finished:
+            body = _json(request, 500, {"ok": False, "error": "internal error in the tracker"})
+            request.write(body)
+            request.finish()
 
 
 class JsonBodyRequest(server.Request):

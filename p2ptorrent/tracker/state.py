@@ -20,7 +20,7 @@ import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterable, Mapping, TypeGuard, Union
+from typing import Any, Iterable, Mapping, TypedDict, TypeGuard, Union
 
 from p2ptorrent.config import MAX_NODE_ID, Config
 from p2ptorrent.metainfo import MAX_LENGTH, MAX_NAME_BYTES
@@ -361,8 +361,11 @@ class NeedResult:
 # ---------------------------------------------------------------- the state
 
 
-@dataclass
-class _Node:
+class _Node(TypedDict):
+    """A node as the tracker holds it: a plain dict, which the garbage collector never tracks (it holds only
+    numbers and strings), so 100k of them add nothing to a full collection; as objects they made each one
+    take 100 ms or more at 100k nodes, a stall of every request in flight."""
+
     node_id: int
     host: str
     port: int
@@ -372,7 +375,13 @@ class _Node:
     #: Liveness checks the tracker had made when this node last sent a REGISTER (or was read back).
     epoch: int
     #: Sent a REGISTER to this tracker process (False for nodes read back from the database).
-    heard: bool = True
+    heard: bool
+
+
+def _new_node(node_id: int, host: str, port: int, frequency: int, token_sha256: str, last_seen: float, epoch: int,
+              heard: bool = True) -> _Node:
+    return {"node_id": node_id, "host": host, "port": port, "frequency": frequency, "token_sha256": token_sha256,
+            "last_seen": last_seen, "epoch": epoch, "heard": heard}
 
 
 @dataclass
@@ -479,7 +488,7 @@ class SwarmState:
 
     def owner_info(self, node_id: int) -> OwnerInfo | None:
         node = self._nodes.get(node_id)
-        return None if node is None else OwnerInfo(node.node_id, node.host, node.port, node.frequency)
+        return None if node is None else OwnerInfo(node["node_id"], node["host"], node["port"], node["frequency"])
 
     def owners(self, info_hash: str) -> frozenset[int]:
         file = self._files.get(info_hash)
@@ -497,7 +506,7 @@ class SwarmState:
 
     def epoch(self, node_id: int) -> int | None:
         node = self._nodes.get(node_id)
-        return None if node is None else node.epoch
+        return None if node is None else node["epoch"]
 
     def take_epochs(self) -> set[int]:
         """Live nodes whose epoch changed since the last call (with ``track_epochs``)."""
@@ -528,27 +537,27 @@ class SwarmState:
         if node is None:
             self._check_room(host)
             fresh = token if proposed_token(token) else fresh_token or secrets.token_hex(TOKEN_BYTES)
-            self._nodes[node_id] = _Node(node_id, host, port, 0, _digest(fresh), last_seen=now, epoch=self._checks)
+            self._nodes[node_id] = _new_node(node_id, host, port, 0, _digest(fresh), last_seen=now, epoch=self._checks)
             self._count(host, +1)
             self.revision += 1
             self._dirty_nodes.add(node_id)
             return Registration(node_id, fresh, True, host, port)
         self._authenticate(node, token)
-        if node.host != host:
+        if node["host"] != host:
             self._check_room(host)
-        returned = not node.heard
-        node.heard = True
-        node.last_seen = now
-        if node.epoch != self._checks:
-            node.epoch = self._checks
+        returned = not node["heard"]
+        node["heard"] = True
+        node["last_seen"] = now
+        if node["epoch"] != self._checks:
+            node["epoch"] = self._checks
             if self.track_epochs:
                 self._epochs_changed.add(node_id)
         self._nodes.move_to_end(node_id)
-        if (node.host, node.port) != (host, port):
+        if (node["host"], node["port"]) != (host, port):
             # The node moved (new UDP port, new address behind a NAT): peers must learn it.
-            self._count(node.host, -1)
+            self._count(node["host"], -1)
             self._count(host, +1)
-            node.host, node.port = host, port
+            node["host"], node["port"] = host, port
             self.revision += 1
             self._dirty_nodes.add(node_id)
         assert token is not None
@@ -579,16 +588,16 @@ class SwarmState:
         if file is None:
             file = self._files[info_hash] = _File(info_hash, name, length)
         partial = have is not None and pieces is not None and have < pieces
-        owned = node.node_id in file.owners
-        was_partial = node.node_id in file.partial
+        owned = node["node_id"] in file.owners
+        was_partial = node["node_id"] in file.partial
         if partial:
             assert have is not None and pieces is not None
-            file.partial[node.node_id] = (have, pieces)
+            file.partial[node["node_id"]] = (have, pieces)
         else:
-            file.partial.pop(node.node_id, None)
+            file.partial.pop(node["node_id"], None)
         if not owned:
-            file.owners.add(node.node_id, 1 + node.frequency)
-            self._files_of.setdefault(node.node_id, set()).add(info_hash)
+            file.owners.add(node["node_id"], 1 + node["frequency"])
+            self._files_of.setdefault(node["node_id"], set()).add(info_hash)
             change = OwnChange.NEW_PARTIAL if partial else OwnChange.NEW
         elif was_partial:
             change = OwnChange.PROGRESS if partial else OwnChange.COMPLETED
@@ -638,9 +647,9 @@ class SwarmState:
             n = self._nodes[owner]
             progress = file.partial.get(owner)
             if progress is None:
-                owners.append(OwnerInfo(n.node_id, n.host, n.port, n.frequency))
+                owners.append(OwnerInfo(n["node_id"], n["host"], n["port"], n["frequency"]))
             else:
-                owners.append(OwnerInfo(n.node_id, n.host, n.port, n.frequency, True, *progress))
+                owners.append(OwnerInfo(n["node_id"], n["host"], n["port"], n["frequency"], True, *progress))
         return NeedResult(info_hash, file.name, owners)
 
     def update(self, node_id: int, token: str | None, info_hash: str, uploaders: Iterable[int]) -> list[int]:
@@ -721,7 +730,7 @@ class SwarmState:
 
     def snapshot(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The persisted part of the state as (nodes.json, files.json) documents."""
-        nodes = [_node_entry(n) for n in sorted(self._nodes.values(), key=lambda n: n.node_id)]
+        nodes = [_node_entry(n) for n in sorted(self._nodes.values(), key=lambda n: n["node_id"])]
         files = [_file_entry(f) for f in sorted(self._files.values(), key=lambda f: f.info_hash)]
         return {"version": DB_VERSION, "nodes": nodes}, {"version": DB_VERSION, "files": files}
 
@@ -775,7 +784,7 @@ class SwarmState:
             self._checks = liveness[0]
         for entry in _entries(nodes_doc, "nodes", problems):
             try:
-                node = _Node(
+                node = _new_node(
                     _checked_int(entry["node_id"], 0, MAX_NODE_ID),
                     _checked_str(entry["host"]),
                     _checked_int(entry["port"], 1, 65535),
@@ -789,12 +798,12 @@ class SwarmState:
                 problems.append(f"skipped node entry {_short(entry)}: {_why(e)}")
                 continue
             if liveness is not None:
-                node.epoch = min(liveness[1].get(node.node_id, self._checks), self._checks)
-                node.heard = True
-            nodes[node.node_id] = node
+                node["epoch"] = min(liveness[1].get(node["node_id"], self._checks), self._checks)
+                node["heard"] = True
+            nodes[node["node_id"]] = node
         if liveness is not None:
             # Oldest REGISTER first, as the nodes' order must be (liveness looks at the front).
-            nodes = OrderedDict(sorted(nodes.items(), key=lambda kv: kv[1].epoch))
+            nodes = OrderedDict(sorted(nodes.items(), key=lambda kv: kv[1]["epoch"]))
         files: dict[str, _File] = {}
         for entry in _entries(files_doc, "files", problems):
             try:
@@ -804,7 +813,7 @@ class SwarmState:
                 file = _File(info_hash, _checked_str(entry["name"]), _checked_int(entry["length"], 0, MAX_LENGTH))
                 for owner in entry["owners"]:
                     if _checked_int(owner, 0, MAX_NODE_ID) in nodes:
-                        file.owners.add(owner, 1 + nodes[owner].frequency)
+                        file.owners.add(owner, 1 + nodes[owner]["frequency"])
                 # Absent in databases written before partial owners existed: everyone was complete.
                 marks = entry.get("partial", [])
                 if not isinstance(marks, list):
@@ -836,16 +845,16 @@ class SwarmState:
         # Nodes admitted before stay, even beyond a cap lowered since: they only block new ones.
         self._per_host = {}
         for node in nodes.values():
-            self._count(node.host, +1)
+            self._count(node["host"], +1)
         return problems
 
     # ---- internals
 
     def _authenticate(self, node: _Node, token: str | None) -> None:
         if token is None:
-            raise TrackerError(403, f"node {node.node_id} is registered: its token is required")
-        if not hmac.compare_digest(_digest(token), node.token_sha256):
-            raise TrackerError(403, f"wrong token for node {node.node_id}")
+            raise TrackerError(403, f"node {node['node_id']} is registered: its token is required")
+        if not hmac.compare_digest(_digest(token), node["token_sha256"]):
+            raise TrackerError(403, f"wrong token for node {node['node_id']}")
 
     def _check_room(self, host: str) -> None:
         cap = self.settings.TRACKER_MAX_NODES_PER_HOST
@@ -873,15 +882,15 @@ class SwarmState:
     def _silent(self, node: _Node) -> bool:
         # A REGISTER after check k - 1 (epoch k - 1) is seen by check k and missed by the next
         # MISSED_CHECKS, the last of them check k + MISSED_CHECKS, which drops the node.
-        return node.epoch < self._checks - self.settings.TRACKER_MISSED_CHECKS
+        return node["epoch"] < self._checks - self.settings.TRACKER_MISSED_CHECKS
 
     def _credit(self, node: _Node) -> None:
         """One more upload credited to the node: its weight in every file it owns follows."""
-        node.frequency += 1
-        for info_hash in self._files_of.get(node.node_id, ()):
+        node["frequency"] += 1
+        for info_hash in self._files_of.get(node["node_id"], ()):
             owners = self._files[info_hash].owners
-            if node.node_id in owners:
-                owners.add(node.node_id, 1 + node.frequency)
+            if node["node_id"] in owners:
+                owners.add(node["node_id"], 1 + node["frequency"])
 
     def _untie(self, node_id: int, file: _File) -> None:
         """Take the file out of the node's index once the node no longer owns it or has credits in it."""
@@ -896,7 +905,7 @@ class SwarmState:
     def _drop(self, node_id: int) -> None:
         """Forget a node: O(its files and its credits), not of every file."""
         node = self._nodes.pop(node_id)
-        self._count(node.host, -1)
+        self._count(node["host"], -1)
         self._dirty_nodes.add(node_id)
         self._epochs_changed.discard(node_id)
         for info_hash in self._files_of.pop(node_id, ()):
@@ -923,7 +932,8 @@ class SwarmState:
 
 
 def _node_entry(n: _Node) -> dict[str, Any]:
-    return {"node_id": n.node_id, "host": n.host, "port": n.port, "frequency": n.frequency, "token_sha256": n.token_sha256}
+    return {"node_id": n["node_id"], "host": n["host"], "port": n["port"], "frequency": n["frequency"],
+            "token_sha256": n["token_sha256"]}
 
 
 def _file_entry(f: _File) -> dict[str, Any]:
