@@ -149,6 +149,16 @@ class Config:
     #: the two JSON files rewritten whole at every change (the original format: for small swarms only);
     #: or redis://HOST:PORT/DB, the state in Redis, shared by every tracker given the same address.
     TRACKER_STORE: str = "sqlite"
+    #: UDP port of the BEP 15 tracker for BitTorrent clients: 0, the tracker's HTTP port number; -1, none.
+    TRACKER_UDP_PORT: int = 0
+    #: Seconds BitTorrent clients are asked to wait between announces (``interval``; ``min interval`` is
+    #: half of it).  A client silent for twice this and a minute more is forgotten.
+    BT_ANNOUNCE_INTERVAL: int = 1800
+    #: Most peers one announce answers (a client may ask for more with ``numwant``, up to this).
+    BT_MAX_NUMWANT: int = 200
+    #: Most BitTorrent clients the tracker holds in all (each torrent a client announces counts once);
+    #: an announce that would add one more is refused.
+    BT_MAX_PEERS: int = 1_000_000
 
     # ---- derived values
     @property
@@ -157,6 +167,23 @@ class Config:
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         return f"http://{host}:{port}"
+
+    @property
+    def announce_url(self) -> str:
+        """What torrents name as their tracker: BitTorrent clients announce there (GET, BEP 3); a node
+        speaks to the same tracker at :attr:`tracker_url`."""
+        return self.tracker_url + "/announce"
+
+    @property
+    def announce_list(self) -> tuple[tuple[str, ...], ...]:
+        """BEP 12 tiers for the torrents a node makes: HTTP first, then the UDP tracker (BEP 15) if the
+        tracker has one (TRACKER_UDP_PORT; it is in the same settings file for the tracker and its nodes)."""
+        if self.TRACKER_UDP_PORT < 0:
+            return ((self.announce_url,),)
+        host, port = self.TRACKER_ADDR
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return ((self.announce_url,), (f"udp://{host}:{self.TRACKER_UDP_PORT or port}/announce",))
 
     def mode(self, name: str) -> int:
         return self.tracker_requests_mode[name]
@@ -271,6 +298,14 @@ def _problems(c: Config) -> list[str]:
         errs.append(f"TRACKER_STORE must be one of {', '.join(TRACKER_STORES)} or redis://HOST:PORT/DB,"
                     f" got {c.TRACKER_STORE!r}"
                     + _did_you_mean(str(c.TRACKER_STORE).lower(), TRACKER_STORES))
+    if not -1 <= c.TRACKER_UDP_PORT <= 65535:
+        errs.append(f"TRACKER_UDP_PORT must be -1 (none), 0 (the HTTP port number) or 1-65535, got {c.TRACKER_UDP_PORT}")
+    if not 10 <= c.BT_ANNOUNCE_INTERVAL <= 86400:
+        errs.append(f"BT_ANNOUNCE_INTERVAL must be 10-86400 seconds, got {c.BT_ANNOUNCE_INTERVAL}")
+    if not 1 <= c.BT_MAX_NUMWANT <= 1000:
+        errs.append(f"BT_MAX_NUMWANT must be 1-1000, got {c.BT_MAX_NUMWANT}")
+    if c.BT_MAX_PEERS < 1:
+        errs.append(f"BT_MAX_PEERS must be at least 1, got {c.BT_MAX_PEERS}")
     modes = c.tracker_requests_mode
     want = set(_modes())
     if set(modes) != want:

@@ -24,7 +24,7 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Sequence
 
 from fastbencode import bdecode, bencode
 
@@ -70,6 +70,8 @@ class Metainfo:
     sha256: bytes | None
     #: SHA-1 of the bencoded ``info`` dict: the swarm's identity.
     info_hash: bytes
+    #: BEP 12 ``announce-list``: tiers of tracker URLs, tried in order (empty: only ``announce``).
+    announce_list: tuple[tuple[str, ...], ...] = ()
 
     @property
     def num_pieces(self) -> int:
@@ -114,12 +116,14 @@ def make_torrent(
     piece_length: int = 0,
     *,
     creation_date: int | None = None,
+    announce_list: Sequence[Sequence[str]] = (),
 ) -> tuple[Metainfo, bytes]:
     """Hash the file at *path* and return its metainfo and the ``.torrent`` bytes.
 
     The file is read in blocks, never whole.  *piece_length* 0 picks one with
     :func:`auto_piece_length`.  *creation_date* (seconds since the epoch) is
     the file's stamp, not a clock we schedule on; it defaults to now.
+    *announce_list* (BEP 12 tiers) is written when given.
     """
     path = Path(path)
     name = safe_name(path.name)
@@ -155,6 +159,9 @@ def make_torrent(
         b"creation date": int(time.time()) if creation_date is None else int(creation_date),
         b"info": info,
     }
+    tiers = tuple(tuple(tier) for tier in announce_list if tier)
+    if tiers:
+        torrent[b"announce-list"] = [[url.encode("utf-8") for url in tier] for tier in tiers]
     data = bencode(torrent)
     if len(data) > MAX_TORRENT_SIZE:
         raise MetainfoError(
@@ -169,6 +176,7 @@ def make_torrent(
         pieces=pieces,
         sha256=sha256,
         info_hash=hashlib.sha1(bencode(info)).digest(),
+        announce_list=tiers,
     )
     return meta, data
 
@@ -225,6 +233,7 @@ def parse(data: bytes) -> Metainfo:
         raise MetainfoError(f"torrent must be a bencoded dictionary, got {_kind(top)}")
 
     announce = _text(_field(top, b"announce", bytes, "announce"), "announce")
+    announce_list = _announce_list(top.get(b"announce-list"))
     info = _field(top, b"info", dict, "info")
     if b"files" in info:
         raise MetainfoError("multi-file torrents are not supported")
@@ -265,7 +274,29 @@ def parse(data: bytes) -> Metainfo:
         pieces=pieces,
         sha256=sha256,
         info_hash=hashlib.sha1(encoded_info).digest(),
+        announce_list=announce_list,
     )
+
+
+#: Most tracker URLs an announce-list may hold in all (real torrents carry a handful, public ones a few dozen).
+MAX_ANNOUNCE_URLS = 200
+
+
+def _announce_list(raw: Any) -> tuple[tuple[str, ...], ...]:
+    """BEP 12 tiers, checked: a list of lists of URL strings (empty tiers dropped)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(tier, list) for tier in raw):
+        raise MetainfoError("announce-list must be a list of lists of tracker URLs")
+    if sum(len(tier) for tier in raw) > MAX_ANNOUNCE_URLS:
+        raise MetainfoError(f"announce-list names more than {MAX_ANNOUNCE_URLS} trackers")
+    tiers = []
+    for tier in raw:
+        if not all(isinstance(url, bytes) for url in tier):
+            raise MetainfoError("announce-list must hold tracker URLs as strings")
+        if tier:
+            tiers.append(tuple(_text(url, "announce-list URL") for url in tier))
+    return tuple(tiers)
 
 
 def read_torrent(path: str | os.PathLike[str]) -> Metainfo:

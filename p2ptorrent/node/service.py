@@ -27,6 +27,7 @@ import os
 import random
 import stat
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from collections.abc import Iterator, Mapping
 from typing import Any, Callable
@@ -520,7 +521,10 @@ class Node(FolderDaemon):
         # Always into the node's folder, whatever folder the file is in: one place to find torrents.
         torrent = self.folder / (path.name + ".torrent")
         try:
-            meta, data = await self.run_blocking(make_torrent, path, self.settings.tracker_url, self.settings.PIECE_LENGTH)
+            meta, data = await self.run_blocking(
+                partial(make_torrent, announce_list=self.settings.announce_list),
+                path, self.settings.announce_url, self.settings.PIECE_LENGTH,
+            )
             atomic_write(torrent, data, fsync=False)
         except (OSError, MetainfoError) as e:
             raise CommandFailed(f"cannot share {path}: {getattr(e, 'strerror', None) or e}") from None

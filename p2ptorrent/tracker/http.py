@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
+import random
 from collections import Counter
 from typing import Any, cast
 
@@ -41,6 +42,15 @@ from p2ptorrent.tracker.state import (
     Update,
     Withdraw,
     parse_request,
+)
+from p2ptorrent.tracker.bep import (
+    BepRefusal,
+    ClientSwarms,
+    encode_announce,
+    encode_failure,
+    encode_scrape,
+    parse_announce,
+    parse_scrape,
 )
 from p2ptorrent.tracker.changes import Outcome, apply
 from p2ptorrent.tracker.redis_store import RedisSwarm
@@ -89,6 +99,14 @@ class TrackerHTTP:
         self._requests: Counter[str] = Counter()
         self._refused = 0
         self._counted_since = reactor.seconds()
+        #: BitTorrent clients (announce, scrape, BEP 15): in memory, apart from the nodes.
+        self.clients = ClientSwarms(
+            random.Random(), interval=settings.BT_ANNOUNCE_INTERVAL, min_interval=settings.BT_ANNOUNCE_INTERVAL // 2,
+            peer_timeout=2 * settings.BT_ANNOUNCE_INTERVAL + 60, numwant=settings.NUMWANT,
+            max_numwant=settings.BT_MAX_NUMWANT, max_peers=settings.BT_MAX_PEERS,
+        )
+        self._expiring: IDelayedCall | None = None
+        self._clients_expired = 0
 
     def resource(self) -> IResource:
         return TrackerResource(self, self.app.resource())
@@ -142,6 +160,9 @@ class TrackerHTTP:
         if self._dropping is not None and self._dropping.active():
             self._dropping.cancel()  # the rest of a liveness check waits for the next start
             self._dropping = None
+        if self._expiring is not None and self._expiring.active():
+            self._expiring.cancel()
+            self._expiring = None
         if self.shared is not None:
             return self.shared.stop()
         if self.commit is None or not isinstance(self.store, SqliteStore):
@@ -197,6 +218,8 @@ class TrackerHTTP:
         """
         try:
             self._sum_up_refusals()
+            if self._expiring is None:
+                self._expire_clients()
             if self.shared is not None:
                 # One tracker makes the checks of a shared swarm; every tracker applies them (redis_store.py).
                 dropped, self.shared.dropped = self.shared.dropped, 0
@@ -252,10 +275,13 @@ class TrackerHTTP:
         modes = ", ".join(f"{mode} {n}" for mode, n in sorted(self._requests.items())) or "none"
         self.log.info(
             "in the last {seconds:.0f} s: {requests} requests ({modes}), {refused} refused;"
-            " {nodes} nodes, {files} files, {dropped} dropped",
+            " {nodes} nodes, {files} files, {dropped} dropped; {clients} BitTorrent clients in {torrents} torrents,"
+            " {expired} expired",
             seconds=now - self._counted_since, requests=sum(self._requests.values()), modes=modes,
             refused=self._refused, nodes=summary["nodes"], files=summary["files"], dropped=dropped,
+            clients=len(self.clients), torrents=self.clients.torrents(), expired=self._clients_expired,
         )
+        self._clients_expired = 0
         self._requests = Counter()
         self._refused = 0
         self._counted_since = now
@@ -331,6 +357,47 @@ class TrackerHTTP:
     def not_found(self, request: IRequest, failure: Failure) -> bytes:
         path = request.path.decode("ascii", "replace")
         return _json(request, 404, {"ok": False, "error": f"no such resource {path}: the tracker answers at /"})
+
+    # ---- BitTorrent clients (bep.py): GET /announce and GET /scrape, routed by TrackerResource
+
+    def announce(self, request: IRequest) -> bytes:
+        """BEP 3 announce: always 200 and bencoded, a refusal as ``failure reason``."""
+        host = _client_host(request)
+        self._requests["ANNOUNCE"] += 1
+        try:
+            req = parse_announce(cast(Any, request).args, host)
+            body = encode_announce(self.clients.announce(req, self.reactor.seconds()), req)
+        except BepRefusal as e:
+            return self._bep_refusal(request, "ANNOUNCE", host, str(e))
+        if self._log_every_request:
+            self.log.debug("announce from {host}:{port} for {info_hash} ({event})", host=host, port=req.port,
+                           info_hash=req.info_hash.hex(), event=req.event or "interval")
+        return _bencoded(request, body)
+
+    def scrape(self, request: IRequest) -> bytes:
+        """BEP 48 scrape of the info hashes named (BitTorrent clients only: nodes are not counted)."""
+        self._requests["SCRAPE"] += 1
+        try:
+            hashes = parse_scrape(cast(Any, request).args)
+        except BepRefusal as e:
+            return self._bep_refusal(request, "SCRAPE", _client_host(request), str(e))
+        return _bencoded(request, encode_scrape(self.clients.scrape(hashes)))
+
+    def _bep_refusal(self, request: IRequest, kind: str, host: str | None, reason: str) -> bytes:
+        if self._may_log_refusal(host):
+            self.log.warn("refused {kind} from {host}: {reason}", kind=kind, host=host, reason=reason)
+        return _bencoded(request, encode_failure(reason))
+
+    def _expire_clients(self) -> None:
+        """Forget BitTorrent clients that stopped announcing, a TRACKER_DROP_SLICE at a time per turn."""
+        self._expiring = None
+        try:
+            gone, more = self.clients.expire(self.reactor.seconds(), self.settings.TRACKER_DROP_SLICE)
+            self._clients_expired += gone
+            if more:
+                self._expiring = self.reactor.callLater(0, self._expire_clients)
+        except Exception:
+            self.log.failure("expiring BitTorrent clients failed")
 
     # ---- internals
 
@@ -440,14 +507,20 @@ class TrackerHTTP:
         self.log.info("node {node_id} left", node_id=req.node_id)
         return {}
 
-    def _log_refusal(self, req: Request | None, host: str | None, error: TrackerError) -> None:
+    def _may_log_refusal(self, host: str | None) -> bool:
+        """Count a refusal; whether it may still be logged one by one (per address, between two checks)."""
         self._refused += 1
         logged = self._refusals_logged
         key = host if host in logged or len(logged) < REFUSAL_HOSTS_TRACKED else "other addresses"
         if logged.get(key, 0) >= REFUSALS_LOGGED_PER_CHECK:
             self._refusals_unlogged[key] = self._refusals_unlogged.get(key, 0) + 1
-            return
+            return False
         logged[key] = logged.get(key, 0) + 1
+        return True
+
+    def _log_refusal(self, req: Request | None, host: str | None, error: TrackerError) -> None:
+        if not self._may_log_refusal(host):
+            return
         # Never the body itself: it may carry a token.
         mode = type(req).__name__.upper() if req is not None else "request"
         node = f" node {req.node_id}" if req is not None else ""
@@ -494,6 +567,14 @@ def _json(request: IRequest, status: int, doc: dict[str, Any]) -> bytes:
     return body
 
 
+def _bencoded(request: IRequest, body: bytes) -> bytes:
+    """A BitTorrent tracker answer: 200 always (BEP 3 refusals are a ``failure reason`` in the body)."""
+    request.setResponseCode(200)
+    request.setHeader(b"content-type", b"text/plain")
+    request.setHeader(b"content-length", b"%d" % len(body))
+    return body
+
+
 class _CappedBody(io.BytesIO):
     """A request body buffer that keeps at most ``cap`` bytes and drops the rest.
 
@@ -516,8 +597,9 @@ class _CappedBody(io.BytesIO):
 
 
 class TrackerResource(Resource):
-    """The tracker's root: ``POST /`` goes straight to :meth:`TrackerHTTP.post`; every other request through the
-    Klein app (its routes, 404 and 405 answers).
+    """The tracker's root: ``POST /`` goes straight to :meth:`TrackerHTTP.post`, BitTorrent clients'
+    ``GET /announce`` and ``GET /scrape`` to :meth:`TrackerHTTP.announce` and :meth:`TrackerHTTP.scrape`;
+    every other request through the Klein app (its routes, 404 and 405 answers).
 
     POST / carries every node's heartbeat, 5k a second at 100k nodes.  Klein's routing bound a werkzeug
     MapAdapter for each one and left closures in reference cycles: a third of a heartbeat's CPU, and 41
@@ -534,7 +616,12 @@ class TrackerResource(Resource):
         self.app = app
 
     def render(self, request: IRequest) -> bytes | int:
-        if request.method != b"POST" or request.path != b"/":
+        method, path = request.method, request.path
+        if method == b"GET" and path == b"/announce":
+            return self.tracker.announce(request)
+        if method == b"GET" and path == b"/scrape":
+            return self.tracker.scrape(request)
+        if method != b"POST" or path != b"/":
             return cast(Any, self.app).render(request)
         result = self.tracker.post(request)
         if isinstance(result, bytes):

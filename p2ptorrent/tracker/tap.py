@@ -270,8 +270,8 @@ def makeService(config: Options | dict[str, Any], reactor: Any = None) -> Tracke
             top.open()
         except StartupError as e:
             raise fail_to_start("p2ptracker", e) from None
-        # The swarm read back lives long and holds no reference cycles: keep it out of the cyclic garbage
-        # collector, whose full passes over 100k nodes stopped the reactor for 35-260 ms.
+        # What is loaded by now (modules, the files read back; node records are never tracked) lives long and
+        # holds no garbage: keep it out of the collector's full passes, each a stall of every request.
         store = top.tracker.store
         if isinstance(store, RedisSwarm):
             store.ready.addCallback(lambda _: gc.freeze())

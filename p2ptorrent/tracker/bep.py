@@ -1,0 +1,333 @@
+"""The tracker for BitTorrent clients: BEP 3 announce (BEP 23 compact, BEP 7 peers6) and BEP 48 scrape.
+
+Pure decisions, as :mod:`p2ptorrent.tracker.state` is for nodes: :class:`ClientSwarms` takes a decoded
+announce and ``now`` and returns what to answer; :func:`parse_announce` / :func:`parse_scrape` turn a
+query's arguments into requests or raise :class:`BepRefusal` (answered as ``failure reason``, never a 5xx);
+:func:`encode_announce` and friends make the bencoded bodies.  The HTTP routes (http.py) and the BEP 15
+datagrams (udp.py) only move bytes around these.
+
+BitTorrent clients are a peer set of their own: p2ptorrent nodes speak the datagram protocol and clients
+the peer wire protocol, so a client is only ever given clients and nodes never see them.  Clients are held
+in memory only, as trackers for them do (opentracker, bittorrent-tracker): each announces again every
+interval, so after a restart the swarm is whole again within one interval.
+
+Records are tuples and dicts of bytes and numbers, which the garbage collector never tracks (see
+:class:`p2ptorrent.tracker.state._Node`): 100k clients add nothing to a full collection.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from fastbencode import bencode
+
+#: BEP 3 ``event`` values (BEP 15 numbers them 0..3 in the same order), and BEP 21's ``paused``.
+EVENTS = ("", "completed", "started", "stopped", "paused")
+#: Most info hashes one scrape may name (BEP 15 fits about 74 in a datagram; HTTP gets the same bound).
+MAX_SCRAPE_HASHES = 74
+
+
+class BepRefusal(Exception):
+    """A refused announce or scrape: the ``failure reason`` a client shows its user."""
+
+
+@dataclass(frozen=True)
+class Announce:
+    info_hash: bytes
+    peer_id: bytes
+    #: The address the request came from (IPv4 or IPv6, as text); the ``ip`` argument is never believed.
+    host: str
+    port: int
+    left: int
+    event: str
+    #: None: the tracker's NUMWANT.
+    numwant: int | None
+    compact: bool = True
+    no_peer_id: bool = False
+
+
+@dataclass(frozen=True)
+class Peer:
+    host: str
+    port: int
+    peer_id: bytes
+
+
+@dataclass(frozen=True)
+class AnnounceResult:
+    interval: int
+    min_interval: int
+    complete: int
+    incomplete: int
+    peers: list[Peer]
+
+
+@dataclass(frozen=True)
+class ScrapeEntry:
+    complete: int
+    downloaded: int
+    incomplete: int
+
+
+def packed_address(host: str, port: int) -> bytes:
+    """BEP 23 / BEP 7 compact form: 4 or 16 address bytes, then the port (network order)."""
+    return ipaddress.ip_address(host).packed + port.to_bytes(2, "big")
+
+
+class _Swarm:
+    """One torrent's clients: peer id -> (host, port, seed), and per address family a list of peer ids for
+    O(1) draws and removals (a removed one swaps with the last)."""
+
+    __slots__ = ("peers", "lists", "where", "seeds", "downloaded")
+
+    def __init__(self) -> None:
+        self.peers: dict[bytes, tuple[str, int, bool]] = {}
+        self.lists: tuple[list[bytes], list[bytes]] = ([], [])  # IPv4, IPv6
+        self.where: dict[bytes, int] = {}
+        self.seeds = 0
+        self.downloaded = 0
+
+    def add(self, peer_id: bytes, host: str, port: int, seed: bool) -> None:
+        family = self.lists[_family(host)]
+        self.where[peer_id] = len(family)
+        family.append(peer_id)
+        self.peers[peer_id] = (host, port, seed)
+        self.seeds += seed
+
+    def remove(self, peer_id: bytes) -> None:
+        host, _, seed = self.peers.pop(peer_id)
+        family = self.lists[_family(host)]
+        at = self.where.pop(peer_id)
+        last = family.pop()
+        if last != peer_id:
+            family[at] = last
+            self.where[last] = at
+        self.seeds -= seed
+
+
+def _family(host: str) -> int:
+    return 1 if ":" in host else 0
+
+
+class ClientSwarms:
+    """Every torrent's BitTorrent clients, their expiry, and the counts scrape reports.
+
+    A client that has not announced for ``peer_timeout`` seconds is gone (:meth:`expire`, a bounded
+    amount of work per call, oldest first).  At most ``max_peers`` clients are held in all; an announce
+    that would add one more is refused, so no one can grow the tracker's memory without bound.
+    """
+
+    def __init__(
+        self, rng: random.Random, *, interval: int, min_interval: int, peer_timeout: float, numwant: int,
+        max_numwant: int, max_peers: int,
+    ) -> None:
+        self._rng = rng
+        self.interval = interval
+        self.min_interval = min_interval
+        self.peer_timeout = peer_timeout
+        self.numwant = numwant
+        self.max_numwant = max_numwant
+        self.max_peers = max_peers
+        self._swarms: dict[bytes, _Swarm] = {}
+        #: (info hash + peer id) -> last announce, oldest first.
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def torrents(self) -> int:
+        return len(self._swarms)
+
+    def announce(self, req: Announce, now: float) -> AnnounceResult:
+        swarm = self._swarms.get(req.info_hash)
+        key = req.info_hash + req.peer_id
+        if req.event == "stopped":
+            if swarm is not None and req.peer_id in swarm.peers:
+                self._forget(req.info_hash, swarm, req.peer_id)
+                swarm = self._swarms.get(req.info_hash)
+            seeds = swarm.seeds if swarm else 0
+            return AnnounceResult(self.interval, self.min_interval, seeds, len(swarm.peers) - seeds if swarm else 0, [])
+        seed = req.left == 0
+        known = swarm.peers.get(req.peer_id) if swarm is not None else None
+        if known is None and len(self._seen) >= self.max_peers:
+            raise BepRefusal("the tracker holds as many peers as it may: try again later")
+        if swarm is None:
+            swarm = self._swarms[req.info_hash] = _Swarm()
+        if known is None:
+            swarm.add(req.peer_id, req.host, req.port, seed)
+        elif known != (req.host, req.port, seed):
+            # Moved, or became a seed: its place in the family lists may change.
+            swarm.remove(req.peer_id)
+            swarm.add(req.peer_id, req.host, req.port, seed)
+        if req.event == "completed" and not (known is not None and known[2]):
+            swarm.downloaded += 1
+        self._seen[key] = now
+        self._seen.move_to_end(key)
+        wanted = self.numwant if req.numwant is None else min(req.numwant, self.max_numwant)
+        return AnnounceResult(
+            self.interval, self.min_interval, swarm.seeds, len(swarm.peers) - swarm.seeds,
+            self._draw(swarm, req, wanted),
+        )
+
+    def _draw(self, swarm: _Swarm, req: Announce, wanted: int) -> list[Peer]:
+        """Up to *wanted* other clients, the requester's address family first: a random window of each
+        family's list (a removal swaps the last one in, so the order keeps changing)."""
+        out: list[Peer] = []
+        mine = _family(req.host)
+        for family in (swarm.lists[mine], swarm.lists[1 - mine]):
+            n = len(family)
+            take = min(wanted - len(out), n)
+            if take <= 0:
+                continue
+            start = self._rng.randrange(n)
+            for i in range(min(take + 1, n)):
+                peer_id = family[(start + i) % n]
+                if peer_id == req.peer_id:
+                    continue
+                if len(out) < wanted:
+                    host, port, _ = swarm.peers[peer_id]
+                    out.append(Peer(host, port, peer_id))
+        return out
+
+    def scrape(self, info_hashes: Sequence[bytes]) -> dict[bytes, ScrapeEntry]:
+        out = {}
+        for info_hash in info_hashes:
+            swarm = self._swarms.get(info_hash)
+            if swarm is None:
+                out[info_hash] = ScrapeEntry(0, 0, 0)
+            else:
+                out[info_hash] = ScrapeEntry(swarm.seeds, swarm.downloaded, len(swarm.peers) - swarm.seeds)
+        return out
+
+    def expire(self, now: float, budget: int) -> tuple[int, bool]:
+        """Forget up to *budget* clients silent for longer than the timeout; (forgotten, more are due)."""
+        horizon = now - self.peer_timeout
+        gone = 0
+        seen = self._seen
+        while seen and gone < budget:
+            key, last = next(iter(seen.items()))
+            if last >= horizon:
+                return gone, False
+            info_hash, peer_id = key[:20], key[20:]
+            swarm = self._swarms[info_hash]
+            self._forget(info_hash, swarm, peer_id)
+            gone += 1
+        due = bool(seen) and next(iter(seen.values())) < horizon
+        return gone, due
+
+    def _forget(self, info_hash: bytes, swarm: _Swarm, peer_id: bytes) -> None:
+        swarm.remove(peer_id)
+        del self._seen[info_hash + peer_id]
+        if not swarm.peers:
+            # The completed count goes with the last client: a torrent nobody announces is forgotten whole.
+            del self._swarms[info_hash]
+
+
+# ---------------------------------------------------------------- HTTP arguments
+
+
+def parse_announce(args: Mapping[bytes, Sequence[bytes]], host: str | None) -> Announce:
+    """A ``GET /announce`` query (as twisted.web decodes it: binary-safe) into an :class:`Announce`."""
+    if host is None:
+        raise BepRefusal("cannot tell the address of this connection")
+    info_hash = _twenty(args, b"info_hash")
+    peer_id = _twenty(args, b"peer_id")
+    port = _number(args, b"port", 1, 65535)
+    left = _number(args, b"left", 0, 2**63 - 1)
+    for name in (b"uploaded", b"downloaded"):
+        if name in args:
+            _number(args, name, 0, 2**63 - 1)
+    event = _one(args, b"event", b"").decode("ascii", "replace")
+    if event == "empty":
+        event = ""
+    if event not in EVENTS:
+        raise BepRefusal(f"unknown event {event[:32]!r}: use started, completed or stopped")
+    numwant = _number(args, b"numwant", -1, 2**31 - 1) if b"numwant" in args else None
+    return Announce(
+        info_hash, peer_id, host, port, left, "" if event == "paused" else event,
+        None if numwant is None or numwant < 0 else numwant,
+        compact=_one(args, b"compact", b"1") != b"0",
+        no_peer_id=_one(args, b"no_peer_id", b"0") == b"1",
+    )
+
+
+def parse_scrape(args: Mapping[bytes, Sequence[bytes]]) -> list[bytes]:
+    hashes = list(args.get(b"info_hash", ()))
+    if not hashes:
+        raise BepRefusal("scrape needs at least one info_hash (a scrape of every torrent is not offered)")
+    if len(hashes) > MAX_SCRAPE_HASHES:
+        raise BepRefusal(f"at most {MAX_SCRAPE_HASHES} info_hash values per scrape, got {len(hashes)}")
+    for value in hashes:
+        if len(value) != 20:
+            raise BepRefusal(f"info_hash must be 20 bytes, got {len(value)}")
+    return hashes
+
+
+def _one(args: Mapping[bytes, Sequence[bytes]], name: bytes, default: bytes | None = None) -> bytes:
+    values = args.get(name)
+    if not values:
+        if default is None:
+            raise BepRefusal(f"missing {name.decode()}")
+        return default
+    if len(values) > 1:
+        raise BepRefusal(f"{name.decode()} given {len(values)} times")
+    return values[0]
+
+
+def _twenty(args: Mapping[bytes, Sequence[bytes]], name: bytes) -> bytes:
+    value = _one(args, name)
+    if len(value) != 20:
+        raise BepRefusal(f"{name.decode()} must be 20 bytes, got {len(value)}")
+    return value
+
+
+def _number(args: Mapping[bytes, Sequence[bytes]], name: bytes, low: int, high: int) -> int:
+    raw = _one(args, name)
+    if not raw or len(raw) > 20 or not raw.lstrip(b"-").isdigit() or raw.count(b"-") > 1:
+        raise BepRefusal(f"{name.decode()} must be a whole number")
+    value = int(raw)
+    if not low <= value <= high:
+        raise BepRefusal(f"{name.decode()} must be {low}..{high}, got {value}")
+    return value
+
+
+# ---------------------------------------------------------------- bencoded answers
+
+
+def encode_announce(result: AnnounceResult, req: Announce) -> bytes:
+    doc: dict[bytes, object] = {
+        b"interval": result.interval,
+        b"min interval": result.min_interval,
+        b"complete": result.complete,
+        b"incomplete": result.incomplete,
+    }
+    if req.compact:
+        v4 = b"".join(packed_address(p.host, p.port) for p in result.peers if ":" not in p.host)
+        v6 = b"".join(packed_address(p.host, p.port) for p in result.peers if ":" in p.host)
+        doc[b"peers"] = v4
+        if v6:
+            doc[b"peers6"] = v6
+    else:
+        peers = []
+        for p in result.peers:
+            entry: dict[bytes, object] = {b"ip": p.host.encode("ascii"), b"port": p.port}
+            if not req.no_peer_id:
+                entry[b"peer id"] = p.peer_id
+            peers.append(entry)
+        doc[b"peers"] = peers
+    return bencode(doc)
+
+
+def encode_scrape(entries: Mapping[bytes, ScrapeEntry]) -> bytes:
+    return bencode({b"files": {
+        h: {b"complete": e.complete, b"downloaded": e.downloaded, b"incomplete": e.incomplete}
+        for h, e in entries.items()
+    }})
+
+
+def encode_failure(reason: str) -> bytes:
+    return bencode({b"failure reason": reason.encode("utf-8")})
