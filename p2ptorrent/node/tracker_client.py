@@ -9,11 +9,13 @@ again.  Real code passes the ``treq`` module as ``http``; tests pass
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from hyperlink import EncodedURL
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred, succeed
 from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError
@@ -46,6 +48,30 @@ class TrackerRefused(TrackerClientError):
         self.status = status
         self.message = message
         self.mode = mode
+
+
+class _AddressHostURL(EncodedURL):
+    """A URL whose host is an IP address literal.  hyperlink 21's ``to_uri()`` (which treq calls on every
+    URL) runs the host through IDNA, which refuses an IPv6 address ("Codepoint U+003A ... '::1' not
+    allowed"); an address needs no IDNA, so such a URL is already its own URI."""
+
+    def to_uri(self) -> EncodedURL:
+        return self
+
+
+def treq_url(text: str) -> str | EncodedURL:
+    """*text* in a form treq can send to, an IPv6 address for host included."""
+    url = EncodedURL.from_text(text)
+    try:
+        ipaddress.ip_address(url.host)
+    except ValueError:
+        return text
+    return _AddressHostURL.from_text(text)
+
+
+def tracker_post_url(base_url: str) -> str | EncodedURL:
+    """Where a node POSTs its messages: ``base_url/``."""
+    return treq_url(base_url.rstrip("/") + "/")
 
 
 class TrackerProtocolError(TrackerClientError):
@@ -259,7 +285,7 @@ class TrackerClient:
         if mode != "REGISTER" and self.token is not None:
             body["token"] = self.token
         data = json.dumps(body).encode("utf-8")
-        url = self.base_url + "/"
+        url = tracker_post_url(self.base_url)
         # maybeDeferred: a treq-like object may raise before returning a Deferred.
         d: Deferred[Any] = maybeDeferred(self.http.post, url, data=data, headers=_JSON_HEADERS)
         d.addCallback(lambda response: response.content().addCallback(lambda content: (response.code, content)))
