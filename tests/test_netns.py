@@ -25,6 +25,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -34,19 +35,34 @@ from p2ptorrent.procs import Daemons, sha256
 from p2ptorrent.procs import wait_for as _wait_for
 
 MIB = 1024 * 1024
-SUBNET = "10.231.0"
-TRACKER_ADDR = f"{SUBNET}.1"
-SEEDER_ADDR = f"{SUBNET}.2"
-SEEDER_SECOND_ADDR = f"{SUBNET}.12"
-DOWNLOADER_ADDR = f"{SUBNET}.3"
 TRACKER_PORT = 12345  # the namespace is new and empty: any port is free there
 wait_for = partial(_wait_for, timeout=20.0, fail=pytest.fail)
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """The hosts' addresses: the tracker, the seeder (and its second address), the downloader."""
+
+    tracker: str
+    seeder: str
+    seeder_second: str
+    downloader: str
+    prefix: int
+
+    def url_host(self, host: str) -> str:
+        return f"[{host}]" if ":" in host else host
+
+
+IPV4 = Addresses("10.231.0.1", "10.231.0.2", "10.231.0.12", "10.231.0.3", 24)
+#: A unique local network (RFC 4193): never routed anywhere.
+IPV6 = Addresses("fd23:1::1", "fd23:1::2", "fd23:1::12", "fd23:1::3", 64)
 
 
 class Network:
     """Namespaces named after this run; removed by :meth:`destroy` even when half built."""
 
-    def __init__(self) -> None:
+    def __init__(self, addresses: Addresses = IPV4) -> None:
+        self.addresses = addresses
         self.ip = shutil.which("ip") or next((p for p in ("/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip") if os.path.exists(p)), "")
         run = f"p2pt{os.getpid()}{os.urandom(2).hex()}"
         self.tracker, self.seeder, self.downloader, self.bridge = (f"{run}-{r}" for r in ("tr", "sd", "dl", "br"))
@@ -73,18 +89,19 @@ class Network:
             self.sh("-n", ns, "link", "set", "lo", "up")
         self.sh("-n", self.bridge, "link", "add", "br0", "type", "bridge")
         self.sh("-n", self.bridge, "link", "set", "br0", "up")
-        for i, (ns, addr) in enumerate(
-            ((self.tracker, TRACKER_ADDR), (self.seeder, SEEDER_ADDR), (self.downloader, DOWNLOADER_ADDR))
-        ):
+        a = self.addresses
+        # nodad: an IPv6 address is usable at once, not after duplicate address detection (nobody else is here).
+        nodad = ["nodad"] if ":" in a.tracker else []
+        for i, (ns, addr) in enumerate(((self.tracker, a.tracker), (self.seeder, a.seeder), (self.downloader, a.downloader))):
             host_end, bridge_end = f"eth{i}", f"port{i}"
             # Both ends are born inside their namespaces: nothing appears in ours.
             self.sh("link", "add", host_end, "netns", ns, "type", "veth", "peer", "name", bridge_end, "netns", self.bridge)
             self.sh("-n", self.bridge, "link", "set", bridge_end, "master", "br0")
             self.sh("-n", self.bridge, "link", "set", bridge_end, "up")
-            self.sh("-n", ns, "addr", "add", f"{addr}/24", "dev", host_end)
+            self.sh("-n", ns, "addr", "add", f"{addr}/{a.prefix}", "dev", host_end, *nodad)
             self.sh("-n", ns, "link", "set", host_end, "up")
         # A second address on the seeder's host: node 1 listens there, not on the primary one.
-        self.sh("-n", self.seeder, "addr", "add", f"{SEEDER_SECOND_ADDR}/24", "dev", "eth1")
+        self.sh("-n", self.seeder, "addr", "add", f"{a.seeder_second}/{a.prefix}", "dev", "eth1", *nodad)
 
     def exec_in(self, ns: str) -> list[str]:
         """The command prefix that runs a program inside namespace *ns*."""
@@ -107,10 +124,10 @@ def connects_in(ns: str, ip: str, host: str, port: int) -> bool:
     return result.returncode == 0
 
 
-@pytest.fixture
-def net():  # type: ignore[no-untyped-def]
+@pytest.fixture(params=[IPV4, IPV6], ids=["ipv4", "ipv6"])
+def net(request):  # type: ignore[no-untyped-def]
     # The test body builds it, so a machine without namespaces is a test failure, not a setup error.
-    network = Network()
+    network = Network(request.param)
     try:
         yield network
     finally:
@@ -133,6 +150,8 @@ def test_seed_and_download_across_namespaces(tmp_path: Path, net: Network, daemo
     db = tmp_path / "tracker_db"
 
     ctl, ok = daemons.ctl, daemons.ok  # `p2ptorrent --node N ...`, run outside the namespaces
+    a = net.addresses
+    TRACKER_ADDR, SEEDER_SECOND_ADDR, DOWNLOADER_ADDR = a.tracker, a.seeder_second, a.downloader  # noqa: N806
     net.build()
     # `ip netns exec` execs the command, so each Popen's pid is twistd's own.
     daemons.start("tracker", [
@@ -144,7 +163,7 @@ def test_seed_and_download_across_namespaces(tmp_path: Path, net: Network, daemo
              alive=partial(daemons.check_alive, "tracker"))
 
     common = ["--node-files-dir", str(nodes_dir), "--logs-dir", str(logs),
-              "--tracker", f"{TRACKER_ADDR}:{TRACKER_PORT}", "--no-stdin"]
+              "--tracker", f"{a.url_host(TRACKER_ADDR)}:{TRACKER_PORT}", "--no-stdin"]
     # Node 1 listens on its host's second address: the tracker must see that one (the
     # node's HTTP connection leaves from --interface), or nobody could reach it.
     for node_id, ns, addr in ((1, net.seeder, SEEDER_SECOND_ADDR), (2, net.downloader, DOWNLOADER_ADDR)):
