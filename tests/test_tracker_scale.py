@@ -496,8 +496,9 @@ def test_one_line_of_counts_per_check_and_no_info_line_for_frequent_requests(
     # Counted since the tracker started (the two joins and the first OWN too).
     assert info == [
         "in the last 22 s: 18 requests (NEED 3, OWN 7, REGISTER 6, UPDATE 1, WITHDRAW 1), 1 refused;"
-        " 2 nodes, 1 files, 0 dropped"
+        " 2 nodes, 1 files, 0 dropped; 0 BitTorrent clients in 0 torrents, 0 expired"
     ]
     tracker.clock.advance(22)
     tracker.web.check_liveness()
-    assert formatEvent(events[-1]) == "in the last 22 s: 0 requests (none), 0 refused; 2 nodes, 1 files, 0 dropped"
+    assert formatEvent(events[-1]) == ("in the last 22 s: 0 requests (none), 0 refused; 2 nodes, 1 files, 0 dropped;"
+                                       " 0 BitTorrent clients in 0 torrents, 0 expired")
