@@ -1,10 +1,15 @@
-"""BEP 3 single-file ``.torrent`` metainfo: making, parsing and checking it.
+"""BEP 3 ``.torrent`` metainfo, of one file or of a folder: making, parsing and checking it.
 
-A torrent is untrusted input: it arrives from other people and names a file
+A torrent is untrusted input: it arrives from other people and names files
 we are about to create.  :func:`parse` therefore checks every field it uses
 and turns every problem into a :class:`MetainfoError` with a message a user
-can act on; :func:`safe_name` and :func:`target_path` make sure the name can
-only ever point at one plain file inside the download folder.
+can act on; :func:`safe_name`, :func:`target_path` and :func:`target_paths`
+make sure a name can only ever point at one plain file inside the download
+folder.
+
+A folder is a BEP 3 multi-file torrent: its files are one byte string (their
+concatenation, in the order listed), cut into pieces that may run across file
+boundaries.  :mod:`p2ptorrent.filemap` maps that byte string back to files.
 
 The codec is ``fastbencode`` (never a hand-written one).  Its decoder is strict
 (sorted keys, no leading zeros, no trailing junk), so re-encoding a decoded
@@ -22,7 +27,9 @@ import math
 import os
 import stat
 import time
+import unicodedata
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, BinaryIO, Sequence
 
@@ -33,7 +40,7 @@ from p2ptorrent.config import KIB, MAX_PIECE_LENGTH, MIB
 #: Largest torrent file we read or write.  Real single-file torrents are a few
 #: KiB to a few MiB; the cap bounds memory spent on hostile input.
 MAX_TORRENT_SIZE = 16 * MIB
-#: Largest file length we accept: beyond 2**53 byte offsets stop being exact
+#: Largest file (or folder total) length we accept: beyond 2**53 byte offsets stop being exact
 #: in JSON numbers and floats, which progress reports and peers may use.
 MAX_LENGTH = 2**53
 #: auto_piece_length: smallest and largest choice, and the piece count aimed at.
@@ -43,6 +50,14 @@ TARGET_PIECES = 2048
 #: Longest file name most file systems allow (ext4, APFS, NTFS count bytes or
 #: UTF-16 units; 255 UTF-8 bytes is safe for all of them).
 MAX_NAME_BYTES = 255
+#: Most files a folder torrent may list.  Large real torrents list a few thousand; the cap
+#: bounds the work and memory a hostile file list costs (the 16 MiB torrent cap alone allows ~1.5 million).
+MAX_FILES = 100_000
+#: Most folders a file may sit in below the torrent's folder.
+MAX_PATH_DEPTH = 64
+#: Longest relative path (the torrent's name, the folders and the file, joined with "/"), in UTF-8
+#: bytes: Linux's PATH_MAX, so a path we accept can at least be opened from a short download folder.
+MAX_PATH_BYTES = 4096
 
 SHA1_SIZE = 20
 SHA256_SIZE = 32
@@ -57,8 +72,29 @@ class MetainfoError(ValueError):
 
 
 @dataclass(frozen=True)
+class FileEntry:
+    """One file of a folder torrent."""
+
+    #: Where it goes below the torrent's folder: folder names, then the file name (each one :func:`safe_name`).
+    path: tuple[str, ...]
+    length: int
+    #: A BEP 47 padding file (``attr`` holds ``p``): zeros that align the next file to a piece
+    #: boundary, part of the pieces but never written to disk.  Hybrid torrents are full of them.
+    padding: bool = False
+
+    @property
+    def display(self) -> str:
+        return "/".join(self.path)
+
+
+@dataclass(frozen=True)
 class Metainfo:
-    """What a single-file torrent says about its file."""
+    """What a torrent says about its file, or about the files of its folder.
+
+    A single-file torrent has no :attr:`files`; a folder torrent's :attr:`name`
+    is the folder's name and :attr:`length` the total of its files, whose
+    concatenation the pieces hash.
+    """
 
     announce: str
     name: str
@@ -66,12 +102,20 @@ class Metainfo:
     piece_length: int
     #: The concatenated 20-byte SHA-1 digests of the pieces, in order.
     pieces: bytes
-    #: SHA-256 of the whole file (our extension inside ``info``), if present.
+    #: SHA-256 of the whole content (our extension inside ``info``), if present: of the file, or
+    #: of a folder's files concatenated in order (the same bytes the pieces cut up).
     sha256: bytes | None
     #: SHA-1 of the bencoded ``info`` dict: the swarm's identity.
     info_hash: bytes
     #: BEP 12 ``announce-list``: tiers of tracker URLs, tried in order (empty: only ``announce``).
     announce_list: tuple[tuple[str, ...], ...] = ()
+    #: A folder's files, in torrent order (their bytes in this order are the content); empty for one file.
+    files: tuple[FileEntry, ...] = ()
+
+    @property
+    def is_folder(self) -> bool:
+        """A multi-file torrent (even one listing a single file), as opposed to a single-file one."""
+        return bool(self.files)
 
     @property
     def num_pieces(self) -> int:
@@ -118,41 +162,53 @@ def make_torrent(
     creation_date: int | None = None,
     announce_list: Sequence[Sequence[str]] = (),
 ) -> tuple[Metainfo, bytes]:
-    """Hash the file at *path* and return its metainfo and the ``.torrent`` bytes.
+    """Hash the file or folder at *path* and return its metainfo and the ``.torrent`` bytes.
 
-    The file is read in blocks, never whole.  *piece_length* 0 picks one with
+    Files are read in blocks, never whole.  *piece_length* 0 picks one with
     :func:`auto_piece_length`.  *creation_date* (seconds since the epoch) is
     the file's stamp, not a clock we schedule on; it defaults to now.
     *announce_list* (BEP 12 tiers) is written when given.
+
+    A folder becomes a BEP 3 multi-file torrent of every regular file below
+    it, empty ones included, sorted by path (component by component, bytes of
+    the UTF-8 names: the order of BEP 52's file tree, so the same folder
+    always gives the same torrent).  Empty folders cannot be represented in
+    BEP 3 and are left out.  Symbolic links inside the folder are refused,
+    never followed (a link could pull in files from anywhere), and so are
+    FIFOs, sockets and devices; *path* itself may be a link, as it is for a
+    single file.  Paths :func:`parse` would refuse (too many files, too deep,
+    two names that one case-insensitive file system would merge) are refused
+    here too, so whatever we make, we and others can read.
     """
     path = Path(path)
-    name = safe_name(path.name)
     if isinstance(piece_length, bool) or not isinstance(piece_length, int):
         raise MetainfoError(f"piece length must be an integer, got {piece_length!r}")
     if piece_length < 0 or piece_length > MAX_PIECE_LENGTH:
         raise MetainfoError(f"piece length must be 0 (automatic) or 1 byte to {MAX_PIECE_LENGTH // MIB} MiB, got {piece_length}")
     try:
-        # Checked before opening too: opening a FIFO would block until a writer comes.
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise MetainfoError(f"cannot make a torrent of {path}: not a regular file")
-        with open(path, "rb") as f:
-            if not _is_regular(f):
-                raise MetainfoError(f"cannot make a torrent of {path}: not a regular file")
-            if piece_length == 0:
-                piece_length = auto_piece_length(os.fstat(f.fileno()).st_size)
-            length, pieces, sha256 = _hash_file(f, piece_length)
+        is_folder = stat.S_ISDIR(path.stat().st_mode)
     except OSError as e:
         raise MetainfoError(f"cannot read {path}: {e.strerror or e}") from None
+    if is_folder:
+        name = safe_name(Path(os.path.abspath(path)).name)  # "." or "dir/" still name the folder
+        files, length, piece_length, pieces, sha256 = _hash_folder(path, name, piece_length)
+        info: dict[bytes, Any] = {
+            b"files": [{b"length": f.length, b"path": [part.encode("utf-8") for part in f.path]} for f in files],
+        }
+    else:
+        name = safe_name(path.name)
+        files = ()
+        length, piece_length, pieces, sha256 = _hash_one_file(path, piece_length)
+        info = {b"length": length}
     if length > MAX_LENGTH:
         raise MetainfoError(f"{path} is too large: {length} bytes (at most 2**53)")
 
-    info: dict[bytes, Any] = {
-        b"length": length,
+    info.update({
         b"name": name.encode("utf-8"),
         b"piece length": piece_length,
         b"pieces": pieces,
         b"sha256": sha256,
-    }
+    })
     torrent = {
         b"announce": announce.encode("utf-8"),
         b"created by": CREATED_BY.encode("utf-8"),
@@ -177,39 +233,167 @@ def make_torrent(
         sha256=sha256,
         info_hash=hashlib.sha1(bencode(info)).digest(),
         announce_list=tiers,
+        files=files,
     )
     return meta, data
+
+
+def _hash_one_file(path: Path, piece_length: int) -> tuple[int, int, bytes, bytes]:
+    """(length, piece length, pieces, SHA-256) of the single file at *path*."""
+    try:
+        # Checked before opening too: opening a FIFO would block until a writer comes.
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise MetainfoError(f"cannot make a torrent of {path}: not a regular file or a folder")
+        with open(path, "rb") as f:
+            if not _is_regular(f):
+                raise MetainfoError(f"cannot make a torrent of {path}: not a regular file or a folder")
+            if piece_length == 0:
+                piece_length = auto_piece_length(os.fstat(f.fileno()).st_size)
+            hasher = _PieceHasher(piece_length)
+            _hash_file(f, hasher)
+    except OSError as e:
+        raise MetainfoError(f"cannot read {path}: {e.strerror or e}") from None
+    pieces, sha256 = hasher.finish()
+    return hasher.length, piece_length, pieces, sha256
+
+
+def _hash_folder(root: Path, name: str, piece_length: int) -> tuple[tuple[FileEntry, ...], int, int, bytes, bytes]:
+    """(files, total length, piece length, pieces, SHA-256) of the folder at *root*, hashed as one byte string.
+
+    Each file's length is what we actually read, so a file that grows or
+    shrinks while we hash still yields a self-consistent torrent.
+    """
+    found = _list_folder(root, name)
+    if not found:
+        raise MetainfoError(
+            f"cannot make a torrent of {root}: it holds no files (empty folders cannot be part of a torrent)"
+        )
+    if piece_length == 0:
+        piece_length = auto_piece_length(sum(size for _, _, size in found))
+    hasher = _PieceHasher(piece_length)
+    files = []
+    for parts, where, _ in found:
+        try:
+            # O_NOFOLLOW: a link swapped in since we listed the folder is refused, not followed;
+            # O_NONBLOCK: a FIFO swapped in does not block the open (the fstat check refuses it).
+            fd = os.open(where, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except OSError as e:
+            raise MetainfoError(f"cannot read {where}: {e.strerror or e}") from None
+        with open(fd, "rb") as f:
+            if not _is_regular(f):
+                raise MetainfoError(f"cannot make a torrent of {root}: {where} is not a regular file")
+            try:
+                before = hasher.length
+                _hash_file(f, hasher)
+            except OSError as e:
+                raise MetainfoError(f"cannot read {where}: {e.strerror or e}") from None
+        files.append(FileEntry(parts, hasher.length - before))
+    pieces, sha256 = hasher.finish()
+    return tuple(files), hasher.length, piece_length, pieces, sha256
+
+
+def _list_folder(root: Path, name: str) -> list[tuple[tuple[str, ...], Path, int]]:
+    """Every regular file below *root*: (path components, where it is, its size now), in torrent order.
+
+    Refuses links, special files, names :func:`safe_name` refuses and paths
+    :func:`parse` would refuse, each with a message naming the path.
+    """
+    found: list[tuple[tuple[str, ...], Path, int]] = []
+    folders: list[tuple[tuple[str, ...], Path]] = [((), root)]
+    while folders:
+        parts, folder = folders.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+            for entry in entries:
+                where = Path(entry.path)
+                try:
+                    part = safe_name(entry.name)
+                except MetainfoError as e:
+                    raise MetainfoError(f"cannot make a torrent of {root}: {where}: {e}") from None
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode):
+                    raise MetainfoError(
+                        f"cannot make a torrent of {root}: {where} is a symbolic link (links inside a folder are not followed)"
+                    )
+                if stat.S_ISDIR(st.st_mode):
+                    folders.append(((*parts, part), where))
+                elif stat.S_ISREG(st.st_mode):
+                    found.append(((*parts, part), where, st.st_size))
+                    if len(found) > MAX_FILES:
+                        raise MetainfoError(f"cannot make a torrent of {root}: it holds more than {MAX_FILES} files")
+                else:
+                    raise MetainfoError(
+                        f"cannot make a torrent of {root}: {where} is {_special_kind(st.st_mode)}, not a regular file"
+                    )
+        except OSError as e:
+            raise MetainfoError(f"cannot read {folder}: {e.strerror or e}") from None
+    found.sort(key=lambda item: tuple(part.encode("utf-8") for part in item[0]))
+    try:
+        _check_paths(name, [FileEntry(parts, size) for parts, _, size in found])
+    except MetainfoError as e:
+        raise MetainfoError(f"cannot make a torrent of {root}: {e}") from None
+    return found
+
+
+def _special_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "a special file"
 
 
 def _is_regular(f: BinaryIO) -> bool:
     return stat.S_ISREG(os.fstat(f.fileno()).st_mode)
 
 
-def _hash_file(f: BinaryIO, piece_length: int) -> tuple[int, bytes, bytes]:
-    """Stream *f*: (bytes read, concatenated piece SHA-1s, whole-file SHA-256).
+class _PieceHasher:
+    """SHA-1 of each *piece_length* run of the bytes fed, and SHA-256 of them all.
 
-    The length is what we actually read, so a file that grows or shrinks
-    while we hash still yields a self-consistent torrent.
+    Fed file after file, it cuts pieces across file boundaries, as BEP 3's
+    multi-file torrents do.
     """
-    whole = hashlib.sha256()
-    digests: list[bytes] = []
-    length = 0
+
+    def __init__(self, piece_length: int) -> None:
+        self.piece_length = piece_length
+        #: Bytes fed so far.
+        self.length = 0
+        self._whole = hashlib.sha256()
+        self._piece = hashlib.sha1()
+        self._in_piece = 0
+        self._digests: list[bytes] = []
+
+    def update(self, data: bytes) -> None:
+        self._whole.update(data)
+        self.length += len(data)
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.piece_length - self._in_piece)
+            self._piece.update(view[:take])
+            self._in_piece += take
+            view = view[take:]
+            if self._in_piece == self.piece_length:
+                self._digests.append(self._piece.digest())
+                self._piece = hashlib.sha1()
+                self._in_piece = 0
+
+    def finish(self) -> tuple[bytes, bytes]:
+        """(the concatenated piece SHA-1s, the SHA-256 of everything); a shorter last piece counts."""
+        if self._in_piece:
+            self._digests.append(self._piece.digest())
+            self._piece = hashlib.sha1()
+            self._in_piece = 0
+        return b"".join(self._digests), self._whole.digest()
+
+
+def _hash_file(f: BinaryIO, hasher: _PieceHasher) -> None:
+    """Feed *f* to *hasher* up to its end, in blocks (memory stays bounded whatever the piece length)."""
     while True:
-        piece = hashlib.sha1()
-        got = 0
-        while got < piece_length:
-            block = f.read(min(_READ_BLOCK, piece_length - got))
-            if not block:
-                break
-            piece.update(block)
-            whole.update(block)
-            got += len(block)
-        if got:
-            digests.append(piece.digest())
-            length += got
-        if got < piece_length:
-            break
-    return length, b"".join(digests), whole.digest()
+        block = f.read(_READ_BLOCK)
+        if not block:
+            return
+        hasher.update(block)
 
 
 # ---- parsing
@@ -235,18 +419,33 @@ def parse(data: bytes) -> Metainfo:
     announce = _text(_field(top, b"announce", bytes, "announce"), "announce")
     announce_list = _announce_list(top.get(b"announce-list"))
     info = _field(top, b"info", dict, "info")
-    if b"files" in info:
-        raise MetainfoError("multi-file torrents are not supported")
+    if b"pieces" not in info and (b"meta version" in info or b"file tree" in info):
+        raise MetainfoError(
+            "this is a v2-only torrent (BEP 52: a file tree and SHA-256 piece layers, no v1 pieces):"
+            " p2ptorrent reads v1 torrents and hybrid v1+v2 ones"
+        )
     name = safe_name(_text(_field(info, b"name", bytes, "info name"), "info name"))
 
     piece_length = _field(info, b"piece length", int, "info piece length")
     if not 0 < piece_length <= MAX_PIECE_LENGTH:
         raise MetainfoError(f"piece length must be 1 byte to {MAX_PIECE_LENGTH // MIB} MiB, got {piece_length}")
-    length = _field(info, b"length", int, "info length")
-    if length < 0:
-        raise MetainfoError(f"file length must not be negative, got {length}")
-    if length > MAX_LENGTH:
-        raise MetainfoError(f"file length {length} is too large (at most 2**53 bytes)")
+    files: tuple[FileEntry, ...] = ()
+    if b"files" in info:
+        if b"length" in info:
+            raise MetainfoError("torrent info has both a length (one file) and files (a folder)")
+        files = _files(info[b"files"])
+        _check_paths(name, files)
+        length = sum(f.length for f in files)
+        if length > MAX_LENGTH:
+            raise MetainfoError(f"the files of {_show(name)} total {length} bytes, too large (at most 2**53 bytes)")
+        what = f"{length}-byte folder"
+    else:
+        length = _field(info, b"length", int, "info length")
+        if length < 0:
+            raise MetainfoError(f"file length must not be negative, got {length}")
+        if length > MAX_LENGTH:
+            raise MetainfoError(f"file length {length} is too large (at most 2**53 bytes)")
+        what = f"{length}-byte file"
 
     pieces = _field(info, b"pieces", bytes, "info pieces")
     if len(pieces) % SHA1_SIZE:
@@ -254,7 +453,7 @@ def parse(data: bytes) -> Metainfo:
     expected = -(-length // piece_length)
     if len(pieces) // SHA1_SIZE != expected:
         raise MetainfoError(
-            f"torrent lists {len(pieces) // SHA1_SIZE} piece hashes, but a {length}-byte file"
+            f"torrent lists {len(pieces) // SHA1_SIZE} piece hashes, but a {what}"
             f" in {piece_length}-byte pieces has {expected}"
         )
     sha256 = info.get(b"sha256")
@@ -275,7 +474,94 @@ def parse(data: bytes) -> Metainfo:
         sha256=sha256,
         info_hash=hashlib.sha1(encoded_info).digest(),
         announce_list=announce_list,
+        files=files,
     )
+
+
+def _files(raw: Any) -> tuple[FileEntry, ...]:
+    """A multi-file torrent's ``files`` list, each entry's types and names checked (see :func:`_check_paths`)."""
+    if not isinstance(raw, list):
+        raise MetainfoError(f"torrent info files must be a list, got {_kind(raw)}")
+    if not raw:
+        raise MetainfoError("torrent info files is empty: a folder torrent lists at least one file")
+    if len(raw) > MAX_FILES:
+        raise MetainfoError(f"torrent lists {len(raw)} files, more than the {MAX_FILES} p2ptorrent accepts")
+    files = []
+    for i, entry in enumerate(raw):
+        what = f"info files[{i}]"
+        if not isinstance(entry, dict):
+            raise MetainfoError(f"torrent {what} must be a dictionary, got {_kind(entry)}")
+        length = _field(entry, b"length", int, f"{what} length")
+        if length < 0:
+            raise MetainfoError(f"torrent {what} length must not be negative, got {length}")
+        if length > MAX_LENGTH:
+            raise MetainfoError(f"torrent {what} length {length} is too large (at most 2**53 bytes)")
+        raw_path = _field(entry, b"path", list, f"{what} path")
+        if not raw_path:
+            raise MetainfoError(f"torrent {what} path is empty")
+        if len(raw_path) > MAX_PATH_DEPTH + 1:
+            raise MetainfoError(
+                f"torrent {what} path is {len(raw_path)} names long: at most {MAX_PATH_DEPTH} folders deep are accepted"
+            )
+        if not all(isinstance(part, bytes) for part in raw_path):
+            raise MetainfoError(f"torrent {what} path must be a list of names (byte strings)")
+        attr = entry.get(b"attr", b"")
+        if not isinstance(attr, bytes):
+            raise MetainfoError(f"torrent {what} attr must be a byte string, got {_kind(attr)}")
+        parts = []
+        for part in raw_path:
+            try:
+                parts.append(safe_name(_text(part, f"{what} path")))
+            except MetainfoError as e:
+                raise MetainfoError(f"{e} (in {what} path {_show(b'/'.join(raw_path))})") from None
+        # Other BEP 47 attributes are ignored: "x" and "h" are hints, and a link ("l") is never made:
+        # the entry is an ordinary file of its length.
+        files.append(FileEntry(tuple(parts), length, padding=b"p" in attr))
+    return tuple(files)
+
+
+def _check_paths(name: str, files: Sequence[FileEntry]) -> None:
+    """Refuse a file list that cannot be laid out as one tree of distinct files.
+
+    Two paths that differ only in case or Unicode normalization are refused
+    too: macOS and Windows file systems would make them one file, and
+    the download would then overwrite one with the other (found only when
+    pieces fail their checks).  Refusing them everywhere means a torrent is
+    accepted or refused the same way on every system.  Padding files are
+    never written, so they may share paths (libtorrent names several alike).
+    """
+    if len(files) > MAX_FILES:
+        raise MetainfoError(f"torrent lists {len(files)} files, more than the {MAX_FILES} p2ptorrent accepts")
+    keys = []
+    for i, f in enumerate(files):
+        if len(f.path) > MAX_PATH_DEPTH + 1:
+            raise MetainfoError(f"{_show(f.display)} is more than {MAX_PATH_DEPTH} folders deep")
+        size = len(name.encode("utf-8")) + sum(len(part.encode("utf-8")) + 1 for part in f.path)
+        if size > MAX_PATH_BYTES:
+            raise MetainfoError(f"{_show(f.display)} is too long: {size} bytes of path, at most {MAX_PATH_BYTES}")
+        if not f.padding:
+            keys.append((tuple(_fold(part) for part in f.path), i))
+    # In sorted order a duplicate sits next to its twin, and a file that is also a
+    # folder ("a" and "a/b") next to a file below it: one pass over neighbours finds both.
+    keys.sort()
+    for (key, i), (next_key, j) in pairwise(keys):
+        first, second = sorted((files[i].display, files[j].display))
+        if key == next_key:
+            if first == second:
+                raise MetainfoError(f"torrent lists {_show(first)} twice")
+            raise MetainfoError(
+                f"torrent lists {_show(first)} and {_show(second)}: one file on case-insensitive file systems"
+            )
+        if next_key[: len(key)] == key:
+            raise MetainfoError(
+                f"torrent lists {_show(files[i].display)} both as a file and as a folder"
+                f" (of {_show(files[j].display)})"
+            )
+
+
+def _fold(part: str) -> str:
+    """*part* as case- and normalization-insensitive file systems compare names (Unicode caseless matching)."""
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", part).casefold())
 
 
 #: Most tracker URLs an announce-list may hold in all (real torrents carry a handful, public ones a few dozen).
@@ -405,6 +691,56 @@ def target_path(folder: Path, name: str) -> Path:
     try:
         inside = path.resolve().is_relative_to(folder.resolve())
     except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop on older Pythons
+        raise MetainfoError(f"cannot resolve {path}: {e}") from None
+    if not inside:
+        raise MetainfoError(f"refusing to write {path}: it resolves outside {folder}")
+    return path
+
+
+def target_paths(folder: Path, meta: Metainfo) -> tuple[Path | None, ...]:
+    """Where each file of *meta* goes inside *folder*, in torrent order (None: a padding file, never written).
+
+    A single-file torrent gives one path, :func:`target_path`'s.  A folder
+    torrent's files go below ``folder/name``, each checked by
+    :func:`target_file`.
+    """
+    if not meta.is_folder:
+        return (target_path(folder, meta.name),)
+    return tuple(None if f.padding else target_file(folder, (meta.name, *f.path)) for f in meta.files)
+
+
+def target_file(folder: Path, parts: Sequence[str]) -> Path:
+    """Where to write the file at *parts* (folder names, then the file name) inside *folder*.
+
+    Each name must pass :func:`safe_name`.  Below *folder* nothing on the way
+    may be a symbolic link (never followed: whoever planted it would choose
+    where we write), a folder on the way may not exist as a file, and the
+    file may not exist as a folder.  *folder* itself may be a link, as for
+    :func:`target_path`.  This is a check before writing, not a lock: the
+    writer should still open with ``O_NOFOLLOW`` and create folders itself.
+    """
+    folder = Path(folder)
+    if not parts:
+        raise MetainfoError("torrent has an empty file path")
+    path = folder.joinpath(*(safe_name(part) for part in parts))
+    on_the_way = folder
+    for depth, part in enumerate(parts):
+        on_the_way = on_the_way / part
+        try:
+            mode = on_the_way.lstat().st_mode
+        except FileNotFoundError:
+            break  # nothing below a missing name exists, so nothing below can be a link
+        except OSError as e:
+            raise MetainfoError(f"cannot check {on_the_way}: {e.strerror or e}") from None
+        if stat.S_ISLNK(mode):
+            raise MetainfoError(f"refusing to write {path}: {on_the_way} is a symbolic link")
+        if depth < len(parts) - 1 and not stat.S_ISDIR(mode):
+            raise MetainfoError(f"cannot write {path}: {on_the_way} is a file, where the torrent has a folder")
+        if depth == len(parts) - 1 and stat.S_ISDIR(mode):
+            raise MetainfoError(f"cannot write {path}: it is a folder, where the torrent has a file")
+    try:
+        inside = path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError) as e:
         raise MetainfoError(f"cannot resolve {path}: {e}") from None
     if not inside:
         raise MetainfoError(f"refusing to write {path}: it resolves outside {folder}")

@@ -154,8 +154,11 @@ def test_make_streams_and_picks_piece_length(tmp_path: Path) -> None:
 def test_make_refuses_bad_input(tmp_path: Path) -> None:
     with pytest.raises(MetainfoError, match="cannot read .*missing"):
         make_torrent(tmp_path / "missing", ANNOUNCE)
+    with pytest.raises(MetainfoError, match="holds no files"):
+        make_torrent(tmp_path, ANNOUNCE)  # a folder is a multi-file torrent now; an empty one has nothing
+    os.mkfifo(tmp_path / "fifo")
     with pytest.raises(MetainfoError, match="not a regular file"):
-        make_torrent(tmp_path, ANNOUNCE)
+        make_torrent(tmp_path / "fifo", ANNOUNCE)
     with pytest.raises(MetainfoError, match="piece length"):
         make_torrent(write(tmp_path, "f", b"x"), ANNOUNCE, -1)
     with pytest.raises(MetainfoError, match="piece length"):
@@ -220,9 +223,12 @@ def test_refuses_missing_or_mistyped_fields() -> None:
     refused(bencode(torrent_dict(piece_length=None)), "no info piece length")
 
 
-def test_refuses_multi_file() -> None:
-    d = torrent_dict(length=None, files=[{b"length": 1, b"path": [b"a"]}])
-    assert refused(bencode(d)) == "multi-file torrents are not supported"
+def test_reads_multi_file() -> None:
+    """Multi-file torrents used to be refused here; they are parsed now (tests/test_metainfo_folders.py)."""
+    d = torrent_dict(length=None, pieces=b"\x01" * 20, files=[{b"length": 1, b"path": [b"a"]}])
+    meta = parse(bencode(d))
+    assert meta.is_folder and meta.length == 1 and meta.files[0].path == ("a",)
+    refused(bencode(torrent_dict(files=[{b"length": 1, b"path": [b"a"]}])), "both a length (one file) and files")
 
 
 def test_refuses_non_utf8() -> None:
