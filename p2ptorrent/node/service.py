@@ -51,7 +51,9 @@ from p2ptorrent.node.session import where
 from p2ptorrent.node.protocol import NodeProtocol
 from p2ptorrent.node import udpport
 from p2ptorrent.node.serving import Seeder
-from p2ptorrent.node.storage import INCOMPLETE, Interrupted, PartFile, ResumeReport, StorageError, file_matches, unfinished
+from p2ptorrent.node.storage import (
+    INCOMPLETE, Interrupted, PartFile, ResumeReport, StorageError, file_matches, single_file, unfinished,
+)
 from p2ptorrent.node.outbox import OUTBOX_FILE, Outbox
 from p2ptorrent.node.tracker_client import HeartbeatService, TrackerClient, TrackerRefused
 from p2ptorrent.atomicfile import atomic_write
@@ -498,7 +500,7 @@ class Node(FolderDaemon):
             return
         for ih, entry in entries.items() if isinstance(entries, dict) else ():
             try:
-                meta = read_torrent(entry["torrent"])
+                meta = single_file(read_torrent(entry["torrent"]), "shares")
                 path = Path(entry["path"])
                 if meta.info_hash.hex() != ih or path.stat().st_size != meta.length:
                     raise MetainfoError("the file or its torrent changed")
@@ -537,9 +539,15 @@ class Node(FolderDaemon):
 
     def _resolve(self, text: str) -> Path:
         raw = Path(text).expanduser()
+        folder = None
         for path in ([raw] if raw.is_absolute() else [self.folder / raw, raw]):
             if path.is_file():
                 return path
+            if folder is None and path.is_dir():
+                folder = path
+        if folder is not None:
+            # make_torrent could hash it, but the node cannot serve a folder's files yet (see storage.single_file).
+            raise CommandFailed(f"{folder} is a folder (it would be a multi-file torrent): this version shares single files only")
         raise CommandFailed(f"no such file: {text} (looked in {self.folder} and the current folder)")
 
     def _unfinished_area(self, path: Path) -> bool:
@@ -555,6 +563,7 @@ class Node(FolderDaemon):
     async def _download(self, torrent_path: str, progress: Callable[[dict[str, Any]], None]) -> str:
         try:
             meta, torrent = read_torrent_file(torrent_path)
+            single_file(meta)
             final = target_path(self.folder, meta.name)
         except MetainfoError as e:
             raise CommandFailed(str(e)) from None

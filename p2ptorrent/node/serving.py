@@ -62,6 +62,7 @@ from twisted.logger import Logger
 from p2ptorrent import wire
 from p2ptorrent.config import Config
 from p2ptorrent.metainfo import Metainfo
+from p2ptorrent.node.storage import single_file
 
 #: INFO answers a second to one address, and how many it may save up: a
 #: download sends one INFO per owner (three tries at most), so this is
@@ -201,6 +202,7 @@ class Seeder:
         )
 
     def add(self, meta: Metainfo, path: Path) -> SharedFile:
+        single_file(meta, "shares")  # one path, one file descriptor: a folder would serve the wrong bytes
         old = self.files.get(meta.info_hash)
         if old is not None and old.path == path and old.complete:
             return old
@@ -217,6 +219,7 @@ class Seeder:
 
     def add_partial(self, meta: Metainfo, path: Path, have: bytearray) -> SharedFile:
         """Share a file still downloading: only the pieces *have* marks (it grows as they are written)."""
+        single_file(meta, "shares")
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         old = self.files.get(meta.info_hash)
         if old is not None:

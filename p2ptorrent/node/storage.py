@@ -116,6 +116,21 @@ def _why(e: OSError) -> str:
     return f"{text} ({symbol})" if symbol else text
 
 
+def single_file(meta: Metainfo, doing: str = "downloads") -> Metainfo:
+    """*meta*, if this node can store and serve it; a folder torrent raises MetainfoError saying why.
+
+    Folders (multi-file torrents) are parsed (p2ptorrent.metainfo) and mapped to
+    their files (p2ptorrent.filemap), but the part file, the record, resuming
+    and serving here all assume one file: until they are wired to a file map,
+    every place a node takes a torrent in refuses a folder, before it writes anything.
+    """
+    if meta.is_folder:
+        raise MetainfoError(
+            f"{meta.name} is a folder (multi-file torrent, {len(meta.files)} files): this version {doing} single files only"
+        )
+    return meta
+
+
 def record_path(folder: Path, info_hash: bytes) -> Path:
     """The record of verified pieces for *info_hash* in node folder *folder*."""
     return Path(folder) / INCOMPLETE / f"{info_hash.hex()}.have"
@@ -146,7 +161,7 @@ def read_record(path: Path, meta: Metainfo) -> list[int] | None:
 
 class PartFile:
     def __init__(self, folder: Path, meta: Metainfo, torrent: bytes | None = None) -> None:
-        self.meta = meta
+        self.meta = single_file(meta)
         self.final = target_path(folder, meta.name)
         incomplete = Path(folder) / INCOMPLETE
         self.path = incomplete / f"{meta.info_hash.hex()}.part"
@@ -487,7 +502,7 @@ def unfinished(folder: Path) -> tuple[list[Unfinished], list[str]]:
         try:
             with open(path, "rb") as f:
                 data = f.read(MAX_TORRENT_SIZE + 1)
-            meta = parse(data)
+            meta = single_file(parse(data), "resumes")
         except OSError as e:
             skipped.append(f"cannot read {path}: {_why(e)}")
             continue
