@@ -550,7 +550,8 @@ def _check_paths(name: str, files: Sequence[FileEntry]) -> None:
             if first == second:
                 raise MetainfoError(f"torrent lists {_show(first)} twice")
             raise MetainfoError(
-                f"torrent lists {_show(first)} and {_show(second)}: one file on case-insensitive file systems"
+                f"torrent lists {_show(first)} and {_show(second)}: names that differ only in case or Unicode"
+                " normalization are one file on case-insensitive file systems"
             )
         if next_key[: len(key)] == key:
             raise MetainfoError(

@@ -40,12 +40,14 @@ def test_refuses_out_of_range() -> None:
         FileMap([True])
 
 
+def meta(length: int, files: tuple[FileEntry, ...] = ()) -> Metainfo:
+    return Metainfo(announce="http://x", name="n", length=length, piece_length=4, pieces=b"\0" * 60, sha256=None,
+                    info_hash=b"\0" * 20, files=files)
+
+
 def test_of_metainfo() -> None:
-    common = dict(announce="http://x", name="n", piece_length=4, pieces=b"\0" * 60, sha256=None, info_hash=b"\0" * 20)
-    single = Metainfo(length=10, **common)  # type: ignore[arg-type]
-    assert FileMap.of(single).segments(2, 8) == [Segment(0, 2, 8)]
-    folder = Metainfo(length=10, files=(FileEntry(("a",), 6), FileEntry(("b", "c"), 0), FileEntry(("d",), 4)),
-                      **common)  # type: ignore[arg-type]
+    assert FileMap.of(meta(10)).segments(2, 8) == [Segment(0, 2, 8)]
+    folder = meta(10, (FileEntry(("a",), 6), FileEntry(("b", "c"), 0), FileEntry(("d",), 4)))
     assert FileMap.of(folder).segments(4, 4) == [Segment(0, 4, 2), Segment(2, 0, 2)]
     assert FileMap([]).total == 0 and FileMap([]).segments(0, 0) == []
 
