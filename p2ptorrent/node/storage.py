@@ -125,8 +125,9 @@ def single_file(meta: Metainfo, doing: str = "downloads") -> Metainfo:
     every place a node takes a torrent in refuses a folder, before it writes anything.
     """
     if meta.is_folder:
+        count = sum(not f.padding for f in meta.files)  # padding files are never on disk: not the user's files
         raise MetainfoError(
-            f"{meta.name} is a folder (multi-file torrent, {len(meta.files)} files): this version {doing} single files only"
+            f"{meta.name} is a folder (multi-file torrent, {count} files): this version {doing} single files only"
         )
     return meta
 
