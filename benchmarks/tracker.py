@@ -4,6 +4,7 @@
     python benchmarks/tracker.py                    # 1000, 10000 and 100000 nodes
     python benchmarks/tracker.py --nodes 100000 --no-json --stores sqlite,redis2
     python benchmarks/tracker.py --nodes 200 --seconds 1 --no-json     # about the smoke test
+    python benchmarks/tracker.py --bep              # BitTorrent clients only: BEP 3 over HTTP, BEP 15 over UDP
 
 Issue 13, item 7.  The same measurements run for each store (--stores, default
 all three of the first):
@@ -87,6 +88,28 @@ when it is SIGKILLed; the work folder is removed on every exit but a SIGKILL.
 They run this checkout's code (its folder first on PYTHONPATH).  Figures
 depend on the machine and whatever else runs on it: the load average is
 printed with them.  --save FILE writes every figure as JSON.
+
+BitTorrent clients (--bep, run alone; issue 14).  One tracker (SQLite store,
+no nodes), pinned as above, and opentracker's common benchmark load: --bep-peers
+(100k) peers in --bep-swarms (1,000) swarms, peer i in swarm i mod 1,000, first
+loaded (each announces `started` once, over 64 connections), then for --seconds
+each, closed loop, every request a random peer of the population (so a random
+swarm and peer id) with compact=1, numwant=50 and a random left (half 0):
+
+- BEP 3 announces/s over HTTP at 1 and at 64 connections, then the trivial
+  Klein app, just after on the same core, answering the same GETs sent to `/`
+  (like for like: the same request bytes, a fixed body): the ratio, and the CPU
+  per request of each (psutil) and its ratio, beside the target (>= 0.8x);
+- BEP 15 announces/s over UDP, if the tracker answers a connect at its HTTP
+  port number (TRACKER_UDP_PORT 0, the default), from an asyncio client in this
+  process: a connect, then 1 and 64 announces in flight (a lost datagram is
+  replaced after 1 s, an unknown transaction id dropped), beside the target
+  (>= 15,000/s on one core).  A tracker that answers nothing there gets
+  "UDP: not offered by this tracker", and the run goes on.
+
+The figures opentracker and bittorrent-tracker reached on this kind of machine
+(the ANCHORS notes, same load) are printed beside ours as references, not
+measured in the run.
 
 Exit status: 0 every phase ran (targets missed or not), 1 a phase failed, 2 bad usage.
 """
@@ -1141,7 +1164,10 @@ def bep_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
              + (f" ({u['error']})" if u["errors"] else ""), ""),
             ("  peers per answer", fmt(u["peers_per_answer"]), f"numwant {BEP_NUMWANT}"),
             ("  CPU ms per announce: tracker", fmt(cpu_ms(cpu, "tracker", u["rate"]), 3), ""),
-            ("  CPU % tracker / load generator", f"{fmt(cpu['tracker'], 0)} / {fmt(cpu['load generator'], 0)}", ""),
+            ("  CPU % tracker / load generator / cores",
+             f"{fmt(cpu['tracker'], 0)} / {fmt(cpu['load generator'], 0)} / "
+             + " / ".join(fmt(v, 0) for k, v in sorted(cpu.items()) if k.startswith("cpu")), ""),
+            ("  bound", bound(cpu, r["pins"]), ""),
         ]
     return rows
 
