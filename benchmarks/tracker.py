@@ -1294,13 +1294,14 @@ def others(cpu: dict[str, float]) -> float:
 
 
 def bound(cpu: dict[str, float], pins: dict[str, int | None]) -> str:
-    """A reading of the CPU figures: what limited the rate (a process near 100% of its core, a tracker's core
-    busy with other work too, or every core busy)."""
+    """A reading of the CPU figures: what limited the rate (a process near 100% of its core, a tracker's or the
+    load generator's core busy with other work too, or every core busy)."""
     cores = [v for k, v in cpu.items() if k.startswith("cpu")]
     procs = {k: v for k, v in cpu.items() if not k.startswith("cpu")}
     busiest, most = max(procs.items(), key=lambda kv: kv[1])
-    starved = [f"{k.split()[-1] if ' ' in k else k} {v:.0f}% of cpu{pins.get(k)} {cpu.get(f'cpu{pins.get(k)}', 0):.0f}%"
-               for k, v in procs.items() if k.startswith("tracker") and v < 85 and pins.get(k) is not None
+    starved = [f"{k.split()[-1] if k.startswith('tracker ') else k} {v:.0f}% of cpu{pins.get(k)} {cpu.get(f'cpu{pins.get(k)}', 0):.0f}%"
+               for k, v in procs.items() if (k.startswith("tracker") or k == "load generator") and v < 85
+               and pins.get(k) is not None
                and cpu.get(f"cpu{pins.get(k)}", 0) >= 90]
     if starved and most < 85:
         return "shared: " + ", ".join(starved)
