@@ -71,12 +71,11 @@ def session(lt: Any) -> Any:
         # libtorrent's SSRF mitigation refuses trackers on loopback unless their path is /announce:
         # ours is, so the default (on) stays.
         "alert_mask": int(lt.alert_category.status | lt.alert_category.error | lt.alert_category.tracker),
-        # Announce at once when added (no startup delay from the auto-manager).
-        "auto_manage_startup": 0,
     })
 
 
 def add(lt: Any, ses: Any, torrent: Path, save: Path) -> Any:
+    """The torrent started at once (not auto-managed: no queueing decides when it announces)."""
     params = lt.add_torrent_params()
     params.ti = lt.torrent_info(str(torrent))
     params.save_path = str(save)
