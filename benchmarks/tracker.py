@@ -4,6 +4,7 @@
     python benchmarks/tracker.py                    # 1000, 10000 and 100000 nodes
     python benchmarks/tracker.py --nodes 100000 --no-json --stores sqlite,redis2
     python benchmarks/tracker.py --nodes 200 --seconds 1 --no-json     # about the smoke test
+    python benchmarks/tracker.py --bep              # BitTorrent clients only: BEP 3 over HTTP, BEP 15 over UDP
 
 Issue 13, item 7.  The same measurements run for each store (--stores, default
 all three of the first):
@@ -88,6 +89,28 @@ They run this checkout's code (its folder first on PYTHONPATH).  Figures
 depend on the machine and whatever else runs on it: the load average is
 printed with them.  --save FILE writes every figure as JSON.
 
+BitTorrent clients (--bep, run alone; issue 14).  One tracker (SQLite store,
+no nodes), pinned as above, and opentracker's common benchmark load: --bep-peers
+(100k) peers in --bep-swarms (1,000) swarms, peer i in swarm i mod 1,000, first
+loaded (each announces `started` once, over 64 connections), then for --seconds
+each, closed loop, every request a random peer of the population (so a random
+swarm and peer id) with compact=1, numwant=50 and a random left (half 0):
+
+- BEP 3 announces/s over HTTP at 1 and at 64 connections, then the trivial
+  Klein app, just after on the same core, answering the same GETs sent to `/`
+  (like for like: the same request bytes, a fixed body): the ratio, and the CPU
+  per request of each (psutil) and its ratio, beside the target (>= 0.8x);
+- BEP 15 announces/s over UDP, if the tracker answers a connect at its HTTP
+  port number (TRACKER_UDP_PORT 0, the default), from an asyncio client in this
+  process: a connect, then 1 and 64 announces in flight (a lost datagram is
+  replaced after 1 s, an unknown transaction id dropped), beside the target
+  (>= 15,000/s on one core).  A tracker that answers nothing there gets
+  "UDP: not offered by this tracker", and the run goes on.
+
+The figures opentracker and bittorrent-tracker reached on this kind of machine
+(the ANCHORS notes, same load) are printed beside ours as references, not
+measured in the run.
+
 Exit status: 0 every phase ran (targets missed or not), 1 a phase failed, 2 bad usage.
 """
 
@@ -96,11 +119,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -108,6 +134,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
+from urllib.parse import quote_from_bytes
 
 import psutil
 
@@ -801,6 +828,359 @@ def trivial_rate(procs: Procs, seconds: float, cpus: Sequence[int | None]) -> tu
         procs.end(*started)
 
 
+# ---- BitTorrent clients (--bep): BEP 3 announces over HTTP, BEP 15 announces over UDP
+
+#: opentracker's common benchmark load: 100k peers in 1,000 swarms, compact answers of 50 peers.
+BEP_PEERS = 100_000
+BEP_SWARMS = 1000
+BEP_NUMWANT = 50
+#: Distinct announces prepared before the clock starts (drawn at random from the population), sent in turn.
+BEP_POOL = 20_000
+TARGET_BEP_RATIO = 0.8
+TARGET_UDP_RATE = 15_000.0
+#: BEP 15: the connect request's magic, and the actions.
+UDP_PROTOCOL_ID = 0x41727101980
+UDP_CONNECT, UDP_ANNOUNCE, UDP_ERROR = 0, 1, 3
+#: Seconds before an unanswered datagram counts as lost and the next is sent (loopback: lost = a full buffer).
+UDP_TIMEOUT = 1.0
+#: A connection id may be used for a minute (BEP 15): a UDP run is at most this long, with a fresh id each.
+UDP_MAX_SECONDS = 50.0
+#: What the ANCHORS measured on this kind of machine (same load model, one core serving), printed beside ours.
+BEP_REFERENCE = {
+    "http1": "opentracker 7.0k, bittorrent-tracker 2.6k",
+    "http64": "opentracker 12.3k, bittorrent-tracker 3.9k",
+    "udp1": "opentracker 18.9k, bittorrent-tracker 2.6k",
+    "udp64": "opentracker 59k, bittorrent-tracker 4.2k",
+}
+
+
+def bep_info_hash(swarm: int) -> bytes:
+    return hashlib.sha1(b"benchmark swarm %d" % swarm).digest()
+
+
+def bep_peer_id(i: int) -> bytes:
+    return b"-BN0001-" + b"%012d" % i
+
+
+def bep_port(i: int) -> int:
+    return 1024 + i % 60000
+
+
+def bep_get(path: str, i: int, swarms: int, left: int, event: str = "") -> bytes:
+    """``GET path?<a BEP 3 announce of peer i>``, as a client sends it (binary fields percent-encoded)."""
+    query = (f"info_hash={quote_from_bytes(bep_info_hash(i % swarms), safe='')}"
+             f"&peer_id={quote_from_bytes(bep_peer_id(i), safe='')}&port={bep_port(i)}&uploaded=0&downloaded=0"
+             f"&left={left}&compact=1&numwant={BEP_NUMWANT}" + (f"&event={event}" if event else ""))
+    return f"GET {path}?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+
+
+def bep_draws(peers: int, count: int, seed: int = 15) -> list[tuple[int, int]]:
+    """(peer, left) of *count* announces: each a random peer of the population (so a random swarm and peer
+    id), *left* random (half of them 0: seeds)."""
+    rng = random.Random(seed)
+    return [(rng.randrange(peers), rng.choice((0, rng.randrange(1, 2**32)))) for _ in range(count)]
+
+
+def check_announce(status: int, body: bytes) -> None:
+    if status != 200 or body.startswith(b"d14:failure reason"):
+        raise HTTPError(f"announce answered {status} {body[:200]!r}")
+
+
+async def bep_populate(port: int, peers: int, swarms: int) -> float:
+    """Every peer announces `started` once (over CONNS connections, in the order 0..peers-1): seconds taken."""
+    todo = iter(range(peers))
+    cs = await conns([port], CONNS)
+
+    async def worker(c: Conn) -> None:
+        for i in todo:
+            check_announce(*await c.call(raw=bep_get("/announce", i, swarms, (i % 2) * 2**20, "started")))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in cs))
+    for c in cs:
+        c.close()
+    return time.perf_counter() - t0
+
+
+async def closed_loop_raw(port: int, requests: Sequence[bytes], seconds: float, nconns: int,
+                          check: Callable[[int, bytes], None]) -> float:
+    """Requests per second over *nconns* connections sending *requests* in turn, each the next as soon as
+    answered; *check* judges each answer."""
+    cs = await conns([port], nconns)
+    count = [0]
+    t0 = time.perf_counter()
+
+    async def worker(k: int, c: Conn) -> None:
+        i = k
+        while time.perf_counter() - t0 < seconds:
+            check(*await c.call(raw=requests[i % len(requests)]))
+            count[0] += 1
+            i += nconns
+
+    await asyncio.gather(*(worker(k, c) for k, c in enumerate(cs)))
+    elapsed = time.perf_counter() - t0
+    for c in cs:
+        c.close()
+    return count[0] / elapsed
+
+
+def check_trivial(status: int, body: bytes) -> None:
+    if status != 200:
+        raise HTTPError(f"the trivial app answered {status} {body[:200]!r}")
+
+
+def udp_connect(port: int, tries: int = 3) -> bytes | None:
+    """A BEP 15 connection id from the UDP tracker at 127.0.0.1:*port* (good for this socket only), or None
+    when nothing answers there (no UDP tracker: an ICMP port unreachable, or silence for *tries* seconds)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(("127.0.0.1", port))
+        sock.settimeout(1.0)
+        for tid in range(1, tries + 1):
+            try:
+                sock.send(struct.pack(">QII", UDP_PROTOCOL_ID, UDP_CONNECT, tid))
+                data = sock.recv(2048)
+            except ConnectionRefusedError:
+                return None
+            except socket.timeout:
+                continue
+            if len(data) >= 16 and struct.unpack(">II", data[:8]) == (UDP_CONNECT, tid):
+                return data[8:16]
+            if len(data) >= 8 and struct.unpack(">I", data[:4])[0] == UDP_ERROR:
+                raise RuntimeError(f"UDP connect refused: {data[8:200]!r}")
+    return None
+
+
+def udp_tail(i: int, swarms: int, left: int) -> bytes:
+    """The part of a BEP 15 announce after connection id, action and transaction id."""
+    return struct.pack(">20s20sQQQIIIiH", bep_info_hash(i % swarms), bep_peer_id(i), 0, left, 0,
+                       0, 0, i & 0xFFFFFFFF, BEP_NUMWANT, bep_port(i))  # event none, IP 0 (the source's), key
+
+
+class UdpAnnouncer(asyncio.DatagramProtocol):
+    """A BEP 15 client on one socket: a connect, then *window* announces in flight for *seconds*, each answer
+    followed by the next.  Answers are matched by transaction id, unknown ids (a late answer to one counted
+    lost) dropped; a datagram unanswered after UDP_TIMEOUT counts as lost and is replaced.  The connection id
+    is asked for on the socket that announces: a tracker may tie it to the client's address and port."""
+
+    def __init__(self, tails: Sequence[bytes], window: int, seconds: float) -> None:
+        self.tails = tails
+        self.window = window
+        self.seconds = seconds
+        self.head = b""  # connection id + action, once connected
+        self.pending: dict[int, float] = {}
+        self.seq = 0
+        self.connects = 0
+        self.answered = self.lost = self.errors = self.peers = 0
+        self.error: bytes = b""
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.DatagramTransport | None = None
+        self.t0 = self.last = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self._connect()
+        asyncio.get_running_loop().call_later(UDP_TIMEOUT / 4, self._expire)
+
+    def _tid(self) -> int:
+        self.seq = (self.seq + 1) & 0xFFFFFFFF
+        self.pending[self.seq] = time.perf_counter()
+        return self.seq
+
+    def _connect(self) -> None:
+        assert self.transport is not None
+        self.connects += 1
+        if self.connects > 3:
+            self._finish(RuntimeError("no answer to 3 UDP connect requests"))
+            return
+        self.transport.sendto(struct.pack(">QII", UDP_PROTOCOL_ID, UDP_CONNECT, self._tid()))
+
+    def _send(self) -> None:
+        assert self.transport is not None
+        tid = self._tid()
+        self.transport.sendto(self.head + tid.to_bytes(4, "big") + self.tails[tid % len(self.tails)])
+
+    def _next(self) -> None:
+        if time.perf_counter() - self.t0 < self.seconds:
+            self._send()
+        elif not self.pending:
+            self._finish(None)
+
+    def _finish(self, error: Exception | None) -> None:
+        if not self.done.done():
+            if error is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(error)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if len(data) < 8:
+            return
+        action, tid = struct.unpack(">II", data[:8])
+        if self.pending.pop(tid, None) is None:
+            return
+        if not self.head:
+            if action != UDP_CONNECT or len(data) < 16:
+                self._finish(RuntimeError(f"UDP connect answered {data[:200]!r}"))
+                return
+            self.head = data[8:16] + UDP_ANNOUNCE.to_bytes(4, "big")
+            self.t0 = self.last = time.perf_counter()
+            for _ in range(self.window):
+                self._send()
+            return
+        self.last = time.perf_counter()
+        if action == UDP_ANNOUNCE and len(data) >= 20:
+            self.answered += 1
+            self.peers += (len(data) - 20) // 6
+        else:
+            self.errors += 1
+            self.error = data[8:200]
+        self._next()
+
+    def error_received(self, exc: Exception) -> None:
+        self.error = str(exc).encode()
+
+    def _expire(self) -> None:
+        now = time.perf_counter()
+        for tid in [t for t, sent in self.pending.items() if now - sent > UDP_TIMEOUT]:
+            del self.pending[tid]
+            if not self.head:
+                self._connect()
+                continue
+            self.lost += 1
+            self._next()
+        if not self.done.done():
+            asyncio.get_running_loop().call_later(UDP_TIMEOUT / 4, self._expire)
+
+
+async def udp_load(port: int, tails: Sequence[bytes], window: int, seconds: float) -> dict[str, Any]:
+    """Announces of *window* in flight from one socket (see :class:`UdpAnnouncer`) for *seconds*."""
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_datagram_endpoint(
+        lambda: UdpAnnouncer(tails, window, seconds), remote_addr=("127.0.0.1", port))
+    try:
+        await asyncio.wait_for(proto.done, seconds + 10 * UDP_TIMEOUT)
+    finally:
+        transport.close()
+    elapsed = proto.last - proto.t0
+    return {"rate": proto.answered / elapsed if elapsed > 0 else float("nan"), "answered": proto.answered,
+            "lost": proto.lost, "errors": proto.errors, "error": proto.error.decode("utf-8", "replace"),
+            "peers_per_answer": proto.peers / proto.answered if proto.answered else float("nan")}
+
+
+def run_bep(args: argparse.Namespace, work: Path, procs: Procs, cpus: Sequence[int]) -> dict[str, Any]:
+    """The BitTorrent phase: one tracker (SQLite store, no nodes), the population loaded, then announces at
+    1 and CONNS connections (HTTP) and windows of 1 and CONNS datagrams (UDP, when offered); the trivial
+    Klein app just after, pinned alike, answering the same GETs at ``/``."""
+    peers, swarms, seconds = args.bep_peers, args.bep_swarms, args.seconds
+    tag = f"[bep {peers}]"
+    top = work / f"bep-{peers}"
+    top.mkdir()
+    pin = Pinning.plan(cpus, 1)
+    if pin.generator is not None:
+        os.sched_setaffinity(0, {pin.generator})
+    res: dict[str, Any] = {"peers": peers, "swarms": swarms, "seconds": seconds,
+                           "pinning": f"tracker cpu {pin.trackers[0]}, load generator cpu {pin.generator}",
+                           "pins": {"tracker": pin.trackers[0], "load generator": pin.generator}}
+    port = free_port()
+    tracker = procs.start("tracker-bep", tracker_argv(port, top, "sqlite", ["--tracker-interval", "86400"]),
+                          pin.trackers[0])
+    procs.wait_listening(tracker, port, "tracker-bep")
+    asyncio.run(wait_ready([port]))
+    print(f"{tag} tracker {tracker.pid} on port {port} ({res['pinning']}): {peers:,} peers announce", flush=True)
+    res["populate_s"] = asyncio.run(bep_populate(port, peers, swarms))
+    res["rss_loaded"] = rss_mib(tracker.pid)
+    draws = bep_draws(peers, min(BEP_POOL, max(1000, peers)))
+    announces = [bep_get("/announce", i, swarms, left) for i, left in draws]
+    watched = {"tracker": tracker.pid, "load generator": os.getpid()}
+    for nconns in (1, CONNS):
+        print(f"{tag} HTTP announces at {nconns} connection(s)", flush=True)
+        meter = CpuMeter(watched).start()
+        res[f"http{nconns}"] = asyncio.run(closed_loop_raw(port, announces, seconds, nconns, check_announce))
+        res[f"cpu_http{nconns}"] = meter.stop()
+    # The UDP tracker, if any, is at the HTTP port number (TRACKER_UDP_PORT's default, 0).
+    res["udp"] = udp_connect(port) is not None
+    if res["udp"]:
+        tails = [udp_tail(i, swarms, left) for i, left in draws]
+        for window in (1, CONNS):
+            print(f"{tag} UDP announces, {window} in flight", flush=True)
+            meter = CpuMeter(watched).start()
+            # A connection id is good for a minute: each run connects afresh, and runs at most UDP_MAX_SECONDS.
+            res[f"udp{window}"] = asyncio.run(udp_load(port, tails, window, min(seconds, UDP_MAX_SECONDS)))
+            res[f"cpu_udp{window}"] = meter.stop()
+    else:
+        print("UDP: not offered by this tracker", flush=True)
+    res["rss_end"] = rss_mib(tracker.pid)
+    procs.check_alive(tracker, "tracker-bep")
+    procs.end(tracker)
+    # Just after, on the tracker's core: the same GETs at "/" (Klein routes them, the query is parsed and unused).
+    trivial_gets = [bep_get("/", i, swarms, left) for i, left in draws]
+    app_port = free_port()
+    app = procs.start("trivial-bep", [sys.executable, str(Path(__file__).resolve()), "--serve-trivial", str(app_port)],
+                      pin.trackers[0])
+    try:
+        procs.wait_listening(app, app_port, "trivial-bep")
+        for nconns in (1, CONNS):
+            print(f"{tag} trivial Klein app at {nconns} connection(s)", flush=True)
+            meter = CpuMeter({"app": app.pid, "load generator": os.getpid()}).start()
+            res[f"trivial{nconns}"] = asyncio.run(closed_loop_raw(app_port, trivial_gets, seconds, nconns, check_trivial))
+            res[f"cpu_trivial{nconns}"] = meter.stop()
+    finally:
+        procs.end(app)
+    return res
+
+
+def bep_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = [(f"{r['peers']:,} peers in {r['swarms']:,} swarms announced (started), s", fmt(r["populate_s"], 2), ""),
+            ("  announces/s meanwhile, 64 conns", fmt(r["peers"] / r["populate_s"], 0), ""),
+            ("tracker RSS loaded / end, MiB", f"{fmt(r['rss_loaded'])} / {fmt(r['rss_end'])}", "")]
+    for nconns in (1, CONNS):
+        rate, trivial = r[f"http{nconns}"], r[f"trivial{nconns}"]
+        cpu, cpu_trivial = r[f"cpu_http{nconns}"], r[f"cpu_trivial{nconns}"]
+        per, per_trivial = cpu_ms(cpu, "tracker", rate), cpu_ms(cpu_trivial, "app", trivial)
+        rows += [
+            (f"HTTP announces/s at {nconns} conn{'s' if nconns > 1 else ''}", fmt(rate, 0),
+             f"({BEP_REFERENCE[f'http{nconns}']}, ANCHORS)"),
+            ("  trivial Klein app just after, same GETs at /, req/s", fmt(trivial, 0), ""),
+            ("  / trivial Klein app", f"{fmt(rate / trivial if trivial else float('nan'), 2)}x",
+             f">= {TARGET_BEP_RATIO}x"),
+            ("  CPU ms per request: tracker / trivial", f"{fmt(per, 3)} / {fmt(per_trivial, 3)}", ""),
+            ("  / trivial Klein app by CPU per request", f"{fmt(per_trivial / per if per else float('nan'), 2)}x",
+             f">= {TARGET_BEP_RATIO}x"),
+            ("  CPU % tracker / load generator / cores",
+             f"{fmt(cpu['tracker'], 0)} / {fmt(cpu['load generator'], 0)} / "
+             + " / ".join(fmt(v, 0) for k, v in sorted(cpu.items()) if k.startswith("cpu")), ""),
+            ("  bound", bound(cpu, r["pins"]), ""),
+        ]
+    if not r["udp"]:
+        rows.append(("UDP (BEP 15) announces/s", "not offered by this tracker", f">= {TARGET_UDP_RATE:,.0f}/s on one core"))
+        return rows
+    for window in (1, CONNS):
+        u, cpu = r[f"udp{window}"], r[f"cpu_udp{window}"]
+        rows += [
+            (f"UDP (BEP 15) announces/s, {window} in flight", fmt(u["rate"], 0),
+             f">= {TARGET_UDP_RATE:,.0f}/s on one core ({BEP_REFERENCE[f'udp{window}']}, ANCHORS)"),
+            ("  answered / lost / errors", f"{u['answered']:,} / {u['lost']:,} / {u['errors']:,}"
+             + (f" ({u['error']})" if u["errors"] else ""), ""),
+            ("  peers per answer", fmt(u["peers_per_answer"]), f"numwant {BEP_NUMWANT}"),
+            ("  CPU ms per announce: tracker", fmt(cpu_ms(cpu, "tracker", u["rate"]), 3), ""),
+            ("  CPU % tracker / load generator / cores",
+             f"{fmt(cpu['tracker'], 0)} / {fmt(cpu['load generator'], 0)} / "
+             + " / ".join(fmt(v, 0) for k, v in sorted(cpu.items()) if k.startswith("cpu")), ""),
+            ("  bound", bound(cpu, r["pins"]), ""),
+        ]
+    return rows
+
+
+def print_rows(rows: Sequence[tuple[str, str, str]]) -> None:
+    table = [("figure", "value", "target / reference"), *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for k, row in enumerate(table):
+        print(f"{row[0].ljust(widths[0])}  {row[1].rjust(widths[1])}  {row[2]}".rstrip())
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+
+
 # ---- the table
 
 def fmt(x: Any, digits: int = 1) -> str:
@@ -914,13 +1294,14 @@ def others(cpu: dict[str, float]) -> float:
 
 
 def bound(cpu: dict[str, float], pins: dict[str, int | None]) -> str:
-    """A reading of the CPU figures: what limited the rate (a process near 100% of its core, a tracker's core
-    busy with other work too, or every core busy)."""
+    """A reading of the CPU figures: what limited the rate (a process near 100% of its core, a tracker's or the
+    load generator's core busy with other work too, or every core busy)."""
     cores = [v for k, v in cpu.items() if k.startswith("cpu")]
     procs = {k: v for k, v in cpu.items() if not k.startswith("cpu")}
     busiest, most = max(procs.items(), key=lambda kv: kv[1])
-    starved = [f"{k.split()[-1] if ' ' in k else k} {v:.0f}% of cpu{pins.get(k)} {cpu.get(f'cpu{pins.get(k)}', 0):.0f}%"
-               for k, v in procs.items() if k.startswith("tracker") and v < 85 and pins.get(k) is not None
+    starved = [f"{k.split()[-1] if k.startswith('tracker ') else k} {v:.0f}% of cpu{pins.get(k)} {cpu.get(f'cpu{pins.get(k)}', 0):.0f}%"
+               for k, v in procs.items() if (k.startswith("tracker") or k == "load generator") and v < 85
+               and pins.get(k) is not None
                and cpu.get(f"cpu{pins.get(k)}", 0) >= 90]
     if starved and most < 85:
         return "shared: " + ", ".join(starved)
@@ -1022,11 +1403,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work folder (databases, logs)")
     parser.add_argument("--workdir", type=Path, default=None, help="make the work folder inside this one (default: /tmp)")
     parser.add_argument("--save", type=Path, default=None, help="also write every figure to this JSON file")
+    parser.add_argument("--bep", action="store_true",
+                        help="only the BitTorrent phase: BEP 3 announces over HTTP, BEP 15 over UDP (when offered)")
+    parser.add_argument("--bep-peers", type=int, default=BEP_PEERS, help=f"BitTorrent peers loaded (default {BEP_PEERS})")
+    parser.add_argument("--bep-swarms", type=int, default=BEP_SWARMS, help=f"swarms they are in (default {BEP_SWARMS})")
     parser.add_argument("--serve-trivial", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_trivial is not None:
         serve_trivial(args.serve_trivial)
         return 0
+    if args.bep:
+        if args.bep_swarms < 1 or args.bep_peers < args.bep_swarms or args.seconds <= 0:
+            parser.error("--bep-swarms at least 1, --bep-peers at least as many, --seconds above 0")
+        return main_bep(args, argv)
     try:
         sizes = [int(x) for x in (args.nodes or ",".join(map(str, QUICK_NODES if args.quick else DEFAULT_NODES))).split(",")]
     except ValueError:
@@ -1077,6 +1466,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.save is not None:
             args.save.write_text(json.dumps({"argv": list(sys.argv[1:] if argv is None else argv), "results": results},
                                             indent=1, default=str))
+    finally:
+        procs.stop()
+        if args.keep:
+            print(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return status
+
+
+def main_bep(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    """--bep: the BitTorrent phase alone, its table, --save."""
+    cpus = sorted(os.sched_getaffinity(0))
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+    work = Path(tempfile.mkdtemp(prefix="trkbench-", dir=args.workdir))
+    procs = Procs(work)
+    status = 0
+    command = " ".join(sys.argv[1:] if argv is None else argv)
+    print(f"tracker benchmark, BitTorrent clients: {args.bep_peers:,} peers in {args.bep_swarms:,} swarms, "
+          f"{load_line()}", flush=True)
+    try:
+        try:
+            r = run_bep(args, work, procs, cpus)
+        except Exception as e:
+            print(f"[bep {args.bep_peers}] FAILED: {type(e).__name__}: {e}", flush=True)
+            return 1
+        print()
+        print(f"Tracker benchmark: {command}; {load_line()} at the end")
+        print(f"  {r['pinning']}; announces each a random peer of the population (so a random swarm and peer id), "
+              f"compact=1, numwant={BEP_NUMWANT}, left random; {r['seconds']:g} s each")
+        print_rows(bep_rows(r))
+        if args.save is not None:
+            args.save.write_text(json.dumps({"argv": command.split(), "bep": r}, indent=1, default=str))
     finally:
         procs.stop()
         if args.keep:

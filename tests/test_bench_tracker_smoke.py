@@ -5,6 +5,7 @@ tracker processes (one on SQLite, one on JSON, one and two on a redis-server it
 starts itself) and the trivial Klein apps, runs every phase against them,
 prints one table with the stores side by side and the targets beside the
 figures, writes the figures (--save), and leaves no process or folder behind.
+The BitTorrent phase (--bep) is run alone the same way, at 2,000 peers.
 The figures are only checked to be there and sane (positive, finite, counts
 that add up), never against a speed: this machine is shared.
 """
@@ -27,10 +28,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "tracker.py"
 #: The run below takes about a minute here; this bounds a hung one.
 TIMEOUT = 420
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
-]
+pytestmark = pytest.mark.slow
 
 
 def _started_below(folder: Path) -> list[int]:
@@ -49,6 +47,7 @@ def _positive(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 def test_tiny_benchmark_runs_every_phase_for_every_store_and_prints_one_table(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
@@ -110,6 +109,46 @@ def test_tiny_benchmark_runs_every_phase_for_every_store_and_prints_one_table(tm
         if variant.startswith("redis"):
             assert _positive(r["redis_rss"]), where
     assert _positive(results[("redis2", 200)]["vs_one"]["hb"])
+
+    assert list(work.iterdir()) == [], "the work folder is removed without --keep"
+    assert _started_below(work) == [], "processes left behind"
+
+
+def test_tiny_bittorrent_phase_announces_over_http_beside_the_trivial_app_and_says_what_of_udp(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    saved = tmp_path / "bep.json"
+    try:
+        done = subprocess.run(
+            [sys.executable, str(SCRIPT), "--bep", "--bep-peers", "2000", "--bep-swarms", "20", "--seconds", "1",
+             "--workdir", str(work), "--save", str(saved)],
+            capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"tracker.py --bep took more than {TIMEOUT} s:\n{e.stdout!r}\n{e.stderr!r}")
+    output = done.stdout + done.stderr
+    assert done.returncode == 0 and "FAILED" not in output, output
+    assert re.search(r"load average [\d.]+ [\d.]+ [\d.]+ on \d+ cores at the end", done.stdout), output
+    for figure, target in (("HTTP announces/s at 1 conn", "opentracker 7.0k"),
+                           ("HTTP announces/s at 64 conns", "opentracker 12.3k"),
+                           ("/ trivial Klein app", ">= 0.8x"),
+                           ("CPU ms per request: tracker / trivial", "")):
+        assert re.search(re.escape(figure) + r"\s+[\d.,/ x]+\s+.*" + re.escape(target), done.stdout), f"{figure}\n{output}"
+
+    r = json.loads(saved.read_text())["bep"]
+    assert (r["peers"], r["swarms"]) == (2000, 20)
+    for figure in ("populate_s", "http1", "http64", "trivial1", "trivial64", "rss_loaded", "rss_end"):
+        assert _positive(r[figure]), f"{figure}: {r}"
+    for cpu in (r["cpu_http1"], r["cpu_http64"]):
+        assert set(cpu) >= {"tracker", "load generator", "cpu0"}, r
+    if r["udp"]:  # once the tracker offers BEP 15: every announce answered with peers, none refused
+        for window in ("udp1", "udp64"):
+            u = r[window]
+            assert u["answered"] > 0 and u["errors"] == 0 and _positive(u["rate"]), r
+            assert 0 < u["peers_per_answer"] <= 50, r
+        assert "UDP (BEP 15) announces/s, 64 in flight" in done.stdout, output
+    else:
+        assert "UDP: not offered by this tracker" in done.stdout, output
 
     assert list(work.iterdir()) == [], "the work folder is removed without --keep"
     assert _started_below(work) == [], "processes left behind"
