@@ -9,6 +9,7 @@ and a node stopped half way that resumes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import random
@@ -27,6 +28,7 @@ from p2ptorrent.config import Config
 from p2ptorrent.filemap import FileMap
 from p2ptorrent.metainfo import Metainfo, make_torrent, parse, read_torrent
 from p2ptorrent.node.service import CommandFailed, Node
+from p2ptorrent.node.writer import InlineWriter, WholeHashMismatch
 from p2ptorrent.node.storage import INCOMPLETE, PartFile, file_matches, unfinished
 
 KIB = 1024
@@ -118,6 +120,25 @@ def test_a_folder_written_piece_by_piece_lands_whole_under_its_name(tmp_path: Pa
     assert file_matches(folder / "album", meta)
     (folder / "album" / "z" / "last.bin").write_bytes(b"x" * len(TREE["z/last.bin"]))
     assert not file_matches(folder / "album", meta)
+
+
+def test_a_wrong_whole_folder_hash_fails_and_nothing_is_renamed(tmp_path: Path) -> None:
+    meta, data, content = album(tmp_path)
+    meta = dataclasses.replace(meta, sha256=bytes(32))  # every piece right, the whole content's hash not
+    folder = tmp_path / "nf"
+    folder.mkdir()
+    part = PartFile(folder, meta, data)
+    part.open()
+    writer = InlineWriter(part, lambda e: None)
+    for p in range(meta.num_pieces):
+        writer.submit(p, piece(meta, content, p), meta.piece_hash(p), lambda p, ok: None)
+    failed: list[Failure] = []
+    writer.finish().addErrback(failed.append)
+    assert failed[0].check(WholeHashMismatch)
+    assert failed[0].getErrorMessage() == (
+        "album: every piece verified but the whole-folder SHA-256 does not match the torrent"
+    )
+    assert not (folder / "album").exists()
 
 
 def test_a_folder_name_taken_by_another_folder_gets_a_free_name(tmp_path: Path) -> None:
@@ -297,7 +318,7 @@ async def test_a_folder_round_trip_between_two_nodes(tmp_path: Path) -> None:
         message = await downloader.download(str(torrent), lambda p: None)
         out = tmp_path / "nf" / "2" / "album"
         assert message.startswith("downloaded album (folder of 8 files, "), message
-        assert f"to {out};" in message and "whole file (SHA-256) verified" in message
+        assert f"to {out};" in message and "and the whole folder (SHA-256) verified" in message
         assert contents(out) == as_tree(TREE)
         assert not any((tmp_path / "nf" / "2" / INCOMPLETE).iterdir())
         assert [(f["name"], f["files"]) for f in downloader.status()["seeding"]] == [("album", 8)]

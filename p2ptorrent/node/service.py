@@ -900,9 +900,10 @@ def _sized_as(path: Path, meta: Metainfo) -> bool:
 
 def verified_text(meta: Metainfo) -> str:
     """What a finished download checked, said truthfully: a foreign torrent may carry no whole-file hash."""
+    whole = "folder" if meta.is_folder else "file"  # a folder's hash is of its files' bytes in torrent order
     if meta.sha256 is not None:
-        return f"all {meta.num_pieces} pieces (SHA-1) and the whole file (SHA-256) verified"
-    return f"all {meta.num_pieces} pieces verified (SHA-1; the torrent has no whole-file SHA-256)"
+        return f"all {meta.num_pieces} pieces (SHA-1) and the whole {whole} (SHA-256) verified"
+    return f"all {meta.num_pieces} pieces verified (SHA-1; the torrent has no whole-{whole} SHA-256)"
 
 
 def log_path(settings: Config, node_id: int) -> Path:
