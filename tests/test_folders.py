@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import libtorrent as lt
+import pytest
 import pytest_twisted
 from fastbencode import bencode
 from twisted.internet import defer
@@ -28,6 +29,8 @@ from p2ptorrent.config import Config
 from p2ptorrent.filemap import FileMap
 from p2ptorrent.metainfo import Metainfo, make_torrent, parse, read_torrent
 from p2ptorrent.node.service import CommandFailed, Node
+from p2ptorrent.node import files
+from p2ptorrent.node.files import ContentFiles
 from p2ptorrent.node.writer import InlineWriter, WholeHashMismatch
 from p2ptorrent.node.storage import INCOMPLETE, PartFile, file_matches, unfinished
 
@@ -99,6 +102,27 @@ def test_piece_zero_spans_three_files(tmp_path: Path) -> None:
     meta, _, _ = album(tmp_path)
     held = [meta.files[s.file].display for s in FileMap.of(meta).segments(0, PIECE)]
     assert held == ["a.bin", "sub/b.bin", "sub/deeper/c.bin"]
+
+
+def test_content_files_keep_few_descriptors_and_follow_no_link(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(files, "MAX_OPEN", 2)
+    meta, _, content = album(tmp_path)
+    disk = ContentFiles.of(tmp_path / "out", meta, writable=True)
+    (tmp_path / "out").mkdir()
+    disk.create()
+    for at in range(0, meta.length, 7000):  # writes across file boundaries, every file touched
+        disk.write(at, content[at : at + 7000])
+    assert len(disk._open) <= 2
+    assert disk.read(0, meta.length) == content
+    disk.close()
+    assert contents(tmp_path / "out") == as_tree(TREE)
+    reader = ContentFiles.of(tmp_path / "out", meta, writable=False)
+    os.unlink(tmp_path / "out" / "z" / "last.bin")
+    (tmp_path / "out" / "z" / "last.bin").symlink_to(tmp_path / "src" / "album" / "z" / "last.bin")
+    with pytest.raises(OSError):
+        reader.check()
+    assert not reader.present()
+    reader.close()
 
 
 def test_a_folder_written_piece_by_piece_lands_whole_under_its_name(tmp_path: Path) -> None:

@@ -65,20 +65,17 @@ class ContentFiles:
         return cls(where, [None if f.padding else f.path for f in meta.files], [f.length for f in meta.files],
                    writable=writable)
 
-    @property
-    def total(self) -> int:
-        return self.map.total
-
     def path(self, file: int) -> Path:
         parts = self.parts[file]
         return self.base.joinpath(*parts) if parts is not None else self.base
 
     # ---- opening
     def _fd(self, file: int, create: bool = False) -> int:
-        fd = self._open.get(file)
-        if fd is not None:
-            self._open.move_to_end(file)
-            return fd
+        with self._lock:  # (the table's order changes here, while the flusher thread may copy it)
+            fd = self._open.get(file)
+            if fd is not None:
+                self._open.move_to_end(file)
+                return fd
         parts = self.parts[file]
         assert parts is not None, "a padding file is never opened"
         flags = (os.O_RDWR if self.writable else os.O_RDONLY) | self._leaf_flags
