@@ -431,3 +431,31 @@ async def test_a_folder_download_stopped_half_way_resumes(tmp_path: Path) -> Non
 def test_whole_content_hash(tmp_path: Path) -> None:
     meta, _, content = album(tmp_path)
     assert meta.sha256 == hashlib.sha256(content).digest()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_folder_finished_as_the_node_died_is_shared_not_fetched(tmp_path: Path) -> None:
+    """Killed after the part folder was renamed but before .incomplete/ was cleared: nothing is fetched."""
+    from test_loopback import Cluster, _registered, _until
+
+    cluster = Cluster(tmp_path)
+    try:
+        await cluster.start_tracker()
+        meta, data, content = album(tmp_path)
+        folder = tmp_path / "nf" / "5"
+        folder.mkdir(parents=True)
+        part = PartFile(folder, meta, data)
+        part.open()
+        for p in range(meta.num_pieces):
+            part.write_piece(p, piece(meta, content, p))
+        part.close()
+        os.rename(part.path, folder / "album")
+        node = cluster.node(5)
+        await _registered(node)
+        await _until(lambda: not node.jobs and bool(node.status()["seeding"]), "node 5 sharing the finished folder")
+        assert [(f["name"], f["files"]) for f in node.status()["seeding"]] == [("album", 8)]
+        assert not any((folder / INCOMPLETE).iterdir())
+        assert contents(folder / "album") == as_tree(TREE)
+        assert (folder / "album.torrent").read_bytes() == data
+    finally:
+        await cluster.stop()
