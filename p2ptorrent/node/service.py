@@ -534,7 +534,10 @@ class Node(FolderDaemon):
             atomic_write(torrent, data, fsync=False)
         except (OSError, MetainfoError) as e:
             raise CommandFailed(f"cannot share {path}: {getattr(e, 'strerror', None) or e}") from None
-        self._share(meta, path, str(torrent))
+        try:
+            self._share(meta, path, str(torrent))
+        except OSError as e:  # changed while it was hashed (a folder's file grew, or one was removed)
+            raise CommandFailed(f"cannot share {path}: {e}") from None
         announced = "announced to the tracker" if await self._own(meta) else self._not_announced()
         files = f"folder of {file_count(meta)} files, " if meta.is_folder else ""
         return (
@@ -763,7 +766,7 @@ class Node(FolderDaemon):
         )
         files = f"folder of {file_count(meta)} files, " if meta.is_folder else ""
         renamed = (
-            f" (not {result.path.with_name(meta.name)}: that name holds another file)"
+            f" (not {result.path.with_name(meta.name)}: that name holds another {'folder' if meta.is_folder else 'file'})"
             if result.path.name != meta.name else ""
         )
         return (

@@ -10,8 +10,8 @@ and no clock here, so tests call :class:`Seeder` directly.
 It is not pure, and that is deliberate.  A request updates state as it is
 answered: the per-address rate budgets, the peers watching a file, how much
 of each piece went out, and the upload slots (the :class:`Choker`'s ``tick``
-and ``allowed``).  And the seeder owns the disk side of sharing: an open
-descriptor per shared file, and *replies* is a lazy iterator that reads each
+and ``allowed``).  And the seeder owns the disk side of sharing: each shared file, or a
+folder torrent's files, opened on demand (p2ptorrent.node.files), and *replies* is a lazy iterator that reads each
 block (``pread``) only when the protocol sends it, so a file found changed
 on disk while a reply is read is logged and stops being shared right there.
 
