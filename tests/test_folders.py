@@ -114,6 +114,9 @@ def test_content_files_keep_few_descriptors_and_follow_no_link(tmp_path: Path, m
         disk.write(at, content[at : at + 7000])
     assert len(disk._open) <= 2
     assert disk.read(0, meta.length) == content
+    os.rename(tmp_path / "out", tmp_path / "renamed")  # as a finished part folder is, while still served
+    assert disk.read(0, meta.length) == content
+    os.rename(tmp_path / "renamed", tmp_path / "out")
     disk.close()
     assert contents(tmp_path / "out") == as_tree(TREE)
     reader = ContentFiles.of(tmp_path / "out", meta, writable=False)

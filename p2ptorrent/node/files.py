@@ -11,7 +11,8 @@ descriptor, and the file with ``O_NOFOLLOW``: a symbolic link planted
 anywhere below *base* (by whoever else writes there) makes the open fail
 instead of sending our bytes somewhere it chose.  Folders on the way are
 created by us when writing.  *base* itself may be a link, as the node's
-folder may be.
+folder may be; it is opened once, so the files are found in it even after
+it was renamed (a finished download's part folder, still being served).
 
 Padding files (BEP 47) are never on disk: they read as zeros, and a write
 skips them (their bytes were verified as part of their piece).
@@ -54,6 +55,9 @@ class ContentFiles:
         # Only a single shared file the user named may be a link (as `send` always allowed).
         self._leaf_flags = 0 if follow_leaf else os.O_NOFOLLOW
         self._open: OrderedDict[int, int] = OrderedDict()
+        # *base*, opened once: files opened later are found in the same folder even after it was renamed
+        # (a finished download's part folder, served until the finished folder is shared).
+        self._base: int | None = None
         self._lock = threading.Lock()  # the flusher thread takes copies of the descriptors
 
     @classmethod
@@ -79,7 +83,11 @@ class ContentFiles:
         parts = self.parts[file]
         assert parts is not None, "a padding file is never opened"
         flags = (os.O_RDWR if self.writable else os.O_RDONLY) | self._leaf_flags
-        fd = _open_below(self.base, parts, flags | (os.O_CREAT | os.O_TRUNC if create else 0), create)
+        with self._lock:
+            if self._base is None:
+                self._base = os.open(self.base, os.O_RDONLY | os.O_DIRECTORY)
+            base = self._base
+        fd = _open_below(base, parts, flags | (os.O_CREAT | os.O_TRUNC if create else 0), create)
         with self._lock:
             self._open[file] = fd
             while len(self._open) > MAX_OPEN:
@@ -89,7 +97,7 @@ class ContentFiles:
 
     def create(self) -> None:
         """Every real file created afresh at its length (sparse), folders made on the way; empty files too."""
-        self.close()  # descriptors opened before (by present) may be of files since removed
+        self.close()  # descriptors opened before (by present) may be of files, or a folder, since removed
         for i, parts in enumerate(self.parts):
             if parts is not None:
                 os.ftruncate(self._fd(i, create=True), self.map.lengths[i])
@@ -165,13 +173,16 @@ class ContentFiles:
         with self._lock:
             fds = list(self._open.values())
             self._open.clear()
+            if self._base is not None:
+                fds.append(self._base)
+                self._base = None
         for fd in fds:
             os.close(fd)
 
 
-def _open_below(base: Path, parts: Sequence[str], flags: int, create: bool) -> int:
-    """Open *base*/*parts* with *flags*, never following a link below *base*; make folders if *create*."""
-    folder = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+def _open_below(base: int, parts: Sequence[str], flags: int, create: bool) -> int:
+    """Open *parts* below folder descriptor *base* with *flags*, never following a link; make folders if *create*."""
+    folder = base
     try:
         for name in parts[:-1]:
             if create:
@@ -180,8 +191,10 @@ def _open_below(base: Path, parts: Sequence[str], flags: int, create: bool) -> i
                 except FileExistsError:
                     pass
             inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
-            os.close(folder)
+            if folder != base:
+                os.close(folder)
             folder = inner
         return os.open(parts[-1], flags, 0o644, dir_fd=folder)
     finally:
-        os.close(folder)
+        if folder != base:
+            os.close(folder)
