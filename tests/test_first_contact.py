@@ -283,6 +283,7 @@ async def test_owners_gone_part_way_keeps_the_verified_pieces_and_download_again
 def test_the_success_line_says_what_was_verified() -> None:
     class Meta:
         num_pieces = 3
+        is_folder = False
         sha256: bytes | None = b"x" * 32
 
     assert verified_text(Meta()) == "all 3 pieces (SHA-1) and the whole file (SHA-256) verified"  # type: ignore[arg-type]

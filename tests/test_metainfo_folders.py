@@ -33,7 +33,7 @@ from p2ptorrent.metainfo import (
     target_file,
     target_paths,
 )
-from p2ptorrent.node.service import CommandFailed, Node
+from p2ptorrent.node.service import Node
 from p2ptorrent.node.storage import INCOMPLETE, PartFile, unfinished
 
 ANNOUNCE = "http://localhost:12345"
@@ -396,7 +396,7 @@ def test_target_file_refuses_links_and_clashes(tmp_path: Path) -> None:
     assert target_file(tmp_path / "dl-alias", ("t", "sub", "g")) == tmp_path / "dl-alias" / "t" / "sub" / "g"
 
 
-# ---- the node refuses folders, before writing anything
+# ---- the node takes folders in (the transfers themselves: tests/test_folders.py)
 
 def folder_meta(tmp_path: Path) -> tuple[Metainfo, bytes]:
     return make_torrent(tree(tmp_path / "src" / "album", ALBUM), ANNOUNCE, PIECE)
@@ -409,50 +409,25 @@ def node(tmp_path: Path) -> Node:
     return n
 
 
-def snapshot(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
-def test_node_refuses_to_download_a_folder(tmp_path: Path) -> None:
-    _, data = folder_meta(tmp_path)
-    torrent = tree(tmp_path, {"album.torrent": data}) / "album.torrent"
+def test_node_send_says_what_it_cannot_find(tmp_path: Path) -> None:
     n = node(tmp_path)
-    before = snapshot(tmp_path)
-    failure = n.download(str(torrent), lambda report: None)
-    failed = []
-    failure.addErrback(failed.append)
-    assert len(failed) == 1 and failed[0].check(CommandFailed)
-    assert failed[0].getErrorMessage() == (
-        "album is a folder (multi-file torrent, 6 files): this version downloads single files only"
-    )
-    assert snapshot(tmp_path) == before and not n.jobs
-
-
-def test_node_refuses_to_send_a_folder(tmp_path: Path) -> None:
-    n = node(tmp_path)
-    (n.folder / "photos").mkdir()
     failed: list[Any] = []
-    n.send("photos").addErrback(failed.append)
-    assert failed[0].getErrorMessage() == (
-        f"{n.folder / 'photos'} is a folder (it would be a multi-file torrent): this version shares single files only"
-    )
     n.send("nothing-here").addErrback(failed.append)
-    assert failed[1].getErrorMessage().startswith("no such file: nothing-here")
+    assert failed[0].getErrorMessage().startswith("no such file or folder: nothing-here")
 
 
-def test_storage_and_serving_refuse_a_folder(tmp_path: Path) -> None:
+def test_storage_and_serving_take_a_folder(tmp_path: Path) -> None:
     meta, data = folder_meta(tmp_path)
     n = node(tmp_path)
     (n.folder / INCOMPLETE).mkdir()
     (n.folder / INCOMPLETE / f"{meta.info_hash_hex}.torrent").write_bytes(data)
     found, skipped = unfinished(n.folder)
-    assert found == [] and len(skipped) == 1
-    assert "album is a folder (multi-file torrent, 6 files): this version resumes single files only" in skipped[0]
-    with pytest.raises(MetainfoError, match="downloads single files only"):
-        PartFile(n.folder, meta, data)
-    with pytest.raises(MetainfoError, match="shares single files only"):
-        n.seeder.add(meta, tmp_path / "src" / "album")
-    assert n.seeder.files == {}
+    assert [u.meta for u in found] == [meta] and skipped == []
+    assert PartFile(n.folder, meta, data).final == n.folder / "album"
+    shared = n.seeder.add(meta, tmp_path / "src" / "album")
+    content = b"".join(ALBUM["/".join(p)] for p in ALBUM_ORDER)
+    assert shared.content.read(0, meta.length) == content
+    n.seeder.close()
 
 
 def test_file_entry_display() -> None:

@@ -212,11 +212,11 @@ def test_part_file_syncs_in_the_background_every_sync_every_bytes(
 ) -> None:
     monkeypatch.setattr(storage, "SYNC_EVERY", 3 * PIECE)
     synced = threading.Event()
-    fds: list[int] = []
+    synced_files: list[os.stat_result] = []
     real = os.fdatasync
 
     def fdatasync(fd: int) -> None:
-        fds.append(fd)
+        synced_files.append(os.fstat(fd))  # (a copy of the writer's descriptor, closed after the sync)
         real(fd)
         synced.set()
 
@@ -227,7 +227,7 @@ def test_part_file_syncs_in_the_background_every_sync_every_bytes(
     assert part._flusher is None  # 2 pieces: under SYNC_EVERY
     part.write_piece(2, _piece(meta, data, 2))
     assert synced.wait(30)
-    assert fds == [part._fd]
+    assert len(synced_files) == 1 and os.path.samestat(synced_files[0], os.stat(part.path))
     flusher = part._flusher
     assert flusher is not None
     for p in range(3, meta.num_pieces):

@@ -44,15 +44,16 @@ from zope.interface import implementer
 from p2ptorrent.config import Config
 from p2ptorrent.logfile import LogFileService
 from p2ptorrent.startup import FolderDaemon, FolderLock, StartupError, usable_folder
-from p2ptorrent.metainfo import Metainfo, MetainfoError, make_torrent, read_torrent, read_torrent_file, target_path
+from p2ptorrent.metainfo import Metainfo, MetainfoError, make_torrent, read_torrent, read_torrent_file
 from p2ptorrent.node.control import INodeCommands
 from p2ptorrent.node.download import Download, DownloadError, DownloadResult, Hooks, kept_text
 from p2ptorrent.node.session import where
 from p2ptorrent.node.protocol import NodeProtocol
 from p2ptorrent.node import udpport
 from p2ptorrent.node.serving import Seeder
+from p2ptorrent.node.files import ContentFiles
 from p2ptorrent.node.storage import (
-    INCOMPLETE, Interrupted, PartFile, ResumeReport, StorageError, file_matches, single_file, unfinished,
+    INCOMPLETE, Interrupted, PartFile, ResumeReport, StorageError, file_count, file_matches, final_path, unfinished,
 )
 from p2ptorrent.node.outbox import OUTBOX_FILE, Outbox
 from p2ptorrent.node.tracker_client import HeartbeatService, TrackerClient, TrackerRefused
@@ -500,9 +501,9 @@ class Node(FolderDaemon):
             return
         for ih, entry in entries.items() if isinstance(entries, dict) else ():
             try:
-                meta = single_file(read_torrent(entry["torrent"]), "shares")
+                meta = read_torrent(entry["torrent"])
                 path = Path(entry["path"])
-                if meta.info_hash.hex() != ih or path.stat().st_size != meta.length:
+                if meta.info_hash.hex() != ih or not _sized_as(path, meta):
                     raise MetainfoError("the file or its torrent changed")
                 if self._unfinished_area(path):
                     raise MetainfoError("it is an unfinished download")
@@ -520,6 +521,9 @@ class Node(FolderDaemon):
         path = self._resolve(path_text)
         if self._unfinished_area(path):
             raise CommandFailed(f"refusing to share {path}: it is an unfinished download, in {self.folder / INCOMPLETE}")
+        if path.is_dir() and _holds(path, self.folder):
+            # Its torrent would list the node's own state (.incomplete/, torrents, the seeding list), changing as it runs.
+            raise CommandFailed(f"refusing to share {path}: it holds this node's own folder {self.folder}")
         # Always into the node's folder, whatever folder the file is in: one place to find torrents.
         torrent = self.folder / (path.name + ".torrent")
         try:
@@ -530,25 +534,23 @@ class Node(FolderDaemon):
             atomic_write(torrent, data, fsync=False)
         except (OSError, MetainfoError) as e:
             raise CommandFailed(f"cannot share {path}: {getattr(e, 'strerror', None) or e}") from None
-        self._share(meta, path, str(torrent))
+        try:
+            self._share(meta, path, str(torrent))
+        except OSError as e:  # changed while it was hashed (a folder's file grew, or one was removed)
+            raise CommandFailed(f"cannot share {path}: {e}") from None
         announced = "announced to the tracker" if await self._own(meta) else self._not_announced()
+        files = f"folder of {file_count(meta)} files, " if meta.is_folder else ""
         return (
-            f"seeding {meta.name} ({meta.length} bytes, {meta.num_pieces} pieces, info hash {meta.info_hash_hex}),"
+            f"seeding {meta.name} ({files}{meta.length} bytes, {meta.num_pieces} pieces, info hash {meta.info_hash_hex}),"
             f" torrent written to {torrent}; {announced}"
         )
 
     def _resolve(self, text: str) -> Path:
         raw = Path(text).expanduser()
-        folder = None
         for path in ([raw] if raw.is_absolute() else [self.folder / raw, raw]):
-            if path.is_file():
+            if path.is_file() or path.is_dir():  # a folder is shared as a multi-file torrent
                 return path
-            if folder is None and path.is_dir():
-                folder = path
-        if folder is not None:
-            # make_torrent could hash it, but the node cannot serve a folder's files yet (see storage.single_file).
-            raise CommandFailed(f"{folder} is a folder (it would be a multi-file torrent): this version shares single files only")
-        raise CommandFailed(f"no such file: {text} (looked in {self.folder} and the current folder)")
+        raise CommandFailed(f"no such file or folder: {text} (looked in {self.folder} and the current folder)")
 
     def _unfinished_area(self, path: Path) -> bool:
         """Is *path* inside this node's .incomplete/ (where nothing is complete, so nothing is shared)?"""
@@ -563,8 +565,7 @@ class Node(FolderDaemon):
     async def _download(self, torrent_path: str, progress: Callable[[dict[str, Any]], None]) -> str:
         try:
             meta, torrent = read_torrent_file(torrent_path)
-            single_file(meta)
-            final = target_path(self.folder, meta.name)
+            final = final_path(self.folder, meta)
         except MetainfoError as e:
             raise CommandFailed(str(e)) from None
         where = str(Path(torrent_path).resolve())
@@ -589,11 +590,8 @@ class Node(FolderDaemon):
         shared = self.seeder.files.get(meta.info_hash)
         if shared is None or not shared.complete:
             return None
-        try:
-            if shared.path.stat().st_size == meta.length:
-                return shared.path
-        except OSError:
-            pass
+        if _sized_as(shared.path, meta):
+            return shared.path
         self.log.warn("{name}: {path} is gone or changed; no longer seeding it", name=meta.name, path=str(shared.path))
         self.seeder.remove(meta.info_hash)
         self._save_seeding()
@@ -648,7 +646,7 @@ class Node(FolderDaemon):
             if u.meta.info_hash in self.jobs:
                 continue
             try:
-                target_path(self.folder, u.meta.name)
+                final_path(self.folder, u.meta)
             except MetainfoError as e:
                 self.log.warn("not resuming {name}: {why}", name=u.meta.name, why=e)
                 continue
@@ -766,12 +764,13 @@ class Node(FolderDaemon):
             f" on disk, {fetched} bytes fetched now"
             if resumed.found else ""
         )
+        files = f"folder of {file_count(meta)} files, " if meta.is_folder else ""
         renamed = (
-            f" (not {result.path.with_name(meta.name)}: that name holds another file)"
+            f" (not {result.path.with_name(meta.name)}: that name holds another {'folder' if meta.is_folder else 'file'})"
             if result.path.name != meta.name else ""
         )
         return (
-            f"downloaded {meta.name} ({meta.length} bytes) in {result.seconds:.2f} s"
+            f"downloaded {meta.name} ({files}{meta.length} bytes) in {result.seconds:.2f} s"
             f" ({result.rate / 1e6:.1f} MB/s) to {result.path}{renamed}; {verified_text(meta)};"
             f" from {from_nodes or 'nobody (empty file or all on disk)'}{resumed_text}; {told}"
         )
@@ -815,7 +814,8 @@ class Node(FolderDaemon):
             # OWN and UPDATE the tracker has not acknowledged yet: sent when it answers again.
             "pending_announcements": len(self.outbox) if self.outbox is not None else 0,
             "seeding": [
-                {"name": f.meta.name, "info_hash": ih.hex(), "length": f.meta.length, "uploaded": f.uploaded}
+                {"name": f.meta.name, "info_hash": ih.hex(), "length": f.meta.length, "files": file_count(f.meta),
+                 "uploaded": f.uploaded}
                 for ih, f in self.seeder.files.items()
                 if f.complete
             ],
@@ -832,6 +832,8 @@ class Node(FolderDaemon):
         resumed = job.part.resumed
         return {
             "name": job.meta.name,
+            # 1 for a single file; a folder torrent's files (its name is the folder's).
+            "files": file_count(job.meta),
             "info_hash": job.meta.info_hash_hex,
             "state": job.state,
             "done": dl.done_bytes if dl is not None else resumed.bytes,
@@ -877,11 +879,34 @@ class Node(FolderDaemon):
         return self._left
 
 
+def _holds(folder: Path, inner: Path) -> bool:
+    """Is *inner* *folder* itself or somewhere below it (links resolved)?"""
+    try:
+        return inner.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):
+        return True
+
+
+def _sized_as(path: Path, meta: Metainfo) -> bool:
+    """Is *path* still *meta*'s file of its length, or its folder with every file at its length?"""
+    if meta.is_folder:
+        content = ContentFiles.of(path, meta, writable=False)
+        try:
+            return content.present()
+        finally:
+            content.close()
+    try:
+        return path.stat().st_size == meta.length
+    except OSError:
+        return False
+
+
 def verified_text(meta: Metainfo) -> str:
     """What a finished download checked, said truthfully: a foreign torrent may carry no whole-file hash."""
+    whole = "folder" if meta.is_folder else "file"  # a folder's hash is of its files' bytes in torrent order
     if meta.sha256 is not None:
-        return f"all {meta.num_pieces} pieces (SHA-1) and the whole file (SHA-256) verified"
-    return f"all {meta.num_pieces} pieces verified (SHA-1; the torrent has no whole-file SHA-256)"
+        return f"all {meta.num_pieces} pieces (SHA-1) and the whole {whole} (SHA-256) verified"
+    return f"all {meta.num_pieces} pieces verified (SHA-1; the torrent has no whole-{whole} SHA-256)"
 
 
 def log_path(settings: Config, node_id: int) -> Path:

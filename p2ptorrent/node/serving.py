@@ -10,8 +10,8 @@ and no clock here, so tests call :class:`Seeder` directly.
 It is not pure, and that is deliberate.  A request updates state as it is
 answered: the per-address rate budgets, the peers watching a file, how much
 of each piece went out, and the upload slots (the :class:`Choker`'s ``tick``
-and ``allowed``).  And the seeder owns the disk side of sharing: an open
-descriptor per shared file, and *replies* is a lazy iterator that reads each
+and ``allowed``).  And the seeder owns the disk side of sharing: each shared file, or a
+folder torrent's files, opened on demand (p2ptorrent.node.files), and *replies* is a lazy iterator that reads each
 block (``pread``) only when the protocol sends it, so a file found changed
 on disk while a reply is read is logged and stops being shared right there.
 
@@ -51,7 +51,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
-import os
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +61,7 @@ from twisted.logger import Logger
 from p2ptorrent import wire
 from p2ptorrent.config import Config
 from p2ptorrent.metainfo import Metainfo
-from p2ptorrent.node.storage import single_file
+from p2ptorrent.node.files import ContentFiles
 
 #: INFO answers a second to one address, and how many it may save up: a
 #: download sends one INFO per owner (three tries at most), so this is
@@ -99,7 +98,8 @@ class UploadSlots(Protocol):
 class SharedFile:
     meta: Metainfo
     path: Path
-    fd: int
+    #: Its bytes on disk: the file, or a folder torrent's files (read by content offset).
+    content: ContentFiles
     uploaded: int = 0
     blocks_served: int = 0
     #: One byte per piece, nonzero once the piece is on disk and verified; None: every piece.
@@ -202,29 +202,28 @@ class Seeder:
         )
 
     def add(self, meta: Metainfo, path: Path) -> SharedFile:
-        single_file(meta, "shares")  # one path, one file descriptor: a folder would serve the wrong bytes
         old = self.files.get(meta.info_hash)
         if old is not None and old.path == path and old.complete:
             return old
-        fd = os.open(path, os.O_RDONLY)
-        shared = self.files[meta.info_hash] = SharedFile(meta, path, fd)
+        # A single file the user shares may be a link to it, as always; no link is followed inside a folder.
+        content = _opened(ContentFiles.of(path, meta, writable=False, follow_leaf=True))
+        shared = self.files[meta.info_hash] = SharedFile(meta, path, content)
         shared.piece_bytes = [0] * meta.num_pieces
         shared.levels = bytearray(meta.num_pieces)
         shared.at_level[0] = meta.num_pieces
         if old is not None:
-            os.close(old.fd)
+            old.content.close()
             if old.path != path or not old.complete:  # the download finished: its uploads count on
                 shared.uploaded, shared.blocks_served = old.uploaded, old.blocks_served
         return shared
 
     def add_partial(self, meta: Metainfo, path: Path, have: bytearray) -> SharedFile:
         """Share a file still downloading: only the pieces *have* marks (it grows as they are written)."""
-        single_file(meta, "shares")
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        content = _opened(ContentFiles.of(path, meta, writable=False))
         old = self.files.get(meta.info_hash)
         if old is not None:
-            os.close(old.fd)
-        shared = self.files[meta.info_hash] = SharedFile(meta, path, fd, have=have)
+            old.content.close()
+        shared = self.files[meta.info_hash] = SharedFile(meta, path, content, have=have)
         return shared
 
     def news(self, info_hash: bytes, piece: int, now: float) -> list[tuple[bytes, Any]]:
@@ -239,7 +238,7 @@ class Seeder:
         self.watchers.pop(info_hash, None)
         shared = self.files.pop(info_hash, None)
         if shared is not None:
-            os.close(shared.fd)
+            shared.content.close()
 
     def close(self) -> None:
         for info_hash in list(self.files):
@@ -412,7 +411,7 @@ class Seeder:
                 end += ln
                 j += 1
             try:
-                data = os.pread(shared.fd, end - at, at)
+                data = shared.content.read(at, end - at)
             except OSError as e:
                 data, why = b"", e.strerror or str(e)
             else:
@@ -439,6 +438,16 @@ class Seeder:
             return ()
         room = max(0, min(wire.MAX_ERROR_MESSAGE, size - wire.ERROR_OVERHEAD))
         return (wire.encode_error(info_hash, nonce, code, text[:room]),)
+
+
+def _opened(content: ContentFiles) -> ContentFiles:
+    """*content* once its files are checked there (OSError if one is missing, not a file, or of another size)."""
+    try:
+        content.check()
+    except OSError:
+        content.close()
+        raise
+    return content
 
 
 def _all_bits(count: int) -> bytes:

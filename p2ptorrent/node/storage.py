@@ -7,6 +7,12 @@ prefix grows (pieces that arrived early are read back once the prefix reaches
 them), so the final check costs no second pass.  Only a file whose every
 piece and whole hash checked is renamed to its real name in the node folder.
 
+Folders.  A folder torrent's part is a folder, ``<info hash>.part/``, holding
+its files at their paths (p2ptorrent.node.files: content offsets to files,
+no link followed, padding files never on disk, empty files created); the
+finished folder is renamed whole into the node folder.  Every file's target
+is checked before anything is written (:func:`final_path`).
+
 Resuming.  Next to the part file live two more files:
 
 * ``<info hash>.have``, the record: a header naming the file (info hash,
@@ -47,7 +53,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 import struct
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -55,7 +63,8 @@ from pathlib import Path
 from typing import Iterator
 
 from p2ptorrent.atomicfile import atomic_write, stale_temporaries
-from p2ptorrent.metainfo import MAX_TORRENT_SIZE, Metainfo, MetainfoError, parse, target_path
+from p2ptorrent.metainfo import MAX_TORRENT_SIZE, Metainfo, MetainfoError, parse, target_path, target_paths
+from p2ptorrent.node.files import ContentFiles
 
 INCOMPLETE = ".incomplete"
 
@@ -116,20 +125,22 @@ def _why(e: OSError) -> str:
     return f"{text} ({symbol})" if symbol else text
 
 
-def single_file(meta: Metainfo, doing: str = "downloads") -> Metainfo:
-    """*meta*, if this node can store and serve it; a folder torrent raises MetainfoError saying why.
+def final_path(folder: Path, meta: Metainfo) -> Path:
+    """Where *meta*'s file or folder goes in node folder *folder*; raises MetainfoError for a hostile target.
 
-    Folders (multi-file torrents) are parsed (p2ptorrent.metainfo) and mapped to
-    their files (p2ptorrent.filemap), but the part file, the record, resuming
-    and serving here all assume one file: until they are wired to a file map,
-    every place a node takes a torrent in refuses a folder, before it writes anything.
+    For a folder torrent every file's path is checked too (p2ptorrent.metainfo.target_file):
+    a symbolic link planted at a folder on the way, a file where the torrent has a folder
+    or a folder where it has a file is refused before anything is written.
     """
+    final = target_path(folder, meta.name)
     if meta.is_folder:
-        count = sum(not f.padding for f in meta.files)  # padding files are never on disk: not the user's files
-        raise MetainfoError(
-            f"{meta.name} is a folder (multi-file torrent, {count} files): this version {doing} single files only"
-        )
-    return meta
+        target_paths(folder, meta)
+    return final
+
+
+def file_count(meta: Metainfo) -> int:
+    """The files a person sees: a folder's files without the padding ones (never on disk), or 1."""
+    return sum(not f.padding for f in meta.files) if meta.is_folder else 1
 
 
 def record_path(folder: Path, info_hash: bytes) -> Path:
@@ -162,15 +173,16 @@ def read_record(path: Path, meta: Metainfo) -> list[int] | None:
 
 class PartFile:
     def __init__(self, folder: Path, meta: Metainfo, torrent: bytes | None = None) -> None:
-        self.meta = single_file(meta)
-        self.final = target_path(folder, meta.name)
+        self.meta = meta
+        self.final = final_path(folder, meta)
         incomplete = Path(folder) / INCOMPLETE
+        #: The part file; for a folder torrent, a folder holding its files (renamed whole at the end).
         self.path = incomplete / f"{meta.info_hash.hex()}.part"
+        self._files = ContentFiles.of(self.path, meta, writable=True)
         self.record = record_path(folder, meta.info_hash)
         self.torrent_copy = incomplete / f"{meta.info_hash.hex()}.torrent"
         self.torrent = torrent
         self.resumed = ResumeReport(0, 0, 0, False)
-        self._fd: int | None = None
         self._record_fd: int | None = None
         self._sha256 = hashlib.sha256()
         self._prefix = 0  # pieces fed to the whole-file hash so far
@@ -210,10 +222,12 @@ class PartFile:
         self._save_torrent()
         try:
             if entries is None:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-                os.ftruncate(self._fd, self.meta.length)
-            else:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW)
+                if self.meta.is_folder:
+                    _remove_tree(self.path)  # the files of an earlier try, no record to trust: start afresh
+                    os.mkdir(self.path, 0o755)
+                self._files.create()
+            elif not self._files.present():  # (checked by _candidates, but that was before)
+                raise OSError(errno.ENOENT, "a file of the download vanished", str(self.path))
         except OSError as e:
             self._close_fds()
             raise self._error(e, f"cannot create {self.path}") from None
@@ -254,19 +268,21 @@ class PartFile:
             st = os.lstat(self.path)
         except OSError:
             return None
-        if not (st.st_mode & 0o170000 == 0o100000 and st.st_size == self.meta.length):
+        if self.meta.is_folder:
+            if not stat.S_ISDIR(st.st_mode) or not self._files.present():
+                return None
+        elif not (stat.S_ISREG(st.st_mode) and st.st_size == self.meta.length):
             return None
         return read_record(self.record, self.meta)
 
     def _reverify(self, candidates: list[int]) -> int:
         """Trust each candidate piece whose bytes on disk match its SHA-1; feed the verified prefix to SHA-256."""
-        assert self._fd is not None
         rejected = 0
         for piece in candidates:
             if self._aborted:
                 raise Interrupted(f"checking {self.path} was interrupted")
             size = self.meta.piece_size(piece)
-            data = os.pread(self._fd, size, piece * self.meta.piece_length)
+            data = self._files.read(piece * self.meta.piece_length, size)
             if len(data) != size or hashlib.sha1(data).digest() != self.meta.piece_hash(piece):
                 rejected += 1
                 continue
@@ -308,15 +324,13 @@ class PartFile:
 
     def write_piece(self, piece: int, data: bytes) -> None:
         """Write one verified piece, then record it, and advance the whole-file hash."""
-        assert self._fd is not None and self._record_fd is not None
+        assert self._record_fd is not None
         offset = piece * self.meta.piece_length
         try:
-            view = memoryview(data)
-            done = 0
-            while done < len(view):  # a short write near a full disk: the next one says why
-                done += os.pwrite(self._fd, view[done:], offset + done)
+            self._files.write(offset, data)
         except OSError as e:
-            raise self._error(e, f"cannot write {self.path} at offset {offset}") from None
+            where = f"{e.filename} (piece {piece})" if e.filename else f"{self.path} at offset {offset}"
+            raise self._error(e, f"cannot write {where}") from None
         try:
             # Only now: a piece is recorded after its bytes are written, never before.
             if os.write(self._record_fd, _ENTRY.pack(piece)) != RECORD_ENTRY_SIZE:
@@ -328,14 +342,14 @@ class PartFile:
         if self._unsynced >= SYNC_EVERY:
             self._unsynced = 0
             if self._flusher is None:
-                self._flusher = _Flusher(self._fd)
+                self._flusher = _Flusher(self._files)
             self._flusher.kick()
         if piece == self._prefix:
             self._sha256.update(data)
             self._prefix += 1
             while self._prefix < len(self._have) and self._have[self._prefix]:
                 size = self.meta.piece_size(self._prefix)
-                self._sha256.update(os.pread(self._fd, size, self._prefix * self.meta.piece_length))
+                self._sha256.update(self._files.read(self._prefix * self.meta.piece_length, size))
                 self._prefix += 1
 
     def _error(self, e: OSError, what: str) -> StorageError:
@@ -360,14 +374,16 @@ class PartFile:
         return self.meta.sha256 is None or self._sha256.digest() == self.meta.sha256
 
     def finish(self) -> Path:
-        """Make the verified file durable and give it its real name."""
-        assert self._fd is not None
+        """Make the verified file (or folder) durable and give it its real name."""
         try:
             started = time.monotonic()
-            os.fsync(self._fd)
+            self._files.fsync()
             self.sync_seconds = time.monotonic() - started
             self._close_fds()
-            self.final = _move_to_free_name(self.path, self.final)
+            if self.meta.is_folder:
+                self.final = _move_folder_to_free_name(self.path, self.final)
+            else:
+                self.final = _move_to_free_name(self.path, self.final)
         except OSError as e:
             raise self._error(e, f"cannot move {self.path} to {self.final}") from None
         # After the rename: a crash in between leaves a record without a part, which starts afresh.
@@ -388,25 +404,28 @@ class PartFile:
         self._close_fds()
         if self._keep:
             return
-        for path in (self.path, self.record, self.torrent_copy):
+        if self.meta.is_folder:
+            _remove_tree(self.path)
+        else:
+            _unlink(self.path)
+        for path in (self.record, self.torrent_copy):
             _unlink(path)
 
     def _close_fds(self) -> None:
         if self._flusher is not None:
             self._flusher.stop()  # before the descriptor it syncs is closed
             self._flusher = None
-        for name in ("_fd", "_record_fd"):
-            fd = getattr(self, name)
-            if fd is not None:
-                setattr(self, name, None)
-                os.close(fd)
+        self._files.close()
+        if self._record_fd is not None:
+            fd, self._record_fd = self._record_fd, None
+            os.close(fd)
 
 
 class _Flusher:
     """fdatasync on a thread of its own, when kicked: writeback overlaps the download."""
 
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
+    def __init__(self, files: ContentFiles) -> None:
+        self._files = files
         self._wake = threading.Event()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="p2ptorrent-flush", daemon=True)
@@ -427,20 +446,30 @@ class _Flusher:
             if self._stopping:
                 return
             try:
-                os.fdatasync(self._fd)
+                fds = self._files.sync_handles()  # copies: the writer may close its own meanwhile
             except OSError:
-                pass  # the fsync before the rename meets the same error and reports it
+                continue
+            for fd in fds:
+                try:
+                    os.fdatasync(fd)
+                except OSError:
+                    pass  # the fsync before the rename meets the same error and reports it
+                finally:
+                    os.close(fd)
 
 
 #: How many "name (N).ext" a finished download tries before it gives up.
 MAX_NAME_TRIES = 1000
 
 
-def free_names(wanted: Path) -> Iterator[Path]:
-    """*wanted*, then ``stem (2).suffix``, ``stem (3).suffix``, ...: where a finished file may go."""
+def free_names(wanted: Path, folder: bool = False) -> Iterator[Path]:
+    """*wanted*, then ``stem (2).suffix``, ``stem (3).suffix``, ...: where a finished file may go.
+
+    A *folder* has no suffix to keep: ``name (2)``.
+    """
     yield wanted
     for n in range(2, MAX_NAME_TRIES + 1):
-        yield wanted.with_name(f"{wanted.stem} ({n}){wanted.suffix}")
+        yield wanted.with_name(f"{wanted.name} ({n})") if folder else wanted.with_name(f"{wanted.stem} ({n}){wanted.suffix}")
 
 
 def _move_to_free_name(src: Path, wanted: Path) -> Path:
@@ -468,6 +497,34 @@ def _move_to_free_name(src: Path, wanted: Path) -> Path:
         os.unlink(src)
         return candidate
     raise OSError(errno.EEXIST, f"no free name like {wanted.name} left", str(wanted))
+
+
+def _move_folder_to_free_name(src: Path, wanted: Path) -> Path:
+    """Rename folder *src* to *wanted*, or to the first free ``name (N)`` beside it, whole and at once.
+
+    An empty folder made here claims the name (mkdir fails if it exists), and
+    the rename replaces only that empty folder: a folder or file already
+    there, or a link, is never replaced or written into.
+    """
+    for candidate in free_names(wanted, folder=True):
+        try:
+            os.mkdir(candidate, 0o755)
+        except FileExistsError:
+            continue
+        os.rename(src, candidate)
+        return candidate
+    raise OSError(errno.EEXIST, f"no free name like {wanted.name} left", str(wanted))
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a download's folder of files (links in it are removed, never followed), or a file in its place."""
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def _unlink(path: Path) -> None:
@@ -503,7 +560,7 @@ def unfinished(folder: Path) -> tuple[list[Unfinished], list[str]]:
         try:
             with open(path, "rb") as f:
                 data = f.read(MAX_TORRENT_SIZE + 1)
-            meta = single_file(parse(data), "resumes")
+            meta = parse(data)
         except OSError as e:
             skipped.append(f"cannot read {path}: {_why(e)}")
             continue
@@ -518,17 +575,31 @@ def unfinished(folder: Path) -> tuple[list[Unfinished], list[str]]:
 
 
 def file_matches(path: Path, meta: Metainfo) -> bool:
-    """Is *path* already the complete, correct file?  (Blocking: run it in a thread.)"""
+    """Is *path* already the complete, correct file (or folder of files)?  (Blocking: run it in a thread.)
+
+    A folder: every file there at its length (reached without following
+    links), then every piece and the whole SHA-256 over the files in order.
+    """
     try:
-        if path.is_symlink() or not path.is_file() or path.stat().st_size != meta.length:
+        if path.is_symlink():
             return False
-        whole = hashlib.sha256()
-        with open(path, "rb") as f:
+        if meta.is_folder:
+            if not path.is_dir():
+                return False
+        elif not path.is_file() or path.stat().st_size != meta.length:
+            return False
+        content = ContentFiles.of(path, meta, writable=False)
+        try:
+            if not content.present():
+                return False
+            whole = hashlib.sha256()
             for piece in range(meta.num_pieces):
-                data = f.read(meta.piece_size(piece))
+                data = content.read(piece * meta.piece_length, meta.piece_size(piece))
                 if hashlib.sha1(data).digest() != meta.piece_hash(piece):
                     return False
                 whole.update(data)
+        finally:
+            content.close()
         return meta.sha256 is None or whole.digest() == meta.sha256
     except OSError:
         return False

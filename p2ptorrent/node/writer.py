@@ -49,7 +49,8 @@ class PieceWriter(Protocol):
 def _finish(part: PartFile) -> Path:
     if not part.whole_hash_ok():
         raise WholeHashMismatch(
-            f"{part.meta.name}: every piece verified but the whole-file SHA-256 does not match the torrent"
+            f"{part.meta.name}: every piece verified but the whole-{'folder' if part.meta.is_folder else 'file'}"
+            " SHA-256 does not match the torrent"
         )
     return part.finish()
 
