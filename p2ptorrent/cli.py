@@ -69,7 +69,7 @@ _interrupted = False
 
 COMMANDS_HELP = """\
 commands:
-  send FILE          seed FILE: write FILE.torrent next to it and announce it
+  send FILE|DIR      seed a file or a folder: write its .torrent in the node's folder, announce it
   download TORRENT   fetch the file TORRENT describes, with a progress bar
   status             show the node's id, address, seeded files and downloads
   exit               tell the tracker the node leaves, and stop the node

@@ -34,7 +34,7 @@ USAGE = (
 #: What ``help`` answers on a node's stdin and control socket.
 HELP_TEXT = """\
 commands, one a line:
-  torrent -setMode send FILE          seed FILE: write FILE.torrent next to it and announce it
+  torrent -setMode send FILE|DIR      seed a file or a folder: write its .torrent in the node's folder, announce it
   torrent -setMode download TORRENT   fetch the file TORRENT describes, verify it, then seed it
   torrent -setMode status             what the node shares and downloads
   torrent -setMode exit               tell the tracker the node leaves, and stop the node

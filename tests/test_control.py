@@ -276,7 +276,8 @@ def test_stdin_help(node: RecordingNode) -> None:
     proto.dataReceived(b"help\n")
     out = lines(transport)
     assert out == ["OK: commands, one a line:", *HELP_TEXT.splitlines()[1:]]
-    assert out[1] == "  torrent -setMode send FILE          seed FILE: write FILE.torrent next to it and announce it"
+    assert out[1] == ("  torrent -setMode send FILE|DIR      seed a file or a folder: write its .torrent in the node's"
+                      " folder, announce it")
     assert "  help                                this list" in out
     proto.dataReceived(b"torrent -setMode HELP\r\n")
     assert lines(transport) == out
