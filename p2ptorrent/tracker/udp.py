@@ -4,8 +4,11 @@
 :class:`UdpTrackerProtocol` only decodes ``(bytes, addr)``, calls it and writes the answer.
 
 Connection ids are kept in no table: an id is an HMAC-SHA-256 (cut to 8 bytes) of the source address and
-port and a one-minute window, under a secret drawn at start; the current and the previous window's ids are
-accepted, so an id lives one to two minutes, as BEP 15 asks.  A forged source address never sees the id,
+a one-minute window, under a secret drawn at start; the current and the previous window's ids are
+accepted, so an id lives one to two minutes, as BEP 15 asks.  The source port is left out, as opentracker
+and chihaya leave it out: libtorrent keeps one id per tracker for all its sockets (seen with two sessions in
+one process: the second announced at once with the first one's id, from another port), and the id is
+there to prove the address, which is what an amplification attack forges.  A forged source address never sees the id,
 so it can never make the tracker send more bytes than it sent: until a datagram carries a valid id, its
 answer is never longer than itself (connect answers are 16 bytes, as the request; errors are cut to the
 request's length), and a connect without BEP 15's protocol id, or anything under 16 bytes, is not answered.
@@ -48,7 +51,6 @@ SCRAPE_ENTRY = struct.Struct(">III")
 ERROR_HEAD = struct.Struct(">II")
 
 _PROTOCOL_ID_BYTES = PROTOCOL_ID.to_bytes(8, "big")
-_PORTS = [p.to_bytes(2, "big") for p in range(65536)]
 #: What the protocol counts a datagram as, by its action field (bytes 8-12).
 KINDS = {(0).to_bytes(4, "big"): "UDP CONNECT", (1).to_bytes(4, "big"): "UDP ANNOUNCE",
          (2).to_bytes(4, "big"): "UDP SCRAPE"}
@@ -64,18 +66,17 @@ class UdpTracker:
         self.clients = clients
         self._secret = secret
 
-    def connection_id(self, host: str, port: int, now: float) -> bytes:
-        """The id a connect from host:port gets at *now* (tests use it to make stale or foreign ids)."""
-        return self._id(host, port, int(now // CONNECTION_ID_WINDOW))
+    def connection_id(self, host: str, now: float) -> bytes:
+        """The id a connect from *host* gets at *now* (tests use it to make stale or foreign ids)."""
+        return self._id(host, int(now // CONNECTION_ID_WINDOW))
 
-    def _id(self, host: str, port: int, window: int) -> bytes:
-        message = window.to_bytes(8, "big", signed=True) + _PORTS[port] + host.encode("utf-8", "replace")
+    def _id(self, host: str, window: int) -> bytes:
+        message = window.to_bytes(8, "big", signed=True) + host.encode("utf-8", "replace")
         return hmac.digest(self._secret, message, "sha256")[:8]
 
-    def _valid(self, cid: bytes, host: str, port: int, now: float) -> bool:
+    def _valid(self, cid: bytes, host: str, now: float) -> bool:
         window = int(now // CONNECTION_ID_WINDOW)
-        return hmac.compare_digest(cid, self._id(host, port, window)) or hmac.compare_digest(
-            cid, self._id(host, port, window - 1))
+        return hmac.compare_digest(cid, self._id(host, window)) or hmac.compare_digest(cid, self._id(host, window - 1))
 
     def handle(self, data: bytes, host: str, port: int, now: float) -> bytes | None:
         """The answer to one datagram from host:port, or None for none.  Never raises."""
@@ -94,8 +95,8 @@ class UdpTracker:
         if action == CONNECT:
             if cid != _PROTOCOL_ID_BYTES:
                 return None
-            return CONNECT_ANSWER.pack(CONNECT, tid, self._id(host, port, int(now // CONNECTION_ID_WINDOW)))
-        if not self._valid(cid, host, port, now):
+            return CONNECT_ANSWER.pack(CONNECT, tid, self._id(host, int(now // CONNECTION_ID_WINDOW)))
+        if not self._valid(cid, host, now):
             # Unverified: an error no longer than the request (an amplifier must answer more than it got).
             return _error(tid, b"bad or expired connection id: connect again")[:size]
         if action == ANNOUNCE:
