@@ -273,3 +273,61 @@ async def test_over_real_tcp(tmp_path: Path) -> None:
         error = e
     assert str(error) == f"tracker at {url} did not answer REGISTER: connection refused"
     assert treq  # the module the node passes in real life has the same post/get surface
+
+
+# ---------------------------------------------------------------- the BEP 15 UDP tracker beside the HTTP port
+
+
+def test_udp_port_option() -> None:
+    assert parse()["settings"].TRACKER_UDP_PORT == 0
+    assert parse("--udp-port", "6969")["settings"].TRACKER_UDP_PORT == 6969
+    assert parse("--udp-port", "-1")["settings"].TRACKER_UDP_PORT == -1
+    with pytest.raises(usage.UsageError, match="--udp-port must be a number"):
+        parse("--udp-port", "x")
+    with pytest.raises(usage.UsageError, match="--udp-port must be -1"):
+        parse("--udp-port", "70000")
+    assert "--udp-port" in str(tap.Options())
+
+
+def test_start_opens_the_udp_tracker_over_the_same_clients(tmp_path: Path) -> None:
+    import socket
+
+    from p2ptorrent.tracker.udp import UdpTrackerProtocol
+
+    reactor = MemoryReactorClock()
+    service = tap.makeService(options_in(tmp_path), reactor=reactor)
+    service.startService()
+    try:
+        [(_, family, protocol, _)] = reactor.adoptedPorts
+        assert family == socket.AF_INET and isinstance(protocol, UdpTrackerProtocol)
+        assert protocol.tracker.clients is service.tracker.clients  # one peer set for HTTP and UDP
+    finally:
+        result(service.stopService())
+    assert "BitTorrent UDP tracker on udp " in (tmp_path / "logs" / "tracker.log").read_text()
+    none = tap.makeService(options_in(tmp_path, "--udp-port", "-1"), reactor=(bare := MemoryReactorClock()))
+    none.startService()
+    assert bare.adoptedPorts == []
+    result(none.stopService())
+
+
+def test_a_busy_udp_port_stops_twistd_with_one_line(tmp_path: Path) -> None:
+    import socket
+
+    from p2ptorrent.procs import connects, find_script, free_port
+
+    twistd = find_script("twistd", search_path=False)
+    assert twistd is not None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        taken = busy.getsockname()[1]
+        http = free_port()
+        out = subprocess.run(
+            [twistd, "-n", "--pidfile=", "p2ptracker", "--port", str(http), "--udp-port", str(taken),
+             "--tracker-db-dir", str(tmp_path / "db"), "--logs-dir", str(tmp_path / "logs")],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        )
+    assert out.returncode == 1, out
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"twistd p2ptracker: cannot start: cannot listen for BitTorrent clients (BEP 15) on udp 127.0.0.1 port {taken}:"
+        " Address already in use"), out.stderr
+    assert not connects(http)

@@ -80,31 +80,39 @@ def packed_address(host: str, port: int) -> bytes:
 
 class _Swarm:
     """One torrent's clients: peer id -> (host, port, seed), and per address family a list of peer ids for
-    O(1) draws and removals (a removed one swaps with the last)."""
+    O(1) draws and removals (a removed one swaps with the last), with beside it the same clients' compact
+    addresses (BEP 23 / BEP 15), packed once when a client comes, so a BEP 15 answer is slices and a join."""
 
-    __slots__ = ("peers", "lists", "where", "seeds", "downloaded")
+    __slots__ = ("peers", "lists", "packed", "where", "seeds", "downloaded")
 
     def __init__(self) -> None:
         self.peers: dict[bytes, tuple[str, int, bool]] = {}
         self.lists: tuple[list[bytes], list[bytes]] = ([], [])  # IPv4, IPv6
+        self.packed: tuple[list[bytes], list[bytes]] = ([], [])  # in the order of lists
         self.where: dict[bytes, int] = {}
         self.seeds = 0
         self.downloaded = 0
 
     def add(self, peer_id: bytes, host: str, port: int, seed: bool) -> None:
-        family = self.lists[_family(host)]
+        compact = packed_address(host, port)  # first: an address it cannot pack leaves the swarm as it was
+        f = _family(host)
+        family = self.lists[f]
         self.where[peer_id] = len(family)
         family.append(peer_id)
+        self.packed[f].append(compact)
         self.peers[peer_id] = (host, port, seed)
         self.seeds += seed
 
     def remove(self, peer_id: bytes) -> None:
         host, _, seed = self.peers.pop(peer_id)
-        family = self.lists[_family(host)]
+        f = _family(host)
+        family, packed = self.lists[f], self.packed[f]
         at = self.where.pop(peer_id)
         last = family.pop()
+        last_packed = packed.pop()
         if last != peer_id:
             family[at] = last
+            packed[at] = last_packed
             self.where[last] = at
         self.seeds -= seed
 
@@ -143,14 +151,46 @@ class ClientSwarms:
         return len(self._swarms)
 
     def announce(self, req: Announce, now: float) -> AnnounceResult:
+        swarm = self._record(req, now)
+        if req.event == "stopped" or swarm is None:
+            seeds = swarm.seeds if swarm else 0
+            return AnnounceResult(self.interval, self.min_interval, seeds, len(swarm.peers) - seeds if swarm else 0, [])
+        wanted = self.numwant if req.numwant is None else min(req.numwant, self.max_numwant)
+        return AnnounceResult(
+            self.interval, self.min_interval, swarm.seeds, len(swarm.peers) - swarm.seeds,
+            self._draw(swarm, req, wanted),
+        )
+
+    def announce_compact(self, req: Announce, now: float) -> tuple[int, int, bytes]:
+        """:meth:`announce` for BEP 15: (seeds, leechers, up to *numwant* other clients of the requester's
+        address family, compact), with no object made per peer: the hot path of the UDP tracker."""
+        swarm = self._record(req, now)
+        if swarm is None:
+            return 0, 0, b""
+        if req.event == "stopped":
+            return swarm.seeds, len(swarm.peers) - swarm.seeds, b""
+        wanted = self.numwant if req.numwant is None else min(req.numwant, self.max_numwant)
+        f = _family(req.host)
+        packed = swarm.packed[f]
+        n = len(packed)
+        take = min(wanted + 1, n)  # one more, in case the window holds the requester
+        start = self._rng.randrange(n)
+        end = start + take
+        window = packed[start:end] + packed[:end - n] if end > n else packed[start:end]
+        mine = (swarm.where[req.peer_id] - start) % n
+        if mine < take:
+            del window[mine]
+        return swarm.seeds, len(swarm.peers) - swarm.seeds, b"".join(window[:wanted])
+
+    def _record(self, req: Announce, now: float) -> _Swarm | None:
+        """Apply an announce; its torrent's swarm afterwards (None: gone, its last client stopped)."""
         swarm = self._swarms.get(req.info_hash)
         key = req.info_hash + req.peer_id
         if req.event == "stopped":
             if swarm is not None and req.peer_id in swarm.peers:
                 self._forget(req.info_hash, swarm, req.peer_id)
                 swarm = self._swarms.get(req.info_hash)
-            seeds = swarm.seeds if swarm else 0
-            return AnnounceResult(self.interval, self.min_interval, seeds, len(swarm.peers) - seeds if swarm else 0, [])
+            return swarm
         seed = req.left == 0
         known = swarm.peers.get(req.peer_id) if swarm is not None else None
         if known is None and len(self._seen) >= self.max_peers:
@@ -167,11 +207,7 @@ class ClientSwarms:
             swarm.downloaded += 1
         self._seen[key] = now
         self._seen.move_to_end(key)
-        wanted = self.numwant if req.numwant is None else min(req.numwant, self.max_numwant)
-        return AnnounceResult(
-            self.interval, self.min_interval, swarm.seeds, len(swarm.peers) - swarm.seeds,
-            self._draw(swarm, req, wanted),
-        )
+        return swarm
 
     def _draw(self, swarm: _Swarm, req: Announce, wanted: int) -> list[Peer]:
         """Up to *wanted* other clients, the requester's address family first: a random window of each

@@ -388,6 +388,11 @@ class TrackerHTTP:
             self.log.warn("refused {kind} from {host}: {reason}", kind=kind, host=host, reason=reason)
         return _bencoded(request, encode_failure(reason))
 
+    def count_request(self, kind: str, refused: bool) -> None:
+        """A request answered outside HTTP (BEP 15 datagrams, udp.py), in the next liveness check's counts line."""
+        self._requests[kind] += 1
+        self._refused += refused
+
     def _expire_clients(self) -> None:
         """Forget BitTorrent clients that stopped announcing, a TRACKER_DROP_SLICE at a time per turn."""
         self._expiring = None

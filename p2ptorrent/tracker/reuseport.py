@@ -42,3 +42,19 @@ class ReusePortEndpoint:
         finally:
             sock.close()  # the reactor's port holds its own copy of the descriptor
         return succeed(port)
+
+
+def datagram_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """A non-blocking UDP socket bound to host:port (with *reuse_port*, SO_REUSEPORT: trackers sharing a TCP
+    port share its UDP twin too; Linux sends each client address to one of them); OSError if it cannot bind."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -4,6 +4,8 @@ The tree is, in this order: the log file (logs/tracker.log), the HTTP server
 and the liveness timer.  The database is read back just before the server
 starts listening, so the first request already sees it; then the open-file
 limit is raised and the connections in all capped below it (connections.py).
+The HTTP server's service also opens the BEP 15 UDP tracker (udp.py) on the
+same interface, once the TCP port is bound (TRACKER_UDP_PORT 0: that port's number).
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import gc
 import ipaddress
 import random
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
@@ -27,11 +30,12 @@ from p2ptorrent.logfile import LogFileService
 from p2ptorrent.startup import FolderDaemon, FolderLock, StartupError, claim_under_twistd, fail_to_start, usable_folder
 from p2ptorrent.options import SettingsOptions
 from p2ptorrent.tracker.connections import ConnectionPolicy, GuardedSite, connection_cap, raise_open_file_limit
-from p2ptorrent.tracker.reuseport import ReusePortEndpoint
+from p2ptorrent.tracker.reuseport import ReusePortEndpoint, datagram_socket
 from p2ptorrent.tracker.redis_store import RedisAddress, RedisConfigError, RedisSwarm
 from p2ptorrent.tracker.state import SwarmState
 from p2ptorrent.tracker.sqlite_store import SqliteStore
 from p2ptorrent.tracker.store import JsonStore
+from p2ptorrent.tracker.udp import UdpTracker, UdpTrackerProtocol
 
 if TYPE_CHECKING:
     # Klein imports the global reactor when it is imported, so tracker.http is
@@ -57,6 +61,9 @@ class Options(SettingsOptions):
         ["port", None, None, "TCP port to listen on (default: the port of TRACKER_ADDR)."],
         ["listen", None, None,
          "Twisted server endpoint string, overriding --host and --port (e.g. tcp:0:interface=127.0.0.1)."],
+        ["udp-port", None, None,
+         "UDP port of the BEP 15 tracker for BitTorrent clients, on the HTTP port's interface "
+         "(TRACKER_UDP_PORT, default 0: the HTTP port's number; -1: no UDP tracker)."],
         ["store", None, None,
          "Where the state is kept: sqlite (tracker.db, the default), json (nodes.json and files.json rewritten "
          "at every change: small swarms only) or redis://HOST:PORT/DB (in Redis, shared by every tracker given "
@@ -80,6 +87,15 @@ class Options(SettingsOptions):
 
     def settings(self) -> Config:
         settings = super().settings()
+        if self["udp-port"] is not None:
+            try:
+                udp_port = int(self["udp-port"])
+            except ValueError:
+                raise usage.UsageError(f"--udp-port must be a number, got {self['udp-port']!r}") from None
+            try:
+                settings = settings.replace(TRACKER_UDP_PORT=udp_port)
+            except ConfigError as e:
+                raise usage.UsageError(str(e).replace("TRACKER_UDP_PORT", "--udp-port")) from None
         if not self["trusted-proxy"]:
             return settings
         try:
@@ -136,15 +152,24 @@ class Options(SettingsOptions):
 
 
 class TrackerServerService(StreamServerEndpointService):
-    """The HTTP server; loads the database once its port is bound (before the reactor runs) and saves once
-    more on stop."""
+    """The HTTP server and its UDP twin (BEP 15); loads the database once its ports are bound (before the
+    reactor runs) and saves once more on stop."""
 
     log = Logger()
 
-    def __init__(self, tracker: TrackerHTTP, endpoint: IStreamServerEndpoint, site: GuardedSite) -> None:
+    def __init__(
+        self, tracker: TrackerHTTP, endpoint: IStreamServerEndpoint, site: GuardedSite, udp_port: int = -1,
+        reuse_port: bool = False,
+    ) -> None:
         super().__init__(endpoint, site)
         self.tracker = tracker
         self.site = site
+        #: TRACKER_UDP_PORT: -1 none, 0 the number of the TCP port once bound.
+        self.udp_port = udp_port
+        self.reuse_port = reuse_port
+        #: The BEP 15 tracker's port and protocol, once listening.
+        self.udp: IListeningPort | None = None
+        self.udp_protocol: UdpTrackerProtocol | None = None
         self._loaded = False
         self._files_checked = False
 
@@ -163,6 +188,12 @@ class TrackerServerService(StreamServerEndpointService):
             where = f"{e.interface or 'all addresses'} port {e.port}"
             raise StartupError(f"cannot listen for HTTP on {where}: {why}") from None
         assert self._waitingForPort is not None
+        bound: list[IListeningPort] = []
+        self._waitingForPort.addCallback(lambda port: bound.append(port) or port)
+        if bound:
+            self._open_udp(bound[0])
+        else:  # (an endpoint that binds later: none of ours; a failure can then only be logged)
+            self._waitingForPort.addCallback(self._open_udp_later)
         # The state must be ready before the first request: loaded now, before the reactor runs and accepts
         # anything, and only once the port is ours (a refused start leaves the database folder as it was).
         if not self._loaded:
@@ -175,6 +206,42 @@ class TrackerServerService(StreamServerEndpointService):
 
     def privilegedStartService(self) -> None:
         self.open()
+
+    def _open_udp(self, listening: IListeningPort) -> None:
+        """Listen for BEP 15 datagrams on the TCP port's interface, or raise StartupError (the TCP port closed)."""
+        if self.udp_port < 0 or self.udp is not None:
+            return
+        address = listening.getHost()
+        host, tcp_port = getattr(address, "host", None), getattr(address, "port", None)
+        if not isinstance(host, str) or not isinstance(tcp_port, int):
+            self.log.warn("no BitTorrent UDP tracker: HTTP listens on {address}, not on an IP port", address=address)
+            return
+        port = self.udp_port or tcp_port
+        try:
+            sock = datagram_socket(host, port, self.reuse_port)
+        except OSError as e:
+            listening.stopListening()
+            which = " (the HTTP port's number: give another with --udp-port, or -1 for none)" if not self.udp_port else ""
+            raise StartupError(
+                f"cannot listen for BitTorrent clients (BEP 15) on udp {host} port {port}{which}: {e.strerror or e}"
+            ) from None
+        try:
+            bound_host, bound_port = sock.getsockname()[:2]
+            tracker = UdpTracker(self.tracker.clients, secrets.token_bytes(32))
+            self.udp_protocol = UdpTrackerProtocol(tracker, self.tracker.reactor, self.tracker.count_request)
+            reactor: Any = self.tracker.reactor
+            self.udp = reactor.adoptDatagramPort(sock.fileno(), sock.family, self.udp_protocol)
+        finally:
+            sock.close()  # the reactor's port holds its own copy of the descriptor
+        self.log.info("BitTorrent UDP tracker on udp {host}:{port}", host=bound_host, port=bound_port)
+
+    def _open_udp_later(self, listening: IListeningPort | None) -> IListeningPort | None:
+        if listening is not None:
+            try:
+                self._open_udp(listening)
+            except StartupError as e:
+                self.log.error("{why}", why=str(e))
+        return listening
 
     def _make_room_for_connections(self) -> None:
         """Raise the open-file limit and cap connections in all below it (each holds a descriptor)."""
@@ -214,8 +281,12 @@ class TrackerServerService(StreamServerEndpointService):
         return d
 
     def stopService(self) -> Deferred[None] | None:
+        udp, self.udp = self.udp, None
         d = super().stopService()
         closed = self.tracker.close()
+        if udp is not None:
+            udp_closed: Deferred[Any] = maybeDeferred(udp.stopListening)
+            closed = closed.addBoth(lambda result: udp_closed.addCallback(lambda _: result))
         if d is None:
             return closed
         return d.addBoth(lambda result: closed.addCallback(lambda _: result))
@@ -312,7 +383,9 @@ def _build(config: Options | dict[str, Any], reactor: Any) -> TrackerService:
         endpoint = ReusePortEndpoint(reactor, *config["bind"])
     else:
         endpoint = serverFromString(reactor, config["endpoint"])
-    server = TrackerServerService(tracker, endpoint, site)
+    server = TrackerServerService(
+        tracker, endpoint, site, udp_port=settings.TRACKER_UDP_PORT, reuse_port=bool(config.get("reuse-port")),
+    )
     server.setName("http")
     server.setServiceParent(top)
 
