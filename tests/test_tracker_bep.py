@@ -107,6 +107,25 @@ def test_ipv6_clients_come_first_to_ipv6_askers_and_ipv4_ones_fill_the_rest() ->
     assert [p.host for p in both] == ["2001:db8::2", "10.0.0.1"]
 
 
+def test_compact_answers_fill_from_the_other_family_and_never_name_the_asker() -> None:
+    s = swarms()
+    for i in range(3):
+        s.announce(ann(i, host=f"10.0.0.{i + 1}"), 0.0)
+    for i in range(3, 5):
+        s.announce(ann(i, host=f"2001:db8::{i}", left=0), 0.0)
+    seeds, leechers, v4, v6 = s.announce_packed(ann(0, host="10.0.0.1", numwant=10), 1.0)
+    assert (seeds, leechers) == (2, 3)
+    assert sorted(v4[k:k + 6] for k in range(0, len(v4), 6)) == sorted(
+        packed_address(f"10.0.0.{i + 1}", 6881 + i) for i in (1, 2))
+    assert sorted(v6[k:k + 18] for k in range(0, len(v6), 18)) == sorted(
+        packed_address(f"2001:db8::{i}", 6881 + i) for i in (3, 4))
+    _, _, v4, v6 = s.announce_packed(ann(0, host="10.0.0.1", numwant=3), 2.0)
+    assert (len(v4), len(v6)) == (12, 18)
+    _, _, v4, v6 = s.announce_packed(ann(3, host="2001:db8::3", left=0, numwant=2), 3.0)
+    assert (len(v4), v6) == (6, packed_address("2001:db8::4", 6885))
+    assert s.announce_packed(ann(0, host="10.0.0.1", event="stopped"), 4.0)[2:] == (b"", b"")
+
+
 def test_a_client_that_moves_is_given_at_its_new_address() -> None:
     s = swarms()
     s.announce(ann(1, host="10.0.0.1"), 0.0)

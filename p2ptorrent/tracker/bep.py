@@ -182,6 +182,25 @@ class ClientSwarms:
             del window[mine]
         return swarm.seeds, len(swarm.peers) - swarm.seeds, b"".join(window[:wanted])
 
+    def announce_packed(self, req: Announce, now: float) -> tuple[int, int, bytes, bytes]:
+        """:meth:`announce` for HTTP's compact answers: (seeds, leechers, IPv4 peers, IPv6 peers), packed.  The
+        requester's address family first, the other one filling up to *numwant* (``peers`` and ``peers6``,
+        BEP 23 and BEP 7); no object made per peer."""
+        seeds, leechers, mine = self.announce_compact(req, now)
+        f = _family(req.host)
+        other = b""
+        wanted = self.numwant if req.numwant is None else min(req.numwant, self.max_numwant)
+        missing = wanted - len(mine) // (18 if f else 6)
+        swarm = self._swarms.get(req.info_hash)
+        if missing > 0 and req.event != "stopped" and swarm is not None:
+            packed = swarm.packed[1 - f]  # the requester is not among them
+            n = len(packed)
+            if n:
+                start = self._rng.randrange(n)
+                end = start + min(missing, n)
+                other = b"".join(packed[start:end] + packed[:end - n] if end > n else packed[start:end])
+        return (seeds, leechers, mine, other) if f == 0 else (seeds, leechers, other, mine)
+
     def _record(self, req: Announce, now: float) -> _Swarm | None:
         """Apply an announce; its torrent's swarm afterwards (None: gone, its last client stopped)."""
         swarm = self._swarms.get(req.info_hash)
@@ -355,6 +374,17 @@ def encode_announce(result: AnnounceResult, req: Announce) -> bytes:
                 entry[b"peer id"] = p.peer_id
             peers.append(entry)
         doc[b"peers"] = peers
+    return bencode(doc)
+
+
+def encode_compact(interval: int, min_interval: int, seeds: int, leechers: int, v4: bytes, v6: bytes) -> bytes:
+    """A compact announce answer (BEP 23, with ``peers6`` of BEP 7 when there are IPv6 peers)."""
+    doc: dict[bytes, object] = {
+        b"interval": interval, b"min interval": min_interval, b"complete": seeds, b"incomplete": leechers,
+        b"peers": v4,
+    }
+    if v6:
+        doc[b"peers6"] = v6
     return bencode(doc)
 
 

@@ -47,6 +47,7 @@ from p2ptorrent.tracker.bep import (
     BepRefusal,
     ClientSwarms,
     encode_announce,
+    encode_compact,
     encode_failure,
     encode_scrape,
     parse_announce,
@@ -366,7 +367,12 @@ class TrackerHTTP:
         self._requests["ANNOUNCE"] += 1
         try:
             req = parse_announce(cast(Any, request).args, host)
-            body = encode_announce(self.clients.announce(req, self.reactor.seconds()), req)
+            clients = self.clients
+            if req.compact:  # what clients ask for: packed, no object per peer
+                body = encode_compact(clients.interval, clients.min_interval,
+                                      *clients.announce_packed(req, self.reactor.seconds()))
+            else:
+                body = encode_announce(clients.announce(req, self.reactor.seconds()), req)
         except BepRefusal as e:
             return self._bep_refusal(request, "ANNOUNCE", host, str(e))
         if self._log_every_request:
