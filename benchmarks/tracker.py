@@ -566,6 +566,16 @@ async def latency(ports: Sequence[int], n: int, seconds: float, probes: int) -> 
 
 async def closed_loop(ports: Sequence[int], make: Callable[[int], bytes], seconds: float, nconns: int = CONNS) -> float:
     """Requests per second over *nconns* connections, each sending its next request as soon as answered."""
+
+    async def send(c: Conn, i: int) -> None:
+        await c.ok(make(i))
+
+    return await _closed_loop(ports, send, seconds, nconns)
+
+
+async def _closed_loop(ports: Sequence[int], send: Callable[[Conn, int], Any], seconds: float, nconns: int) -> float:
+    """Requests per second over *nconns* connections: ``send(conn, i)`` for i = k, k + nconns, ... on the k-th,
+    each the next as soon as the last was answered, for *seconds*."""
     cs = await conns(ports, nconns)
     count = [0]
     t0 = time.perf_counter()
@@ -573,7 +583,7 @@ async def closed_loop(ports: Sequence[int], make: Callable[[int], bytes], second
     async def worker(k: int, c: Conn) -> None:
         i = k
         while time.perf_counter() - t0 < seconds:
-            await c.ok(make(i))
+            await send(c, i)
             count[0] += 1
             i += nconns
 
@@ -906,22 +916,11 @@ async def closed_loop_raw(port: int, requests: Sequence[bytes], seconds: float, 
                           check: Callable[[int, bytes], None]) -> float:
     """Requests per second over *nconns* connections sending *requests* in turn, each the next as soon as
     answered; *check* judges each answer."""
-    cs = await conns([port], nconns)
-    count = [0]
-    t0 = time.perf_counter()
 
-    async def worker(k: int, c: Conn) -> None:
-        i = k
-        while time.perf_counter() - t0 < seconds:
-            check(*await c.call(raw=requests[i % len(requests)]))
-            count[0] += 1
-            i += nconns
+    async def send(c: Conn, i: int) -> None:
+        check(*await c.call(raw=requests[i % len(requests)]))
 
-    await asyncio.gather(*(worker(k, c) for k, c in enumerate(cs)))
-    elapsed = time.perf_counter() - t0
-    for c in cs:
-        c.close()
-    return count[0] / elapsed
+    return await _closed_loop([port], send, seconds, nconns)
 
 
 def check_trivial(status: int, body: bytes) -> None:

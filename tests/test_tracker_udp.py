@@ -6,7 +6,6 @@ The layouts are written here from BEP 15's tables, not imported from udp.py, so 
 
 from __future__ import annotations
 
-import random
 import socket
 import struct
 import urllib.parse
@@ -26,6 +25,7 @@ from p2ptorrent.procs import Daemons, free_port, wait_for
 from p2ptorrent.tracker.bep import ClientSwarms, packed_address
 from p2ptorrent.tracker.udp import UdpTracker, UdpTrackerProtocol
 from daemonkit import start_tracker
+from test_tracker_bep import swarms
 from trackerkit import Harness, MemoryStore, result
 
 # BEP 15's tables, big-endian.
@@ -43,13 +43,6 @@ NONE, COMPLETED, STARTED, STOPPED = 0, 1, 2, 3
 IH = bytes(range(20))
 IH2 = b"\x00" * 19 + b"\xff"
 SECRET = b"s" * 32
-
-
-def swarms(**kw: Any) -> ClientSwarms:
-    options: dict[str, Any] = dict(interval=1800, min_interval=900, peer_timeout=3660, numwant=50, max_numwant=200,
-                                   max_peers=1000)
-    options.update(kw)
-    return ClientSwarms(random.Random(5), **options)
 
 
 def peer_id(i: int) -> bytes:
