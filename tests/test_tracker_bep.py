@@ -338,3 +338,23 @@ def test_bt_settings_are_validated() -> None:
         Config().replace(BT_ANNOUNCE_INTERVAL=1)
     with pytest.raises(ConfigError, match="BT_MAX_NUMWANT"):
         Config().replace(BT_MAX_NUMWANT=0)
+
+
+def test_a_bug_in_announce_is_a_failure_reason_and_logged_never_a_5xx(tmp_path: Path, monkeypatch: Any) -> None:
+    bt = harness(tmp_path)
+    events: list[dict[str, Any]] = []
+    from twisted.logger import globalLogPublisher
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(bt.web.clients, "announce_packed", broken)
+    monkeypatch.setattr(bt.web.clients, "scrape", broken)
+    globalLogPublisher.addObserver(events.append)
+    try:
+        code, doc, _ = bt.get("announce", query())
+        code2, doc2, _ = bt.get("scrape", b"info_hash=" + urllib.parse.quote_from_bytes(IH).encode())
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert (code, doc) == (code2, doc2) == (200, {b"failure reason": b"internal error in the tracker"})
+    assert sum(1 for e in events if e.get("log_failure") is not None) == 2

@@ -375,6 +375,9 @@ class TrackerHTTP:
                 body = encode_announce(clients.announce(req, self.reactor.seconds()), req)
         except BepRefusal as e:
             return self._bep_refusal(request, "ANNOUNCE", host, str(e))
+        except Exception:
+            self.log.failure("failed on an announce from {host}", host=host)
+            return _bencoded(request, encode_failure("internal error in the tracker"))  # BEP 3: never a 5xx
         if self._log_every_request:
             self.log.debug("announce from {host}:{port} for {info_hash} ({event})", host=host, port=req.port,
                            info_hash=req.info_hash.hex(), event=req.event or "interval")
@@ -385,9 +388,13 @@ class TrackerHTTP:
         self._requests["SCRAPE"] += 1
         try:
             hashes = parse_scrape(cast(Any, request).args)
+            body = encode_scrape(self.clients.scrape(hashes))
         except BepRefusal as e:
             return self._bep_refusal(request, "SCRAPE", _client_host(request), str(e))
-        return _bencoded(request, encode_scrape(self.clients.scrape(hashes)))
+        except Exception:
+            self.log.failure("failed on a scrape")
+            return _bencoded(request, encode_failure("internal error in the tracker"))
+        return _bencoded(request, body)
 
     def _bep_refusal(self, request: IRequest, kind: str, host: str | None, reason: str) -> bytes:
         if self._may_log_refusal(host):
