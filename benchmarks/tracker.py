@@ -1466,12 +1466,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.save.write_text(json.dumps({"argv": list(sys.argv[1:] if argv is None else argv), "results": results},
                                             indent=1, default=str))
     finally:
-        procs.stop()
-        if args.keep:
-            print(f"work folder kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        end_run(procs, work, args.keep)
     return status
+
+
+def end_run(procs: Procs, work: Path, keep: bool) -> None:
+    """Every process this run started stopped; its work folder removed unless --keep."""
+    procs.stop()
+    if keep:
+        print(f"work folder kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main_bep(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
@@ -1499,11 +1504,7 @@ def main_bep(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         if args.save is not None:
             args.save.write_text(json.dumps({"argv": command.split(), "bep": r}, indent=1, default=str))
     finally:
-        procs.stop()
-        if args.keep:
-            print(f"work folder kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        end_run(procs, work, args.keep)
     return status
 
 
