@@ -126,12 +126,28 @@ def test_compact_answers_fill_from_the_other_family_and_never_name_the_asker() -
     assert s.announce_packed(ann(0, host="10.0.0.1", event="stopped"), 4.0)[2:] == (b"", b"")
 
 
-def test_a_client_that_moves_is_given_at_its_new_address() -> None:
+def test_a_dual_stack_client_is_given_at_both_of_its_addresses() -> None:
+    """libtorrent announces once per listen address with one peer id: each address is a peer."""
     s = swarms()
     s.announce(ann(1, host="10.0.0.1"), 0.0)
     s.announce(ann(1, host="2001:db8::1", left=0), 1.0)
+    peers = s.announce(ann(2), 2.0).peers
+    assert sorted(p.host for p in peers) == ["10.0.0.1", "2001:db8::1"]
+    assert (s.scrape([IH])[IH].complete, s.scrape([IH])[IH].incomplete) == (1, 2)
+
+
+def test_a_client_restarted_on_the_same_address_replaces_its_old_record() -> None:
+    """Found with Transmission restarted on its port: a new peer id, the same address; it must not be
+    handed out twice (nor counted twice) until the old record expires an hour later."""
+    s = swarms()
+    s.announce(ann(1, host="10.0.0.1", port=6892), 0.0)
+    s.announce(Announce(IH, b"R" * 20, "10.0.0.1", 6892, 0, "started", None), 1.0)
     [p] = s.announce(ann(2), 2.0).peers
-    assert (p.host, s.scrape([IH])[IH].complete) == ("2001:db8::1", 1)
+    assert (p.host, p.port, p.peer_id) == ("10.0.0.1", 6892, b"R" * 20)
+    entry = s.scrape([IH])[IH]
+    assert (entry.complete, entry.incomplete, len(s)) == (1, 1, 2)
+    _, _, v4, _ = s.announce_packed(ann(2), 3.0)
+    assert v4 == packed_address("10.0.0.1", 6892)
 
 
 def test_silent_clients_expire_oldest_first_within_the_budget() -> None:
@@ -162,23 +178,24 @@ def test_the_tracker_refuses_clients_beyond_its_cap_but_serves_known_ones() -> N
                           st.booleans(), st.booleans()), max_size=60))
 def test_counts_match_a_recount_after_any_announces(ops: list[tuple[int, int, str, bool, bool]]) -> None:
     s = swarms()
-    model: dict[tuple[bytes, bytes], tuple[str, bool]] = {}
+    # A client is its address (a dual-stack one is two), holding the peer id it last announced with.
+    model: dict[tuple[bytes, str], tuple[bytes, bool]] = {}
     for t, (who, torrent, event, seed, v6) in enumerate(ops):
         info_hash = bytes([torrent]) * 20
         host = f"2001:db8::{who + 1}" if v6 else f"10.0.0.{who + 1}"
-        s.announce(Announce(info_hash, peer_id(who), host, 7000, 0 if seed else 5, event, None), float(t))
+        s.announce(Announce(info_hash, peer_id(who + 10 * t), host, 7000, 0 if seed else 5, event, None), float(t))
         if event == "stopped":
-            model.pop((info_hash, peer_id(who)), None)
+            model.pop((info_hash, host), None)
         else:
-            model[(info_hash, peer_id(who))] = (host, seed)
+            model[(info_hash, host)] = (peer_id(who + 10 * t), seed)
     assert len(s) == len(model)
     for torrent in range(3):
         info_hash = bytes([torrent]) * 20
-        mine = {pid: v for (h, pid), v in model.items() if h == info_hash}
+        mine = {host: v for (h, host), v in model.items() if h == info_hash}
         entry = s.scrape([info_hash])[info_hash]
         assert (entry.complete, entry.incomplete) == (sum(v[1] for v in mine.values()), sum(not v[1] for v in mine.values()))
         asker = s.announce(Announce(info_hash, b"x" * 20, "10.9.9.9", 1, 1, "", 1000), 999.0).peers
-        assert {(p.peer_id, p.host) for p in asker} == {(pid, v[0]) for pid, v in mine.items()}
+        assert {(p.peer_id, p.host) for p in asker} == {(v[0], host) for host, v in mine.items()}
         s.announce(Announce(info_hash, b"x" * 20, "10.9.9.9", 1, 1, "stopped", None), 999.0)
 
 
@@ -286,8 +303,8 @@ def test_scrape_counts_clients_only(tmp_path: Path) -> None:
     bt = harness(tmp_path)
     bt.join(1)  # a node: not a BitTorrent client
     bt.get("announce", query(peer_id=peer_id(1), left=0))
-    bt.get("announce", query(peer_id=peer_id(2), left=5))
-    bt.get("announce", query(peer_id=peer_id(2), left=0, event="completed"))
+    bt.get("announce", query(peer_id=peer_id(2), port=6882, left=5))
+    bt.get("announce", query(peer_id=peer_id(2), port=6882, left=0, event="completed"))
     q = b"info_hash=" + urllib.parse.quote_from_bytes(IH).encode() + b"&info_hash=" + urllib.parse.quote_from_bytes(IH2).encode()
     code, doc, _ = bt.get("scrape", q)
     assert code == 200 and doc == {b"files": {
@@ -323,11 +340,11 @@ def test_the_liveness_check_expires_silent_clients(tmp_path: Path) -> None:
     bt = harness(tmp_path, BT_ANNOUNCE_INTERVAL=10)
     bt.get("announce", query(peer_id=peer_id(1)))
     bt.clock.advance(50)
-    bt.get("announce", query(peer_id=peer_id(2)))
+    bt.get("announce", query(peer_id=peer_id(2), port=6882))
     bt.clock.advance(40)  # client 1 silent 90 s > 2 x 10 + 60; client 2 for 40 s
     bt.web.check_liveness()
     assert len(bt.web.clients) == 1
-    _, doc, _ = bt.get("announce", query(peer_id=peer_id(3)))
+    _, doc, _ = bt.get("announce", query(peer_id=peer_id(3), port=6883))
     assert doc[b"incomplete"] == 2
 
 

@@ -180,7 +180,7 @@ def test_connection_ids_live_one_to_two_minutes_and_belong_to_one_address() -> N
     stale = c.announce_raw(now=120.0, pid=2)
     assert error_of(stale, 4242).startswith(b"bad or expired connection id") and len(tracker.clients) == 1
     early = Client(tracker, "10.0.0.1", 5000, now=60.0)  # issued at the start: good for two minutes
-    assert ANNOUNCE_ANSWER.unpack_from(early.announce_raw(now=179.9, pid=3) or b"")[0] == 1
+    assert ANNOUNCE_ANSWER.unpack_from(early.announce_raw(now=179.9, pid=3, port=6883) or b"")[0] == 1
     for host in ("10.0.0.2", "::ffff:10.0.0.1", "2001:db8::1"):
         thief = Client(tracker, host, 5000, now=60.0)
         thief.cid = early.cid
@@ -188,7 +188,7 @@ def test_connection_ids_live_one_to_two_minutes_and_belong_to_one_address() -> N
     # Another socket of the same client (libtorrent shares one id per tracker among its sockets): accepted.
     other_socket = Client(tracker, "10.0.0.1", 5001, now=60.0)
     other_socket.cid = early.cid
-    assert ANNOUNCE_ANSWER.unpack_from(other_socket.announce_raw(now=61.0, pid=5) or b"")[0] == 1
+    assert ANNOUNCE_ANSWER.unpack_from(other_socket.announce_raw(now=61.0, pid=5, port=6885) or b"")[0] == 1
     other_secret = UdpTracker(tracker.clients, b"t" * 32)
     assert other_secret.connection_id("10.0.0.1", 60.0) != tracker.connection_id("10.0.0.1", 60.0)
     assert len(tracker.clients) == 3

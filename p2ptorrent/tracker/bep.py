@@ -79,40 +79,37 @@ def packed_address(host: str, port: int) -> bytes:
 
 
 class _Swarm:
-    """One torrent's clients: peer id -> (host, port, seed), and per address family a list of peer ids for
-    O(1) draws and removals (a removed one swaps with the last), with beside it the same clients' compact
-    addresses (BEP 23 / BEP 15), packed once when a client comes, so a BEP 15 answer is slices and a join."""
+    """One torrent's clients, keyed by their compact address (BEP 23 / BEP 7: address bytes, then the port).
 
-    __slots__ = ("peers", "lists", "packed", "where", "seeds", "downloaded")
+    The address is the client's identity, as opentracker keys it: one process holds a port, so a client
+    restarted with a new peer id on the same address replaces its old record at once instead of being
+    handed out twice until the old one expires.  ``peers`` maps it to (host, port, seed, peer id); per
+    address family a list of the same keys gives O(1) draws and removals (a removed one swaps with the
+    last), and since a key is the compact form, a BEP 15 or compact answer is slices and a join."""
+
+    __slots__ = ("peers", "lists", "where", "seeds", "downloaded")
 
     def __init__(self) -> None:
-        self.peers: dict[bytes, tuple[str, int, bool]] = {}
-        self.lists: tuple[list[bytes], list[bytes]] = ([], [])  # IPv4, IPv6
-        self.packed: tuple[list[bytes], list[bytes]] = ([], [])  # in the order of lists
+        self.peers: dict[bytes, tuple[str, int, bool, bytes]] = {}
+        self.lists: tuple[list[bytes], list[bytes]] = ([], [])  # IPv4, IPv6: compact addresses
         self.where: dict[bytes, int] = {}
         self.seeds = 0
         self.downloaded = 0
 
-    def add(self, peer_id: bytes, host: str, port: int, seed: bool) -> None:
-        compact = packed_address(host, port)  # first: an address it cannot pack leaves the swarm as it was
-        f = _family(host)
-        family = self.lists[f]
-        self.where[peer_id] = len(family)
-        family.append(peer_id)
-        self.packed[f].append(compact)
-        self.peers[peer_id] = (host, port, seed)
+    def add(self, compact: bytes, host: str, port: int, seed: bool, peer_id: bytes) -> None:
+        family = self.lists[_family(host)]
+        self.where[compact] = len(family)
+        family.append(compact)
+        self.peers[compact] = (host, port, seed, peer_id)
         self.seeds += seed
 
-    def remove(self, peer_id: bytes) -> None:
-        host, _, seed = self.peers.pop(peer_id)
-        f = _family(host)
-        family, packed = self.lists[f], self.packed[f]
-        at = self.where.pop(peer_id)
+    def remove(self, compact: bytes) -> None:
+        host, _, seed, _ = self.peers.pop(compact)
+        family = self.lists[_family(host)]
+        at = self.where.pop(compact)
         last = family.pop()
-        last_packed = packed.pop()
-        if last != peer_id:
+        if last != compact:
             family[at] = last
-            packed[at] = last_packed
             self.where[last] = at
         self.seeds -= seed
 
@@ -141,7 +138,7 @@ class ClientSwarms:
         self.max_numwant = max_numwant
         self.max_peers = max_peers
         self._swarms: dict[bytes, _Swarm] = {}
-        #: (info hash + peer id) -> last announce, oldest first.
+        #: (info hash + compact address) -> last announce, oldest first.
         self._seen: OrderedDict[bytes, float] = OrderedDict()
 
     def __len__(self) -> int:
@@ -171,13 +168,13 @@ class ClientSwarms:
             return swarm.seeds, len(swarm.peers) - swarm.seeds, b""
         wanted = self.numwant if req.numwant is None else min(req.numwant, self.max_numwant)
         f = _family(req.host)
-        packed = swarm.packed[f]
+        packed = swarm.lists[f]
         n = len(packed)
         take = min(wanted + 1, n)  # one more, in case the window holds the requester
         start = self._rng.randrange(n)
         end = start + take
         window = packed[start:end] + packed[:end - n] if end > n else packed[start:end]
-        mine = (swarm.where[req.peer_id] - start) % n
+        mine = (swarm.where[packed_address(req.host, req.port)] - start) % n
         if mine < take:
             del window[mine]
         return swarm.seeds, len(swarm.peers) - swarm.seeds, b"".join(window[:wanted])
@@ -193,7 +190,7 @@ class ClientSwarms:
         missing = wanted - len(mine) // (18 if f else 6)
         swarm = self._swarms.get(req.info_hash)
         if missing > 0 and req.event != "stopped" and swarm is not None:
-            packed = swarm.packed[1 - f]  # the requester is not among them
+            packed = swarm.lists[1 - f]  # the requester is not among them
             n = len(packed)
             if n:
                 start = self._rng.randrange(n)
@@ -204,26 +201,27 @@ class ClientSwarms:
     def _record(self, req: Announce, now: float) -> _Swarm | None:
         """Apply an announce; its torrent's swarm afterwards (None: gone, its last client stopped)."""
         swarm = self._swarms.get(req.info_hash)
-        key = req.info_hash + req.peer_id
+        compact = packed_address(req.host, req.port)  # first: an address it cannot pack changes nothing
         if req.event == "stopped":
-            if swarm is not None and req.peer_id in swarm.peers:
-                self._forget(req.info_hash, swarm, req.peer_id)
+            if swarm is not None and compact in swarm.peers:
+                self._forget(req.info_hash, swarm, compact)
                 swarm = self._swarms.get(req.info_hash)
             return swarm
         seed = req.left == 0
-        known = swarm.peers.get(req.peer_id) if swarm is not None else None
+        known = swarm.peers.get(compact) if swarm is not None else None
         if known is None and len(self._seen) >= self.max_peers:
             raise BepRefusal("the tracker holds as many peers as it may: try again later")
         if swarm is None:
             swarm = self._swarms[req.info_hash] = _Swarm()
         if known is None:
-            swarm.add(req.peer_id, req.host, req.port, seed)
-        elif known != (req.host, req.port, seed):
-            # Moved, or became a seed: its place in the family lists may change.
-            swarm.remove(req.peer_id)
-            swarm.add(req.peer_id, req.host, req.port, seed)
+            swarm.add(compact, req.host, req.port, seed, req.peer_id)
+        elif known[2] != seed or known[3] != req.peer_id:
+            # Became a seed, or restarted with a new peer id on the same address: the same place, a new record.
+            swarm.seeds += seed - known[2]
+            swarm.peers[compact] = (req.host, req.port, seed, req.peer_id)
         if req.event == "completed" and not (known is not None and known[2]):
             swarm.downloaded += 1
+        key = req.info_hash + compact
         self._seen[key] = now
         self._seen.move_to_end(key)
         return swarm
@@ -233,6 +231,7 @@ class ClientSwarms:
         family's list (a removal swaps the last one in, so the order keeps changing)."""
         out: list[Peer] = []
         mine = _family(req.host)
+        me = packed_address(req.host, req.port)
         for family in (swarm.lists[mine], swarm.lists[1 - mine]):
             n = len(family)
             take = min(wanted - len(out), n)
@@ -240,11 +239,11 @@ class ClientSwarms:
                 continue
             start = self._rng.randrange(n)
             for i in range(min(take + 1, n)):
-                peer_id = family[(start + i) % n]
-                if peer_id == req.peer_id:
+                compact = family[(start + i) % n]
+                if compact == me:
                     continue
                 if len(out) < wanted:
-                    host, port, _ = swarm.peers[peer_id]
+                    host, port, _, peer_id = swarm.peers[compact]
                     out.append(Peer(host, port, peer_id))
         return out
 
@@ -267,16 +266,16 @@ class ClientSwarms:
             key, last = next(iter(seen.items()))
             if last >= horizon:
                 return gone, False
-            info_hash, peer_id = key[:20], key[20:]
+            info_hash, compact = key[:20], key[20:]
             swarm = self._swarms[info_hash]
-            self._forget(info_hash, swarm, peer_id)
+            self._forget(info_hash, swarm, compact)
             gone += 1
         due = bool(seen) and next(iter(seen.values())) < horizon
         return gone, due
 
-    def _forget(self, info_hash: bytes, swarm: _Swarm, peer_id: bytes) -> None:
-        swarm.remove(peer_id)
-        del self._seen[info_hash + peer_id]
+    def _forget(self, info_hash: bytes, swarm: _Swarm, compact: bytes) -> None:
+        swarm.remove(compact)
+        del self._seen[info_hash + compact]
         if not swarm.peers:
             # The completed count goes with the last client: a torrent nobody announces is forgotten whole.
             del self._swarms[info_hash]
