@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import base64
+import itertools
+import random
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from p2ptorrent import wire
 from p2ptorrent.magnet import Magnet, MagnetError, is_info_hash, is_magnet, parse_magnet
-from p2ptorrent.metainfo import MetainfoError
+from p2ptorrent.metainfo import MetainfoError, make_torrent
+from p2ptorrent.node import metadata as m
+from p2ptorrent.node.serving import METADATA_ANSWER_BURST, Seeder
 
 H = bytes(range(20))
 HEX = H.hex()
@@ -92,3 +98,249 @@ def test_hostile_queries_are_parsed_or_refused_cleanly(parts: list[str]) -> None
         return
     assert m.info_hash == H
     assert all(t and t.isprintable() for t in m.trackers)
+
+
+# ---- the seeder answers METADATA_REQ (the info dict, piece by piece, to proven addresses only)
+
+A, B = ("10.0.0.1", 7001), ("10.0.0.2", 7002)
+N = 0xC0FFEE
+
+
+def _shared(tmp: Path, pieces: int = 200) -> tuple[Seeder, bytes, bytes]:
+    """A seeder sharing a file whose info dict is several METADATA pieces long (20 bytes a piece hash)."""
+    path = tmp / "f.bin"
+    path.write_bytes(random.Random(4).randbytes(pieces * 16))
+    meta, _ = make_torrent(path, "http://tracker.invalid:1", 16)
+    seeder = Seeder(b"s" * 32, 9000)
+    seeder.add(meta, path)
+    assert wire.metadata_pieces(len(meta.info_bytes)) > 2
+    return seeder, meta.info_hash, meta.info_bytes
+
+
+def _ask(seeder: Seeder, ih: bytes, piece: int, addr: object = A, cookie: bytes | None = None,
+         now: float = 0.0) -> tuple[str | None, list[wire.Message]]:
+    req = wire.MetadataRequest(ih, seeder.cookie(addr) if cookie is None else cookie, N, piece)
+    reason, replies = seeder.on_metadata(req, addr, wire.METADATA_REQ_SIZE, now)
+    return reason, [wire.decode(d) for d in replies]
+
+
+def test_the_seeder_hands_out_the_info_dict_piece_by_piece(tmp_path: Path) -> None:
+    seeder, ih, info = _shared(tmp_path)
+    got = b""
+    for piece in range(wire.metadata_pieces(len(info))):
+        reason, [answer] = _ask(seeder, ih, piece)
+        assert reason is None and isinstance(answer, wire.Metadata)
+        assert (answer.info_hash, answer.nonce, answer.total, answer.piece) == (ih, N, len(info), piece)
+        got += answer.data
+    assert got == info
+
+
+def test_no_metadata_without_the_cookie(tmp_path: Path) -> None:
+    seeder, ih, _ = _shared(tmp_path)
+    reason, [answer] = _ask(seeder, ih, 0, cookie=seeder.cookie(B))
+    assert reason == "bad cookie"
+    assert isinstance(answer, wire.Error) and answer.code == wire.E_BAD_COOKIE
+    assert len(wire.encode_error(answer.info_hash, answer.nonce, answer.code, answer.message)) <= wire.METADATA_REQ_SIZE
+
+
+def test_no_metadata_for_a_file_not_shared(tmp_path: Path) -> None:
+    seeder, _, _ = _shared(tmp_path)
+    reason, [answer] = _ask(seeder, b"\x01" * 20, 0)
+    assert reason == "not shared"
+    assert isinstance(answer, wire.Error) and answer.code == wire.E_NOT_FOUND
+
+
+def test_a_piece_past_the_end_is_a_bad_request(tmp_path: Path) -> None:
+    seeder, ih, info = _shared(tmp_path)
+    reason, [answer] = _ask(seeder, ih, wire.metadata_pieces(len(info)))
+    assert reason == "bad metadata piece"
+    assert isinstance(answer, wire.Error) and answer.code == wire.E_BAD_REQUEST
+
+
+def test_metadata_answers_are_rate_limited_per_address(tmp_path: Path) -> None:
+    seeder, ih, _ = _shared(tmp_path)
+    answered = sum(1 for _ in range(int(METADATA_ANSWER_BURST) + 50) if _ask(seeder, ih, 0)[1])
+    assert answered == METADATA_ANSWER_BURST
+    assert seeder.counts["limited:metadata"] == 50
+    assert _ask(seeder, ih, 0, addr=B)[1]  # another address has its own budget
+    assert _ask(seeder, ih, 0, now=1.0)[1]  # and the budget refills with time
+
+
+# ---- the metadata fetch, as pure decisions (times passed in, nonces counted)
+
+P, Q = ("10.0.0.5", 6881), ("10.0.0.6", 6881)
+COOKIE = b"C" * 8
+
+
+def _info_dict(tmp: Path) -> tuple[bytes, bytes]:
+    path = tmp / "g.bin"
+    path.write_bytes(random.Random(5).randbytes(100 * 16))
+    meta, _ = make_torrent(path, "http://tracker.invalid:1", 16)
+    assert wire.metadata_pieces(len(meta.info_bytes)) == 3
+    return meta.info_hash, meta.info_bytes
+
+
+def _fetch(ih: bytes, owners: list[tuple[object, int]], **kw: object) -> m.MetadataFetch:
+    counter = itertools.count(1)
+    return m.MetadataFetch(ih, owners, request_timeout=1.0, nonce=lambda: next(counter), **kw)  # type: ignore[arg-type]
+
+
+def _resp(ih: bytes, status: int = wire.OK) -> wire.InfoResponse:
+    return wire.InfoResponse(0, ih, status, 10, 16, COOKIE)
+
+
+def _sent(actions: list[m.Action]) -> list[wire.MetadataRequest]:
+    out = []
+    for a in actions:
+        assert isinstance(a, m.Send)
+        msg = wire.decode(a.datagram)
+        assert isinstance(msg, wire.MetadataRequest)
+        out.append(msg)
+    return out
+
+
+def _answer(req: wire.MetadataRequest, info: bytes, total: int | None = None) -> wire.Metadata:
+    at = req.piece * wire.METADATA_PIECE
+    return wire.Metadata(req.info_hash, req.nonce, len(info) if total is None else total, req.piece,
+                         info[at : at + wire.METADATA_PIECE])
+
+
+def _serve(f: m.MetadataFetch, addr: object, info: bytes, reqs: list[wire.MetadataRequest], now: float) -> list[m.Action]:
+    """Answer requests one by one, and the ones they lead to, until no request is left: the final actions."""
+    last: list[m.Action] = []
+    while reqs:
+        req = reqs.pop(0)
+        refused, last = f.metadata_received(_answer(req, info), addr, now)
+        assert refused is None
+        reqs += [r for r in _sent([a for a in last if isinstance(a, m.Send)])]
+    return last
+
+
+def test_the_info_dict_is_fetched_from_the_first_owner(tmp_path: Path) -> None:
+    ih, info = _info_dict(tmp_path)
+    f = _fetch(ih, [(P, 1), (Q, 2)])
+    assert f.started(0.0) == [m.Note("fetching the torrent's metadata from 2 owners"), m.Greet(P, 1.0)]
+    [first] = _sent(f.info_answered(P, _resp(ih), 0.1))
+    assert (first.piece, first.cookie, first.info_hash) == (0, COOKIE, ih)
+    # The size learned from piece 0: the rest asked at once (within the window).
+    refused, actions = f.metadata_received(_answer(first, info), P, 0.2)
+    assert refused is None and [r.piece for r in _sent(actions)] == [1, 2]
+    assert _serve(f, P, info, _sent(actions), 0.3) == [m.Done(info)]
+
+
+def test_lost_requests_are_asked_again_then_the_silent_owner_dropped(tmp_path: Path) -> None:
+    ih, info = _info_dict(tmp_path)
+    f = _fetch(ih, [(P, 1), (Q, 2)])
+    f.started(0.0)
+    [first] = _sent(f.info_answered(P, _resp(ih), 0.0))
+    assert f.tick(0.5) == []
+    [again] = _sent(f.tick(1.0))  # lost: asked again with a fresh nonce
+    assert again.piece == 0 and again.nonce != first.nonce
+    # The late answer to the first request still counts.
+    refused, actions = f.metadata_received(_answer(first, info), P, 1.25)
+    assert refused is None and [r.piece for r in _sent(actions)] == [1, 2]
+    assert f.metadata_received(_answer(again, info), P, 1.5) == ("late", [])  # piece 0 is in already
+    t = 1.25  # (times exact in binary: the timeout is reached exactly)
+    for _ in range(m.MAX_TRIES - 1):
+        t += 1.0
+        assert [r.piece for r in _sent(f.tick(t))] == [1, 2]
+    dropped, greet = f.tick(t + 1.0)
+    assert isinstance(dropped, m.Dropped) and dropped.addr == P and "stopped answering" in dropped.reason
+    assert greet == m.Greet(Q, 1.0)
+
+
+def test_a_wrong_info_dict_is_caught_by_the_hash_and_the_next_owner_used(tmp_path: Path) -> None:
+    ih, info = _info_dict(tmp_path)
+    wrong = info[:-2] + b"xe"
+    f = _fetch(ih, [(P, 1), (Q, 2)])
+    f.started(0.0)
+    actions = _serve(f, P, wrong, _sent(f.info_answered(P, _resp(ih), 0.0)), 0.1)
+    dropped, greet = actions
+    assert isinstance(dropped, m.Dropped) and dropped.node_id == 1 and "SHA-1 is not the info hash" in dropped.reason
+    assert greet == m.Greet(Q, 1.0)
+    # What the liar still sends is late; the second owner starts afresh and gives the right dict.
+    assert f.metadata_received(wire.Metadata(ih, 1, len(info), 0, info[:1024]), P, 0.2)[0] == "late"
+    assert _serve(f, Q, info, _sent(f.info_answered(Q, _resp(ih), 0.3)), 0.4) == [m.Done(info)]
+
+
+def test_an_oversized_claim_is_refused(tmp_path: Path) -> None:
+    ih, info = _info_dict(tmp_path)
+    f = _fetch(ih, [(P, 1)], max_size=2048)
+    f.started(0.0)
+    [first] = _sent(f.info_answered(P, _resp(ih), 0.0))
+    refused, actions = f.metadata_received(_answer(first, info, total=4096), P, 0.1)
+    assert refused is None
+    dropped, failed = actions
+    assert isinstance(dropped, m.Dropped) and "4096 bytes, more than the 2048 allowed" in dropped.reason
+    assert isinstance(failed, m.Failed) and "node 1 at 10.0.0.5:6881 claimed an info dict of 4096" in failed.reason
+    assert f.tick(100.0) == []
+
+
+def test_a_changed_size_claim_is_refused(tmp_path: Path) -> None:
+    ih, info = _info_dict(tmp_path)
+    f = _fetch(ih, [(P, 1), (Q, 2)])
+    f.started(0.0)
+    [first] = _sent(f.info_answered(P, _resp(ih), 0.0))
+    _, actions = f.metadata_received(_answer(first, info), P, 0.1)
+    second = _sent(actions)[0]
+    _, actions = f.metadata_received(_answer(second, info + b"x" * 1024), P, 0.2)
+    dropped, greet = actions
+    assert isinstance(dropped, m.Dropped) and "changed its info dict's size" in dropped.reason
+    assert greet == m.Greet(Q, 1.0)
+
+
+def test_forged_and_unasked_answers_change_nothing(tmp_path: Path) -> None:
+    ih, info = _info_dict(tmp_path)
+    f = _fetch(ih, [(P, 1)])
+    f.started(0.0)
+    [first] = _sent(f.info_answered(P, _resp(ih), 0.0))
+    forged = wire.Metadata(ih, first.nonce + 99, len(info), 0, info[:1024])
+    assert f.metadata_received(forged, P, 0.1) == ("unmatched METADATA", [])
+    assert f.metadata_received(_answer(first, info), Q, 0.1) == ("unmatched METADATA", [])
+    other_piece = wire.Metadata(ih, first.nonce, len(info), 1, info[1024:2048])
+    assert f.metadata_received(other_piece, P, 0.1) == ("unmatched METADATA", [])
+    assert f.error_received(wire.Error(ih, 12345, wire.E_NOT_FOUND, "x"), P, 0.1) == ("unmatched ERROR", [])
+    assert f.info_answered(Q, _resp(ih), 0.1) == []
+    assert f.current is not None and f.current.addr == P and f.current.asked
+
+
+def test_a_refused_cookie_greets_again_once(tmp_path: Path) -> None:
+    ih, info = _info_dict(tmp_path)
+    f = _fetch(ih, [(P, 1)])
+    f.started(0.0)
+    [first] = _sent(f.info_answered(P, _resp(ih), 0.0))
+    refused, actions = f.error_received(wire.Error(ih, first.nonce, wire.E_BAD_COOKIE, "bad cookie"), P, 0.1)
+    assert refused is None and actions == [m.Greet(P, 1.0)]
+    [again] = _sent(f.info_answered(P, _resp(ih), 0.2))
+    _, actions = f.error_received(wire.Error(ih, again.nonce, wire.E_BAD_COOKIE, "bad cookie"), P, 0.3)
+    dropped, failed = actions
+    assert isinstance(dropped, m.Dropped) and isinstance(failed, m.Failed)
+
+
+def test_owners_that_do_not_share_it_or_stay_silent(tmp_path: Path) -> None:
+    ih, _ = _info_dict(tmp_path)
+    f = _fetch(ih, [(P, 1), (Q, 2)])
+    f.started(0.0)
+    dropped, greet = f.info_answered(P, _resp(ih, wire.NOT_FOUND), 0.1)
+    assert isinstance(dropped, m.Dropped) and "does not share it" in dropped.reason and greet == m.Greet(Q, 1.0)
+    assert f.info_timed_out(Q, "no answer", 1.1) == [m.Greet(Q, 2.0)]
+    dropped, failed = f.info_timed_out(Q, "no answer", 3.1)
+    assert isinstance(failed, m.Failed)
+    assert "node 1 at 10.0.0.5:6881 does not share it" in failed.reason
+    assert "node 2 at 10.0.0.6:6881 did not answer INFO" in failed.reason
+
+
+def test_the_time_bound(tmp_path: Path) -> None:
+    ih, _ = _info_dict(tmp_path)
+    f = _fetch(ih, [(P, 1)], seconds=5.0)
+    f.started(0.0)
+    f.info_answered(P, _resp(ih), 0.0)
+    assert all(isinstance(a, m.Send) for a in f.tick(4.0))
+    [failed] = f.tick(5.0)
+    assert isinstance(failed, m.Failed) and "no owner gave it within 5 s" in failed.reason
+    assert f.tick(6.0) == []
+
+
+def test_no_owner_at_all() -> None:
+    [failed] = _fetch(b"\x01" * 20, []).started(0.0)
+    assert isinstance(failed, m.Failed) and "no other owner" in failed.reason
