@@ -7,13 +7,21 @@ import itertools
 import random
 from pathlib import Path
 
+import hashlib
+
 import pytest
+import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet import defer
+from twisted.python.failure import Failure
 
+from netsim import Faults
+from swarm import Swarm
+from test_loopback import MIB, Cluster, _registered, _seeders
 from p2ptorrent import wire
 from p2ptorrent.magnet import Magnet, MagnetError, is_info_hash, is_magnet, parse_magnet
-from p2ptorrent.metainfo import MetainfoError, make_torrent
+from p2ptorrent.metainfo import MetainfoError, make_torrent, read_torrent
 from p2ptorrent.node import metadata as m
 from p2ptorrent.node.serving import METADATA_ANSWER_BURST, Seeder
 
@@ -344,3 +352,90 @@ def test_the_time_bound(tmp_path: Path) -> None:
 def test_no_owner_at_all() -> None:
     [failed] = _fetch(b"\x01" * 20, []).started(0.0)
     assert isinstance(failed, m.Failed) and "no other owner" in failed.reason
+
+
+# ---- the fetcher's I/O shell over the in-memory network (virtual time), and the real node over loopback
+
+def _fetched(swarm: Swarm, owners: list[tuple[object, int]]) -> tuple[list[object], m.MetadataFetcher]:
+    fetch = m.MetadataFetch(swarm.meta.info_hash, owners, request_timeout=0.5)
+    fetcher = m.MetadataFetcher(fetch, swarm.proto, swarm.clock)
+    outcome: list[object] = []
+    fetcher.start().addBoth(outcome.append)
+    swarm.net.run(lambda: bool(outcome), limit=120.0)
+    return outcome, fetcher
+
+
+def test_the_info_dict_arrives_over_a_lossy_network(tmp_path: Path) -> None:
+    swarm = Swarm(tmp_path, 1000 * 16, seeders=2, piece_length=16, faults=Faults(loss=0.2, duplicate=0.05, reorder=0.1))
+    owners = [((o.host, o.port), o.node_id) for o in swarm.owners]
+    outcome, _ = _fetched(swarm, owners)
+    assert outcome == [swarm.meta.info_bytes]
+    assert wire.metadata_pieces(len(swarm.meta.info_bytes)) > 10
+    assert not swarm.proto.fetches
+    assert swarm.proto.counts["rejected"] == 0  # late duplicates are counted late, never as hostile
+
+
+def test_a_peer_sending_a_wrong_info_dict_is_dropped_and_the_fetch_goes_on(tmp_path: Path) -> None:
+    def lie(src: object, dst: object, data: bytes) -> bytes:
+        if src == liar and data[3] == wire.METADATA:
+            return data[:-1] + bytes([data[-1] ^ 1])  # the same length: only the hash can tell
+        return data
+
+    swarm = Swarm(tmp_path, 100 * 16, seeders=2, piece_length=16, faults=Faults(tamper=lie))
+    liar = (swarm.owners[0].host, swarm.owners[0].port)
+    owners = [((o.host, o.port), o.node_id) for o in swarm.owners]
+    outcome, fetcher = _fetched(swarm, owners)
+    assert outcome == [swarm.meta.info_bytes]
+    assert fetcher.fetch.gone == {liar}
+    assert any("SHA-1 is not the info hash" in t for t in fetcher.fetch.tried)
+
+
+def test_a_fetch_with_nobody_answering_fails_in_its_time(tmp_path: Path) -> None:
+    swarm = Swarm(tmp_path, 100 * 16, seeders=1, piece_length=16)
+    swarm.stop_seeder(0)
+    outcome, _ = _fetched(swarm, [((swarm.owners[0].host, swarm.owners[0].port), 1)])
+    [failure] = outcome
+    assert isinstance(failure, Failure) and failure.check(m.MetadataError)
+    assert "node 1 at 10.0.0.1:6000 did not answer INFO" in failure.getErrorMessage()
+
+
+def test_metadata_from_a_stranger_is_refused_by_the_protocol(tmp_path: Path) -> None:
+    swarm = Swarm(tmp_path, 100 * 16, seeders=1, piece_length=16)
+    fetch = m.MetadataFetch(swarm.meta.info_hash, [(("10.0.0.1", 6000), 1)], request_timeout=0.5)
+    m.MetadataFetcher(fetch, swarm.proto, swarm.clock).start()
+    info = swarm.meta.info_bytes
+    forged = wire.encode_metadata(swarm.meta.info_hash, 1, len(info), 0, info[:1024])
+    swarm.proto.datagramReceived(forged, ("10.9.9.9", 1))
+    swarm.proto.datagramReceived(wire.encode_metadata(b"\x07" * 20, 1, len(info), 0, info[:1024]), ("10.0.0.1", 6000))
+    assert swarm.proto.counts["rejected:stranger"] == 1
+    assert swarm.proto.counts["rejected:unknown download"] == 1
+    assert fetch.current is not None and not fetch.current.pieces
+
+
+@pytest.fixture
+def nodes(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A tracker and nodes in this reactor (test_loopback's Cluster)."""
+    c = Cluster(tmp_path)
+    yield c
+    pytest_twisted.blockon(defer.ensureDeferred(c.stop()))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_with_only_the_magnet_link_downloads_from_two_seeders(nodes: Cluster) -> None:
+    cluster = nodes
+    seeders, want, torrent = await _seeders(cluster, 2, 3 * MIB + 99)
+    meta = read_torrent(torrent)
+    downloader = cluster.node(3)
+    await _registered(downloader)
+    link = f"magnet:?xt=urn:btih:{meta.info_hash_hex}&dn=data.bin&tr=http%3A%2F%2Felsewhere.invalid%2Fannounce"
+    notes: list[str] = []
+    message = await downloader.download(link, lambda p: notes.append(p.get("note", "")))
+    out = cluster.tmp / "nf" / "3" / "data.bin"
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == want
+    assert "downloaded data.bin" in message
+    assert "fetching the torrent's metadata from 2 owners" in notes
+    saved = read_torrent(cluster.tmp / "nf" / "3" / "data.bin.torrent")
+    assert saved.info_hash == meta.info_hash and saved.announce == "http://elsewhere.invalid/announce"
+    # A bare info hash for a file seeded here now: nothing to fetch.
+    again = await downloader.download(meta.info_hash_hex, lambda p: None)
+    assert "already complete" in again

@@ -74,6 +74,7 @@ class DownloadSink(Protocol):
 
 class MetadataSink(Protocol):
     def on_message(self, msg: wire.Metadata | wire.Error, addr: Any) -> str | None: ...
+    def stop(self, reason: str) -> None: ...
 
 
 #: Rejections logged one by one; after that, one summary per interval (seconds).
