@@ -36,7 +36,7 @@ the seeder refuses by its reason (``"bad cookie"``, ``"not shared"``, ``"bad
 block"``, ``"unknown file"``), and answers nobody asked for: ``"unknown
 download"`` (a BLOCK or ERROR for a file we are not downloading),
 ``"stranger"`` (one from an address this download never greeted),
-``"unmatched BLOCK"``, ``"unmatched ERROR"``, ``"unmatched HAVE"`` (from a
+``"unmatched BLOCK"``, ``"unmatched ERROR"``, ``"unmatched HAVE"``, ``"unmatched METADATA"`` (from a
 greeted address, but with no nonce of ours: forged, or later than the
 nonce's lifetime), ``"unasked BLOCK"`` (a nonce of ours, but a block nobody
 asked for), ``"unsolicited INFO_RESP"`` (a nonce we are not waiting for, or
