@@ -33,7 +33,7 @@ Every datagram that is not useful traffic is dropped and counted once, in
 ``counts["rejected"]`` and ``counts["rejected:<reason>"]``: malformed ones by
 the codec's reason (``"bad magic"``, ``"bad BLOCK_REQ size"``...), requests
 the seeder refuses by its reason (``"bad cookie"``, ``"not shared"``, ``"bad
-block"``, ``"unknown file"``), and answers nobody asked for: ``"unknown
+block"``, ``"unknown file"``, ``"bad metadata piece"``), and answers nobody asked for: ``"unknown
 download"`` (a BLOCK or ERROR for a file we are not downloading),
 ``"stranger"`` (one from an address this download never greeted),
 ``"unmatched BLOCK"``, ``"unmatched ERROR"``, ``"unmatched HAVE"``, ``"unmatched METADATA"`` (from a

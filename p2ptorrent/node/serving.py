@@ -4,7 +4,8 @@ Requests name a file only by info hash, so a peer can never reach a path the
 node did not choose to share.  Each request comes in with the time (``now``)
 and goes out as ``(reason, replies)``, where *reason* is None for a request
 served, or a short label the protocol counts as a rejection (``"bad
-cookie"``, ``"not shared"``, ``"bad block"``, ``"unknown file"``); no socket
+cookie"``, ``"not shared"``, ``"bad block"``, ``"unknown file"``, ``"bad
+metadata piece"``); no socket
 and no clock here, so tests call :class:`Seeder` directly.
 
 It is not pure, and that is deliberate.  A request updates state as it is
