@@ -439,3 +439,25 @@ async def test_a_node_with_only_the_magnet_link_downloads_from_two_seeders(nodes
     # A bare info hash for a file seeded here now: nothing to fetch.
     again = await downloader.download(meta.info_hash_hex, lambda p: None)
     assert "already complete" in again
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_downloads_of_one_link_share_the_fetch_and_no_torrent_is_overwritten(nodes: Cluster) -> None:
+    cluster = nodes
+    _, want, torrent = await _seeders(cluster, 1, 100_000)
+    meta = read_torrent(torrent)
+    downloader = cluster.node(2)
+    await _registered(downloader)
+    other = cluster.tmp / "nf" / "2" / "data.bin.torrent"
+    other.write_bytes(b"not this torrent")
+    link = f"magnet:?xt=urn:btih:{meta.info_hash_hex}"
+    first = downloader.download(link, lambda p: None)
+    second = downloader.download(meta.info_hash_hex.upper(), lambda p: None)
+    said = await defer.gatherResults([first, second])
+    assert all("data.bin" in s for s in said)
+    assert hashlib.sha256((cluster.tmp / "nf" / "2" / "data.bin").read_bytes()).hexdigest() == want
+    assert other.read_bytes() == b"not this torrent"
+    saved = read_torrent(cluster.tmp / "nf" / "2" / f"data.bin.{meta.info_hash_hex}.torrent")
+    assert saved.info_hash == meta.info_hash
+    # Announced with this node's tracker: the link named none.
+    assert saved.announce == downloader.settings.announce_url

@@ -311,6 +311,8 @@ class MetadataFetcher:
                  note: Callable[[str], None] | None = None) -> None:
         self.fetch, self.network, self.clock, self.note = fetch, network, clock, note
         self.result: Deferred[bytes] = Deferred()
+        #: Others waiting for the same info dict (a second download of the same magnet link meanwhile).
+        self._waiters: list[Deferred[bytes]] = []
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
 
@@ -322,6 +324,12 @@ class MetadataFetcher:
         self._loop.start(TICK, now=False).addErrback(lambda f: self._end(Failure(MetadataError(f.getErrorMessage()))))
         self._run(self.fetch.started(self.clock.seconds()))
         return self.result
+
+    def wait(self) -> Deferred[bytes]:
+        """A Deferred of its own that fires as :attr:`result` does: one more who wants this info dict."""
+        d: Deferred[bytes] = Deferred()
+        self._waiters.append(d)
+        return d
 
     def stop(self, reason: str) -> None:
         if not self.result.called:
@@ -384,7 +392,9 @@ class MetadataFetcher:
             self.network.ended(ih)  # answers still on the way are late, not hostile
         if self.result.called:
             return
-        if isinstance(outcome, bytes):
-            self.result.callback(outcome)
-        else:
-            self.result.errback(outcome)
+        waiters, self._waiters = self._waiters, []
+        for d in (self.result, *waiters):
+            if isinstance(outcome, bytes):
+                d.callback(outcome)
+            else:
+                d.errback(outcome)

@@ -610,16 +610,8 @@ class Node(FolderDaemon):
             seeding = self._seeding(shared.meta)
             if seeding is not None:
                 return await self._already_seeding(shared.meta, seeding)
-        client = self.client
-        assert client is not None
-        progress({"note": f"asking the tracker for the owners of {link.name or ih.hex()}"})
         try:
-            owners = await client.need(ih.hex())
-        except Exception as e:
-            raise CommandFailed(f"cannot ask the tracker at {self.settings.tracker_url} for owners of {ih.hex()}: {e}") from None
-        fetch = MetadataFetch(ih, [((o.host, o.port), o.node_id) for o in owners], request_timeout=self.settings.REQUEST_TIMEOUT)
-        try:
-            info = await MetadataFetcher(fetch, self.protocol, self.reactor, lambda text: progress({"note": text})).start()
+            info = await self._fetch_metadata(ih, link.name, progress)
         except MetadataError as e:
             raise CommandFailed(str(e)) from None
         announce = link.trackers[0] if link.trackers else self.settings.announce_url
@@ -628,6 +620,26 @@ class Node(FolderDaemon):
         except MetainfoError as e:
             raise CommandFailed(f"the torrent's metadata fetched for {ih.hex()} cannot be used: {e}") from None
         return await self._download(str(self._save_torrent(meta, torrent)), progress)
+
+    async def _fetch_metadata(self, ih: bytes, name: str | None, progress: Callable[[dict[str, Any]], None]) -> bytes:
+        """The info dict of *ih*, its SHA-1 checked: fetched from the owners the tracker names, or awaited
+        from the fetch already under way for it."""
+        running = self.protocol.fetches.get(ih)
+        if isinstance(running, MetadataFetcher):
+            progress({"note": "waiting for the torrent's metadata, already being fetched"})
+            return await running.wait()
+        client = self.client
+        assert client is not None
+        progress({"note": f"asking the tracker for the owners of {name or ih.hex()}"})
+        try:
+            owners = await client.need(ih.hex())
+        except Exception as e:
+            raise CommandFailed(f"cannot ask the tracker at {self.settings.tracker_url} for owners of {ih.hex()}: {e}") from None
+        running = self.protocol.fetches.get(ih)  # one may have started while we asked
+        if isinstance(running, MetadataFetcher):
+            return await running.wait()
+        fetch = MetadataFetch(ih, [((o.host, o.port), o.node_id) for o in owners], request_timeout=self.settings.REQUEST_TIMEOUT)
+        return await MetadataFetcher(fetch, self.protocol, self.reactor, lambda text: progress({"note": text})).start()
 
     def _save_torrent(self, meta: Metainfo, torrent: bytes) -> Path:
         """Write a torrent made from a magnet link into the node's folder, never over another torrent."""
