@@ -14,6 +14,8 @@ import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.testing import FakeDatagramTransport
 from twisted.python.failure import Failure
 
 from netsim import Faults
@@ -23,6 +25,7 @@ from p2ptorrent import wire
 from p2ptorrent.magnet import Magnet, MagnetError, is_info_hash, is_magnet, parse_magnet
 from p2ptorrent.metainfo import MetainfoError, make_torrent, read_torrent
 from p2ptorrent.node import metadata as m
+from p2ptorrent.node.protocol import NodeProtocol
 from p2ptorrent.node.serving import METADATA_ANSWER_BURST, Seeder
 
 H = bytes(range(20))
@@ -345,7 +348,8 @@ def test_the_time_bound(tmp_path: Path) -> None:
     f.info_answered(P, _resp(ih), 0.0)
     assert all(isinstance(a, m.Send) for a in f.tick(4.0))
     [failed] = f.tick(5.0)
-    assert isinstance(failed, m.Failed) and "no owner gave it within 5 s" in failed.reason
+    assert isinstance(failed, m.Failed)
+    assert "no owner gave it within 5 s (still asking node 1 at 10.0.0.5:6881)" in failed.reason
     assert f.tick(6.0) == []
 
 
@@ -461,3 +465,33 @@ async def test_two_downloads_of_one_link_share_the_fetch_and_no_torrent_is_overw
     assert saved.info_hash == meta.info_hash
     # Announced with this node's tracker: the link named none.
     assert saved.announce == downloader.settings.announce_url
+
+
+def test_an_error_the_fetch_did_not_ask_for_goes_to_a_download_of_that_file() -> None:
+    class Sink:
+        def __init__(self, answer: str | None) -> None:
+            self.answer = answer
+            self.got: list[object] = []
+
+        def on_message(self, msg: object, addr: object) -> str | None:
+            self.got.append(msg)
+            return self.answer
+
+        def stop(self, reason: str) -> None:
+            pass
+
+    clock = Clock()
+    proto = NodeProtocol(Seeder(b"s" * 32, 9000), clock, 9000)
+    proto.makeConnection(FakeDatagramTransport())
+    ih = b"\x05" * 20
+    fetch, download = Sink("unmatched ERROR"), Sink(None)
+    proto.fetches[ih] = fetch
+    proto.downloads = {ih: download}  # type: ignore[dict-item]
+    proto.ask_info(P, ih, 1.0).addErrback(lambda _: None)
+    error = wire.encode_error(ih, 7, wire.E_CHOKED, "later")
+    proto.datagramReceived(error, P)
+    assert len(fetch.got) == len(download.got) == 1
+    assert proto.counts["rejected"] == 0
+    proto.datagramReceived(wire.encode_metadata(ih, 7, 10, 0, bytes(10)), P)
+    assert len(fetch.got) == 2 and len(download.got) == 1  # METADATA is the fetch's alone
+    clock.advance(2.0)

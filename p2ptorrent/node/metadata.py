@@ -221,9 +221,10 @@ class MetadataFetch:
     def tick(self, now: float) -> list[Action]:
         if self.ended:
             return []
-        if now >= self.deadline:
-            return self._fail(f"no owner gave it within {self.seconds:g} s")
         o = self.current
+        if now >= self.deadline:
+            asking = f" (still asking node {o.node_id} at {_where(o.addr)})" if o is not None else ""
+            return self._fail(f"no owner gave it within {self.seconds:g} s{asking}")
         if o is None or o.cookie is None:
             return []
         late = [(n, r) for n, r in o.asked.items() if now - r.sent_at >= self.request_timeout]

@@ -319,6 +319,9 @@ class NodeProtocol(DatagramProtocol):
                 self._reject(addr, "stranger")
             else:
                 refused = fetch.on_message(msg, addr)
+                sink = self.downloads.get(msg.info_hash)
+                if refused is not None and isinstance(msg, wire.Error) and sink is not None:
+                    refused = sink.on_message(msg, addr)  # a download of that file from its .torrent asked
                 if refused is not None:
                     self._refused(addr, refused)
             return
