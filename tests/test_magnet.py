@@ -6,6 +6,7 @@ import base64
 import itertools
 import random
 from pathlib import Path
+from typing import Sequence
 
 import hashlib
 
@@ -360,7 +361,7 @@ def test_no_owner_at_all() -> None:
 
 # ---- the fetcher's I/O shell over the in-memory network (virtual time), and the real node over loopback
 
-def _fetched(swarm: Swarm, owners: list[tuple[object, int]]) -> tuple[list[object], m.MetadataFetcher]:
+def _fetched(swarm: Swarm, owners: Sequence[tuple[object, int]]) -> tuple[list[object], m.MetadataFetcher]:
     fetch = m.MetadataFetch(swarm.meta.info_hash, owners, request_timeout=0.5)
     fetcher = m.MetadataFetcher(fetch, swarm.proto, swarm.clock)
     outcome: list[object] = []
