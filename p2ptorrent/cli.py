@@ -46,6 +46,7 @@ from p2ptorrent.commands import (
     suggest,
 )
 from p2ptorrent.config import Config, ConfigError, load
+from p2ptorrent.magnet import is_magnet
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -71,6 +72,7 @@ COMMANDS_HELP = """\
 commands:
   send FILE|DIR      seed a file or a folder: write its .torrent in the node's folder, announce it
   download TORRENT   fetch the file TORRENT describes, with a progress bar
+  download MAGNET    the same from a magnet link ('magnet:?xt=urn:btih:...': quote it) or an info hash
   status             show the node's id, address, seeded files and downloads
   exit               tell the tracker the node leaves, and stop the node
   help               show this help (no node needed)
@@ -243,7 +245,7 @@ def prepare(argv: Sequence[str] | None = None) -> Request:
     if command.verb == HELP:
         parser.print_help()
         parser.exit(EXIT_OK)
-    if command.argument is not None and os.path.exists(command.argument):
+    if command.argument is not None and os.path.exists(command.argument) and not is_magnet(command.argument):
         # The node's working folder may differ from ours.  A name that is not
         # here is passed as given: the node looks for it in its own folder.
         command = Command(command.verb, os.path.abspath(command.argument))

@@ -7,6 +7,7 @@ here, on the standard library alone.
 
 The original grammar is ``torrent -setMode send <file>``, ``torrent -setMode
 download <torrent file>`` and ``torrent -setMode exit``, plus our ``status``
+(``download`` also takes a magnet link or a bare info hash)
 and ``help`` (also typed alone: ``help``), which lists the commands.  A
 mistyped command or mode is answered with the nearest one ("did you mean").
 Endpoint descriptions follow Twisted's string syntax (``unix:path=...``,
@@ -28,7 +29,7 @@ VERBS = ("send", "download", "exit", "status")
 #: The command that lists the commands: answered without touching the node's work.
 HELP = "help"
 USAGE = (
-    "usage: torrent -setMode send <file> | torrent -setMode download <torrent file>"
+    "usage: torrent -setMode send <file> | torrent -setMode download <torrent file | magnet link | info hash>"
     " | torrent -setMode status | torrent -setMode exit | help"
 )
 #: What ``help`` answers on a node's stdin and control socket.
@@ -36,6 +37,8 @@ HELP_TEXT = """\
 commands, one a line:
   torrent -setMode send FILE|DIR      seed a file or a folder: write its .torrent in the node's folder, announce it
   torrent -setMode download TORRENT   fetch the file TORRENT describes, verify it, then seed it
+  torrent -setMode download MAGNET    the same from a magnet link (magnet:?xt=urn:btih:...) or an info hash:
+                                      the torrent is fetched from the file's owners and saved in the node's folder
   torrent -setMode status             what the node shares and downloads
   torrent -setMode exit               tell the tracker the node leaves, and stop the node
   help                                this list
@@ -123,7 +126,7 @@ def parse_command(line: str) -> Command:
             raise bad(f"{verb} takes no argument, got {_clip(rest)!r}")
         return Command(verb)
     if not rest:
-        what = "file" if verb == "send" else "torrent file"
+        what = "file" if verb == "send" else "torrent file, magnet link or info hash"
         raise bad(f"{verb} needs a {what}")
     if rest[0] in ("'", '"'):
         try:

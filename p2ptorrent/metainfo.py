@@ -28,7 +28,7 @@ import os
 import stat
 import time
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, BinaryIO, Sequence
@@ -111,6 +111,9 @@ class Metainfo:
     announce_list: tuple[tuple[str, ...], ...] = ()
     #: A folder's files, in torrent order (their bytes in this order are the content); empty for one file.
     files: tuple[FileEntry, ...] = ()
+    #: The bencoded ``info`` dict exactly as stored (its SHA-1 is :attr:`info_hash`): what a seeder hands a
+    #: peer that has only a magnet link (BEP 9's metadata).
+    info_bytes: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def is_folder(self) -> bool:
@@ -224,6 +227,7 @@ def make_torrent(
             f"the torrent of {path} would be {len(data)} bytes, over the 16 MiB limit:"
             " use a larger piece length"
         )
+    info_bytes = bencode(info)
     meta = Metainfo(
         announce=announce,
         name=name,
@@ -231,9 +235,10 @@ def make_torrent(
         piece_length=piece_length,
         pieces=pieces,
         sha256=sha256,
-        info_hash=hashlib.sha1(bencode(info)).digest(),
+        info_hash=hashlib.sha1(info_bytes).digest(),
         announce_list=tiers,
         files=files,
+        info_bytes=info_bytes,
     )
     return meta, data
 
@@ -475,6 +480,7 @@ def parse(data: bytes) -> Metainfo:
         info_hash=hashlib.sha1(encoded_info).digest(),
         announce_list=announce_list,
         files=files,
+        info_bytes=encoded_info,
     )
 
 
@@ -602,6 +608,29 @@ def read_torrent_file(path: str | os.PathLike[str]) -> tuple[Metainfo, bytes]:
         return parse(data), data
     except MetainfoError as e:
         raise MetainfoError(f"{os.fspath(path)}: {e}") from None
+
+
+def torrent_from_info(info_bytes: bytes, announce: str, announce_list: Sequence[Sequence[str]] = ()) -> tuple[Metainfo, bytes]:
+    """A ``.torrent`` around an info dict fetched from peers (a magnet link's download), parsed and checked.
+
+    The info dict goes in as it came, so the torrent's info hash is the one it was fetched for (the caller
+    checked its SHA-1); :func:`parse` then makes every check a torrent from a file gets (names, paths, sizes).
+    """
+    try:
+        info = bdecode(info_bytes)
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:
+        raise MetainfoError(f"the info dictionary is not valid bencode: {e}") from None
+    if not isinstance(info, dict):
+        raise MetainfoError(f"the info dictionary must be a bencoded dictionary, got {_kind(info)}")
+    torrent: dict[bytes, Any] = {b"announce": announce.encode("utf-8"), b"info": info}
+    tiers = [[url.encode("utf-8") for url in tier] for tier in announce_list if tier]
+    if tiers:
+        torrent[b"announce-list"] = tiers
+    data = bencode(torrent)
+    meta = parse(data)
+    if meta.info_bytes != info_bytes:
+        raise MetainfoError("the info dictionary is not in canonical bencode form")
+    return meta, data
 
 
 _KINDS = {bytes: "a byte string", int: "an integer", list: "a list", dict: "a dictionary"}

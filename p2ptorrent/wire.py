@@ -17,6 +17,8 @@ against fixed limits before use; anything that does not fit raises
                count u32, flags u8                                    "which of these pieces have you?"
     HAVE       info_hash 20, nonce u64, first u32, count u32, flags u8,
                bits (ceil(count / 8) bytes, first piece = top bit)    the answer, and whether we may ask
+    METADATA_REQ info_hash 20, cookie 8, nonce u64, piece u32         "send me this piece of the info dict"
+    METADATA   info_hash 20, nonce u64, total u32, piece u32, data    one piece of the bencoded info dict
 
 The nonce (version 2) binds every answer to its request: each request
 carries a fresh random 64-bit value, and each answer (INFO_RESP, BLOCK,
@@ -38,6 +40,16 @@ in INFO_RESP and checks on every BLOCK_REQ, so that a forged source address
 cannot make a node send file data to a victim (no amplification: an
 INFO_RESP is less than twice the size of the INFO_REQ that caused it, and an
 ERROR is never longer than the request it refuses).
+
+Metadata (magnet links).  A node that has only the info hash fetches the
+torrent's bencoded ``info`` dictionary from owners, METADATA_PIECE bytes at a
+time (every piece but the last is exactly that long, so an answer stays
+within SAFE_DATAGRAM), and uses it only once its SHA-1 is the info hash.
+*total* is the dictionary's size, 1 to MAX_METADATA_SIZE bytes.  A
+METADATA_REQ carries the cookie like a BLOCK_REQ: only a proven address gets
+data.  The wire version is unchanged: the old kinds are as they were, and a
+node that predates these two drops kind 8 as an unknown type and answers
+nothing, which the asker takes as a silent peer and asks another.
 
 Another version.  A request (INFO_REQ, BLOCK_REQ, HAVE_REQ) of another
 version gets one short ERROR with code E_VERSION naming both versions
@@ -66,6 +78,8 @@ BLOCK = 4
 ERROR = 5
 HAVE_REQ = 6
 HAVE = 7
+METADATA_REQ = 8
+METADATA = 9
 
 # INFO_RESP status
 OK = 0
@@ -101,6 +115,8 @@ _BLOCK = struct.Struct("!20sQII")
 _ERROR = struct.Struct("!20sQB")
 _HAVE_REQ = struct.Struct("!20s8sQIIB")
 _HAVE = struct.Struct("!20sQIIB")
+_METADATA_REQ = struct.Struct("!20s8sQI")
+_METADATA = struct.Struct("!20sQII")
 #: Version 1: where its requests carry the info hash, and its ERROR (to refuse it in a way it reads).
 _V1_HASH_AT = {1: 8, 3: 4, 6: 4}
 _V1_ERROR = struct.Struct("!20sB")
@@ -126,6 +142,16 @@ SAFE_DATAGRAM = 1452
 HAVE_OVERHEAD = HEADER_SIZE + _HAVE.size
 #: Pieces one HAVE_REQ may ask about (a HAVE answering it is 8 KiB of bits at most).
 MAX_HAVE_COUNT = 65536
+METADATA_REQ_SIZE = HEADER_SIZE + _METADATA_REQ.size
+METADATA_OVERHEAD = HEADER_SIZE + _METADATA.size
+#: Bytes of the info dict per METADATA answer (the last piece may be shorter): 1 KiB, so that an answer
+#: (40 bytes more) crosses any path whole (SAFE_DATAGRAM), whatever BUFFER_SIZE allows.
+METADATA_PIECE = 1024
+#: Largest info dict a node fetches or answers for.  Ours hold 20 bytes per piece and aim at ~2048 pieces
+#: (tens of KiB); even a 1 TiB file in 16 MiB pieces needs 1.3 MiB.  4 MiB (BitTorrent clients use limits of
+#: a few MiB too) bounds what a lying peer can make a fetch hold in memory.
+MAX_METADATA_SIZE = 4 * 1024 * 1024
+MAX_METADATA_PIECES = MAX_METADATA_SIZE // METADATA_PIECE
 #: A seeder pushes NEWS to a peer for this many seconds after its latest HAVE_REQ (with that request's
 #: nonce): the asker keeps each HAVE_REQ nonce answerable at least this long.
 NEWS_SECONDS = 5.0
@@ -210,7 +236,35 @@ class Have:
         return [first + i for i in range(self.count) if bits[i >> 3] & (0x80 >> (i & 7))]
 
 
-Message = Union[InfoRequest, InfoResponse, BlockRequest, Block, Error, HaveRequest, Have]
+@dataclass(frozen=True, slots=True)
+class MetadataRequest:
+    info_hash: bytes
+    cookie: bytes
+    nonce: int
+    piece: int
+
+
+@dataclass(frozen=True, slots=True)
+class Metadata:
+    info_hash: bytes
+    nonce: int
+    #: The info dict's size in bytes (1 to MAX_METADATA_SIZE), and which METADATA_PIECE-byte piece this is.
+    total: int
+    piece: int
+    data: bytes
+
+
+Message = Union[InfoRequest, InfoResponse, BlockRequest, Block, Error, HaveRequest, Have, MetadataRequest, Metadata]
+
+
+def metadata_pieces(total: int) -> int:
+    """How many METADATA pieces an info dict of *total* bytes is cut into."""
+    return -(-total // METADATA_PIECE)
+
+
+def metadata_piece_size(total: int, piece: int) -> int:
+    """Bytes in METADATA piece *piece* of an info dict of *total* bytes (0 for a piece past its end)."""
+    return max(0, min(METADATA_PIECE, total - piece * METADATA_PIECE))
 
 
 def new_nonce() -> int:
@@ -263,6 +317,16 @@ def encode_have(info_hash: bytes, nonce: int, first: int, count: int, flags: int
     if len(bits) != (count + 7) // 8:
         raise ValueError(f"{count} pieces take {(count + 7) // 8} bytes of bits, not {len(bits)}")
     return _head(HAVE) + _HAVE.pack(info_hash, nonce, first, count, flags) + bits
+
+
+def encode_metadata_request(info_hash: bytes, cookie: bytes, nonce: int, piece: int) -> bytes:
+    return _head(METADATA_REQ) + _METADATA_REQ.pack(info_hash, cookie, nonce, piece)
+
+
+def encode_metadata(info_hash: bytes, nonce: int, total: int, piece: int, data: bytes) -> bytes:
+    if not 0 < total <= MAX_METADATA_SIZE or len(data) != metadata_piece_size(total, piece) or not data:
+        raise ValueError(f"piece {piece} of a {total}-byte info dict is not {len(data)} bytes")
+    return _head(METADATA) + _METADATA.pack(info_hash, nonce, total, piece) + data
 
 
 def pack_bits(have: bytes | bytearray, first: int, count: int) -> bytes:
@@ -408,6 +472,25 @@ def decode(data: bytes, max_size: int = 65507) -> Message:
         if body != _HAVE.size + (count + 7) // 8:
             raise WireError("HAVE size does not match its piece count", "bad HAVE size")
         return Have(info_hash, nonce, first, count, flags, data[HAVE_OVERHEAD:])
+    if kind == METADATA_REQ:
+        if body != _METADATA_REQ.size:
+            raise WireError("METADATA_REQ of the wrong size", "bad METADATA_REQ size")
+        info_hash, cookie, nonce, piece = _METADATA_REQ.unpack_from(data, HEADER_SIZE)
+        if piece >= MAX_METADATA_PIECES:
+            raise WireError(f"METADATA_REQ for piece {piece}", "bad METADATA_REQ piece")
+        return MetadataRequest(info_hash, cookie, nonce, piece)
+    if kind == METADATA:
+        if body < _METADATA.size:
+            raise WireError("truncated METADATA", "bad METADATA size")
+        info_hash, nonce, total, piece = _METADATA.unpack_from(data, HEADER_SIZE)
+        if not 0 < total <= MAX_METADATA_SIZE:
+            raise WireError(f"METADATA claiming a {total}-byte info dict", "bad METADATA total")
+        expected = metadata_piece_size(total, piece)
+        if expected == 0:
+            raise WireError(f"METADATA piece {piece} past the end of a {total}-byte info dict", "bad METADATA piece")
+        if body - _METADATA.size != expected:
+            raise WireError(f"METADATA piece {piece} of {body - _METADATA.size} bytes, not {expected}", "bad METADATA size")
+        return Metadata(info_hash, nonce, total, piece, data[METADATA_OVERHEAD:])
     if kind == ERROR:
         if body < _ERROR.size or body > _ERROR.size + MAX_ERROR_MESSAGE:
             raise WireError("ERROR of the wrong size", "bad ERROR size")

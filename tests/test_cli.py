@@ -462,3 +462,12 @@ async def test_subprocess_interrupted_download(listening: tuple[ScriptedNode, Pa
     assert code == 130
     assert proc.out == b""
     assert proc.err.decode().strip() == "interrupted: the node keeps downloading"
+
+
+def test_prepare_passes_magnet_links_and_info_hashes_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    link = "magnet:?xt=urn:btih:" + "ab" * 20 + "&dn=a%20b&tr=http://t/announce"
+    assert prepare(["--node", "3", "download", link]).command == Command("download", link)
+    assert prepare(["--node", "3", "torrent", "-setMode", "download", link]).command == Command("download", link)
+    assert prepare(["download", "ab" * 20]).command == Command("download", "ab" * 20)
+    assert Command("download", link).line() == f"torrent -setMode download {link}"

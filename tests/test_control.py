@@ -644,3 +644,11 @@ def test_what_a_download_waits_for_is_said_at_once(node: RecordingNode) -> None:
         "download x.torrent: 1 B of 10 B (10%)",
         "download x.torrent: waiting for the tracker at http://192.0.2.1:12345: retrying every 20 s (refused)",
     ]
+
+
+def test_download_takes_a_magnet_link_or_an_info_hash() -> None:
+    link = "magnet:?xt=urn:btih:" + "ab" * 20 + "&dn=a+b&tr=http%3A%2F%2Ft%2Fannounce&tr=udp://u:1"
+    assert parse_command(f"torrent -setMode download {link}") == Command("download", link)
+    assert parse_command(f"torrent -setMode download '{link}'") == Command("download", link)
+    assert parse_command("torrent -setMode download " + "ab" * 20) == Command("download", "ab" * 20)
+    assert "magnet link" in HELP_TEXT

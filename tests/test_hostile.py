@@ -132,6 +132,29 @@ def expected_verdict(data: bytes, src: Any, node: View) -> str | None:
         if body != 37 + (count + 7) // 8:
             return "bad HAVE size"
         return _for_a_download(data[4:24], src, node, "HAVE")
+    if kind == 8:  # METADATA_REQ: info_hash, cookie, nonce, piece u32 (below 4 MiB / 1 KiB)
+        if body != 40:
+            return "bad METADATA_REQ size"
+        piece = int.from_bytes(data[40:44], "big")
+        if piece >= 4096:
+            return "bad METADATA_REQ piece"
+        if data[24:32] != node.seeder.cookie(src):
+            return "bad cookie"
+        meta = node.shared.get(data[4:24])
+        if meta is None:
+            return "not shared"
+        return "bad metadata piece" if piece * 1024 >= len(meta.info_bytes) else None
+    if kind == 9:  # METADATA: info_hash, nonce, total u32 (1 to 4 MiB), piece u32, the piece's 1 KiB (the last shorter)
+        if body < 36:
+            return "bad METADATA size"
+        total, piece = struct.unpack_from("!II", data, 32)
+        if not 1 <= total <= 4 * MIB:
+            return "bad METADATA total"
+        if piece * 1024 >= total:
+            return "bad METADATA piece"
+        if body - 36 != min(1024, total - piece * 1024):
+            return "bad METADATA size"
+        return "unknown download"  # nobody here fetches an info dict
     return "unknown type"
 
 
@@ -161,7 +184,7 @@ def random_datagrams(rng: random.Random, count: int) -> Iterator[bytes]:
             yield rng.randbytes(size)
         else:
             version = wire.VERSION if rng.random() < 0.8 else rng.randrange(256)
-            yield b"PT" + bytes([version, rng.randrange(8)]) + rng.randbytes(size - 4)
+            yield b"PT" + bytes([version, rng.randrange(10)]) + rng.randbytes(size - 4)
 
 
 @dataclass
@@ -187,6 +210,8 @@ class Valid:
             wire.encode_error(ih, 6, wire.E_BAD_COOKIE, "bad cookie: ask INFO"),
             wire.encode_have_request(ih, self.attacker_cookie, 7, 0, m.num_pieces, wire.F_INTERESTED),
             wire.encode_have(ih, 8, 0, 8, wire.F_CHOKED, b"\xff"),
+            wire.encode_metadata_request(ih, self.attacker_cookie, 9, 0),
+            wire.encode_metadata(ih, 10, len(m.info_bytes), 0, m.info_bytes[: wire.METADATA_PIECE]),
         ]
 
 

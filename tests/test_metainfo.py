@@ -23,6 +23,7 @@ from p2ptorrent.metainfo import (
     make_torrent,
     parse,
     read_torrent,
+    torrent_from_info,
     safe_name,
     target_path,
 )
@@ -455,3 +456,23 @@ def test_deep_nesting_with_pure_python_decoder(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(p2ptorrent.metainfo, "bdecode", _bencode_py.bdecode)
     refused(b"l" * 100000 + b"e" * 100000, "not valid bencode")
     assert parse(VALID).name == "file.bin"
+
+
+def test_info_bytes_are_the_hashed_info_dict(tmp_path: Path) -> None:
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"x" * 1000)
+    made, data = make_torrent(f, "http://t/announce", 256)
+    parsed = parse(data)
+    assert hashlib.sha1(made.info_bytes).digest() == made.info_hash
+    assert parsed.info_bytes == made.info_bytes
+    # A torrent rebuilt around the info dict alone (a magnet link's download) keeps the info hash.
+    meta, rebuilt = torrent_from_info(made.info_bytes, "http://other/announce", [["http://other/announce", "udp://x"]])
+    assert meta.info_hash == made.info_hash and meta.announce == "http://other/announce"
+    assert meta.announce_list == (("http://other/announce", "udp://x"),)
+    assert parse(rebuilt).info_hash == made.info_hash
+
+
+@pytest.mark.parametrize("info", [b"", b"i1e", b"d4:name1:ae", b"de", b"d4:name1:a4:name1:ae"])
+def test_torrent_from_a_bad_info_dict_is_refused(info: bytes) -> None:
+    with pytest.raises(MetainfoError):
+        torrent_from_info(info, "http://t/announce")

@@ -202,3 +202,29 @@ def test_daemonised_node(procs: Processes) -> None:
     log = twistd_log.read_text()
     assert "exit requested" in log and "node 3 stopped" in log, log[-3000:]
     assert "node 3 left" in (procs.logs / "tracker.log").read_text()
+
+
+def test_download_from_a_magnet_link(procs: Processes) -> None:
+    """Two seeders; a third node given only a magnet link (through the `p2ptorrent` command) gets the file."""
+    procs.start_tracker()
+    data = os.urandom(2 * MIB + 321)
+    for n in (1, 2):
+        procs.nodes_dir.joinpath(str(n)).mkdir(parents=True, exist_ok=True)
+        (procs.nodes_dir / str(n) / "payload.bin").write_bytes(data)
+    for n in (1, 2, 3):
+        procs.start_node(n)
+    info_hash = ""
+    for n in (1, 2):
+        said = procs.ok(n, "send", "payload.bin")
+        assert "seeding payload.bin" in said, said
+        info_hash = said.split("info hash ")[1][:40]
+    link = f"magnet:?xt=urn:btih:{info_hash}&dn=payload.bin&tr=http%3A%2F%2F127.0.0.1%3A{procs.port}%2Fannounce"
+    said = procs.ok(3, "download", link)
+    assert "downloaded payload.bin" in said, said
+    assert sha256(procs.nodes_dir / "3" / "payload.bin") == hashlib.sha256(data).hexdigest()
+    saved = procs.nodes_dir / "3" / "payload.bin.torrent"
+    assert saved.is_file()
+    assert "fetching the torrent's metadata from 2 owners" in (procs.logs / "node_3.log").read_text()
+    # A bare info hash nobody shares: exit 1 and the reason.
+    failed = procs.ctl(3, "download", "ab" * 20)
+    assert failed.returncode == 1 and "no other owner" in failed.stderr, failed

@@ -78,7 +78,7 @@ def test_block_request_limits() -> None:
         (b"XX\x01\x01" + bytes(24), "bad magic"),
         (b"PT\x01\x01" + bytes(24), "unsupported protocol version 1 \\(this node speaks 2\\)"),
         (b"PT\x03\x01" + bytes(24), "unsupported protocol version 3"),
-        (b"PT\x02\x09", "unknown message type 9"),
+        (b"PT\x02\x0a", "unknown message type 10"),
         (wire.encode_info_request(1, H)[:-1], "INFO_REQ of the wrong size"),
         (wire.encode_info_request(1, H) + b"x", "INFO_REQ of the wrong size"),
         (wire.encode_info_response(1, H, 0, 1, 1, bytes(8))[:-3], "INFO_RESP of the wrong size"),
@@ -174,3 +174,63 @@ def test_a_version_refusal_is_bounded_and_answers_only_requests() -> None:
     assert wire.version_refusal(wire.encode_info_request(N, H)) is None  # our own version
     assert wire.version_refusal(b"XX\x01\x01" + bytes(24)) is None  # not ours at all
     assert wire.version_refusal(b"PT\x01\x01" + bytes(5)) is None  # too short to name its file
+
+
+# ---- METADATA_REQ and METADATA (magnet links: the info dict from peers)
+
+@given(u64, st.integers(0, wire.MAX_METADATA_PIECES - 1), st.binary(min_size=8, max_size=8))
+def test_metadata_request_round_trip(nonce: int, piece: int, cookie: bytes) -> None:
+    datagram = wire.encode_metadata_request(H, cookie, nonce, piece)
+    assert len(datagram) == wire.METADATA_REQ_SIZE
+    assert wire.decode(datagram) == wire.MetadataRequest(H, cookie, nonce, piece)
+
+
+@given(u64, st.integers(1, wire.MAX_METADATA_SIZE), st.data())
+def test_metadata_round_trip(nonce: int, total: int, data: st.DataObject) -> None:
+    piece = data.draw(st.integers(0, wire.metadata_pieces(total) - 1))
+    body = bytes([piece & 0xFF]) * wire.metadata_piece_size(total, piece)
+    datagram = wire.encode_metadata(H, nonce, total, piece, body)
+    assert len(datagram) <= wire.SAFE_DATAGRAM
+    assert wire.decode(datagram) == wire.Metadata(H, nonce, total, piece, body)
+
+
+def test_metadata_pieces_cut_the_dict() -> None:
+    assert wire.metadata_pieces(1) == 1
+    assert wire.metadata_pieces(wire.METADATA_PIECE) == 1
+    assert wire.metadata_pieces(wire.METADATA_PIECE + 1) == 2
+    assert wire.metadata_piece_size(wire.METADATA_PIECE + 1, 1) == 1
+    assert wire.metadata_piece_size(wire.METADATA_PIECE + 1, 2) == 0
+
+
+def _metadata(total: int, piece: int, data: bytes) -> bytes:
+    return wire._head(wire.METADATA) + struct.pack("!20sQII", H, N, total, piece) + data
+
+
+@pytest.mark.parametrize(
+    ("datagram", "reason"),
+    [
+        (wire.encode_metadata_request(H, bytes(8), N, 0)[:-1], "bad METADATA_REQ size"),
+        (wire.encode_metadata_request(H, bytes(8), N, 0) + b"x", "bad METADATA_REQ size"),
+        (wire._head(wire.METADATA_REQ) + struct.pack("!20s8sQI", H, bytes(8), N, wire.MAX_METADATA_PIECES),
+         "bad METADATA_REQ piece"),
+        (wire._head(wire.METADATA) + bytes(20), "bad METADATA size"),
+        (_metadata(0, 0, b""), "bad METADATA total"),
+        (_metadata(wire.MAX_METADATA_SIZE + 1, 0, bytes(wire.METADATA_PIECE)), "bad METADATA total"),
+        (_metadata(2**32 - 1, 0, bytes(wire.METADATA_PIECE)), "bad METADATA total"),
+        (_metadata(100, 1, b""), "bad METADATA piece"),
+        (_metadata(100, 0, bytes(99)), "bad METADATA size"),
+        (_metadata(100, 0, bytes(101)), "bad METADATA size"),
+        (_metadata(5000, 0, bytes(1000)), "bad METADATA size"),
+    ],
+)
+def test_bad_metadata_messages_are_refused(datagram: bytes, reason: str) -> None:
+    with pytest.raises(wire.WireError) as e:
+        wire.decode(datagram)
+    assert e.value.reason == reason
+
+
+def test_encode_metadata_checks_its_piece() -> None:
+    with pytest.raises(ValueError):
+        wire.encode_metadata(H, N, 100, 0, bytes(99))
+    with pytest.raises(ValueError):
+        wire.encode_metadata(H, N, 0, 0, b"")

@@ -2,7 +2,9 @@
 
 Requests go to the :class:`Seeder`; INFO answers to the id-keyed table of
 pending INFO requests (timed out through the injected clock); blocks, errors
-and HAVEs to the download of that info hash.  Nothing from the network can
+and HAVEs to the download of that info hash; METADATA answers (and errors) to
+the fetch of that info dict (a magnet link's, see metadata.py), checked the
+same way.  Nothing from the network can
 raise out of ``datagramReceived``.
 
 A few decisions live here, because they are about where a datagram comes
@@ -31,10 +33,10 @@ Every datagram that is not useful traffic is dropped and counted once, in
 ``counts["rejected"]`` and ``counts["rejected:<reason>"]``: malformed ones by
 the codec's reason (``"bad magic"``, ``"bad BLOCK_REQ size"``...), requests
 the seeder refuses by its reason (``"bad cookie"``, ``"not shared"``, ``"bad
-block"``, ``"unknown file"``), and answers nobody asked for: ``"unknown
+block"``, ``"unknown file"``, ``"bad metadata piece"``), and answers nobody asked for: ``"unknown
 download"`` (a BLOCK or ERROR for a file we are not downloading),
 ``"stranger"`` (one from an address this download never greeted),
-``"unmatched BLOCK"``, ``"unmatched ERROR"``, ``"unmatched HAVE"`` (from a
+``"unmatched BLOCK"``, ``"unmatched ERROR"``, ``"unmatched HAVE"``, ``"unmatched METADATA"`` (from a
 greeted address, but with no nonce of ours: forged, or later than the
 nonce's lifetime), ``"unasked BLOCK"`` (a nonce of ours, but a block nobody
 asked for), ``"unsolicited INFO_RESP"`` (a nonce we are not waiting for, or
@@ -70,6 +72,11 @@ class DownloadSink(Protocol):
     def batch_done(self) -> None: ...
 
 
+class MetadataSink(Protocol):
+    def on_message(self, msg: wire.Metadata | wire.Error, addr: Any) -> str | None: ...
+    def stop(self, reason: str) -> None: ...
+
+
 #: Rejections logged one by one; after that, one summary per interval (seconds).
 REJECTS_LOGGED = 10
 #: Seconds after a download ends during which blocks still arriving for it are late, not strangers'.
@@ -98,6 +105,8 @@ class NodeProtocol(DatagramProtocol):
         self.socket_buffer = socket_buffer
         #: The downloads to route blocks to, by info hash (the node gives a view of its registry).
         self.downloads: Mapping[bytes, DownloadSink] = {}
+        #: Fetches of an info dict (magnet links), by info hash: METADATA answers and their ERRORs go there.
+        self.fetches: dict[bytes, MetadataSink] = {}
         self._pending: dict[int, tuple[Deferred[wire.InfoResponse], Any, bytes]] = {}
         #: info hash -> the addresses its download greeted: only they may send it blocks and errors.
         self._partners: dict[bytes, set[Any]] = {}
@@ -200,7 +209,7 @@ class NodeProtocol(DatagramProtocol):
         partners = self._partners.get(info_hash)
         if partners is None:
             # A new download: forget those that ended (the node removes them from self.downloads).
-            for gone in [h for h in self._partners if h not in self.downloads]:
+            for gone in [h for h in self._partners if h not in self.downloads and h not in self.fetches]:
                 del self._partners[gone]
             partners = self._partners[info_hash] = set()
         partners.add(addr)
@@ -292,6 +301,8 @@ class NodeProtocol(DatagramProtocol):
             reason, replies = self.seeder.on_info(msg, addr, self.clock.seconds())
         elif isinstance(msg, wire.HaveRequest):
             reason, replies = self.seeder.on_have(msg, addr, size, self.clock.seconds())
+        elif isinstance(msg, wire.MetadataRequest):
+            reason, replies = self.seeder.on_metadata(msg, addr, size, self.clock.seconds())
         elif isinstance(msg, wire.InfoResponse):
             entry = self._pending.get(msg.nonce)
             if entry is None or entry[1] != addr or entry[2] != msg.info_hash:
@@ -299,6 +310,20 @@ class NodeProtocol(DatagramProtocol):
                 return
             del self._pending[msg.nonce]
             entry[0].callback(msg)
+            return
+        elif isinstance(msg, wire.Metadata) or (isinstance(msg, wire.Error) and msg.info_hash in self.fetches):
+            fetch = self.fetches.get(msg.info_hash)  # an info dict fetched for a magnet link
+            if fetch is None:
+                self._unknown(msg.info_hash, addr)
+            elif addr not in self._partners.get(msg.info_hash, ()):
+                self._reject(addr, "stranger")
+            else:
+                refused = fetch.on_message(msg, addr)
+                sink = self.downloads.get(msg.info_hash)
+                if refused is not None and isinstance(msg, wire.Error) and sink is not None:
+                    refused = sink.on_message(msg, addr)  # a download of that file from its .torrent asked
+                if refused is not None:
+                    self._refused(addr, refused)
             return
         else:  # Block (when too short to peek), Error or Have: for one of our downloads
             sink = self.downloads.get(msg.info_hash)

@@ -2,7 +2,9 @@
 
 :class:`Node` is the MultiService that `twistd p2pnode` runs, and it is what
 the command grammar drives (it provides ``INodeCommands``): ``send`` hashes a
-file into a torrent and shares it, ``download`` fetches a torrent's file,
+file into a torrent and shares it, ``download`` fetches a torrent's file (or,
+given a magnet link or an info hash, first the torrent's info dict from its
+owners, checked against the info hash and saved as a .torrent),
 ``status`` describes the node, ``exit`` says goodbye to the tracker and stops.
 The files it shares are remembered in ``<node folder>/.seeding.json`` so a
 restarted node shares them again.
@@ -44,9 +46,11 @@ from zope.interface import implementer
 from p2ptorrent.config import Config
 from p2ptorrent.logfile import LogFileService
 from p2ptorrent.startup import FolderDaemon, FolderLock, StartupError, usable_folder
-from p2ptorrent.metainfo import Metainfo, MetainfoError, make_torrent, read_torrent, read_torrent_file
+from p2ptorrent.magnet import is_info_hash, is_magnet, parse_magnet
+from p2ptorrent.metainfo import Metainfo, MetainfoError, make_torrent, read_torrent, read_torrent_file, torrent_from_info
 from p2ptorrent.node.control import INodeCommands
 from p2ptorrent.node.download import Download, DownloadError, DownloadResult, Hooks, kept_text
+from p2ptorrent.node.metadata import MetadataError, MetadataFetch, MetadataFetcher
 from p2ptorrent.node.session import where
 from p2ptorrent.node.protocol import NodeProtocol
 from p2ptorrent.node import udpport
@@ -370,6 +374,8 @@ class Node(FolderDaemon):
             self.client.give_up_waiting(CommandFailed("the node is stopping"))
         for dl in list(self.downloads.values()):
             dl.stop("the node is stopping")
+        for fetch in list(self.protocol.fetches.values()):
+            fetch.stop("the node is stopping")  # (a magnet link's metadata)
         if self._left is None:
             await self._leave()
         self.seeder.close()
@@ -563,6 +569,8 @@ class Node(FolderDaemon):
         return ensureDeferred(self._download(torrent_path, progress))
 
     async def _download(self, torrent_path: str, progress: Callable[[dict[str, Any]], None]) -> str:
+        if is_magnet(torrent_path) or (is_info_hash(torrent_path) and not Path(torrent_path).exists()):
+            return await self._from_magnet(torrent_path, progress)
         try:
             meta, torrent = read_torrent_file(torrent_path)
             final = final_path(self.folder, meta)
@@ -584,6 +592,70 @@ class Node(FolderDaemon):
         elif job.torrent_path is None:
             job.torrent_path = where  # a resumed download: share it with the torrent named here
         return await self._join(job, progress)
+
+    async def _from_magnet(self, text: str, progress: Callable[[dict[str, Any]], None]) -> str:
+        """A download from a magnet link or a bare info hash: the owners from the tracker, the info dict from
+        them (its SHA-1 checked against the info hash), saved as a .torrent in the node's folder; then a
+        download of that torrent like any other."""
+        try:
+            link = parse_magnet(text)
+        except MetainfoError as e:
+            raise CommandFailed(str(e)) from None
+        ih = link.info_hash
+        job = self.jobs.get(ih)
+        if job is not None:
+            return await self._join(job, progress)
+        shared = self.seeder.files.get(ih)
+        if shared is not None and shared.complete:
+            seeding = self._seeding(shared.meta)
+            if seeding is not None:
+                return await self._already_seeding(shared.meta, seeding)
+        try:
+            info = await self._fetch_metadata(ih, link.name, progress)
+        except MetadataError as e:
+            raise CommandFailed(str(e)) from None
+        announce = link.trackers[0] if link.trackers else self.settings.announce_url
+        try:
+            meta, torrent = torrent_from_info(info, announce, [link.trackers] if len(link.trackers) > 1 else ())
+        except MetainfoError as e:
+            raise CommandFailed(f"the torrent's metadata fetched for {ih.hex()} cannot be used: {e}") from None
+        return await self._download(str(self._save_torrent(meta, torrent)), progress)
+
+    async def _fetch_metadata(self, ih: bytes, name: str | None, progress: Callable[[dict[str, Any]], None]) -> bytes:
+        """The info dict of *ih*, its SHA-1 checked: fetched from the owners the tracker names, or awaited
+        from the fetch already under way for it."""
+        running = self.protocol.fetches.get(ih)
+        if isinstance(running, MetadataFetcher):
+            progress({"note": "waiting for the torrent's metadata, already being fetched"})
+            return await running.wait()
+        client = self.client
+        assert client is not None
+        progress({"note": f"asking the tracker for the owners of {name or ih.hex()}"})
+        try:
+            owners = await client.need(ih.hex())
+        except Exception as e:
+            raise CommandFailed(f"cannot ask the tracker at {self.settings.tracker_url} for owners of {ih.hex()}: {e}") from None
+        running = self.protocol.fetches.get(ih)  # one may have started while we asked
+        if isinstance(running, MetadataFetcher):
+            return await running.wait()
+        fetch = MetadataFetch(ih, [((o.host, o.port), o.node_id) for o in owners], request_timeout=self.settings.REQUEST_TIMEOUT)
+        return await MetadataFetcher(fetch, self.protocol, self.reactor, lambda text: progress({"note": text})).start()
+
+    def _save_torrent(self, meta: Metainfo, torrent: bytes) -> Path:
+        """Write a torrent made from a magnet link into the node's folder, never over another torrent."""
+        for path in (self.folder / f"{meta.name}.torrent", self.folder / f"{meta.name}.{meta.info_hash_hex}.torrent"):
+            try:
+                if not path.exists() and not path.is_symlink():
+                    atomic_write(path, torrent, fsync=False)
+                    return path
+                if read_torrent(path).info_hash == meta.info_hash:
+                    return path  # this very torrent (perhaps with other trackers): use it
+            except MetainfoError:
+                continue  # something else under that name: left alone
+            except OSError as e:
+                raise CommandFailed(f"cannot write {path}: {e.strerror or e}") from None
+        raise CommandFailed(f"cannot save the torrent of {meta.name}: {meta.name}.torrent and {path.name}"
+                            f" in {self.folder} hold other torrents")
 
     def _seeding(self, meta: Metainfo) -> Path | None:
         """Where we seed this very file (same info hash) complete, if we do and it is still there."""

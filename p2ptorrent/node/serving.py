@@ -1,10 +1,11 @@
-"""The seeding side: answer INFO, HAVE and BLOCK requests for the files this node shares.
+"""The seeding side: answer INFO, HAVE, BLOCK and METADATA requests for the files this node shares.
 
 Requests name a file only by info hash, so a peer can never reach a path the
 node did not choose to share.  Each request comes in with the time (``now``)
 and goes out as ``(reason, replies)``, where *reason* is None for a request
 served, or a short label the protocol counts as a rejection (``"bad
-cookie"``, ``"not shared"``, ``"bad block"``, ``"unknown file"``); no socket
+cookie"``, ``"not shared"``, ``"bad block"``, ``"unknown file"``, ``"bad
+metadata piece"``); no socket
 and no clock here, so tests call :class:`Seeder` directly.
 
 It is not pure, and that is deliberate.  A request updates state as it is
@@ -33,6 +34,10 @@ What a peer can make us send:
   a request is dropped, which a real downloader takes as loss and slows
   down.  Blocks are read and sent one at a time, so a request for 256
   blocks never holds 256 blocks in memory.
+* Pieces of a torrent's info dict (METADATA_REQ, for a peer that has only a
+  magnet link) only with the cookie, like blocks, and at most
+  ``METADATA_ANSWERS_PER_SECOND`` a second per address: an info dict is a
+  few KiB, so this is plenty for a real fetch and caps the rest.
 * The rate state of at most ``PEER_TABLE_SIZE`` addresses per table (least
   recently seen forgotten first): many source addresses cannot grow memory.
   Only cookie-checked addresses enter the block table.
@@ -79,6 +84,10 @@ WATCHERS_PER_FILE = 64
 #: many or more, we offer each only the pieces uploaded least so far (as
 #: BitTorrent's super-seeding): the peers trade the rest among themselves.
 OFFER_FROM_PEERS = 2
+#: METADATA answers (1 KiB each) a second to one address, and how many it may save up: 256 KiB at once,
+#: then 128 KiB/s (a 4 MiB info dict, the most anyone fetches, in about half a minute).
+METADATA_ANSWERS_PER_SECOND = 128.0
+METADATA_ANSWER_BURST = 256.0
 #: ERROR replies a second to one address.  A refused request needs one
 #: answer; the requester's timeouts cover any that are not sent.
 ERRORS_PER_SECOND = 10.0
@@ -184,6 +193,7 @@ class Seeder:
         self.blocks = RateTable(blocks_per_second, burst, table_size)
         self.info_answers = RateTable(INFO_ANSWERS_PER_SECOND, INFO_ANSWER_BURST, table_size)
         self.errors = RateTable(ERRORS_PER_SECOND, ERROR_BURST, table_size)
+        self.metadata_answers = RateTable(METADATA_ANSWERS_PER_SECOND, METADATA_ANSWER_BURST, table_size)
         #: Per info hash, the addresses that asked HAVE lately (cookie-checked): when, and the nonce of their
         #: latest HAVE_REQ (0: none yet), which the news we push them carries.
         self.watchers: dict[bytes, OrderedDict[Any, tuple[float, int]]] = {}
@@ -356,6 +366,27 @@ class Seeder:
             self.counts["limited:blocks"] += wanted - granted
         replies = self._read(shared, msg.info_hash, msg.nonce, blocks[:granted] if granted < wanted else blocks)
         return None, (itertools.chain(offer, replies) if offer else replies)
+
+    def on_metadata(self, msg: wire.MetadataRequest, addr: Any, size: int, now: float = 0.0) -> Reply:
+        """One piece of the file's bencoded info dict, exactly as hashed: for a peer that has only a magnet link.
+
+        The cookie first, as for blocks: an address that has not proven it receives gets one short ERROR.
+        """
+        if not hmac.compare_digest(msg.cookie, self.cookie(addr)):
+            return "bad cookie", self._error(addr, now, size, msg.info_hash, msg.nonce, wire.E_BAD_COOKIE, "bad cookie: ask INFO")
+        shared = self.files.get(msg.info_hash)
+        info = shared.meta.info_bytes if shared is not None else b""
+        if not info or len(info) > wire.MAX_METADATA_SIZE:  # (too big for anyone to fetch: none of ours is)
+            return "not shared", self._error(addr, now, size, msg.info_hash, msg.nonce, wire.E_NOT_FOUND, "not shared here")
+        total = len(info)
+        if msg.piece >= wire.metadata_pieces(total):
+            text = f"no metadata piece {msg.piece}"
+            return "bad metadata piece", self._error(addr, now, size, msg.info_hash, msg.nonce, wire.E_BAD_REQUEST, text)
+        if not self.metadata_answers.take(addr, 1, now):
+            self.counts["limited:metadata"] += 1
+            return None, ()
+        at = msg.piece * wire.METADATA_PIECE
+        return None, (wire.encode_metadata(msg.info_hash, msg.nonce, total, msg.piece, info[at : at + wire.METADATA_PIECE]),)
 
     def _watch(self, info_hash: bytes, addr: Any, now: float, nonce: int | None = None) -> None:
         watching = self.watchers.setdefault(info_hash, OrderedDict())
