@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import pytest
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError
 from twisted.internet.task import Clock, LoopingCall
 from twisted.logger import globalLogPublisher
@@ -435,6 +435,17 @@ def test_every_call_times_out_on_the_injected_clock() -> None:
     clock.advance(0.1)
     assert "did not answer REGISTER: no answer within 10 s" in str(failure_of(d, TrackerUnavailable))
     assert pending[0].called  # the request itself was cancelled, not left hanging
+
+
+def test_a_timeout_is_said_as_one_when_the_cancelled_request_reports_a_lost_connection() -> None:
+    # What treq's agent does with a request cancelled before its answer.
+    def request() -> Deferred[Any]:
+        return Deferred(lambda d: d.errback(ResponseNeverReceived([Failure(CancelledError())])))
+
+    client, clock, _ = scripted(request)
+    d = client.need("ab" * 20)
+    clock.advance(client.timeout)
+    assert "did not answer REGISTER: no answer within 10 s" in str(failure_of(d, TrackerUnavailable))
 
 
 def test_server_errors_and_foreign_answers() -> None:

@@ -289,7 +289,7 @@ class TrackerClient:
         # maybeDeferred: a treq-like object may raise before returning a Deferred.
         d: Deferred[Any] = maybeDeferred(self.http.post, url, data=data, headers=_JSON_HEADERS)
         d.addCallback(lambda response: response.content().addCallback(lambda content: (response.code, content)))
-        d.addTimeout(self.timeout, self.clock)
+        d.addTimeout(self.timeout, self.clock, onTimeoutCancel=_timed_out)
         d.addCallbacks(lambda result: self._answer(mode, *result), lambda f: self._unavailable(mode, f))
         return d
 
@@ -329,6 +329,12 @@ class TrackerClient:
             if owner.node_id != self.node_id:
                 result.append(owner)
         return result
+
+
+def _timed_out(result: Any, timeout: float | None) -> Failure:
+    """A call cancelled by its timeout failed for want of an answer, whatever the cancelled request says: treq's
+    agent ends it with ResponseNeverReceived (a lost connection, to the reader) rather than CancelledError."""
+    return Failure(TimeoutError())
 
 
 def _owner(entry: Any) -> Owner:
