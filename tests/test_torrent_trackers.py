@@ -17,7 +17,7 @@ from typing import Any, Callable
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.protocol import Protocol, ServerFactory
 
 from p2ptorrent.metainfo import make_torrent, read_torrent
 from p2ptorrent.node import tap as node_tap
@@ -44,6 +44,18 @@ class Tracker:
         return node_id in self.state.node_ids()
 
 
+class _Listening:
+    """A bare listening port, stopped with the cluster."""
+
+    def __init__(self, port: Any) -> None:
+        self.port = port
+        self.running = True
+
+    def stopService(self) -> Any:
+        self.running = False
+        return self.port.stopListening()
+
+
 class Cluster:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
@@ -66,11 +78,18 @@ class Cluster:
         await defer.maybeDeferred(port.stopListening)
         return number
 
-    def node(self, node_id: int, tracker: Tracker) -> Node:
+    async def hung_port(self) -> int:
+        """A tracker that takes connections and never answers: only a timeout ends a call to it."""
+        port: Any = reactor.listenTCP(0, ServerFactory.forProtocol(Protocol), interface="127.0.0.1")
+        self.services.append(_Listening(port))
+        number: int = port.getHost().port
+        return number
+
+    def node(self, node_id: int, tracker: Tracker, interval: float = 3600) -> Node:
         opts = node_tap.Options()
         opts.parseOptions(["--id", str(node_id), "--interface", "127.0.0.1", "--tracker", f"127.0.0.1:{tracker.port}",
                            "--node-files-dir", str(self.tmp / "nf"), "--logs-dir", str(self.tmp / "logs"),
-                           "--no-stdin", "--node-interval", "3600"])
+                           "--no-stdin", "--node-interval", f"{interval:g}"])
         svc: Any = node_tap.makeService(opts, reactor)
         svc.stop_process = None
         svc.privilegedStartService()
@@ -200,6 +219,27 @@ async def test_a_dead_first_tier_fails_over_to_the_next_tracker(cluster: Cluster
     assert node.status()["seeding"][0]["tracker"] == b.url
     # The dead tracker, tried and used by nothing now, is let go; B stays for the file we share.
     assert [t["tracker"] for t in node.status()["trackers"]] == [b.url]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_first_tracker_that_does_not_answer_in_time_fails_over_to_the_next(cluster: Cluster) -> None:
+    a, b = await cluster.tracker("a"), await cluster.tracker("b")
+    _, path = await _seeder(cluster, 1, b, "h.bin", 400_000)
+    sent = read_torrent(str(path.with_name("h.bin.torrent")))
+    hung = f"http://127.0.0.1:{await cluster.hung_port()}"
+    meta, data = make_torrent(path, f"{hung}/announce", sent.piece_length,
+                              announce_list=[[f"{hung}/announce"], [f"{b.url}/announce"]])
+    torrent = cluster.tmp / "hung.torrent"
+    torrent.write_bytes(data)
+    # The node's calls time out after half its heartbeat interval: 1 s here (the defaults: 10 s).
+    node = cluster.node(2, a, interval=2)
+    await _registered(node)
+    notes: list[str] = []
+    said = await node.download(str(torrent), lambda p: notes.append(p["note"]) if "note" in p else None)
+    assert "downloaded h.bin" in said, said
+    moved = [n for n in notes if n.startswith(f"tracker {hung} did not answer (")]
+    assert moved and "no answer within 1 s" in moved[0] and moved[0].endswith(f"; trying {b.url}"), notes
+    assert b.complete_owner(meta.info_hash_hex, 2)
 
 
 @pytest_twisted.ensureDeferred
