@@ -556,6 +556,35 @@ def test_heartbeat_body_never_raises_even_on_bugs(world: World) -> None:
     assert service._loop is not None and service._loop.running
 
 
+def test_every_missed_heartbeat_is_told_and_a_raising_listener_does_not_stop_the_loop(world: World) -> None:
+    client = world.client(1)
+    down = [True]
+    real_post = world.http.post
+
+    def post(url: str, data: bytes, **kw: Any) -> Deferred[Any]:
+        return fail(ConnectionRefusedError()) if down[0] else real_post(url, data=data, **kw)
+
+    client.http = ScriptedHTTP(lambda: None)
+    client.http.post = post  # type: ignore[method-assign]
+    misses = [0]
+
+    def missed() -> None:
+        misses[0] += 1
+        raise RuntimeError("bug in the listener")
+
+    service = HeartbeatService(client, CFG.NODE_TIME_INTERVAL, world.clock, lambda: None, on_miss=missed)
+    service.startService()
+    world.clock.advance(CFG.NODE_TIME_INTERVAL)
+    assert misses[0] == 2
+    down[0] = False
+    world.clock.advance(CFG.NODE_TIME_INTERVAL)  # got through: nothing missed
+    assert misses[0] == 2 and service.problem is None
+    down[0] = True
+    world.clock.advance(CFG.NODE_TIME_INTERVAL)
+    assert misses[0] == 3
+    assert service._loop is not None and service._loop.running
+
+
 def test_stopping_cancels_a_heartbeat_in_flight(world: World) -> None:
     pending: list[Deferred[Any]] = []
     client = TrackerClient(ScriptedHTTP(lambda: pending.append(Deferred()) or pending[-1]), BASE, world.clock, CFG, 1, 9001)

@@ -409,6 +409,7 @@ class HeartbeatService(Service):
         clock: IReactorTime,
         on_new: Callable[[], Any],
         on_contact: Callable[[], Any] | None = None,
+        on_miss: Callable[[], Any] | None = None,
     ) -> None:
         self.client = client
         self.interval = interval
@@ -416,6 +417,8 @@ class HeartbeatService(Service):
         self.on_new = on_new
         #: Called after every heartbeat that got through (the node sends what the tracker missed).
         self.on_contact = on_contact
+        #: Called after every heartbeat that failed (the node moves its torrents to their next tracker).
+        self.on_miss = on_miss
         #: Why the last heartbeat failed (None: it got through): shown by `status`.
         self.problem: str | None = None
         #: The tracker refuses this node (4xx): it is not registered, and says so loudly.
@@ -515,3 +518,8 @@ class HeartbeatService(Service):
             (self.log.debug if again else self.log.warn)("heartbeat failed: {error}", error=why)
         else:
             self.log.failure("heartbeat failed", failure)
+        if self.on_miss is not None:
+            try:
+                self.on_miss()
+            except Exception:
+                self.log.failure("handling a missed heartbeat failed")
