@@ -222,6 +222,29 @@ async def test_a_dead_first_tier_fails_over_to_the_next_tracker(cluster: Cluster
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_restarted_node_shares_past_a_dead_first_tier(cluster: Cluster) -> None:
+    a, b = await cluster.tracker("a"), await cluster.tracker("b")
+    _, path = await _seeder(cluster, 1, b, "d.bin", 300_000)
+    sent = read_torrent(str(path.with_name("d.bin.torrent")))
+    dead = f"http://127.0.0.1:{await cluster.dead_port()}"
+    meta, data = make_torrent(path, f"{dead}/announce", sent.piece_length,
+                              announce_list=[[f"{dead}/announce"], [f"{b.url}/announce"]])
+    torrent = cluster.tmp / "dead-first.torrent"
+    torrent.write_bytes(data)
+    node = cluster.node(2, a)
+    await _registered(node)
+    await node.download(str(torrent), lambda p: None)
+    await node.exit()  # B forgets node 2 and its file
+    await cluster.stop(node)
+    assert not b.knows(2)
+    # Restarted, the node starts with the first tier again: its heartbeat there fails, and the file moves on.
+    again = cluster.node(2, a)
+    await _until(lambda: b.complete_owner(meta.info_hash_hex, 2), "the file announced again at B")
+    assert again.status()["seeding"][0]["tracker"] == b.url
+    assert 2 not in a.state.owners(meta.info_hash_hex)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_first_tracker_that_does_not_answer_in_time_fails_over_to_the_next(cluster: Cluster) -> None:
     a, b = await cluster.tracker("a"), await cluster.tracker("b")
     _, path = await _seeder(cluster, 1, b, "h.bin", 400_000)

@@ -336,9 +336,32 @@ class Node(FolderDaemon):
     def _start_heartbeat(self, link: TrackerLink) -> None:
         link.heartbeat = HeartbeatService(
             link.client, self.settings.NODE_TIME_INTERVAL, self.reactor, partial(self._announce_all, link),
-            on_contact=partial(self._on_contact, link),
+            on_contact=partial(self._on_contact, link), on_miss=partial(self._on_miss, link),
         )
         link.heartbeat.setServiceParent(self)
+
+    def _on_miss(self, link: TrackerLink) -> None:
+        """A heartbeat to *link* failed: the torrents that use it and name another tracker move on (trackers.py).
+
+        What they share is announced there at once (and again at each miss while
+        none answers); a download asks its next NEED there.
+        """
+        for ih, meta in self._using(link):
+            choice = self._choice(meta)
+            if len(choice.order()) < 2:
+                continue
+            following = choice.failed(link.url)
+            self.log.info("{name}: the tracker at {url} did not answer; now {next}", name=meta.name, url=link.name,
+                          next=self._link(choice.current).name if following is not None else "from the first again")
+            shared = self.seeder.files.get(ih)
+            if shared is not None and shared.complete:
+                self._own(meta)
+            elif (dl := self.downloads.get(ih)) is not None:
+                dl.announce_again()
+
+    def _using(self, link: TrackerLink) -> list[tuple[bytes, Metainfo]]:
+        """The torrents (shared complete, or downloading) that use *link* now."""
+        return [(meta.info_hash, meta) for meta in self._our_torrents() if self._uses(meta.info_hash, link)]
 
     def _link(self, url: str) -> TrackerLink:
         """The link to tracker *url*, made (and registering) when a torrent first needs it."""
