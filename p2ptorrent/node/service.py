@@ -809,17 +809,13 @@ class Node(FolderDaemon):
         choice = self._choice(job.meta)
         interval = f"{self.settings.NODE_TIME_INTERVAL:g} s"
         while True:
-            answering = [url for url in choice.order() if url in self.links and self.links[url].client.registered_once]
-            if choice.current in answering:
+            link = self._link(choice.current)
+            if link.client.registered_once:
                 return
             if len(choice.order()) == 1:  # one tracker: its heartbeat retries
-                link = self._link(choice.current)
                 job.note(f"waiting for the tracker at {link.name}: retrying every {interval}"
                          f" ({link.problem or 'no answer yet'})")
                 await link.client.when_registered()
-                return
-            if answering:
-                choice.succeeded(answering[0])
                 return
             try:
                 # NEED, not REGISTER: it registers first as needed, and leaves the heartbeat to learn (and
@@ -828,13 +824,16 @@ class Node(FolderDaemon):
                 return
             except TrackerClientError as e:
                 links = [self._link(url) for url in choice.order()]
-                job.note(f"waiting for a tracker: none of {', '.join(link.name for link in links)} answered"
+                job.note(f"waiting for a tracker: none of {', '.join(each.name for each in links)} answered"
                          f" ({e}); retrying every {interval}")
             try:  # the first heartbeat that gets through, at any of them
-                await DeferredList([link.client.when_registered() for link in links], fireOnOneCallback=True,
+                await DeferredList([each.client.when_registered() for each in links], fireOnOneCallback=True,
                                    fireOnOneErrback=True, consumeErrors=True)
             except FirstError as e:
                 e.subFailure.raiseException()
+            answering = [url for url in choice.order() if url in self.links and self.links[url].client.registered_once]
+            if answering:
+                choice.succeeded(answering[0])
 
     async def _run_download(self, job: _Job) -> DownloadResult:
         meta = job.meta
