@@ -19,9 +19,10 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Protocol, ServerFactory
 
+from gates import share_only
 from p2ptorrent.metainfo import make_torrent, read_torrent
 from p2ptorrent.node import tap as node_tap
-from p2ptorrent.node.service import Node
+from p2ptorrent.node.service import CommandFailed, Node
 from p2ptorrent.tracker import tap as tracker_tap
 
 MIB = 1024 * 1024
@@ -193,6 +194,31 @@ async def test_a_restarted_node_announces_a_file_again_at_the_tracker_its_torren
     again = cluster.node(2, a)
     await _until(lambda: b.complete_owner(meta.info_hash_hex, 2), "the file announced again at B")
     assert [t["tracker"] for t in again.status()["trackers"]] == [b.url]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_download_resumed_at_start_asks_the_tracker_its_torrent_names(cluster: Cluster) -> None:
+    a, b = await cluster.tracker("a"), await cluster.tracker("b")
+    seeder, path = await _seeder(cluster, 1, b, "p.bin", 4 * MIB)
+    torrent = path.with_name("p.bin.torrent")
+    meta = read_torrent(str(torrent))
+    whole = share_only(seeder.seeder, meta.info_hash, meta.num_pieces // 4)  # held back: the download cannot end
+    node = cluster.node(2, a)
+    await _registered(node)
+    downloading = defer.ensureDeferred(node.download(str(torrent), lambda p: None))
+    quarter = sum(meta.piece_size(p) for p in range(meta.num_pieces // 4))
+    await _until(lambda: downloading.called or (
+        node.status()["downloading"] and node.status()["downloading"][0]["done"] >= quarter), "the first quarter")
+    assert not downloading.called, downloading
+    assert node.status()["downloading"][0]["tracker"] == b.url
+    await cluster.stop(node)
+    with pytest.raises(CommandFailed):
+        await downloading
+    whole()
+    again = cluster.node(2, a)  # resumes by itself, from .incomplete/ (the torrent kept there names B)
+    await _until(lambda: b.complete_owner(meta.info_hash_hex, 2), "the resumed download finished and announced at B")
+    assert _sha(again.folder / "p.bin") == _sha(path)
+    assert 2 not in a.state.owners(meta.info_hash_hex)
 
 
 @pytest_twisted.ensureDeferred
