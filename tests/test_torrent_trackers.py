@@ -18,6 +18,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from gates import share_only
 from p2ptorrent.metainfo import make_torrent, read_torrent
@@ -82,6 +84,19 @@ class Cluster:
     async def hung_port(self) -> int:
         """A tracker that takes connections and never answers: only a timeout ends a call to it."""
         port: Any = reactor.listenTCP(0, ServerFactory.forProtocol(Protocol), interface="127.0.0.1")
+        self.services.append(_Listening(port))
+        number: int = port.getHost().port
+        return number
+
+    async def foreign_port(self) -> int:
+        """A web server that answers every request with a bencoded announce answer: a BitTorrent-only tracker."""
+        class Foreign(Resource):
+            isLeaf = True
+
+            def render(self, request: Any) -> bytes:
+                return b"d8:intervali1800e5:peers0:e"
+
+        port: Any = reactor.listenTCP(0, Site(Foreign()), interface="127.0.0.1")
         self.services.append(_Listening(port))
         number: int = port.getHost().port
         return number
@@ -288,6 +303,26 @@ async def test_a_first_tracker_that_does_not_answer_in_time_fails_over_to_the_ne
     assert "downloaded h.bin" in said, said
     moved = [n for n in notes if n.startswith(f"tracker {hung} did not answer (")]
     assert moved and "no answer within 1 s" in moved[0] and moved[0].endswith(f"; trying {b.url}"), notes
+    assert b.complete_owner(meta.info_hash_hex, 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_first_tracker_that_is_not_a_p2ptorrent_tracker_is_passed_over(cluster: Cluster) -> None:
+    a, b = await cluster.tracker("a"), await cluster.tracker("b")
+    _, path = await _seeder(cluster, 1, b, "x.bin", 200_000)
+    sent = read_torrent(str(path.with_name("x.bin.torrent")))
+    foreign = f"http://127.0.0.1:{await cluster.foreign_port()}"
+    meta, data = make_torrent(path, f"{foreign}/announce", sent.piece_length,
+                              announce_list=[[f"{foreign}/announce"], [f"{b.url}/announce"]])
+    torrent = cluster.tmp / "foreign.torrent"
+    torrent.write_bytes(data)
+    node = cluster.node(2, a)
+    await _registered(node)
+    notes: list[str] = []
+    said = await node.download(str(torrent), lambda p: notes.append(p["note"]) if "note" in p else None)
+    assert "downloaded x.bin" in said, said
+    moved = [n for n in notes if n.startswith(f"tracker {foreign} did not answer (")]
+    assert moved and "no JSON result: d8:interval" in moved[0] and moved[0].endswith(f"; trying {b.url}"), notes
     assert b.complete_owner(meta.info_hash_hex, 2)
 
 
