@@ -1,11 +1,14 @@
-"""Which tracker a node asks about a torrent (p2ptorrent/node/trackers.py): URL mapping, BEP 12 order, failover."""
+"""Which tracker a node asks about a torrent (p2ptorrent/node/trackers.py): URL mapping, BEP 12 order, failover;
+where it keeps what it has with each (tracker_link.py)."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
+from p2ptorrent.node.tracker_link import TRACKERS_DIR, link_files
 from p2ptorrent.node.trackers import Failover, node_url, tracker_tiers
 
 ME = "http://me:12345"
@@ -121,3 +124,11 @@ def test_a_late_failure_of_a_tracker_already_left_points_at_the_current_one() ->
     f.succeeded("http://b:2")
     assert f.failed("http://a:1") == "http://b:2"  # a second request to a:1 failed late: b:2 still answers
     assert f.current == "http://b:2"
+
+
+def test_each_other_tracker_keeps_its_token_and_outbox_in_files_of_its_own(tmp_path: Path) -> None:
+    token_a, outbox_a = link_files(tmp_path, "http://a:1")
+    token_b, outbox_b = link_files(tmp_path, "http://[::1]:1")
+    assert token_a.parent == outbox_a.parent == token_b.parent == tmp_path / TRACKERS_DIR
+    assert len({token_a, outbox_a, token_b, outbox_b}) == 4
+    assert link_files(tmp_path, "http://a:1") == (token_a, outbox_a)  # the same after a restart
