@@ -2,9 +2,9 @@
 
 Real trackers and real nodes in one reactor, over loopback.  Each tracker is a
 tracker process's service of its own (its own database and port); a "dead"
-tracker is a port nobody listens on, so it refuses at once and no test waits
-for a timeout.  Heartbeats run only when a link is made (NODE_TIME_INTERVAL is
-an hour), so what is sent never depends on the machine's speed.
+tracker is a port nobody listens on, so it refuses at once and only the test of a
+timeout waits for one.  Heartbeats run only when a link is made (NODE_TIME_INTERVAL is
+an hour but in that test), so what is sent never depends on the machine's speed.
 """
 
 from __future__ import annotations
