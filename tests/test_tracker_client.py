@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import pytest
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError
 from twisted.internet.task import Clock, LoopingCall
 from twisted.logger import globalLogPublisher
@@ -437,6 +437,17 @@ def test_every_call_times_out_on_the_injected_clock() -> None:
     assert pending[0].called  # the request itself was cancelled, not left hanging
 
 
+def test_a_timeout_is_said_as_one_when_the_cancelled_request_reports_a_lost_connection() -> None:
+    # What treq's agent does with a request cancelled before its answer.
+    def request() -> Deferred[Any]:
+        return Deferred(lambda d: d.errback(ResponseNeverReceived([Failure(CancelledError())])))
+
+    client, clock, _ = scripted(request)
+    d = client.need("ab" * 20)
+    clock.advance(client.timeout)
+    assert "did not answer REGISTER: no answer within 10 s" in str(failure_of(d, TrackerUnavailable))
+
+
 def test_server_errors_and_foreign_answers() -> None:
     client, _, _ = scripted(lambda: succeed(FakeResponse(500, b'{"ok": false, "error": "internal error in the tracker"}')))
     assert "failed on REGISTER: 500 internal error in the tracker" in str(failure_of(client.register(), TrackerUnavailable))
@@ -542,6 +553,35 @@ def test_heartbeat_body_never_raises_even_on_bugs(world: World) -> None:
     for _ in range(3):
         world.clock.advance(CFG.NODE_TIME_INTERVAL)
     assert calls[0] == 4
+    assert service._loop is not None and service._loop.running
+
+
+def test_every_missed_heartbeat_is_told_and_a_raising_listener_does_not_stop_the_loop(world: World) -> None:
+    client = world.client(1)
+    down = [True]
+    real_post = world.http.post
+
+    def post(url: str, data: bytes, **kw: Any) -> Deferred[Any]:
+        return fail(ConnectionRefusedError()) if down[0] else real_post(url, data=data, **kw)
+
+    client.http = ScriptedHTTP(lambda: None)
+    client.http.post = post  # type: ignore[method-assign]
+    misses = [0]
+
+    def missed() -> None:
+        misses[0] += 1
+        raise RuntimeError("bug in the listener")
+
+    service = HeartbeatService(client, CFG.NODE_TIME_INTERVAL, world.clock, lambda: None, on_miss=missed)
+    service.startService()
+    world.clock.advance(CFG.NODE_TIME_INTERVAL)
+    assert misses[0] == 2
+    down[0] = False
+    world.clock.advance(CFG.NODE_TIME_INTERVAL)  # got through: nothing missed
+    assert misses[0] == 2 and service.problem is None
+    down[0] = True
+    world.clock.advance(CFG.NODE_TIME_INTERVAL)
+    assert misses[0] == 3
     assert service._loop is not None and service._loop.running
 
 

@@ -20,6 +20,12 @@ fetched (or resumed) joins it.  Nothing in ``.incomplete/`` is ever shared.
 The tracker's token is kept in ``<node folder>/.tracker_token`` (mode 600),
 so a node restarted after a crash speaks as itself at once, instead of being
 refused as an impostor until the tracker's liveness check drops its old self.
+
+A torrent is announced at its own trackers (``announce``, ``announce-list``;
+the rule is in trackers.py), the node's ``--tracker`` when it names none that
+answers.  Each tracker other than ``--tracker`` gets its own link (see
+tracker_link.py) when a torrent first needs it, and is told only of the
+torrents that use it.
 """
 
 from __future__ import annotations
@@ -32,10 +38,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from collections.abc import Iterator, Mapping
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred, succeed
+from twisted.internet.defer import (
+    Deferred, DeferredList, FirstError, ensureDeferred, gatherResults, maybeDeferred,
+)
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorFDSet
 from twisted.internet.threads import deferToThreadPool
@@ -60,7 +68,9 @@ from p2ptorrent.node.storage import (
     INCOMPLETE, Interrupted, PartFile, ResumeReport, StorageError, file_count, file_matches, final_path, unfinished,
 )
 from p2ptorrent.node.outbox import OUTBOX_FILE, Outbox
-from p2ptorrent.node.tracker_client import HeartbeatService, TrackerClient, TrackerRefused
+from p2ptorrent.node.tracker_client import HeartbeatService, Owner, TrackerClientError, TrackerRefused
+from p2ptorrent.node.tracker_link import RememberingClient, TrackerLink, link_files
+from p2ptorrent.node.trackers import Failover, node_url, tracker_tiers
 from p2ptorrent.atomicfile import atomic_write
 from p2ptorrent.node.choker import Choker
 from p2ptorrent.node.writer import PieceWriter, ThreadedWriter
@@ -69,6 +79,8 @@ SEEDING_FILE = ".seeding.json"
 TOKEN_FILE = ".tracker_token"
 #: Seconds a stopping node waits for the tracker to acknowledge its EXIT.
 EXIT_TIMEOUT = 3.0
+
+_T = TypeVar("_T")
 
 
 class CommandFailed(Exception):
@@ -135,87 +147,6 @@ class UDPService(Service):
             self.listening = None
             return d
         return None
-
-
-class RememberingClient(TrackerClient):
-    """A TrackerClient that keeps its token in a file (mode 600), and says when a heartbeat got through.
-
-    The tracker refuses a REGISTER without the token of a node id it knows
-    (no node may speak as another), so without this a node killed and
-    restarted would be locked out until the tracker's liveness check dropped
-    its old self (up to a minute with the defaults).  The token is read back
-    only for the same tracker URL, and removed when the node EXITs.
-    """
-
-    log = Logger()
-
-    def __init__(self, *args: Any, token_file: Path, **kwargs: Any) -> None:
-        self.token_file = token_file
-        self._token: str | None = None
-        self._saving = False
-        self.registered_once = False
-        self._on_registered: list[Deferred[None]] = []
-        super().__init__(*args, **kwargs)
-        self._saving = True
-        if self._token is None:
-            self._token = self._load()
-
-    @property
-    def token(self) -> str | None:
-        return self._token
-
-    @token.setter
-    def token(self, value: str | None) -> None:
-        changed = value != self._token
-        self._token = value
-        if changed and self._saving:
-            self._save(value)
-
-    def register(self) -> Deferred[bool]:
-        def through(new: bool) -> bool:
-            self.registered_once = True
-            waiting, self._on_registered = self._on_registered, []
-            for d in waiting:
-                d.callback(None)
-            return new
-
-        return super().register().addCallback(through)
-
-    def when_registered(self) -> Deferred[None]:
-        """Fires once a REGISTER (a heartbeat) has been answered, now if one was."""
-        if self.registered_once:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._on_registered.append(d)
-        return d
-
-    def give_up_waiting(self, why: Exception) -> None:
-        waiting, self._on_registered = self._on_registered, []
-        for d in waiting:
-            d.errback(why)
-
-    def _load(self) -> str | None:
-        try:
-            doc = json.loads(self.token_file.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as e:
-            self.log.warn("cannot read {file}: {why}; registering afresh", file=str(self.token_file), why=e)
-            return None
-        if isinstance(doc, dict) and doc.get("tracker") == self.base_url and isinstance(doc.get("token"), str):
-            return str(doc["token"])
-        return None
-
-    def _save(self, token: str | None) -> None:
-        try:
-            if token is None:
-                self.token_file.unlink(missing_ok=True)
-                return
-            # A restart trusts it as is: on disk before we go on (fsync), readable by this user only.
-            atomic_write(self.token_file, json.dumps({"tracker": self.base_url, "token": token}).encode(), mode=0o600)
-        except OSError as e:
-            # Not fatal: a restarted node then waits for the tracker to forget its old self.
-            self.log.warn("cannot keep the tracker token in {file}: {why}", file=str(self.token_file), why=e.strerror or e)
 
 
 @dataclass
@@ -313,10 +244,18 @@ class Node(FolderDaemon):
         self.protocol.downloads = self.downloads
         self._stopping = False
         self.torrents: dict[bytes, str] = {}
+        #: The node's own tracker (--tracker), as trackers.py writes a tracker's URL.
+        self.configured = node_url(settings.tracker_url) or settings.tracker_url
+        #: Every tracker the node speaks to, by URL: its own from the start, others as torrents need them.
+        self.links: dict[str, TrackerLink] = {}
+        #: Which of its trackers each torrent (shared or downloading) uses, and the next when it fails.
+        self.choices: dict[bytes, Failover] = {}
+        #: Shuffles the tiers of an announce-list (BEP 12).
+        self.rng = random.Random()
+        #: The link to the node's own tracker, as three names (made as the node starts).
         self.client: RememberingClient | None = None
         #: OWN and UPDATE the tracker has not acknowledged yet (see outbox.py); made as the node starts.
         self.outbox: Outbox | None = None
-        self._flushing = False
         #: Set once the node said goodbye to the tracker (or found it could not).
         self._left: str | None = None
         self.heartbeat: HeartbeatService | None = None
@@ -344,20 +283,16 @@ class Node(FolderDaemon):
 
     def startService(self) -> None:
         super().startService()  # the folder and port claimed (FolderDaemon), then the log file, the UDP port
-        port = self.advertise_port or self.udp.port
-        self.client = RememberingClient(
-            self.http, self.settings.tracker_url, self.reactor, self.settings, self.node_id, port,
-            token_file=self.folder / TOKEN_FILE,
-        )
-        self.outbox = Outbox(self.folder / OUTBOX_FILE)
+        own = self._new_link(self.configured)
+        self.client, self.outbox = own.client, own.outbox
         self._load_seeding()
         self.run_blocking(unfinished, self.folder).addCallbacks(
             self._resume_unfinished, lambda f: self.log.failure("cannot look for unfinished downloads", f),
         )
-        self.heartbeat = HeartbeatService(
-            self.client, self.settings.NODE_TIME_INTERVAL, self.reactor, self._announce_all, on_contact=self._on_contact,
-        )
-        self.heartbeat.setServiceParent(self)
+        self._start_heartbeat(own)
+        self.heartbeat = own.heartbeat
+        for shared in list(self.seeder.files.values()):
+            self._link_of(shared.meta)  # the other trackers of what we share: each announced at its first heartbeat
         self.log.info(
             "node {node} started: folder {folder}, UDP port {port}, tracker {tracker}",
             node=self.node_id, folder=str(self.folder), port=self.udp.port, tracker=self.settings.tracker_url,
@@ -370,8 +305,8 @@ class Node(FolderDaemon):
         self._stopping = True
         for job in list(self.jobs.values()):
             job.part.abort()  # a check of the disk in a thread stops early
-        if self.client is not None:
-            self.client.give_up_waiting(CommandFailed("the node is stopping"))
+        for link in list(self.links.values()):
+            link.client.give_up_waiting(CommandFailed("the node is stopping"))
         for dl in list(self.downloads.values()):
             dl.stop("the node is stopping")
         for fetch in list(self.protocol.fetches.values()):
@@ -386,30 +321,172 @@ class Node(FolderDaemon):
         await MultiService.stopService(self)
         self.lock.release()
 
+    # ---- trackers
+    def _new_link(self, url: str) -> TrackerLink:
+        """The link to tracker *url*: the node's own keeps the files a node folder always had."""
+        port = self.advertise_port or self.udp.port
+        if url == self.configured:
+            base, token_file, outbox_file = self.settings.tracker_url, self.folder / TOKEN_FILE, self.folder / OUTBOX_FILE
+        else:
+            base = url
+            token_file, outbox_file = link_files(self.folder, url)
+            try:
+                token_file.parent.mkdir(exist_ok=True)
+            except OSError as e:  # the token and the outbox are then kept in memory only (both say so)
+                self.log.warn("cannot make {folder}: {why}", folder=str(token_file.parent), why=e.strerror or e)
+        client = RememberingClient(self.http, base, self.reactor, self.settings, self.node_id, port, token_file=token_file)
+        link = TrackerLink(url, client, Outbox(outbox_file), configured=url == self.configured)
+        self.links[url] = link
+        return link
+
+    def _start_heartbeat(self, link: TrackerLink) -> None:
+        link.heartbeat = HeartbeatService(
+            link.client, self.settings.NODE_TIME_INTERVAL, self.reactor, partial(self._announce_all, link),
+            on_contact=partial(self._on_contact, link), on_miss=partial(self._on_miss, link),
+        )
+        link.heartbeat.setServiceParent(self)
+
+    def _on_miss(self, link: TrackerLink) -> None:
+        """A heartbeat to *link* failed: the torrents that use it and name another tracker move on (trackers.py).
+
+        What they share is announced there at once (and again at each miss while
+        none answers); a download asks its next NEED there.
+        """
+        for ih, meta in self._using(link):
+            choice = self._choice(meta)
+            if len(choice.order()) < 2:
+                continue
+            following = choice.failed(link.url)
+            self.log.info("{name}: the tracker at {url} did not answer; now {next}", name=meta.name, url=link.name,
+                          next=self._link(choice.current).name if following is not None else "from the first again")
+            shared = self.seeder.files.get(ih)
+            if shared is not None and shared.complete:
+                self._own(meta)
+            elif (dl := self.downloads.get(ih)) is not None:
+                dl.announce_again()
+
+    def _using(self, link: TrackerLink) -> list[tuple[bytes, Metainfo]]:
+        """The torrents (shared complete, or downloading) that use *link* now."""
+        return [(meta.info_hash, meta) for meta in self._our_torrents() if self._uses(meta.info_hash, link)]
+
+    def _link(self, url: str) -> TrackerLink:
+        """The link to tracker *url*, made (and registering) when a torrent first needs it."""
+        link = self.links.get(url)
+        if link is None:
+            link = self._new_link(url)
+            self.log.info("a torrent names the tracker at {url}: registering there too", url=url)
+            if self.running and not self._stopping:
+                self._start_heartbeat(link)
+        return link
+
+    def _choice(self, meta: Metainfo) -> Failover:
+        """Which of its trackers *meta* uses (see trackers.py): decided once per torrent, kept while the node runs."""
+        choice = self.choices.get(meta.info_hash)
+        if choice is None:
+            tiers = tracker_tiers(meta.announce, meta.announce_list, self.rng)
+            choice = self.choices[meta.info_hash] = Failover(tiers, self.configured)
+        return choice
+
+    def _link_of(self, meta: Metainfo) -> TrackerLink:
+        """The link to the tracker *meta* uses now."""
+        return self._link(self._choice(meta).current)
+
+    def _uses(self, info_hash: bytes, link: TrackerLink) -> bool:
+        choice = self.choices.get(info_hash)
+        return (choice.current if choice is not None else self.configured) == link.url
+
+    async def _at_tracker(
+        self, meta: Metainfo, call: Callable[[RememberingClient], Deferred[_T]], note: Callable[[str], None] | None = None,
+    ) -> _T:
+        """*call* at the tracker *meta* uses; if it fails, at the next one (trackers.py), each once.
+
+        Fails with the last tracker's error when every one failed; the next
+        call starts again from the first.
+        """
+        choice = self._choice(meta)
+        for _ in range(len(choice.order()) + 1):
+            url = choice.current
+            link = self._link(url)
+            try:
+                result = await call(link.client)
+            except TrackerClientError as e:
+                following = choice.failed(url)
+                if following is None:
+                    raise
+                text = f"tracker {link.name} did not answer ({e}); trying {self._link(following).name}"
+                self.log.warn("{name}: {text}", name=meta.name, text=text)
+                if note is not None:
+                    note(text)
+                continue
+            choice.succeeded(url)
+            return result
+        raise CommandFailed(f"{meta.name}: no tracker answered")  # (unreachable: each is tried once a round)
+
+    def _release_unused(self) -> None:
+        """Leave the trackers (other than ours) that no torrent of ours uses any more, and owe nothing."""
+        if self._stopping:
+            return  # the node leaves every one of them
+        used = {self._choice(meta).current for meta in self._our_torrents()}
+        for url, link in list(self.links.items()):
+            if link.configured or url in used or len(link.outbox):
+                continue
+            del self.links[url]
+            ensureDeferred(self._close_link(link)).addErrback(lambda f: self.log.failure("leaving a tracker", f))
+
+    def _our_torrents(self) -> list[Metainfo]:
+        """What the node shares (complete) and downloads: the torrents it speaks to trackers about."""
+        shared = [f.meta for f in self.seeder.files.values() if f.complete]
+        return shared + [job.meta for job in self.jobs.values()]
+
+    async def _close_link(self, link: TrackerLink) -> None:
+        await link.stop_heartbeat()
+        if link.heartbeat is not None and link.heartbeat.parent is not None:
+            await maybeDeferred(link.heartbeat.disownServiceParent)
+        sent, why = await self._exit_link(link)
+        if sent:
+            self.log.info("no torrent of ours uses the tracker at {url} any more: {what}", url=link.name,
+                          what="left it (EXIT)" if why is None else f"EXIT not acknowledged ({why})")
+
+    async def _exit_link(self, link: TrackerLink) -> tuple[bool, str | None]:
+        """EXIT at one tracker: (sent, why it was not acknowledged).  Never fails."""
+        if link.client.token is None:
+            return False, None
+        try:
+            d = link.client.exit()
+            d.addTimeout(EXIT_TIMEOUT, self.reactor)
+            await d
+        except Exception as e:
+            self.log.warn("EXIT not acknowledged by the tracker at {url}: {why}", url=link.name, why=e)
+            return True, str(e)
+        self.log.info("node {node} left the tracker at {url} (EXIT)", node=self.node_id, url=link.name)
+        return True, None
+
     # ---- sharing
-    def _announce_all(self) -> None:
-        """The tracker holds none of our ownerships (first join, or it forgot us): tell it again."""
-        for shared in list(self.seeder.files.values()):
-            if shared.complete:
+    def _announce_all(self, link: TrackerLink) -> None:
+        """A tracker holds none of our ownerships (first join, or it forgot us): tell it again of those it has."""
+        for ih, shared in list(self.seeder.files.items()):
+            if shared.complete and self._uses(ih, link):
                 self._own(shared.meta)
-        for dl in list(self.downloads.values()):
-            dl.announce_again()  # the pieces of what we are still downloading
+        for ih, dl in list(self.downloads.items()):
+            if self._uses(ih, link):
+                dl.announce_again()  # the pieces of what we are still downloading
 
     def _own(self, meta: Metainfo) -> Deferred[bool]:
-        """OWN a complete file; fires True once the tracker acknowledged it, False if it is left pending.
+        """OWN a complete file; fires True once a tracker acknowledged it, False if it is left pending.
 
         It goes into the outbox first and leaves it only when acknowledged, so
         a tracker that is down hears of it at the next heartbeat that gets
-        through, even after a restart of this node.  Never fails.
+        through, even after a restart of this node.  A torrent's tracker that
+        fails hands over to the next (trackers.py).  Never fails.
         """
-        assert self.client is not None and self.outbox is not None
-        outbox = self.outbox
-        outbox.add_own(meta.info_hash_hex, meta.name, meta.length)
-        d = self.client.own(meta.info_hash_hex, meta.name, meta.length)
+        ih = meta.info_hash_hex
+        self._link_of(meta).outbox.add_own(ih, meta.name, meta.length)
+        d = ensureDeferred(self._at_tracker(meta, lambda client: client.own(ih, meta.name, meta.length)))
 
         def done(_: object) -> bool:
-            outbox.own_done(meta.info_hash_hex)
-            self.log.info("OWN {name} ({hash}) announced", name=meta.name, hash=meta.info_hash_hex)
+            for link in list(self.links.values()):
+                link.outbox.own_done(ih)
+            self.log.info("OWN {name} ({hash}) announced to {url}", name=meta.name, hash=ih, url=self._link_of(meta).name)
             return True
 
         def pending(f: Failure) -> bool:
@@ -420,20 +497,26 @@ class Node(FolderDaemon):
         return d.addCallbacks(done, pending)
 
     def _update(self, meta: Metainfo, uploaders: list[int]) -> Deferred[bool]:
-        """UPDATE the uploaders' credit for a finished download, through the outbox like OWN.  Never fails."""
-        assert self.client is not None and self.outbox is not None
-        outbox = self.outbox
-        outbox.add_update(meta.info_hash_hex, uploaders)
-        d = self.client.update(meta.info_hash_hex, uploaders)
+        """UPDATE the uploaders' credit for a finished download, through the outbox like OWN.  Never fails.
+
+        Sent to the tracker the torrent uses now, the one that named those uploaders.
+        """
+        link, ih = self._link_of(meta), meta.info_hash_hex
+        link.outbox.add_update(ih, uploaders)
+        d = link.client.update(ih, uploaders)
+
+        def settled() -> None:
+            for each in list(self.links.values()):
+                each.outbox.update_done(ih)
 
         def done(credited: list[int]) -> bool:
-            outbox.update_done(meta.info_hash_hex)
+            settled()
             self.log.info("UPDATE credited nodes {nodes} for {name}", nodes=credited, name=meta.name)
             return True
 
         def pending(f: Failure) -> bool:
             if f.check(TrackerRefused):  # a credit the tracker will never take (an owner left): drop it
-                outbox.update_done(meta.info_hash_hex)
+                settled()
                 self.log.warn("UPDATE for {name} refused: {why}", name=meta.name, why=f.getErrorMessage())
                 return True
             self.log.warn("UPDATE for {name} not sent yet ({why}); it will be when the tracker answers",
@@ -442,45 +525,43 @@ class Node(FolderDaemon):
 
         return d.addCallbacks(done, pending)
 
-    def _on_contact(self) -> None:
+    def _on_contact(self, link: TrackerLink) -> None:
         """A heartbeat got through: send what the tracker missed while it was away, and our progress."""
-        for dl in list(self.downloads.values()):
-            dl.announce_again()
-        if self._flushing or self.outbox is None or not len(self.outbox) or self.client is None:
+        for ih, dl in list(self.downloads.items()):
+            if self._uses(ih, link):
+                dl.announce_again()
+        if link.flushing or not len(link.outbox):
             return
-        ensureDeferred(self._flush()).addErrback(lambda f: self.log.failure("sending what the tracker missed", f))
+        ensureDeferred(self._flush(link)).addErrback(lambda f: self.log.failure("sending what the tracker missed", f))
 
-    async def _flush(self) -> None:
-        assert self.outbox is not None and self.client is not None
-        self._flushing = True
+    async def _flush(self, link: TrackerLink) -> None:
+        outbox = link.outbox
+        link.flushing = True
         try:
-            self.log.info("telling the tracker what it missed: {owns} OWN, {updates} UPDATE",
-                          owns=len(self.outbox.owns), updates=len(self.outbox.updates))
-            for own in list(self.outbox.owns.values()):
+            self.log.info("telling the tracker at {url} what it missed: {owns} OWN, {updates} UPDATE",
+                          url=link.name, owns=len(outbox.owns), updates=len(outbox.updates))
+            for own in list(outbox.owns.values()):
                 shared = self.seeder.files.get(bytes.fromhex(own.info_hash_hex))
                 if shared is None or not shared.complete:
-                    self.outbox.forget(own.info_hash_hex)  # no longer shared: nothing to announce
+                    outbox.forget(own.info_hash_hex)  # no longer shared: nothing to announce
                     continue
                 if not await self._own(shared.meta):
                     return  # the tracker is away again: the next heartbeat retries
-            for update in list(self.outbox.updates.values()):
+            for update in list(outbox.updates.values()):
                 shared = self.seeder.files.get(bytes.fromhex(update.info_hash_hex))
                 meta = shared.meta if shared is not None else None
                 if meta is None:
-                    self.outbox.update_done(update.info_hash_hex)
+                    outbox.update_done(update.info_hash_hex)
                     continue
                 if not await self._update(meta, list(update.uploaders)):
                     return
         finally:
-            self._flushing = False
+            link.flushing = False
+            self._release_unused()  # a tracker kept only for what it was owed
 
-    def _tracker_problem(self) -> str:
-        problem = self.heartbeat.problem if self.heartbeat is not None else None
-        return problem or "no answer yet"
-
-    def _not_announced(self) -> str:
-        return (f"not announced yet: the tracker at {self.settings.tracker_url} did not answer;"
-                " it will be announced when it answers")
+    def _not_announced(self, meta: Metainfo | None = None) -> str:
+        name = self._link_of(meta).name if meta is not None else self.settings.tracker_url
+        return f"not announced yet: the tracker at {name} did not answer; it will be announced when it answers"
 
     def _share(self, meta: Metainfo, path: Path, torrent: str) -> None:
         if self._unfinished_area(path):
@@ -670,7 +751,7 @@ class Node(FolderDaemon):
         return None
 
     async def _already_seeding(self, meta: Metainfo, path: Path) -> str:
-        told = "announced to the tracker" if await self._own(meta) else self._not_announced()
+        told = "announced to the tracker" if await self._own(meta) else self._not_announced(meta)
         return f"already complete: seeding {meta.name} ({path}), {told}"
 
     async def _join(self, job: _Job, progress: Callable[[dict[str, Any]], None]) -> str:
@@ -693,6 +774,7 @@ class Node(FolderDaemon):
             self.protocol.ended(meta.info_hash)  # what peers still send it is late, not hostile
             if isinstance(outcome, Failure):
                 self._stop_serving_partial(meta)
+            self._release_unused()
             if isinstance(outcome, Failure) and not outcome.check(CommandFailed):
                 self.log.failure("download of {name} failed unexpectedly", outcome, name=meta.name)
                 outcome = Failure(CommandFailed(f"internal error: {outcome.getErrorMessage()}"))
@@ -781,15 +863,11 @@ class Node(FolderDaemon):
             self.log.warn("{name}: cannot serve the pieces we have: {why}", name=job.meta.name, why=e)
 
     async def _wait_for_tracker(self, job: _Job, resumed: ResumeReport) -> None:
-        client = self.client
-        assert client is not None
-        if not client.registered_once and (job.auto or resumed.pieces) and resumed.pieces < job.meta.num_pieces:
+        if (job.auto or resumed.pieces) and resumed.pieces < job.meta.num_pieces:
             # The first heartbeat is not through yet (the node just started, or the tracker is
             # down): asking for owners now would fail the download and lose what is on disk.
-            job.note(f"waiting for the tracker at {self.settings.tracker_url}: retrying every"
-                     f" {self.settings.NODE_TIME_INTERVAL:g} s ({self._tracker_problem()})")
             try:
-                await client.when_registered()
+                await self._tracker_answering(job)
             except CommandFailed:
                 job.part.close()
                 raise
@@ -797,13 +875,45 @@ class Node(FolderDaemon):
             job.part.close()
             raise CommandFailed("the node is stopping")
 
+    async def _tracker_answering(self, job: _Job) -> None:
+        """Wait until one of the torrent's trackers answers: each tried once (trackers.py), then at the pace of
+        their heartbeats; raises CommandFailed if the node stops."""
+        choice = self._choice(job.meta)
+        interval = f"{self.settings.NODE_TIME_INTERVAL:g} s"
+        while True:
+            link = self._link(choice.current)
+            if link.client.registered_once:
+                return
+            if len(choice.order()) == 1:  # one tracker: its heartbeat retries
+                job.note(f"waiting for the tracker at {link.name}: retrying every {interval}"
+                         f" ({link.problem or 'no answer yet'})")
+                await link.client.when_registered()
+                return
+            try:
+                # NEED, not REGISTER: it registers first as needed, and leaves the heartbeat to learn (and
+                # announce what we share) if the tracker was new to us.  Its owners are asked again at once.
+                await self._need(job)
+                return
+            except TrackerClientError as e:
+                links = [self._link(url) for url in choice.order()]
+                job.note(f"waiting for a tracker: none of {', '.join(each.name for each in links)} answered"
+                         f" ({e}); retrying every {interval}")
+            try:  # the first heartbeat that gets through, at any of them
+                await DeferredList([each.client.when_registered() for each in links], fireOnOneCallback=True,
+                                   fireOnOneErrback=True, consumeErrors=True)
+            except FirstError as e:
+                e.subFailure.raiseException()
+            answering = [url for url in choice.order() if url in self.links and self.links[url].client.registered_once]
+            if answering:
+                choice.succeeded(answering[0])
+
     async def _run_download(self, job: _Job) -> DownloadResult:
-        meta, client = job.meta, self.client
-        assert client is not None
+        meta = job.meta
         job.state = "downloading"
 
         def announce(have: int) -> None:
             """Our progress, for the tracker (other downloaders may fetch what we have); never fails the download."""
+            client = self._link_of(meta).client  # the one that answered NEED last
             d = maybeDeferred(client.own, meta.info_hash_hex, meta.name, meta.length, have=have, pieces=meta.num_pieces)
             d.addErrback(lambda f: self.log.warn("{name}: could not report progress to the tracker: {why}",
                                                  name=meta.name, why=f.getErrorMessage()))
@@ -811,7 +921,7 @@ class Node(FolderDaemon):
         shared = self.seeder.files.get(meta.info_hash)
         # Registered in the job, the one registry: the protocol routes blocks to it through self.downloads.
         job.download = Download(
-            meta, job.part, self.protocol, lambda: client.need(meta.info_hash_hex), self.reactor, self.settings,
+            meta, job.part, self.protocol, partial(self._need, job), self.reactor, self.settings,
             self.node_id, Hooks(progress=job.progress, announce=announce, writer=self.make_writer,
                                 uploaded=(lambda: shared.uploaded) if shared is not None else None),
         )
@@ -821,6 +931,12 @@ class Node(FolderDaemon):
         except DownloadError as e:
             raise CommandFailed(str(e)) from None
 
+    def _need(self, job: _Job) -> Deferred[list[Owner]]:
+        """NEED at the torrent's tracker, the next one if it fails (each once); the job says when it moves on."""
+        meta = job.meta
+        return ensureDeferred(self._at_tracker(meta, lambda client: client.need(meta.info_hash_hex),
+                                               lambda text: job.progress({"note": text})))
+
     async def _finish(self, job: _Job, result: DownloadResult, resumed: ResumeReport) -> str:
         """Share the file, tell the tracker (OWN, UPDATE), and say what happened."""
         meta = job.meta
@@ -828,7 +944,7 @@ class Node(FolderDaemon):
         self._share(meta, result.path, torrent_path)
         owned = await self._own(meta)
         credited = await self._update(meta, result.credited) if result.credited else True
-        told = "announced to the tracker" if owned and credited else self._not_announced()
+        told = "announced to the tracker" if owned and credited else self._not_announced(meta)
         from_nodes = ", ".join(f"node {s.node_id}: {s.bytes} bytes" for s in result.shares)
         fetched = sum(s.bytes for s in result.shares)
         resumed_text = (
@@ -853,9 +969,9 @@ class Node(FolderDaemon):
         if shared is None or shared.complete:
             return
         self.seeder.remove(meta.info_hash)
-        if self._stopping or self.client is None:
+        if self._stopping or not self.links:
             return  # EXIT tells the tracker we are gone
-        d = self.client.withdraw(meta.info_hash_hex)
+        d = self._link_of(meta).client.withdraw(meta.info_hash_hex)
         d.addErrback(lambda f: self.log.warn("tracker not told we no longer have {name}: {why}",
                                              name=meta.name, why=f.getErrorMessage()))
 
@@ -885,9 +1001,11 @@ class Node(FolderDaemon):
             "tracker_problem": self.heartbeat.problem if self.heartbeat is not None else None,
             # OWN and UPDATE the tracker has not acknowledged yet: sent when it answers again.
             "pending_announcements": len(self.outbox) if self.outbox is not None else 0,
+            # The other trackers the torrents name (see trackers.py), each as the first four keys above.
+            "trackers": [link.status() for link in self.links.values() if not link.configured],
             "seeding": [
                 {"name": f.meta.name, "info_hash": ih.hex(), "length": f.meta.length, "files": file_count(f.meta),
-                 "uploaded": f.uploaded}
+                 "uploaded": f.uploaded, "tracker": self._tracker_name(ih)}
                 for ih, f in self.seeder.files.items()
                 if f.complete
             ],
@@ -899,6 +1017,11 @@ class Node(FolderDaemon):
             "batching": self.udp.batching_status(),
         }
 
+    def _tracker_name(self, info_hash: bytes) -> str:
+        choice = self.choices.get(info_hash)
+        link = self.links.get(choice.current if choice is not None else self.configured)
+        return link.name if link is not None else self.settings.tracker_url
+
     def _job_status(self, job: _Job) -> dict[str, Any]:
         dl = job.download
         resumed = job.part.resumed
@@ -908,6 +1031,8 @@ class Node(FolderDaemon):
             "files": file_count(job.meta),
             "info_hash": job.meta.info_hash_hex,
             "state": job.state,
+            # The tracker it asks for owners now.
+            "tracker": self._tracker_name(job.meta.info_hash),
             "done": dl.done_bytes if dl is not None else resumed.bytes,
             "total": job.meta.length,
             "peers": sorted(p.node_id for p in dl.transfer.peers.values()) if dl is not None else [],
@@ -930,24 +1055,23 @@ class Node(FolderDaemon):
         return f"{said}; the node is stopping"
 
     async def _leave(self) -> str:
-        """No more heartbeats, then EXIT: what happened, for people (the tracker may be down)."""
+        """No more heartbeats, then EXIT at every tracker: what happened, for people (a tracker may be down)."""
         self._left = "leaving"
-        if self.heartbeat is not None and self.heartbeat.running:
-            await self.heartbeat.stopService()
-        if self.client is None or self.client.token is None:
-            self._left = "not registered with the tracker: no EXIT to send"
-            return self._left
-        try:
-            d = self.client.exit()
-            d.addTimeout(EXIT_TIMEOUT, self.reactor)
-            await d
-        except Exception as e:
-            self.log.warn("EXIT not acknowledged by the tracker: {why}", why=e)
-            self._left = (f"the tracker did not acknowledge EXIT ({e}); it forgets this node once its"
-                          " heartbeats stop being seen")
-        else:
-            self.log.info("node {node} left the tracker (EXIT)", node=self.node_id)
-            self._left = "left the tracker (EXIT acknowledged)"
+        links = list(self.links.values())
+        for link in links:
+            await link.stop_heartbeat()
+        # At once, not one after the other: a tracker that is down costs EXIT_TIMEOUT once.
+        answers = await gatherResults([ensureDeferred(self._exit_link(link)) for link in links])
+        said = ["not registered with the tracker: no EXIT to send"]
+        for link, (sent, why) in zip(links, answers, strict=True):
+            if link.configured and sent:
+                said[0] = ("left the tracker (EXIT acknowledged)" if why is None else
+                           f"the tracker did not acknowledge EXIT ({why}); it forgets this node once its"
+                           " heartbeats stop being seen")
+            elif sent:
+                said.append(f"left the tracker at {link.name} (EXIT acknowledged)" if why is None else
+                            f"the tracker at {link.name} did not acknowledge EXIT ({why})")
+        self._left = "; ".join(said)
         return self._left
 
 

@@ -289,7 +289,7 @@ class TrackerClient:
         # maybeDeferred: a treq-like object may raise before returning a Deferred.
         d: Deferred[Any] = maybeDeferred(self.http.post, url, data=data, headers=_JSON_HEADERS)
         d.addCallback(lambda response: response.content().addCallback(lambda content: (response.code, content)))
-        d.addTimeout(self.timeout, self.clock)
+        d.addTimeout(self.timeout, self.clock, onTimeoutCancel=_timed_out)
         d.addCallbacks(lambda result: self._answer(mode, *result), lambda f: self._unavailable(mode, f))
         return d
 
@@ -329,6 +329,12 @@ class TrackerClient:
             if owner.node_id != self.node_id:
                 result.append(owner)
         return result
+
+
+def _timed_out(result: Any, timeout: float | None) -> Failure:
+    """A call cancelled by its timeout failed for want of an answer, whatever the cancelled request says: treq's
+    agent ends it with ResponseNeverReceived (a lost connection, to the reader) rather than CancelledError."""
+    return Failure(TimeoutError())
 
 
 def _owner(entry: Any) -> Owner:
@@ -403,6 +409,7 @@ class HeartbeatService(Service):
         clock: IReactorTime,
         on_new: Callable[[], Any],
         on_contact: Callable[[], Any] | None = None,
+        on_miss: Callable[[], Any] | None = None,
     ) -> None:
         self.client = client
         self.interval = interval
@@ -410,6 +417,8 @@ class HeartbeatService(Service):
         self.on_new = on_new
         #: Called after every heartbeat that got through (the node sends what the tracker missed).
         self.on_contact = on_contact
+        #: Called after every heartbeat that failed (the node moves its torrents to their next tracker).
+        self.on_miss = on_miss
         #: Why the last heartbeat failed (None: it got through): shown by `status`.
         self.problem: str | None = None
         #: The tracker refuses this node (4xx): it is not registered, and says so loudly.
@@ -509,3 +518,8 @@ class HeartbeatService(Service):
             (self.log.debug if again else self.log.warn)("heartbeat failed: {error}", error=why)
         else:
             self.log.failure("heartbeat failed", failure)
+        if self.on_miss is not None:
+            try:
+                self.on_miss()
+            except Exception:
+                self.log.failure("handling a missed heartbeat failed")
