@@ -341,3 +341,35 @@ async def test_a_torrent_naming_no_tracker_a_node_can_use_falls_back_to_its_own(
     assert "downloaded u.bin" in said and "announced to the tracker" in said, said
     assert a.complete_owner(meta.info_hash_hex, 2)
     assert node.status()["trackers"] == [] and not (node.folder / "trackers").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_magnet_link_asks_the_tracker_its_tr_names_and_its_torrent_keeps_it(cluster: Cluster) -> None:
+    a, b = await cluster.tracker("a"), await cluster.tracker("b")
+    _, path = await _seeder(cluster, 1, b, "m.bin", MIB + 5)
+    meta = read_torrent(str(path.with_name("m.bin.torrent")))
+    node = cluster.node(2, a)  # its own tracker, A, knows nothing of the file
+    await _registered(node)
+    notes: list[str] = []
+    link = f"magnet:?xt=urn:btih:{meta.info_hash_hex}&dn=m.bin&tr={b.url}/announce"
+    said = await node.download(link, lambda p: notes.append(p["note"]) if "note" in p else None)
+    assert "downloaded m.bin" in said and "announced to the tracker" in said, said
+    assert _sha(node.folder / "m.bin") == _sha(path)
+    saved = read_torrent(str(node.folder / "m.bin.torrent"))
+    assert (saved.info_hash, saved.announce) == (meta.info_hash, f"{b.url}/announce")
+    assert b.complete_owner(meta.info_hash_hex, 2) and 2 not in a.state.owners(meta.info_hash_hex)
+    assert not any("did not answer" in n for n in notes), notes
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bare_info_hash_asks_the_nodes_own_tracker(cluster: Cluster) -> None:
+    a = await cluster.tracker("a")
+    _, path = await _seeder(cluster, 1, a, "h.bin", 200_003)
+    meta = read_torrent(str(path.with_name("h.bin.torrent")))
+    node = cluster.node(2, a)
+    await _registered(node)
+    said = await node.download(meta.info_hash_hex, lambda p: None)
+    assert "downloaded h.bin" in said, said
+    assert _sha(node.folder / "h.bin") == _sha(path)
+    assert read_torrent(str(node.folder / "h.bin.torrent")).announce == f"{a.url}/announce"
+    assert a.complete_owner(meta.info_hash_hex, 2)

@@ -149,6 +149,17 @@ class UDPService(Service):
         return None
 
 
+@dataclass(frozen=True)
+class _Wanted:
+    """A torrent known only by a magnet link or an info hash: enough to choose its trackers (the link's ``tr``)
+    before its metadata is fetched; the torrent then made names the same trackers, so keeps the same choice."""
+
+    info_hash: bytes
+    name: str
+    announce: str
+    announce_list: tuple[tuple[str, ...], ...]
+
+
 @dataclass
 class _Job:
     """One download the node runs: from a command, or resumed when the node started."""
@@ -379,7 +390,7 @@ class Node(FolderDaemon):
                 self._start_heartbeat(link)
         return link
 
-    def _choice(self, meta: Metainfo) -> Failover:
+    def _choice(self, meta: Metainfo | _Wanted) -> Failover:
         """Which of its trackers *meta* uses (see trackers.py): decided once per torrent, kept while the node runs."""
         choice = self.choices.get(meta.info_hash)
         if choice is None:
@@ -396,7 +407,7 @@ class Node(FolderDaemon):
         return (choice.current if choice is not None else self.configured) == link.url
 
     async def _at_tracker(
-        self, meta: Metainfo, call: Callable[[RememberingClient], Deferred[_T]], note: Callable[[str], None] | None = None,
+        self, meta: Metainfo | _Wanted, call: Callable[[RememberingClient], Deferred[_T]], note: Callable[[str], None] | None = None,
     ) -> _T:
         """*call* at the tracker *meta* uses; if it fails, at the next one (trackers.py), each once.
 
@@ -625,7 +636,7 @@ class Node(FolderDaemon):
             self._share(meta, path, str(torrent))
         except OSError as e:  # changed while it was hashed (a folder's file grew, or one was removed)
             raise CommandFailed(f"cannot share {path}: {e}") from None
-        announced = "announced to the tracker" if await self._own(meta) else self._not_announced()
+        announced = "announced to the tracker" if await self._own(meta) else self._not_announced(meta)
         files = f"folder of {file_count(meta)} files, " if meta.is_folder else ""
         return (
             f"seeding {meta.name} ({files}{meta.length} bytes, {meta.num_pieces} pieces, info hash {meta.info_hash_hex}),"
@@ -665,7 +676,7 @@ class Node(FolderDaemon):
                 return await self._already_seeding(meta, seeding)
             if await self.run_blocking(file_matches, final, meta):
                 self._share(meta, final, where)
-                told = "announced to the tracker" if await self._own(meta) else self._not_announced()
+                told = "announced to the tracker" if await self._own(meta) else self._not_announced(meta)
                 return f"already complete: {final} is {meta.name}, verified; seeding it, {told}"
             job = self.jobs.get(meta.info_hash)  # one may have started while we looked
         if job is None:
@@ -691,31 +702,34 @@ class Node(FolderDaemon):
             seeding = self._seeding(shared.meta)
             if seeding is not None:
                 return await self._already_seeding(shared.meta, seeding)
+        # The link's trackers, as the torrent made from it will name them; none: the node's own (--tracker).
+        announce = link.trackers[0] if link.trackers else self.settings.announce_url
+        announce_list = (link.trackers,) if len(link.trackers) > 1 else ()
+        wanted = _Wanted(ih, link.name or ih.hex(), announce, announce_list)
         try:
-            info = await self._fetch_metadata(ih, link.name, progress)
+            info = await self._fetch_metadata(wanted, progress)
         except MetadataError as e:
             raise CommandFailed(str(e)) from None
-        announce = link.trackers[0] if link.trackers else self.settings.announce_url
         try:
-            meta, torrent = torrent_from_info(info, announce, [link.trackers] if len(link.trackers) > 1 else ())
+            meta, torrent = torrent_from_info(info, announce, announce_list)
         except MetainfoError as e:
             raise CommandFailed(f"the torrent's metadata fetched for {ih.hex()} cannot be used: {e}") from None
         return await self._download(str(self._save_torrent(meta, torrent)), progress)
 
-    async def _fetch_metadata(self, ih: bytes, name: str | None, progress: Callable[[dict[str, Any]], None]) -> bytes:
-        """The info dict of *ih*, its SHA-1 checked: fetched from the owners the tracker names, or awaited
-        from the fetch already under way for it."""
+    async def _fetch_metadata(self, wanted: _Wanted, progress: Callable[[dict[str, Any]], None]) -> bytes:
+        """The info dict of *wanted*, its SHA-1 checked: fetched from the owners its trackers name (failing over
+        as a download does), or awaited from the fetch already under way for it."""
+        ih = wanted.info_hash
         running = self.protocol.fetches.get(ih)
         if isinstance(running, MetadataFetcher):
             progress({"note": "waiting for the torrent's metadata, already being fetched"})
             return await running.wait()
-        client = self.client
-        assert client is not None
-        progress({"note": f"asking the tracker for the owners of {name or ih.hex()}"})
+        progress({"note": f"asking the tracker for the owners of {wanted.name}"})
         try:
-            owners = await client.need(ih.hex())
-        except Exception as e:
-            raise CommandFailed(f"cannot ask the tracker at {self.settings.tracker_url} for owners of {ih.hex()}: {e}") from None
+            owners = await self._at_tracker(wanted, lambda client: client.need(ih.hex()),
+                                            lambda text: progress({"note": text}))
+        except TrackerClientError as e:
+            raise CommandFailed(f"cannot ask a tracker for the owners of {ih.hex()}: {e}") from None
         running = self.protocol.fetches.get(ih)  # one may have started while we asked
         if isinstance(running, MetadataFetcher):
             return await running.wait()
