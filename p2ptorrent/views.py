@@ -72,6 +72,10 @@ def short_hash(info_hash: Any) -> str:
     return str(info_hash)[:8] if isinstance(info_hash, str) else "-"
 
 
+def _left(done: Any, total: Any) -> float | None:
+    return float(total - done) if _is_number(total) and _is_number(done) else None
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -142,7 +146,7 @@ def render_list(answer: dict[str, Any], width: int) -> str:
                                       "State")}
     for r in rows:
         done, total = r.get("done"), r.get("total")
-        left = total - done if _is_number(total) and _is_number(done) else None
+        left = _left(done, total)
         columns["ID"].append(short_hash(r.get("info_hash")))
         columns["Name"].append(str(r.get("name", "?")))
         columns["Done"].append(percent(done, total))
@@ -172,7 +176,7 @@ def render_info(answer: dict[str, Any], width: int) -> str:
     t = answer.get("transfer") if isinstance(answer.get("transfer"), dict) else answer
     assert isinstance(t, dict)
     done, total = t.get("done"), t.get("total")
-    left = total - done if _is_number(total) and _is_number(done) else None
+    left = _left(done, total)
     details = _table(show_header=False)
     details.add_column(no_wrap=True)
     details.add_column(overflow="fold")
@@ -230,7 +234,7 @@ def render_status(status: dict[str, Any], width: int) -> str:
     seeding = [s for s in status.get("seeding", []) if isinstance(s, dict)]
     down = sum(d.get("download_rate") or 0 for d in downloading if _is_number(d.get("download_rate")))
     up = status.get("upload_rate")
-    datagrams = status.get("datagrams") if isinstance(status.get("datagrams"), dict) else {}
+    datagrams: dict[str, Any] = status["datagrams"] if isinstance(status.get("datagrams"), dict) else {}
     rows = [
         ("Node", f"{status.get('node_id')} on UDP port {status.get('udp_port')}"),
         ("Folder", status.get("folder")),
