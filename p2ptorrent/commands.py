@@ -26,11 +26,21 @@ from p2ptorrent.config import Config
 
 #: What a node can be told to do.
 VERBS = ("send", "download", "exit", "status")
+#: The operator's views and verbs: `list` takes nothing, the others a torrent's name or info hash (or a
+#: unique prefix of it); `cancel` and `remove` also take --delete-data.
+OPERATOR_VERBS = ("list", "info", "pause", "resume", "cancel", "stop-seeding", "remove")
+#: Verbs that take no argument.
+BARE_VERBS = ("exit", "status", "list")
+#: The flag of `cancel` and `remove` that deletes the data too.
+DELETE_DATA = "--delete-data"
+DELETING_VERBS = ("cancel", "remove")
 #: The command that lists the commands: answered without touching the node's work.
 HELP = "help"
 USAGE = (
     "usage: torrent -setMode send <file> | torrent -setMode download <torrent file | magnet link | info hash>"
     " | torrent -setMode status | torrent -setMode exit | help"
+    " | torrent -setMode list | torrent -setMode info|pause|resume|stop-seeding NAME"
+    " | torrent -setMode cancel|remove NAME [--delete-data]"
 )
 #: What ``help`` answers on a node's stdin and control socket.
 HELP_TEXT = """\
@@ -41,8 +51,18 @@ commands, one a line:
                                       the torrent is fetched from the file's owners and saved in the node's folder
   torrent -setMode status             what the node shares and downloads
   torrent -setMode exit               tell the tracker the node leaves, and stop the node
+  torrent -setMode list               a table of transfers: done, sizes, ETA, rates, ratio, peers, state
+  torrent -setMode info NAME          one transfer's details and peers
+  torrent -setMode pause NAME         stop a download, keep its pieces; stays paused after a restart
+  torrent -setMode resume NAME        go on with a paused (or cancelled) download from its verified pieces
+  torrent -setMode cancel NAME        stop a download; its verified pieces stay for a later download
+                                      (--delete-data after NAME: delete them)
+  torrent -setMode stop-seeding NAME  withdraw at the tracker, stop serving; the file stays
+  torrent -setMode remove NAME        withdraw, stop, forget the torrent (--delete-data after NAME: delete
+                                      the file or folder and partial data, inside the node's folder only)
   help                                this list
-  (a FILE or TORRENT without a folder is looked for in the node's folder first)"""
+  (a FILE or TORRENT without a folder is looked for in the node's folder first; NAME is a torrent's
+   name, its info hash or a unique prefix of it)"""
 
 #: Name of the control socket inside a node's folder.
 CONTROL_SOCKET_NAME = ".control.sock"
@@ -72,6 +92,8 @@ class Command:
 
     verb: str
     argument: str | None = None
+    #: `cancel` and `remove`: delete the data too.
+    delete_data: bool = False
 
     def line(self) -> str:
         """This command in the original grammar, quoting the path if it needs it."""
@@ -80,9 +102,9 @@ class Command:
         if "\n" in self.argument or "\r" in self.argument:
             raise CommandError("paths containing line breaks cannot be sent as a command")
         arg = self.argument
-        if arg != arg.strip() or arg[:1] in ("'", '"'):
+        if arg != arg.strip() or arg[:1] in ("'", '"') or (self.verb in DELETING_VERBS and arg.endswith(DELETE_DATA)):
             arg = shlex.quote(arg)
-        return f"torrent -setMode {self.verb} {arg}"
+        return f"torrent -setMode {self.verb} {arg}" + (f" {DELETE_DATA}" if self.delete_data else "")
 
 
 _WORDS = re.compile(r"(?P<head>\S+)(?:\s+(?P<flag>\S+))?(?:\s+(?P<mode>\S+))?(?:\s+(?P<rest>.*))?", re.DOTALL)
@@ -115,18 +137,22 @@ def parse_command(line: str) -> Command:
     if mode is None:
         raise bad("missing mode after -setMode")
     verb = mode.lower()
-    if verb not in (*VERBS, HELP):
-        meant = suggest(verb, (*VERBS, HELP))
+    if verb not in (*VERBS, *OPERATOR_VERBS, HELP):
+        meant = suggest(verb, (*VERBS, *OPERATOR_VERBS, HELP))
         if meant is not None:
             raise CommandError(f"unknown mode {_clip(mode)!r}: did you mean {meant!r}?")
         raise bad(f"unknown mode {_clip(mode)!r}")
     rest = (m.group("rest") or "").strip()
-    if verb in ("exit", "status", HELP):
+    delete_data = False
+    if verb in DELETING_VERBS and (rest == DELETE_DATA or rest.endswith(" " + DELETE_DATA)):
+        delete_data, rest = True, rest[: -len(DELETE_DATA)].strip()
+    if verb in BARE_VERBS or verb == HELP:
         if rest:
             raise bad(f"{verb} takes no argument, got {_clip(rest)!r}")
         return Command(verb)
     if not rest:
-        what = "file" if verb == "send" else "torrent file, magnet link or info hash"
+        what = {"send": "file", "download": "torrent file, magnet link or info hash"}.get(
+            verb, "torrent's name or info hash")
         raise bad(f"{verb} needs a {what}")
     if rest[0] in ("'", '"'):
         try:
@@ -138,7 +164,7 @@ def parse_command(line: str) -> Command:
         rest = words[0]
         if not rest:
             raise bad(f"{verb} needs a non-empty path")
-    return Command(verb, rest)
+    return Command(verb, rest, delete_data)
 
 
 def suggest(word: str, choices: Iterable[str]) -> str | None:
@@ -152,13 +178,13 @@ def suggest(word: str, choices: Iterable[str]) -> str | None:
 def _not_a_command(head: str, rest: str) -> CommandError | None:
     """For a line that does not start with "torrent": the command that was probably meant, if any."""
     word = head.lower()
-    if word in VERBS:
+    if word in (*VERBS, *OPERATOR_VERBS):
         line = _clip(f"torrent -setMode {word} {rest}".strip())
         return CommandError(f'commands start with "torrent -setMode": did you mean {line!r}?')
-    meant = suggest(word, ("torrent", *VERBS, HELP))
+    meant = suggest(word, ("torrent", *VERBS, *OPERATOR_VERBS, HELP))
     if meant is None:
         return None
-    if meant in VERBS:
+    if meant in (*VERBS, *OPERATOR_VERBS):
         meant = _clip(f"torrent -setMode {meant} {rest}".strip())
     elif meant == "torrent":
         meant = _clip(f"torrent {rest}".strip())

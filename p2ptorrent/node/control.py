@@ -82,6 +82,50 @@ class INodeCommands(Interface):
         """
 
 
+class IOperatorCommands(Interface):
+    """The operator's views and verbs (`list`, `info`, `pause`, ...); each NAME is a torrent's name, its info
+    hash or a unique prefix of it.  Implemented by the node service; a front end without them says so."""
+
+    def transfers() -> dict[str, Any]:
+        """``{"transfers": [row, ...]}``: one row per seeded, downloading or held torrent (see the README)."""
+
+    def info(query: str) -> dict[str, Any]:
+        """``{"transfer": row + details + "peer_details"}`` of the torrent *query* names."""
+
+    def pause(query: str) -> Deferred[str]:
+        """Stop the download without losing its verified pieces, kept paused across restarts."""
+
+    def resume(query: str) -> Deferred[str]:
+        """Go on with a paused or cancelled download from its verified pieces."""
+
+    def cancel(query: str, delete: bool) -> Deferred[str]:
+        """Stop the download; keep its verified pieces for a later download, unless *delete*."""
+
+    def stop_seeding(query: str) -> Deferred[str]:
+        """Withdraw at the tracker, then stop serving; the file stays."""
+
+    def remove(query: str, delete: bool) -> Deferred[str]:
+        """Withdraw, stop, forget; with *delete* also delete the data (only inside the node's folder)."""
+
+
+#: The operator's verbs that name a torrent, and the IOperatorCommands method each calls.
+METHODS = {"info": "info", "pause": "pause", "resume": "resume", "cancel": "cancel",
+                  "stop-seeding": "stop_seeding", "remove": "remove"}
+
+
+def _operator(commands: INodeCommands, command: Command) -> Deferred[Any]:
+    if not IOperatorCommands.providedBy(commands):
+        return fail(CommandError(f"this node does not know {command.verb!r}"))
+    if command.verb == "list":
+        return maybeDeferred(commands.transfers)
+    if not command.argument:
+        return fail(CommandError(f"{command.verb} needs a torrent's name or info hash; {USAGE}"))
+    method = getattr(commands, METHODS[command.verb])
+    if command.verb in ("cancel", "remove"):
+        return maybeDeferred(method, command.argument, command.delete_data)
+    return maybeDeferred(method, command.argument)
+
+
 def dispatch(commands: INodeCommands, command: Command, progress: Progress) -> Deferred[Any]:
     """Run *command*; fires with the result line (a dict for ``status``).
 
@@ -99,6 +143,8 @@ def dispatch(commands: INodeCommands, command: Command, progress: Progress) -> D
         return maybeDeferred(commands.download, argument, progress)
     if command.verb == "status":
         return maybeDeferred(commands.status)
+    if command.verb == "list" or command.verb in METHODS:
+        return _operator(commands, command)
     if command.verb == "exit":
         return maybeDeferred(commands.exit).addCallback(lambda said: said if isinstance(said, str) else "the node is stopping")
     return fail(CommandError(f"unknown mode {command.verb!r}; {USAGE}"))
@@ -219,9 +265,25 @@ class StdinControl(LineReceiver):
                 self._say(f"{label}: {format_progress(p)}")
 
         d = dispatch(self._commands, command, progress)
+        if command.verb in ("list", "info"):
+            d.addCallback(self._table, command.verb)
         d.addCallbacks(self._done, self._failed, errbackArgs=(command,))
 
+    def _table(self, result: Any, verb: str) -> None:
+        """`list` and `info` print the CLI's tables, one line each, the first marked as usual (as ``help``)."""
+        from p2ptorrent import views
+
+        try:
+            width = int(os.environ.get("COLUMNS", "")) or views.NODE_COLUMNS
+        except ValueError:
+            width = views.NODE_COLUMNS
+        text = (views.render_list if verb == "list" else views.render_info)(result, width)
+        for i, line in enumerate(text.splitlines()):
+            self._say(("OK: " if i == 0 else "") + line)
+
     def _done(self, result: Any) -> None:
+        if result is None:  # already said (a table)
+            return
         if isinstance(result, dict):
             result = json.dumps(result, sort_keys=True, default=str)
         self._say(f"OK: {result}")

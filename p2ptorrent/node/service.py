@@ -40,6 +40,7 @@ from pathlib import Path
 from collections.abc import Iterator, Mapping
 from typing import Any, Callable, TypeVar
 
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import (
     Deferred, DeferredList, FirstError, ensureDeferred, gatherResults, maybeDeferred,
@@ -56,7 +57,7 @@ from p2ptorrent.logfile import LogFileService
 from p2ptorrent.startup import FolderDaemon, FolderLock, StartupError, usable_folder
 from p2ptorrent.magnet import is_info_hash, is_magnet, parse_magnet
 from p2ptorrent.metainfo import Metainfo, MetainfoError, make_torrent, read_torrent, read_torrent_file, torrent_from_info
-from p2ptorrent.node.control import INodeCommands
+from p2ptorrent.node.control import INodeCommands, IOperatorCommands
 from p2ptorrent.node.download import Download, DownloadError, DownloadResult, Hooks, kept_text
 from p2ptorrent.node.metadata import MetadataError, MetadataFetch, MetadataFetcher
 from p2ptorrent.node.session import where
@@ -73,6 +74,13 @@ from p2ptorrent.node.tracker_link import RememberingClient, TrackerLink, link_fi
 from p2ptorrent.node.trackers import Failover, node_url, tracker_tiers
 from p2ptorrent.atomicfile import atomic_write
 from p2ptorrent.node.choker import Choker
+from p2ptorrent.node.operator import (
+    CANCELLED, PAUSED, Held, NotFound, UploadMeter, clear_held, delete_data, find, forget_partial, inside,
+    job_state, read_held, recorded_bytes, write_held,
+)
+from p2ptorrent.node.serving import WATCH_SECONDS
+from p2ptorrent.node.download import Phase
+from p2ptorrent.node.session import where as address_text
 from p2ptorrent.node.writer import PieceWriter, ThreadedWriter
 
 SEEDING_FILE = ".seeding.json"
@@ -175,6 +183,12 @@ class _Job:
     download: Download | None = None
     listeners: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
     waiters: list[Deferred[str]] = field(default_factory=list)
+    #: Why the operator stopped it (pause, cancel, remove): what everyone following it is told.
+    halted: str | None = None
+    #: The steps of the download (see Node._fetch), cancelled to halt it before it fetches.
+    fetching: Deferred[str] | None = None
+    #: Fired once it ended and left the registry.
+    on_end: list[Deferred[None]] = field(default_factory=list)
 
     def note(self, text: str) -> None:
         """What the download waits for: its state, and said to everyone following it (and to who joins later)."""
@@ -182,6 +196,7 @@ class _Job:
         self.progress({"note": text})
 
     def progress(self, report: dict[str, Any]) -> None:
+        report = {"name": self.meta.name, **report}  # the bar of a client names the file, not the .torrent
         for listener in list(self.listeners):
             try:
                 listener(report)
@@ -213,7 +228,7 @@ class RunningDownloads(Mapping[bytes, Download]):
         return sum(1 for _ in self)
 
 
-@implementer(INodeCommands)
+@implementer(INodeCommands, IOperatorCommands)
 class Node(FolderDaemon):
     log = Logger()
 
@@ -250,6 +265,10 @@ class Node(FolderDaemon):
         self.protocol = NodeProtocol(self.seeder, reactor, settings.BUFFER_SIZE, settings.SOCKET_BUFFER)
         #: Every download under way, from its first check of the disk to its end: the one registry.
         self.jobs: dict[bytes, _Job] = {}
+        #: Downloads the operator paused or cancelled: not running, their verified pieces kept (see operator.py).
+        self.held: dict[bytes, Held] = {}
+        #: Upload rates of what the node seeds, for `list`.
+        self.uploads = UploadMeter()
         #: Those fetching, as the protocol routes blocks to them: a view of the jobs, never a copy.
         self.downloads = RunningDownloads(self.jobs)
         self.protocol.downloads = self.downloads
@@ -279,6 +298,9 @@ class Node(FolderDaemon):
         self.udp = UDPService(reactor, self.protocol, interface, port, settings.AVAILABLE_PORTS_RANGE, settings.BUFFER_SIZE,
                               bool(settings.UDP_BATCHING))
         self.udp.setServiceParent(self)
+        meter = TimerService(1.0, self._mark_uploads)
+        meter.clock = reactor
+        meter.setServiceParent(self)
 
     # ---- life
     def open(self) -> None:
@@ -669,6 +691,7 @@ class Node(FolderDaemon):
         except MetainfoError as e:
             raise CommandFailed(str(e)) from None
         where = str(Path(torrent_path).resolve())
+        self._unhold(meta.info_hash)  # a download of a paused or cancelled one goes on from its verified pieces
         job = self.jobs.get(meta.info_hash)
         if job is None:
             seeding = self._seeding(meta)
@@ -799,8 +822,17 @@ class Node(FolderDaemon):
                     waiter.errback(outcome)
                 else:
                     waiter.callback(outcome)
+            for each in job.on_end:
+                each.callback(None)
 
-        ensureDeferred(self._fetch(job)).addBoth(ended)
+        def halted(outcome: str | Failure) -> str | Failure:
+            """The operator stopped it: whatever the steps ended with, that is the reason given."""
+            if job.halted is not None and isinstance(outcome, Failure):
+                return Failure(CommandFailed(job.halted))
+            return outcome
+
+        job.fetching = ensureDeferred(self._fetch(job))
+        job.fetching.addBoth(halted).addBoth(ended)
         return job
 
     def _resume_unfinished(self, found: tuple[list[Any], list[str]]) -> None:
@@ -812,6 +844,10 @@ class Node(FolderDaemon):
             return
         for u in downloads:
             if u.meta.info_hash in self.jobs:
+                continue
+            held = read_held(self.folder, u.meta.info_hash)
+            if held is not None:  # paused or cancelled by the operator: listed, not resumed
+                self.held[u.meta.info_hash] = Held(u.meta, u.torrent, None, held, recorded_bytes(self.folder, u.meta))
                 continue
             try:
                 final_path(self.folder, u.meta)
@@ -1029,6 +1065,10 @@ class Node(FolderDaemon):
             # Kernel batching (GSO, GRO) in use and how much it batched; datagrams the kernel dropped because
             # our receive buffer was full.
             "batching": self.udp.batching_status(),
+            # What the operator paused or cancelled (see `list`), and the node's upload rate, bytes a second.
+            "held": [{"name": h.meta.name, "info_hash": ih.hex(), "state": h.state, "done": h.done,
+                      "total": h.meta.length} for ih, h in self.held.items()],
+            "upload_rate": round(sum(self.uploads.rate(ih) for ih in self.seeder.files)),
         }
 
     def _tracker_name(self, info_hash: bytes) -> str:
@@ -1055,6 +1095,254 @@ class Node(FolderDaemon):
             "resumed_bytes": resumed.bytes,
             "resumed_pieces": resumed.pieces,
         }
+
+    # ---- the operator's views and verbs (IOperatorCommands)
+    def _mark_uploads(self) -> None:
+        try:
+            self.uploads.mark(self.reactor.seconds(), {ih: f.uploaded for ih, f in self.seeder.files.items()})
+        except Exception:
+            self.log.failure("marking upload rates")  # a TimerService stops for ever on its first exception
+
+    def _known(self) -> list[tuple[bytes, str]]:
+        """Every torrent the verbs may name: seeded, downloading, held."""
+        return ([(ih, f.meta.name) for ih, f in self.seeder.files.items() if f.complete]
+                + [(ih, job.meta.name) for ih, job in self.jobs.items()]
+                + [(ih, h.meta.name) for ih, h in self.held.items()])
+
+    def _find(self, query: str) -> bytes:
+        try:
+            return find(query, self._known())
+        except NotFound as e:
+            raise CommandFailed(str(e)) from None
+
+    def transfers(self) -> dict[str, Any]:
+        """`list`: one row per transfer, as data (the CLI draws the table)."""
+        rows = [self._job_row(job) for job in self.jobs.values()]
+        rows += [self._held_row(ih, h) for ih, h in self.held.items() if ih not in self.jobs]
+        rows += [self._seed_row(ih) for ih, f in self.seeder.files.items() if f.complete and ih not in self.jobs]
+        return {"transfers": rows}
+
+    def info(self, query: str) -> dict[str, Any]:
+        """`info NAME|HASH`: one transfer's row, its details and its peers."""
+        ih = self._find(query)
+        job = self.jobs.get(ih)
+        if job is not None:
+            row = self._job_row(job)
+            dl = job.download
+            details = dl.swarm_status() if dl is not None else {"peer_details": []}
+            details.update(tracker=self._tracker_name(ih), path=str(job.part.path), torrent=job.torrent_path,
+                           resumed_bytes=job.part.resumed.bytes)
+            if dl is None:
+                details.update(pieces=job.part.resumed.pieces, pieces_total=job.meta.num_pieces)
+            return {"transfer": {**details, **row}}
+        held = self.held.get(ih)
+        if held is not None:
+            return {"transfer": {**self._held_row(ih, held), "peer_details": [], "torrent": held.torrent_path,
+                                 "path": str(self.folder / INCOMPLETE / f"{ih.hex()}.part")}}
+        shared = self.seeder.files[ih]
+        peers = [{"address": address_text(addr), "complete": False} for addr in self._watching(ih)]
+        return {"transfer": {**self._seed_row(ih), "peer_details": peers, "tracker": self._tracker_name(ih),
+                             "path": str(shared.path), "torrent": self.torrents.get(ih) or None,
+                             "pieces": shared.meta.num_pieces, "pieces_total": shared.meta.num_pieces}}
+
+    def _watching(self, ih: bytes) -> list[Any]:
+        """The peers that asked for this file lately (within WATCH_SECONDS)."""
+        now = self.reactor.seconds()
+        return [addr for addr, (seen, _) in self.seeder.watchers.get(ih, {}).items() if now - seen <= WATCH_SECONDS]
+
+    def _job_row(self, job: _Job) -> dict[str, Any]:
+        dl, meta = job.download, job.meta
+        swarm = dl.swarm_status() if dl is not None else {}
+        peers = list(dl.transfer.peers.values()) if dl is not None else []
+        down = swarm.get("download_rate", 0)
+        return {
+            "info_hash": meta.info_hash_hex, "name": meta.name, "files": file_count(meta),
+            "state": job_state(job.state, len(peers), sum(1 for p in peers if p.choked), down), "detail": job.state,
+            "done": dl.done_bytes if dl is not None else job.part.resumed.bytes, "total": meta.length,
+            "download_rate": down, "upload_rate": swarm.get("upload_rate", 0), "uploaded": swarm.get("uploaded", 0),
+            "peers": len(peers),
+        }
+
+    def _held_row(self, ih: bytes, held: Held) -> dict[str, Any]:
+        how = "resume" if held.state == PAUSED else "download again"
+        return {
+            "info_hash": ih.hex(), "name": held.meta.name, "files": file_count(held.meta), "state": held.state,
+            "detail": f"{held.state} by the operator; its verified pieces are kept in {INCOMPLETE}/ ({how} to go on)",
+            "done": held.done, "total": held.meta.length, "download_rate": None, "upload_rate": None, "uploaded": 0,
+            "peers": 0,
+        }
+
+    def _seed_row(self, ih: bytes) -> dict[str, Any]:
+        shared = self.seeder.files[ih]
+        return {
+            "info_hash": ih.hex(), "name": shared.meta.name, "files": file_count(shared.meta), "state": "seeding",
+            "detail": f"seeding {shared.path}", "done": shared.meta.length, "total": shared.meta.length,
+            "download_rate": 0, "upload_rate": round(self.uploads.rate(ih)), "uploaded": shared.uploaded,
+            "peers": len(self._watching(ih)),
+        }
+
+    async def _withdraw(self, info_hash: bytes, meta: Metainfo) -> str:
+        """WITHDRAW at the torrent's tracker, and forget any OWN not sent yet: what the tracker said, for people."""
+        for link in list(self.links.values()):
+            link.outbox.forget(meta.info_hash_hex)
+        if not self.links:
+            return "not withdrawn yet: the node has no tracker link"
+        try:
+            d = self._link_of(meta).client.withdraw(meta.info_hash_hex)
+            d.addTimeout(EXIT_TIMEOUT, self.reactor)
+            await d
+        except Exception as e:
+            self.log.warn("{name}: WITHDRAW not acknowledged: {why}", name=meta.name, why=e)
+            return f"not withdrawn yet: {e or type(e).__name__}; the tracker forgets it when it forgets this node"
+        return "withdrawn at the tracker"
+
+    async def _halt(self, job: _Job, why: str) -> None:
+        """Stop a running download for the operator: nothing more is asked, sent or served; its verified
+        pieces stay in .incomplete/.  Whoever waits on it is told *why*."""
+        if job.download is not None and job.download.phase is not Phase.RUNNING:
+            raise CommandFailed(f"{job.meta.name} has every piece and is being finished: too late to stop it")
+        ended: Deferred[None] = Deferred()
+        job.on_end.append(ended)
+        job.halted = why
+        shared = self.seeder.files.get(job.meta.info_hash)
+        if shared is not None and not shared.complete:
+            self.seeder.remove(job.meta.info_hash)  # its partial pieces are no longer served
+        if job.download is not None:
+            job.download.stop(why)
+        else:  # still checking the disk or waiting for a tracker
+            job.part.abort()
+            if job.fetching is not None:
+                job.fetching.cancel()
+        await ended
+
+    def _hold(self, info_hash: bytes, meta: Metainfo, torrent: bytes, torrent_path: str | None, state: str) -> None:
+        try:
+            write_held(self.folder, info_hash, state)
+        except OSError as e:
+            self.log.warn("{name}: cannot write that it is {state}: {why}; a restart resumes it",
+                          name=meta.name, state=state, why=e.strerror or e)
+        self.held[info_hash] = Held(meta, torrent, torrent_path, state, recorded_bytes(self.folder, meta))
+
+    def _unhold(self, info_hash: bytes) -> Held | None:
+        held = self.held.pop(info_hash, None)
+        if held is not None:
+            clear_held(self.folder, info_hash)
+        return held
+
+    def pause(self, query: str) -> Deferred[str]:
+        return ensureDeferred(self._pause(query))
+
+    async def _pause(self, query: str) -> str:
+        ih = self._find(query)
+        job = self.jobs.get(ih)
+        if job is None:
+            held = self.held.get(ih)
+            if held is not None and held.state == PAUSED:
+                return f"{held.meta.name} is paused already"
+            if held is not None:
+                self._hold(ih, held.meta, held.torrent, held.torrent_path, PAUSED)
+                return f"{held.meta.name} was cancelled; now paused (resume goes on from its verified pieces)"
+            raise CommandFailed(f"{self.seeder.files[ih].meta.name} is complete: nothing to pause"
+                                " (stop-seeding stops serving it)")
+        meta = job.meta
+        await self._halt(job, f"{meta.name}: paused by the operator")
+        self._hold(ih, meta, job.torrent, job.torrent_path, PAUSED)
+        told = await self._withdraw(ih, meta)
+        self._release_unused()
+        done = self.held[ih].done
+        return f"paused {meta.name}: {done} of {meta.length} bytes verified are kept; nothing is sent or served; {told}"
+
+    def resume(self, query: str) -> Deferred[str]:
+        return ensureDeferred(self._resume(query))
+
+    async def _resume(self, query: str) -> str:
+        ih = self._find(query)
+        if ih in self.jobs:
+            return f"{self.jobs[ih].meta.name} is not paused: it is {self.jobs[ih].state}"
+        held = self._unhold(ih)
+        if held is None:
+            return f"{self.seeder.files[ih].meta.name} is complete and seeded: nothing to resume"
+        self._start_job(held.meta, held.torrent, held.torrent_path)
+        return (f"resumed {held.meta.name}: it goes on from the {held.done} of {held.meta.length} bytes verified before"
+                " (checked again first); `list` shows it")
+
+    def cancel(self, query: str, delete: bool = False) -> Deferred[str]:
+        return ensureDeferred(self._cancel(query, delete))
+
+    async def _cancel(self, query: str, delete: bool) -> str:
+        ih = self._find(query)
+        job = self.jobs.get(ih)
+        if job is None and ih not in self.held:
+            raise CommandFailed(f"{self.seeder.files[ih].meta.name} is complete: nothing to cancel"
+                                " (stop-seeding or remove)")
+        if job is not None:
+            meta, torrent, torrent_path = job.meta, job.torrent, job.torrent_path
+            await self._halt(job, f"{meta.name}: cancelled by the operator")
+        else:
+            held = self.held[ih]
+            meta, torrent, torrent_path = held.meta, held.torrent, held.torrent_path
+        told = await self._withdraw(ih, meta)
+        self._release_unused()
+        if delete:
+            self.held.pop(ih, None)
+            await self.run_blocking(forget_partial, self.folder, ih, False)
+            return f"cancelled {meta.name}: its partial data is deleted; {told}"
+        self._hold(ih, meta, torrent, torrent_path, CANCELLED)
+        done = self.held[ih].done
+        return (f"cancelled {meta.name}: {done} of {meta.length} bytes verified are kept in {INCOMPLETE}/"
+                f" (download it again to resume); {told}")
+
+    def stop_seeding(self, query: str) -> Deferred[str]:
+        return ensureDeferred(self._stop_seeding(query))
+
+    async def _stop_seeding(self, query: str) -> str:
+        ih = self._find(query)
+        shared = self.seeder.files.get(ih)
+        if shared is None or not shared.complete or ih in self.jobs:
+            raise CommandFailed(f"{query}: not seeded (still downloading: pause or cancel it)")
+        told = await self._withdraw(ih, shared.meta)  # first, so no one is sent to us for it
+        self._unshare(ih)
+        return f"stopped seeding {shared.meta.name}: {told}; the file stays at {shared.path}"
+
+    def _unshare(self, ih: bytes) -> None:
+        self.seeder.remove(ih)
+        self.torrents.pop(ih, None)
+        self._save_seeding()  # not shared again after a restart
+        self._release_unused()
+
+    def remove(self, query: str, delete: bool = False) -> Deferred[str]:
+        return ensureDeferred(self._remove(query, delete))
+
+    async def _remove(self, query: str, delete: bool) -> str:
+        ih = self._find(query)
+        shared = self.seeder.files.get(ih)
+        if shared is not None and shared.complete and ih not in self.jobs:
+            meta, path = shared.meta, shared.path
+            if delete and not inside(self.folder, path):
+                raise CommandFailed(f"refusing to delete {path}: it is outside this node's folder {self.folder}"
+                                    " (remove it without --delete-data, then delete it yourself)")
+            told = await self._withdraw(ih, meta)
+            self._unshare(ih)
+            if not delete:
+                return f"removed {meta.name}: {told}; no longer seeded; the file stays at {path}"
+            try:
+                await self.run_blocking(delete_data, path)
+            except OSError as e:
+                raise CommandFailed(f"removed {meta.name} ({told}) but cannot delete {path}: {e.strerror or e}") from None
+            return f"removed {meta.name}: {told}; deleted {path}"
+        job = self.jobs.get(ih)
+        if job is not None:
+            meta = job.meta
+            await self._halt(job, f"{meta.name}: removed by the operator")
+        else:
+            meta = self.held[ih].meta
+        self.held.pop(ih, None)
+        told = await self._withdraw(ih, meta)
+        self._release_unused()
+        await self.run_blocking(forget_partial, self.folder, ih, not delete)
+        kept = ("its partial data is deleted" if delete else
+                f"its verified pieces stay in {INCOMPLETE}/ for a later download of it")
+        return f"removed {meta.name}: {told}; forgotten, {kept}"
 
     def exit(self) -> Deferred[str]:
         """Leave the tracker (EXIT), then stop; the answer says whether the tracker acknowledged it."""
