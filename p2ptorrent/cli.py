@@ -32,7 +32,11 @@ from typing import Any, NoReturn, TextIO
 # No Twisted in here: it would cost every command ~0.4 s of imports, for one
 # blocking request and reply.  Keep it that way (tests/test_cli_fast.py checks).
 from p2ptorrent.commands import (
+    BARE_VERBS,
+    DELETE_DATA,
+    DELETING_VERBS,
     HELP,
+    OPERATOR_VERBS,
     VERBS,
     Command,
     CommandError,
@@ -73,7 +77,17 @@ commands:
   send FILE|DIR      seed a file or a folder: write its .torrent in the node's folder, announce it
   download TORRENT   fetch the file TORRENT describes, with a progress bar
   download MAGNET    the same from a magnet link ('magnet:?xt=urn:btih:...': quote it) or an info hash
-  status             show the node's id, address, seeded files and downloads
+  status             the node in a few lines: tracker, how much it seeds and downloads, rates
+  list               one row per transfer: hash, name, done, size, ETA, rates, ratio, peers, state
+  info NAME          one transfer's details and its peers (NAME: a name, an info hash or a unique prefix)
+  pause NAME         stop a download without losing its pieces; it stays paused after a restart
+  resume NAME        go on with a paused or cancelled download from its verified pieces
+  cancel NAME        stop a download; its verified pieces are kept for a later download
+                     (--delete-data: delete them)
+  stop-seeding NAME  withdraw it at the tracker, then stop serving it; the file stays
+  remove NAME        withdraw, stop and forget it (--delete-data: also delete its file or folder and
+                     partial data; only inside the node's folder)
+  --json             with status, list or info: the node's answer as JSON, for scripts
   exit               tell the tracker the node leaves, and stop the node
   help               show this help (no node needed)
   torrent -setMode send FILE | download TORRENT | status | exit | help
@@ -146,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the node's control endpoint if it was started with --control,"
         " e.g. unix:path=/tmp/p2pnode-1.sock (default: DIR/N/.control.sock)",
     )
+    parser.add_argument("--json", action="store_true", help="print the node's answer as JSON (status, list, info)")
+    parser.add_argument("--delete-data", action="store_true", help="cancel, remove: delete the data too")
     parser.add_argument("command", nargs="*", metavar="COMMAND ...", help=argparse.SUPPRESS)
     return parser
 
@@ -197,16 +213,17 @@ def command_from_words(words: Sequence[str]) -> Command:
     if not words:
         raise CommandError("missing command: send FILE, download TORRENT, status, exit or help")
     verb, args = words[0].lower(), words[1:]
-    if verb not in (*VERBS, HELP):
-        meant = suggest(verb, (*VERBS, HELP) if original else ("torrent", *VERBS, HELP))
+    known = (*VERBS, *OPERATOR_VERBS, HELP)
+    if verb not in known:
+        meant = suggest(verb, known if original else ("torrent", *known))
         if meant is not None:
             raise CommandError(f"unknown command {words[0]!r}: did you mean {meant!r}?")
         raise CommandError(f"unknown command {words[0]!r}: use send FILE, download TORRENT, status, exit or help")
-    if verb in ("status", "exit", HELP):
+    if verb in (*BARE_VERBS, HELP):
         if args:
             raise CommandError(f"{verb} takes no argument, got {' '.join(args)!r}")
         return Command(verb)
-    what = "FILE" if verb == "send" else "TORRENT"
+    what = {"send": "FILE", "download": "TORRENT"}.get(verb, "NAME (a torrent's name or info hash)")
     if not args or not "".join(args):
         raise CommandError(f"{verb} needs a {what}")
     if len(args) > 1 and not original:
@@ -227,6 +244,8 @@ class Request:
     node: int | None
     #: What *endpoint* says to connect to.
     target: ControlTarget
+    #: Print the node's answer as JSON (status, list, info), not as a table.
+    json: bool = False
 
 
 def prepare(argv: Sequence[str] | None = None) -> Request:
@@ -245,7 +264,12 @@ def prepare(argv: Sequence[str] | None = None) -> Request:
     if command.verb == HELP:
         parser.print_help()
         parser.exit(EXIT_OK)
-    if command.argument is not None and os.path.exists(command.argument) and not is_magnet(command.argument):
+    if args.delete_data:
+        if command.verb not in DELETING_VERBS:
+            parser.error(f"{DELETE_DATA} goes with cancel or remove, not {command.verb}")
+        command = Command(command.verb, command.argument, delete_data=True)
+    if (command.verb in ("send", "download") and command.argument is not None and os.path.exists(command.argument)
+            and not is_magnet(command.argument)):
         # The node's working folder may differ from ours.  A name that is not
         # here is passed as given: the node looks for it in its own folder.
         command = Command(command.verb, os.path.abspath(command.argument))
@@ -260,7 +284,7 @@ def prepare(argv: Sequence[str] | None = None) -> Request:
             target = control_target(endpoint)
         except ControlError as e:
             parser.error(str(e))
-        return Request(command, endpoint, control_socket_path(endpoint) or args.control, None, target)
+        return Request(command, endpoint, control_socket_path(endpoint) or args.control, None, target, args.json)
 
     try:
         overrides = {"node_files_dir": args.node_files_dir} if args.node_files_dir else {}
@@ -270,7 +294,7 @@ def prepare(argv: Sequence[str] | None = None) -> Request:
         target = control_target(endpoint)
     except (ConfigError, ControlError) as e:
         parser.error(str(e))
-    return Request(command, endpoint, control_socket_path(endpoint) or endpoint, args.node, target)
+    return Request(command, endpoint, control_socket_path(endpoint) or endpoint, args.node, target, args.json)
 
 
 # ---- the wire
@@ -409,20 +433,35 @@ def request(target: ControlTarget, line: str, progress: Callable[[dict[str, Any]
 # ---- showing progress
 
 class ProgressBar:
-    """A tqdm bar in bytes on *file*, created on the first report.
+    """A tqdm bar on *file*, created on the first report, named after the file being fetched.
 
-    *enabled* None means "only if *file* is a terminal", so scripts and logs
-    get the result line without bar debris.
+    Its words are ours (p2ptorrent.views): binary units like the tables, and a rate that is a moving
+    average of the reports seen since this client attached (not the bytes fetched before it came).
+    *enabled* None means "only if *file* is a terminal", so scripts and logs get the result line
+    without bar debris.  *clock* gives seconds (monotonic); tests pass their own.
     """
 
-    def __init__(self, file: TextIO, description: str, enabled: bool | None = None) -> None:
+    def __init__(self, file: TextIO, description: str, enabled: bool | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
+        import time
+
+        from p2ptorrent.views import RateAverage
+
         self._file = file
         self._description = description
         self._enabled = enabled
+        self._clock = clock or time.monotonic
+        self._rate = RateAverage()
         self._bar: Any = None
         self._note: str | None = None
+        self._peers: Any = None
 
     def update(self, progress: dict[str, Any]) -> None:
+        name = progress.get("name")
+        if isinstance(name, str) and name and name != self._description:
+            self._description = name
+            if self._bar is not None:
+                self._bar.set_description_str(name, refresh=False)
         note = progress.get("note")
         if isinstance(note, str) and note != self._note:
             # What the node is waiting for, said once, also when no bar is drawn.
@@ -436,35 +475,82 @@ class ProgressBar:
         total = progress.get("total")
         if not isinstance(done, int) or isinstance(done, bool):
             return
+        known = isinstance(total, int) and not isinstance(total, bool) and total > 0
+        from p2ptorrent.views import progress_text
+
+        per_second = self._rate.seen(self._clock(), done)
+        if isinstance(progress.get("peers"), int):
+            self._peers = progress.get("peers")
+        words = progress_text(done, total if known else None, per_second, self._peers)
         if self._bar is None:
             from tqdm import tqdm  # only clients that show progress pay the import
 
             disable = None if self._enabled is None else not self._enabled
             self._bar = tqdm(
-                total=total if isinstance(total, int) and total > 0 else None,
+                total=total if known else None,
+                initial=done,  # what was fetched before we attached is not this bar's progress
                 desc=self._description,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
+                bar_format=self._format(known, words),
                 file=self._file,
                 disable=disable,
                 dynamic_ncols=True,
                 leave=True,
             )
-        if isinstance(total, int) and total > 0 and self._bar.total != total:
+        if known and self._bar.total != total:
             self._bar.total = total
-        peers = progress.get("peers")
-        if isinstance(peers, int) and not isinstance(peers, bool):
-            self._bar.set_postfix(peers=peers, refresh=False)
+        self._bar.bar_format = self._format(known, words)
         self._bar.update(done - self._bar.n)
+
+    @staticmethod
+    def _format(known: bool, words: str) -> str:
+        """The bar's layout with our words in it (tqdm's own units would mix SI and binary)."""
+        words = words.replace("{", "{{").replace("}", "}}")
+        return f"{{desc}}: {{percentage:3.0f}}%|{{bar}}| {words}" if known else f"{{desc}}: {words}"
 
     def close(self, complete: bool) -> None:
         if self._bar is None:
             return
         if complete and self._bar.total:
+            from p2ptorrent.views import progress_text
+
+            total = int(self._bar.total)
+            self._bar.bar_format = self._format(True, progress_text(total, total, self._rate.value, self._peers))
             self._bar.update(self._bar.total - self._bar.n)
         self._bar.close()
         self._bar = None
+
+
+def bar_name(command: Command) -> str:
+    """What the bar is called before the node names the file: the torrent's file name without .torrent."""
+    name = os.path.basename(command.argument or "") or command.verb
+    return name[: -len(".torrent")] if name.endswith(".torrent") and len(name) > len(".torrent") else name
+
+
+def render(command: Command, result: Any, as_json: bool, width: int) -> str:
+    """The node's answer as a person (a table) or a script (``--json``) reads it."""
+    if as_json or not isinstance(result, dict):
+        return json.dumps(result, indent=2, sort_keys=True) if isinstance(result, (dict, list)) or as_json else str(result)
+    from p2ptorrent import views
+
+    if command.verb == "list":
+        return views.render_list(result, width)
+    if command.verb == "info":
+        return views.render_info(result, width)
+    if command.verb == "status":
+        return views.render_status(result, width)
+    return json.dumps(result, indent=2, sort_keys=True)
+
+
+def terminal_width(out: TextIO) -> int:
+    """The width to draw tables in: the terminal's (or $COLUMNS), else 100 columns."""
+    import shutil
+
+    try:
+        if out.isatty():
+            return os.get_terminal_size(out.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        pass
+    return shutil.get_terminal_size((100, 24)).columns
 
 
 # ---- running
@@ -489,7 +575,7 @@ def run(req: Request, out: TextIO, err: TextIO, show_progress: bool | None = Non
     through, after the bar is closed: :func:`main` says what it means.
     """
     command = req.command
-    bar = ProgressBar(err, os.path.basename(command.argument or "") or command.verb, show_progress)
+    bar = ProgressBar(err, bar_name(command), show_progress)
     try:
         reply = request(req.target, command.line(), bar.update)
     except CannotConnect as e:
@@ -513,10 +599,7 @@ def run(req: Request, out: TextIO, err: TextIO, show_progress: bool | None = Non
         raise
     if reply["ok"]:
         bar.close(True)
-        result = reply["result"]
-        if isinstance(result, (dict, list)):
-            result = json.dumps(result, indent=2, sort_keys=True)
-        print(result, file=out)
+        print(render(command, reply["result"], req.json, terminal_width(out)), file=out)
         return EXIT_OK
     bar.close(False)
     print(f"error: {reply['error']}", file=err)

@@ -28,6 +28,7 @@ from zope.interface.verify import verifyObject
 
 from p2ptorrent import cli
 from p2ptorrent.cli import (
+    bar_name,
     EXIT_FAILED,
     EXIT_NO_NODE,
     EXIT_OK,
@@ -281,7 +282,23 @@ def test_progress_bar() -> None:
     bar.update({"done": "junk"})
     bar.close(True)
     text = stream.getvalue()
-    assert "big.bin" in text and "2.00M" in text and "peers=3" in text and "100%" in text
+    assert "big.bin" in text and "2.0 MiB / 2.0 MiB" in text and "3 peers" in text and "100%" in text
+    assert "MB" not in text and "M/s" not in text  # one unit system: binary
+
+
+def test_the_progress_bar_names_the_file_and_its_first_rate_is_honest_after_attaching() -> None:
+    stream, now = io.StringIO(), [100.0]
+    bar = ProgressBar(stream, bar_name(Command("download", "/x/big.bin.torrent")), enabled=True,
+                      clock=lambda: now[0])
+    mib = 1024 * 1024
+    bar.update({"name": "big.bin", "done": 512 * mib, "total": 1024 * mib, "peers": 2})  # half done before we came
+    first = stream.getvalue()
+    assert "big.bin:" in first and ".torrent" not in first
+    assert "512.0 MiB / 1.0 GiB, - /s" in first  # no rate from one report: not "512 MiB/s"
+    now[0] += 1.0
+    bar.update({"name": "big.bin", "done": 514 * mib, "total": 1024 * mib, "peers": 2})
+    bar.close(False)  # (tqdm draws at most 10 frames a second: closing draws the last)
+    assert "514.0 MiB / 1.0 GiB, 2.0 MiB/s, ETA 4 minutes, 2 peers" in stream.getvalue()
     quiet = io.StringIO()
     bar = ProgressBar(quiet, "x")  # not a terminal: no bar
     bar.update({"done": 1, "total": 2})
@@ -317,7 +334,7 @@ async def test_download_with_progress(listening: tuple[ScriptedNode, Path]) -> N
     code, out, bar = await run_cli(["--node-files-dir", str(folder), "download", "/t/big.bin.torrent"], show_progress=True)
     assert code == EXIT_OK
     assert out == "downloaded big.bin (4194304 bytes)\n"
-    assert "big.bin.torrent" in bar and "4.00M" in bar and "100%" in bar and "peers=2" in bar
+    assert "big.bin:" in bar and "4.0 MiB / 4.0 MiB" in bar and "100%" in bar and "2 peers" in bar, bar
     assert node.calls == [("download", "/t/big.bin.torrent")]
 
 
@@ -332,12 +349,14 @@ async def test_download_fails(listening: tuple[ScriptedNode, Path]) -> None:
 @pytest_twisted.ensureDeferred
 async def test_status_and_exit(listening: tuple[ScriptedNode, Path]) -> None:
     node, folder = listening
-    code, out, _ = await run_cli(["--node-files-dir", str(folder), "status"])
+    code, out, _ = await run_cli(["--node-files-dir", str(folder), "--json", "status"])
     assert code == EXIT_OK
     assert json.loads(out) == {"node_id": 1, "seeding": [{"name": "a.bin"}], "downloads": []}
+    code, out, _ = await run_cli(["--node-files-dir", str(folder), "status"])
+    assert code == EXIT_OK and out.startswith("Node ") and "Seeding       1 (0 B)" in out, out
     code, out, _ = await run_cli(["--node-files-dir", str(folder), "torrent", "-setMode", "exit"])
     assert code == EXIT_OK and "stopping" in out
-    assert node.calls == [("status",), ("exit",)]
+    assert node.calls == [("status",), ("status",), ("exit",)]
 
 
 @pytest_twisted.ensureDeferred

@@ -292,10 +292,10 @@ def test_status(endpoint: tuple[socket.socket, str]) -> None:
     listener, control = endpoint
     answer = {"ok": True, "result": {"node_id": 1, "seeding": []}}
     with serving(listener, [json.dumps(answer).encode() + b"\n"]) as served:
-        code, out, err = call(["--control", control, "status"], show_progress=True)
+        code, out, err = call(["--control", control, "status", "--json"], show_progress=True)
     assert served.request == b"torrent -setMode status\n"
     assert (code, err) == (EXIT_OK, "")  # no progress line: no bar
-    assert json.loads(out) == answer["result"]
+    assert json.loads(out) == answer["result"]  # --json: the node's answer as it came
 
 
 def test_download_with_progress(endpoint: tuple[socket.socket, str]) -> None:
@@ -308,7 +308,8 @@ def test_download_with_progress(endpoint: tuple[socket.socket, str]) -> None:
         code, out, bar = call(["--control", control, "download", "/t/big.bin.torrent"], show_progress=True)
     assert served.request == b"torrent -setMode download /t/big.bin.torrent\n"
     assert (code, out) == (EXIT_OK, "downloaded big.bin (4194304 bytes)\n")
-    assert "big.bin.torrent" in bar and "4.00M" in bar and "100%" in bar and "peers=2" in bar
+    # Named after the file, in binary units like the tables.
+    assert "big.bin:" in bar and "4.0 MiB / 4.0 MiB" in bar and "100%" in bar and "2 peers" in bar, bar
 
 
 def test_refused_by_the_node(endpoint: tuple[socket.socket, str]) -> None:
