@@ -102,8 +102,11 @@ class Command:
         if "\n" in self.argument or "\r" in self.argument:
             raise CommandError("paths containing line breaks cannot be sent as a command")
         arg = self.argument
-        if arg != arg.strip() or arg[:1] in ("'", '"') or (self.verb in DELETING_VERBS and arg.endswith(DELETE_DATA)):
+        if arg != arg.strip() or arg[:1] in ("'", '"'):
             arg = shlex.quote(arg)
+        elif self.verb in DELETING_VERBS and arg.endswith(DELETE_DATA):
+            # A name that ends like the flag: quoted, always (shlex.quote leaves "--delete-data" bare).
+            arg = "'" + arg.replace("'", "'\"'\"'") + "'"
         return f"torrent -setMode {self.verb} {arg}" + (f" {DELETE_DATA}" if self.delete_data else "")
 
 
