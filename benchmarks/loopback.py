@@ -89,7 +89,7 @@ class Swarm(Daemons):
         if not (self.nodes_dir / str(node) / ".control.sock").exists():
             return False
         try:
-            return json.loads(self.ok(node, "status"))["registered"] is True
+            return json.loads(self.ok(node, "status", "--json"))["registered"] is True
         except RuntimeError:
             return False
 

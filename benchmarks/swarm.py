@@ -326,7 +326,7 @@ class P2PSwarm(Daemons):
         return f"seed{node}" if node in self.seeder_ids else f"node{node - len(self.seeder_ids)}"
 
     def status(self, node: int) -> dict[str, Any]:
-        return json.loads(self.ok(node, "status"))  # type: ignore[no-any-return]
+        return json.loads(self.ok(node, "status", "--json"))  # type: ignore[no-any-return]
 
     def registered(self, node: int) -> bool:
         self.check_alive()

@@ -35,7 +35,7 @@ def node_args(d: Daemons, node_id: int, tracker_port: int, *extra: str) -> list[
 
 def registered(d: Daemons, node_id: int) -> bool:
     """True once node *node_id* answers `status` and says it is registered with the tracker."""
-    result = d.ctl(node_id, "status")
+    result = d.ctl(node_id, "status", "--json")
     return result.returncode == 0 and json.loads(result.stdout)["registered"] is True
 
 

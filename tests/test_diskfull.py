@@ -173,7 +173,7 @@ def test_disk_full_for_real_then_retry_when_space_is_back(tmp_path: Path, small_
                 f.seek(p * meta.piece_length)
                 assert hashlib.sha1(f.read(meta.piece_size(p))).digest() == meta.piece_hash(p), p
         kept = len(set(record))
-        status = json.loads(d.ok(2, "status"))
+        status = json.loads(d.ok(2, "status", "--json"))
         assert status["seeding"] == [] and status["downloading"] == [], status
 
         # Space is back: the same command resumes and finishes, byte-identical.

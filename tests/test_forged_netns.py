@@ -91,7 +91,7 @@ def lab() -> Iterator[netlab.Lab]:
 
 
 def status(daemons: Daemons, node_id: int) -> dict[str, Any]:
-    result = daemons.ctl(node_id, "status")
+    result = daemons.ctl(node_id, "status", "--json")
     if result.returncode != 0:
         pytest.fail(f"status of node {node_id} exited {result.returncode}: {result.stdout}{result.stderr}")
     found: dict[str, Any] = json.loads(result.stdout)
@@ -131,7 +131,7 @@ def test_forged_blocks_and_errors_across_the_lab(tmp_path: Path, lab: netlab.Lab
         wait_for((nodes_dir / str(node_id) / ".control.sock").exists, f"node {node_id}'s control socket", alive=alive)
 
         def registered(node_id: int = node_id) -> bool:
-            result = daemons.ctl(node_id, "status")
+            result = daemons.ctl(node_id, "status", "--json")
             return result.returncode == 0 and json.loads(result.stdout)["registered"] is True
 
         wait_for(registered, f"node {node_id} to register with the tracker", alive=alive)

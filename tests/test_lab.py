@@ -118,7 +118,7 @@ def test_two_seeders_to_one_node_across_a_lossy_lab(tmp_path: Path, lab: netlab.
         wait_for((nodes_dir / str(node_id) / ".control.sock").exists, f"node {node_id}'s control socket", alive=alive)
 
         def registered(node_id: int = node_id) -> bool:
-            result = daemons.ctl(node_id, "status")
+            result = daemons.ctl(node_id, "status", "--json")
             return result.returncode == 0 and json.loads(result.stdout)["registered"] is True
 
         wait_for(registered, f"node {node_id} to register with the tracker across 1% loss", alive=alive)

@@ -174,7 +174,7 @@ def test_seed_and_download_across_namespaces(tmp_path: Path, net: Network, daemo
         wait_for(sock.exists, f"node {node_id}'s control socket", alive=alive)
 
         def registered(node_id: int = node_id) -> bool:
-            result = ctl(node_id, "status")
+            result = ctl(node_id, "status", "--json")
             return result.returncode == 0 and json.loads(result.stdout)["registered"] is True
 
         wait_for(registered, f"node {node_id} to register with the tracker at {TRACKER_ADDR}", alive=alive)
@@ -193,7 +193,7 @@ def test_seed_and_download_across_namespaces(tmp_path: Path, net: Network, daemo
     assert hosts[1][0] == SEEDER_SECOND_ADDR, hosts
     assert hosts[2][0] == DOWNLOADER_ADDR, hosts
     for node_id in (1, 2):
-        status = json.loads(ok(node_id, "status"))
+        status = json.loads(ok(node_id, "status", "--json"))
         assert status["udp_port"] == hosts[node_id][1], (status, hosts)
     tracker_log = (logs / "tracker.log").read_text()
     assert f"tracker listening on {TRACKER_ADDR}:{TRACKER_PORT}" in tracker_log, tracker_log

@@ -353,7 +353,7 @@ class Session:
     def status(self, node_id: int) -> dict[str, object] | str:
         """`p2ptorrent --node N status` as the reader types it: the JSON, or what went wrong."""
         try:
-            done = subprocess.run(["p2ptorrent", "--node", str(node_id), "status"], cwd=self.work, env=self.env,
+            done = subprocess.run(["p2ptorrent", "--node", str(node_id), "status", "--json"], cwd=self.work, env=self.env,
                                   stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=DEADLINE)
         except subprocess.TimeoutExpired:
             return f"p2ptorrent --node {node_id} status: no answer in {DEADLINE:.0f} s"

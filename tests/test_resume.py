@@ -442,7 +442,7 @@ def test_sigkill_half_way_then_restart_resumes(tmp_path: Path) -> None:
         torrent = seed_dir / "payload.bin.torrent"
         meta = read_torrent(torrent)
         half = meta.num_pieces // 2
-        gate.start(json.loads(d.ok(1, "status"))["udp_port"], held_from=half)
+        gate.start(json.loads(d.ok(1, "status", "--json"))["udp_port"], held_from=half)
         record = record_path(d.nodes_dir / "2", meta.info_hash)
 
         def recorded() -> int:
@@ -484,10 +484,10 @@ def test_sigkill_half_way_then_restart_resumes(tmp_path: Path) -> None:
         d.start("node2", node_args(d, 2, port, *patient))
         wait_for(lambda: "resuming payload.bin: " in log.read_text()[mark:], "node 2 to resume payload.bin",
                  alive=lambda: d.check_alive("node2"))
-        wait_for(lambda: (node2 / ".control.sock").exists() and d.ctl(2, "status").returncode == 0,
+        wait_for(lambda: (node2 / ".control.sock").exists() and d.ctl(2, "status", "--json").returncode == 0,
                  "node 2's control socket")
         # Still at half (the gate is closed): shown as downloading and resumed, never as shared.
-        status = json.loads(d.ok(2, "status"))
+        status = json.loads(d.ok(2, "status", "--json"))
         [entry] = status["downloading"]
         assert entry["resumed_pieces"] == at_kill and entry["done"] < size, entry
         assert status["seeding"] == [], status

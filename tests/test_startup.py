@@ -186,7 +186,7 @@ class Folder:
 
     def status(self, node_id: int) -> dict[str, Any] | None:
         """Node *node_id*'s `status`, or None when the command fails (no such node yet)."""
-        done = self.ctl(node_id, "status")
+        done = self.ctl(node_id, "status", "--json")
         return json.loads(done.stdout) if done.returncode == 0 else None
 
     # ---- files

@@ -405,7 +405,7 @@ def test_a_node_rides_out_tracker_outages_and_announces_again(cluster: Cluster) 
         # debug), every interval, and answers commands.
         wait_for(lambda: node_log.read_text()[mark:].count(failed) >= 2, "two failed heartbeats while the tracker is down",
                  alive=lambda: cluster.check_alive("node1"))
-        assert json.loads(cluster.ok(1, "status"))["node_id"] == 1
+        assert json.loads(cluster.ok(1, "status", "--json"))["node_id"] == 1
         return cluster.start_tracker()
 
     # 1. The tracker comes back with its database: the node checks in within one interval and
@@ -427,7 +427,7 @@ def test_a_node_rides_out_tracker_outages_and_announces_again(cluster: Cluster) 
     after = node_log.read_text()[mark:]
     for needle in ("registered with the tracker", "announcing what we share", f"OWN payload.bin ({h}) announced"):
         assert needle in after, after
-    assert json.loads(cluster.ok(1, "status"))["registered"] is True
+    assert json.loads(cluster.ok(1, "status", "--json"))["registered"] is True
 
     # Errors were logged, never raised: nothing unhandled in the node's output.
     out = (cluster.root / "node1.out").read_text()

@@ -134,11 +134,11 @@ def test_seed_download_logs_exit_status_and_failure(procs: Processes) -> None:
         pytest.fail(f"node 2 still runs 10 s after `exit`:\n{procs.tail('node2')}")
     assert code == 0, procs.tail("node2")
     wait_for(lambda: "node 2 left" in (procs.logs / "tracker.log").read_text(), "the tracker to log that node 2 left")
-    gone = procs.ctl(2, "status")
+    gone = procs.ctl(2, "status", "--json")
     assert gone.returncode == 3 and "no node 2 is running" in gone.stderr, gone
 
     # status on node 1 is JSON naming the seeded file.
-    status = json.loads(procs.ok(1, "status"))
+    status = json.loads(procs.ok(1, "status", "--json"))
     assert status["node_id"] == 1 and status["registered"] is True
     assert [f["name"] for f in status["seeding"]] == ["payload.bin"]
     assert status["seeding"][0]["length"] == len(data)
@@ -162,7 +162,7 @@ def test_seed_download_logs_exit_status_and_failure(procs: Processes) -> None:
     assert not (incomplete.exists() and any(incomplete.iterdir())), list(incomplete.iterdir())
     # Node 1 lives on after the failure.
     procs.check_alive("node1")
-    assert procs.ctl(1, "status").returncode == 0
+    assert procs.ctl(1, "status", "--json").returncode == 0
 
 
 def test_daemonised_node(procs: Processes) -> None:
@@ -191,7 +191,7 @@ def test_daemonised_node(procs: Processes) -> None:
     shared.write_bytes(os.urandom(300_000))
     said = procs.ok(3, "send", str(shared))
     assert "seeding daemon.bin" in said and "announced to the tracker" in said, said
-    status = json.loads(procs.ok(3, "status"))
+    status = json.loads(procs.ok(3, "status", "--json"))
     assert status["node_id"] == 3
     assert [f["name"] for f in status["seeding"]] == ["daemon.bin"]
     assert "node 3 owns " in (procs.logs / "tracker.log").read_text()
