@@ -228,3 +228,66 @@ def test_download_from_a_magnet_link(procs: Processes) -> None:
     # A bare info hash nobody shares: exit 1 and the reason.
     failed = procs.ctl(3, "download", "ab" * 20)
     assert failed.returncode == 1 and "no other owner" in failed.stderr, failed
+
+
+def test_list_info_and_cancel_through_the_cli(procs: Processes) -> None:
+    """A download held half way (a NAT gate that passes only the first half of the pieces): `list` shows
+    it, `cancel` ends the waiting client with a reason and exit 1, the tracker forgets node 2's pieces,
+    and they stay in .incomplete/ for the next `download`, which fetches only the rest."""
+    from gates import NatGate
+    from p2ptorrent.metainfo import read_torrent
+
+    gate = NatGate()
+    try:
+        procs.start_tracker()
+        size = 8 * MIB
+        folder = procs.nodes_dir / "1"
+        folder.mkdir(parents=True)
+        (folder / "payload.bin").write_bytes(os.urandom(size))
+        procs.start("node1", procs.node_args(1) + ["--advertise-port", str(gate.port)])
+        procs.wait_registered(1, alive=lambda: procs.check_alive("node1"))
+        procs.start("node2", procs.node_args(2) + ["--set", "PEER_TIMEOUT=3600"])
+        procs.wait_registered(2, alive=lambda: procs.check_alive("node2"))
+        procs.ok(1, "send", "payload.bin")
+        torrent = folder / "payload.bin.torrent"
+        meta = read_torrent(torrent)
+        half = meta.num_pieces // 2
+        gate.start(json.loads(procs.ok(1, "status", "--json"))["udp_port"], held_from=half)
+
+        waiting = subprocess.Popen(
+            [procs.script("p2ptorrent"), "--node", "2", "--node-files-dir", str(procs.nodes_dir), "download",
+             str(torrent)], cwd=procs.root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        try:
+            held = half * meta.piece_length
+
+            def row() -> dict[str, object]:
+                found = json.loads(procs.ok(2, "list", "--json"))["transfers"]
+                return found[0] if found else {}  # (empty until the download command got there)
+
+            wait_for(lambda: row().get("done") == held, "node 2 to hold the first half", alive=lambda: procs.check_alive("node2"))
+            table = procs.ok(2, "list")
+            header, rule, line, totals = table.splitlines()
+            assert header.split()[:3] == ["Name", "Done", "Have"] or header.split()[:3] == ["ID", "Name", "Done"], table
+            assert "payload.bin" in line and "50.0%" in line and "4.0 MiB" in line, table
+            assert totals.startswith("1 transfer; down "), table
+            info = procs.ok(2, "info", meta.info_hash_hex[:10])
+            assert f"Info hash  {meta.info_hash_hex}" in info and "Peers" in info, info
+
+            said = procs.ok(2, "cancel", "payload.bin")
+            assert said == (f"cancelled payload.bin: {held} of {size} bytes verified are kept in .incomplete/"
+                            " (download it again to resume); withdrawn at the tracker\n"), said
+            out, err = waiting.communicate(timeout=30)
+        finally:
+            if waiting.poll() is None:
+                waiting.kill()
+                waiting.communicate()
+        assert waiting.returncode == 1 and "payload.bin: cancelled by the operator" in err, (out, err)
+        assert json.loads(procs.ok(2, "list", "--json"))["transfers"][0]["state"] == "cancelled"
+
+        gate.open()
+        said = procs.ok(2, "download", str(torrent))
+        assert f"{size - held} bytes fetched now" in said, said
+        assert sha256(procs.nodes_dir / "2" / "payload.bin") == sha256(folder / "payload.bin")
+    finally:
+        gate.stop()
