@@ -185,7 +185,7 @@ def render_info(answer: dict[str, Any], width: int) -> str:
         ("Name", t.get("name")),
         ("Info hash", t.get("info_hash")),
         ("State", t.get("state")),
-        ("Detail", t.get("detail")),
+        ("Detail", t.get("detail") if t.get("detail") != t.get("state") else None),
         ("Files", t.get("files")),
         ("Done", f"{percent(done, total)} ({size(done)} of {size(total)}; pieces {pieces})"),
         ("ETA", eta(left, t.get("download_rate")) if t.get("state") == "downloading" else "-"),

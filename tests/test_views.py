@@ -33,7 +33,6 @@ INFO_120 = '''\
 Name       ubuntu-24.04-desktop-amd64.iso
 Info hash  3f2a9c0e11d4b5a6c7d8e9f00112233445566778
 State      downloading
-Detail     downloading
 Files      1
 Done       25.0% (300.0 MiB of 1.2 GiB; pieces 1200 of 4800)
 ETA        3 minutes
@@ -54,7 +53,6 @@ INFO_60 = '''\
 Name       ubuntu-24.04-desktop-amd64.iso
 Info hash  3f2a9c0e11d4b5a6c7d8e9f00112233445566778
 State      downloading
-Detail     downloading
 Files      1
 Done       25.0% (300.0 MiB of 1.2 GiB; pieces 1200 of 4800)
 ETA        3 minutes

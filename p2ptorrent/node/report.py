@@ -57,6 +57,8 @@ class Stats:
         self.dropped_bytes = 0
         #: (time, bytes received, bytes uploaded), once a second: the rates in status.
         self.marks: deque[tuple[float, int, int]] = deque(maxlen=RATE_MARKS)
+        #: (time, bytes received from each peer), with the marks above: each peer's rate in `info`.
+        self.peer_marks: deque[tuple[float, dict[Any, int]]] = deque(maxlen=RATE_MARKS)
         self.next_mark = 0.0
         #: Pieces verified since the last log line, by sending node: logged once a second, not once a piece.
         self.pieces_log: dict[int, list[int]] = {}
@@ -70,6 +72,7 @@ class Stats:
         self.next_mark = now + 1.0
         received = sum(p.bytes for p in transfer.peers.values()) + self.dropped_bytes
         self.marks.append((now, received, self.uploaded() if self.uploaded is not None else 0))
+        self.peer_marks.append((now, {addr: p.bytes for addr, p in transfer.peers.items()}))
 
     def verified(self, piece: int, sources: Iterable[Any], node_ids: Iterable[int]) -> None:
         """A piece verified: credit its senders (UPDATE), and note it for the log."""
@@ -122,10 +125,21 @@ class Stats:
                     "choked_us": p.choked,
                     "bytes_from": p.bytes,
                     "pieces_from": self.pieces_from.get(p.addr, 0),
+                    "rate_from": round(self._peer_rate(p.addr)),
                 }
                 for p in sorted(transfer.peers.values(), key=lambda p: p.node_id)
             ],
         }
+
+
+    def _peer_rate(self, addr: Any) -> float:
+        """Bytes a second from one peer over the marks held (0 until two marks)."""
+        if len(self.peer_marks) < 2:
+            return 0.0
+        (then, before), (now, after) = self.peer_marks[0], self.peer_marks[-1]
+        if now <= then or addr not in after:
+            return 0.0
+        return max(0, after[addr] - before.get(addr, 0)) / (now - then)
 
 
 def result_of(results: list[tuple[bool, Any]], path: Any, length: int, seconds: float, transfer: Transfer) -> DownloadResult:
