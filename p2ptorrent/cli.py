@@ -91,6 +91,7 @@ commands:
   exit               tell the tracker the node leaves, and stop the node
   help               show this help (no node needed)
   torrent -setMode send FILE | download TORRENT | status | exit | help
+  torrent -setMode list | info NAME | pause NAME | cancel NAME [--delete-data] | ...
                      the same commands in the original grammar
 
 Options may go before or after the command (download x.torrent --node 3);
