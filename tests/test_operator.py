@@ -94,6 +94,7 @@ async def _held_half_way(cluster: Cluster) -> tuple[Node, Node, Path, Any, Any, 
                  "node 2 to hold the first half")
     state = _tracker(cluster)
     await _until(lambda: 2 in state.owners(meta.info_hash_hex), "node 2 announced as a partial owner")
+    assert state.progress(meta.info_hash_hex, 2) is not None  # partial, not complete
     return seeder, node, torrent, meta, share_everything, ended, half * meta.piece_length
 
 
@@ -139,6 +140,8 @@ async def test_pause_withdraws_sends_nothing_survives_a_restart_and_resume_fetch
     # Only the second half was fetched: the verified pieces were kept.
     assert f"{SIZE - half} bytes fetched now" in done, done
     assert _row(again, "data.bin")["state"] == "seeding"
+    # Resumed and finished: the tracker holds node 2 as a complete owner again.
+    assert 2 in state.owners(meta.info_hash_hex) and state.progress(meta.info_hash_hex, 2) is None
     assert (folder / "data.bin").read_bytes() == (cluster.tmp / "nf" / "1" / "data.bin").read_bytes()
 
 

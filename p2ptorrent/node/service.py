@@ -80,7 +80,6 @@ from p2ptorrent.node.operator import (
 )
 from p2ptorrent.node.serving import WATCH_SECONDS
 from p2ptorrent.node.download import Phase
-from p2ptorrent.node.session import where as address_text
 from p2ptorrent.node.writer import PieceWriter, ThreadedWriter
 
 SEEDING_FILE = ".seeding.json"
@@ -1140,7 +1139,7 @@ class Node(FolderDaemon):
             return {"transfer": {**self._held_row(ih, held), "peer_details": [], "torrent": held.torrent_path,
                                  "path": str(self.folder / INCOMPLETE / f"{ih.hex()}.part")}}
         shared = self.seeder.files[ih]
-        peers = [{"address": address_text(addr), "complete": False} for addr in self._watching(ih)]
+        peers = [{"address": where(addr), "complete": False} for addr in self._watching(ih)]
         return {"transfer": {**self._seed_row(ih), "peer_details": peers, "tracker": self._tracker_name(ih),
                              "path": str(shared.path), "torrent": self.torrents.get(ih) or None,
                              "pieces": shared.meta.num_pieces, "pieces_total": shared.meta.num_pieces}}
