@@ -15,7 +15,10 @@ from twisted.python.failure import Failure
 
 from gates import share_only
 from p2ptorrent.metainfo import read_torrent
-from p2ptorrent.node.operator import NotFound, UploadMeter, find, job_state
+from p2ptorrent.node.operator import (
+    CANCELLED, DOWNLOADING, PAUSED, SEEDING, DeleteData, ForgetPartial, Halt, Hold, NotFound, Nothing, Refused, Start,
+    Unshare, UploadMeter, Withdraw, find, job_state, plan,
+)
 from p2ptorrent.node.service import CommandFailed, Node
 from test_loopback import Cluster, _file, _registered, _seeders, _until
 
@@ -40,6 +43,27 @@ def test_a_name_a_hash_or_a_unique_prefix_names_a_torrent() -> None:
         find("ab", known)  # too short a prefix to mean anything
     with pytest.raises(NotFound, match="2 torrents are named"):
         find("dup", [(a, "dup"), (c, "dup")])
+
+
+def test_each_verb_plans_its_actions_in_order_from_where_the_torrent_is() -> None:
+    assert plan("pause", DOWNLOADING, "x") == [Halt("x: paused by the operator"), Hold(PAUSED), Withdraw()]
+    assert plan("pause", PAUSED, "x") == [Nothing("x is paused already")]
+    assert plan("pause", CANCELLED, "x") == [Hold(PAUSED)]
+    assert plan("resume", PAUSED, "x") == plan("resume", CANCELLED, "x") == [Start()]
+    assert plan("resume", DOWNLOADING, "x") == [Nothing("x is not paused: it is downloading")]
+    assert plan("cancel", DOWNLOADING, "x") == [Halt("x: cancelled by the operator"), Withdraw(), Hold(CANCELLED)]
+    assert plan("cancel", PAUSED, "x", delete=True) == [Withdraw(), ForgetPartial(keep_pieces=False)]
+    # A seeded file is withdrawn before it stops being served; a download is stopped before it is withdrawn.
+    assert plan("stop-seeding", SEEDING, "x") == [Withdraw(), Unshare()]
+    assert plan("remove", SEEDING, "x") == [Withdraw(), Unshare()]
+    assert plan("remove", SEEDING, "x", delete=True) == [Withdraw(), Unshare(), DeleteData()]
+    assert plan("remove", DOWNLOADING, "x") == [Halt("x: removed by the operator"), Withdraw(),
+                                               ForgetPartial(keep_pieces=True)]
+    assert plan("remove", CANCELLED, "x", delete=True) == [Withdraw(), ForgetPartial(keep_pieces=False)]
+    for verb, where in (("pause", SEEDING), ("cancel", SEEDING), ("stop-seeding", DOWNLOADING),
+                        ("stop-seeding", PAUSED)):
+        with pytest.raises(Refused):
+            plan(verb, where, "x")
 
 
 def test_upload_rates_need_two_marks_and_count_only_what_went_out_between() -> None:
@@ -108,8 +132,8 @@ async def test_pause_withdraws_sends_nothing_survives_a_restart_and_resume_fetch
     assert row["state"] in ("downloading", "stalled: choked by every peer") and row["peers"] == 1, row
 
     said = await node.pause(meta.info_hash_hex[:8])
-    assert said == (f"paused data.bin: {half} of {SIZE} bytes verified are kept; nothing is sent or served;"
-                    " withdrawn at the tracker"), said
+    assert said == (f"paused data.bin: {half} of {SIZE} bytes verified are kept in .incomplete/; nothing is sent"
+                    " or served; withdrawn at the tracker"), said
     # The client that waited is told, with a failure (a non-zero exit for the CLI).
     [failed] = ended
     assert isinstance(failed, Failure) and failed.getErrorMessage() == "data.bin: paused by the operator"
@@ -152,8 +176,8 @@ async def test_cancel_keeps_the_verified_pieces_for_a_later_download_and_delete_
     seeder, node, torrent, meta, share_everything, ended, half = await _held_half_way(cluster)
     state = _tracker(cluster)
     said = await node.cancel("data.bin")
-    assert said == (f"cancelled data.bin: {half} of {SIZE} bytes verified are kept in .incomplete/"
-                    " (download it again to resume); withdrawn at the tracker"), said
+    assert said == (f"cancelled data.bin: withdrawn at the tracker; {half} of {SIZE} bytes verified are kept in"
+                    " .incomplete/ (download it again to resume)"), said
     [failed] = ended
     assert isinstance(failed, Failure) and "cancelled by the operator" in failed.getErrorMessage()
     assert 2 not in state.owners(meta.info_hash_hex)
@@ -175,7 +199,7 @@ async def test_cancel_keeps_the_verified_pieces_for_a_later_download_and_delete_
     node.download(str(other.with_name("more.bin.torrent")), lambda p: None).addErrback(lambda f: None)
     await _until(lambda: more.info_hash in node.jobs and _row(node, "more.bin")["done"] > 0, "more.bin under way")
     said = await node.cancel(more.info_hash_hex, delete=True)
-    assert said == "cancelled more.bin: its partial data is deleted; withdrawn at the tracker", said
+    assert said == "cancelled more.bin: withdrawn at the tracker; its partial data is deleted", said
     assert list((cluster.tmp / "nf" / "2" / ".incomplete").iterdir()) == []
     assert [r["name"] for r in node.transfers()["transfers"]] == ["data.bin"]
 
@@ -190,7 +214,7 @@ async def test_stop_seeding_and_remove_withdraw_first_and_delete_only_inside_the
     assert 1 in state.owners(meta.info_hash_hex)
     said = await seeder.stop_seeding("data.bin")
     path = cluster.tmp / "nf" / "1" / "data.bin"
-    assert said == f"stopped seeding data.bin: withdrawn at the tracker; the file stays at {path}", said
+    assert said == f"stopped seeding data.bin: withdrawn at the tracker; no longer seeded; the file stays at {path}"
     assert 1 not in state.owners(meta.info_hash_hex) and path.exists()
     assert seeder.transfers() == {"transfers": []}
     assert "data.bin" not in (cluster.tmp / "nf" / "1" / ".seeding.json").read_text()  # not shared after a restart
@@ -198,7 +222,7 @@ async def test_stop_seeding_and_remove_withdraw_first_and_delete_only_inside_the
     # remove --delete-data: withdrawn, forgotten, deleted.
     assert "announced" in await seeder.send("data.bin")
     said = await seeder.remove("data.bin", delete=True)
-    assert said == f"removed data.bin: withdrawn at the tracker; deleted {path}", said
+    assert said == f"removed data.bin: withdrawn at the tracker; no longer seeded; deleted {path}", said
     assert not path.exists() and 1 not in state.owners(meta.info_hash_hex)
 
     # Outside the node's folder: refused, and nothing is withdrawn or deleted.
@@ -214,3 +238,21 @@ async def test_stop_seeding_and_remove_withdraw_first_and_delete_only_inside_the
     assert outside.exists() and 1 not in state.owners(ih)
     with pytest.raises(CommandFailed, match="no torrent named 'elsewhere.bin'"):
         await seeder.info("elsewhere.bin")
+
+
+@pytest_twisted.ensureDeferred
+async def test_remove_forgets_a_download_and_keeps_its_pieces_for_a_later_download_unless_told(
+    cluster: Cluster,
+) -> None:
+    seeder, node, torrent, meta, share_everything, ended, half = await _held_half_way(cluster)
+    said = await node.remove("data.bin")
+    assert said == ("removed data.bin: withdrawn at the tracker; forgotten; its verified pieces stay in"
+                    " .incomplete/ for a later download of it"), said
+    [failed] = ended
+    assert isinstance(failed, Failure) and failed.getErrorMessage() == "data.bin: removed by the operator"
+    assert node.transfers() == {"transfers": []} and 2 not in _tracker(cluster).owners(meta.info_hash_hex)
+    incomplete = cluster.tmp / "nf" / "2" / ".incomplete"
+    assert {p.suffix for p in incomplete.iterdir()} == {".part", ".have"}  # no torrent copy: no restart resumes it
+    share_everything()
+    done = await node.download(str(torrent), lambda p: None)
+    assert f"{SIZE - half} bytes fetched now" in done, done

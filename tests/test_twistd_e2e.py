@@ -275,8 +275,8 @@ def test_list_info_and_cancel_through_the_cli(procs: Processes) -> None:
             assert f"Info hash  {meta.info_hash_hex}" in info and "Peers" in info, info
 
             said = procs.ok(2, "cancel", "payload.bin")
-            assert said == (f"cancelled payload.bin: {held} of {size} bytes verified are kept in .incomplete/"
-                            " (download it again to resume); withdrawn at the tracker\n"), said
+            assert said == (f"cancelled payload.bin: withdrawn at the tracker; {held} of {size} bytes verified are"
+                            " kept in .incomplete/ (download it again to resume)\n"), said
             out, err = waiting.communicate(timeout=30)
         finally:
             if waiting.poll() is None:

@@ -53,6 +53,112 @@ def find(query: str, known: list[tuple[bytes, str]]) -> bytes:
     raise NotFound(f"no torrent named {text!r} or with a hash starting so on this node (`list` shows them)")
 
 
+# ---- what each verb does: a plan of actions, decided from where the torrent is (pure)
+
+#: Where a torrent is on a node, for the verbs: seeded complete, downloading (from its first check of the
+#: disk to its end), or held by the operator.
+SEEDING, DOWNLOADING = "seeding", "downloading"
+
+
+class Refused(Exception):
+    """The verb does not apply to the torrent where it is; str() says what would."""
+
+
+@dataclass(frozen=True)
+class Halt:
+    """Stop the running download (nothing more asked, sent or served); whoever waits on it is told *why*."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    """WITHDRAW at the torrent's tracker (and forget any OWN not sent yet)."""
+
+
+@dataclass(frozen=True)
+class Unshare:
+    """Stop serving the complete file, and forget it in .seeding.json (no sharing after a restart)."""
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Keep the download's verified pieces, marked *state* in .incomplete/: listed, not resumed at a start."""
+
+    state: str
+
+
+@dataclass(frozen=True)
+class Start:
+    """Take the download out of the held ones and start it again from its verified pieces."""
+
+
+@dataclass(frozen=True)
+class ForgetPartial:
+    """No longer the node's download: its torrent copy and marker go; its pieces too unless *keep_pieces*."""
+
+    keep_pieces: bool
+
+
+@dataclass(frozen=True)
+class DeleteData:
+    """Delete the shared file or folder (only inside the node's folder: checked before anything is done)."""
+
+
+@dataclass(frozen=True)
+class Nothing:
+    """Nothing to do: *text* says why."""
+
+    text: str
+
+
+#: How each verb's answer starts: "paused big.bin: ...".
+PAST = {"pause": "paused", "resume": "resumed", "cancel": "cancelled", "stop-seeding": "stopped seeding",
+        "remove": "removed"}
+
+Action = Halt | Withdraw | Unshare | Hold | Start | ForgetPartial | DeleteData | Nothing
+
+
+def plan(verb: str, where: str, name: str, delete: bool = False) -> list[Action]:
+    """The actions *verb* takes on torrent *name*, which is *where* (SEEDING, DOWNLOADING, PAUSED, CANCELLED),
+    in order; Refused when the verb does not apply there.
+
+    A download is stopped before it is withdrawn (else its next progress report would announce it
+    again); a seeded file is withdrawn before it stops being served (so no peer is sent to us for it in
+    between).
+    """
+    held = where in HELD_STATES
+    if verb == "pause":
+        if where == DOWNLOADING:
+            return [Halt(f"{name}: paused by the operator"), Hold(PAUSED), Withdraw()]
+        if where == PAUSED:
+            return [Nothing(f"{name} is paused already")]
+        if where == CANCELLED:
+            return [Hold(PAUSED)]
+        raise Refused(f"{name} is complete: nothing to pause (stop-seeding stops serving it)")
+    if verb == "resume":
+        if held:
+            return [Start()]
+        if where == DOWNLOADING:
+            return [Nothing(f"{name} is not paused: it is downloading")]
+        return [Nothing(f"{name} is complete and seeded: nothing to resume")]
+    if verb == "cancel":
+        if where == SEEDING:
+            raise Refused(f"{name} is complete: nothing to cancel (stop-seeding or remove)")
+        halt: list[Action] = [Halt(f"{name}: cancelled by the operator")] if where == DOWNLOADING else []
+        return [*halt, Withdraw(), ForgetPartial(keep_pieces=False) if delete else Hold(CANCELLED)]
+    if verb == "stop-seeding":
+        if where != SEEDING:
+            raise Refused(f"{name} is not seeded: it is {where} (pause, cancel or remove it)")
+        return [Withdraw(), Unshare()]
+    if verb == "remove":
+        if where == SEEDING:
+            return [Withdraw(), Unshare(), *([DeleteData()] if delete else [])]
+        halt = [Halt(f"{name}: removed by the operator")] if where == DOWNLOADING else []
+        return [*halt, Withdraw(), ForgetPartial(keep_pieces=not delete)]
+    raise Refused(f"unknown verb {verb!r}")
+
+
 class UploadMeter:
     """Upload rates per torrent from its running byte count, marked once a second (pure: *now* is given)."""
 

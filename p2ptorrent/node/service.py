@@ -75,8 +75,9 @@ from p2ptorrent.node.trackers import Failover, node_url, tracker_tiers
 from p2ptorrent.atomicfile import atomic_write
 from p2ptorrent.node.choker import Choker
 from p2ptorrent.node.operator import (
-    CANCELLED, PAUSED, Held, NotFound, UploadMeter, clear_held, delete_data, find, forget_partial, inside,
-    job_state, read_held, recorded_bytes, write_held,
+    DOWNLOADING, PAST, PAUSED, SEEDING, DeleteData, ForgetPartial, Halt, Held, Hold, NotFound, Nothing, Refused,
+    Start, Unshare, UploadMeter, Withdraw, clear_held, delete_data, find, forget_partial, inside, job_state, plan,
+    read_held, recorded_bytes, write_held,
 )
 from p2ptorrent.node.serving import WATCH_SECONDS
 from p2ptorrent.node.download import Phase
@@ -1228,120 +1229,80 @@ class Node(FolderDaemon):
             clear_held(self.folder, info_hash)
         return held
 
-    def pause(self, query: str) -> Deferred[str]:
-        return ensureDeferred(self._pause(query))
-
-    async def _pause(self, query: str) -> str:
-        ih = self._find(query)
-        job = self.jobs.get(ih)
-        if job is None:
-            held = self.held.get(ih)
-            if held is not None and held.state == PAUSED:
-                return f"{held.meta.name} is paused already"
-            if held is not None:
-                self._hold(ih, held.meta, held.torrent, held.torrent_path, PAUSED)
-                return f"{held.meta.name} was cancelled; now paused (resume goes on from its verified pieces)"
-            raise CommandFailed(f"{self.seeder.files[ih].meta.name} is complete: nothing to pause"
-                                " (stop-seeding stops serving it)")
-        meta = job.meta
-        await self._halt(job, f"{meta.name}: paused by the operator")
-        self._hold(ih, meta, job.torrent, job.torrent_path, PAUSED)
-        told = await self._withdraw(ih, meta)
-        self._release_unused()
-        done = self.held[ih].done
-        return f"paused {meta.name}: {done} of {meta.length} bytes verified are kept; nothing is sent or served; {told}"
-
-    def resume(self, query: str) -> Deferred[str]:
-        return ensureDeferred(self._resume(query))
-
-    async def _resume(self, query: str) -> str:
-        ih = self._find(query)
-        if ih in self.jobs:
-            return f"{self.jobs[ih].meta.name} is not paused: it is {self.jobs[ih].state}"
-        held = self._unhold(ih)
-        if held is None:
-            return f"{self.seeder.files[ih].meta.name} is complete and seeded: nothing to resume"
-        self._start_job(held.meta, held.torrent, held.torrent_path)
-        return (f"resumed {held.meta.name}: it goes on from the {held.done} of {held.meta.length} bytes verified before"
-                " (checked again first); `list` shows it")
-
-    def cancel(self, query: str, delete: bool = False) -> Deferred[str]:
-        return ensureDeferred(self._cancel(query, delete))
-
-    async def _cancel(self, query: str, delete: bool) -> str:
-        ih = self._find(query)
-        job = self.jobs.get(ih)
-        if job is None and ih not in self.held:
-            raise CommandFailed(f"{self.seeder.files[ih].meta.name} is complete: nothing to cancel"
-                                " (stop-seeding or remove)")
-        if job is not None:
-            meta, torrent, torrent_path = job.meta, job.torrent, job.torrent_path
-            await self._halt(job, f"{meta.name}: cancelled by the operator")
-        else:
-            held = self.held[ih]
-            meta, torrent, torrent_path = held.meta, held.torrent, held.torrent_path
-        told = await self._withdraw(ih, meta)
-        self._release_unused()
-        if delete:
-            self.held.pop(ih, None)
-            await self.run_blocking(forget_partial, self.folder, ih, False)
-            return f"cancelled {meta.name}: its partial data is deleted; {told}"
-        self._hold(ih, meta, torrent, torrent_path, CANCELLED)
-        done = self.held[ih].done
-        return (f"cancelled {meta.name}: {done} of {meta.length} bytes verified are kept in {INCOMPLETE}/"
-                f" (download it again to resume); {told}")
-
-    def stop_seeding(self, query: str) -> Deferred[str]:
-        return ensureDeferred(self._stop_seeding(query))
-
-    async def _stop_seeding(self, query: str) -> str:
-        ih = self._find(query)
-        shared = self.seeder.files.get(ih)
-        if shared is None or not shared.complete or ih in self.jobs:
-            raise CommandFailed(f"{query}: not seeded (still downloading: pause or cancel it)")
-        told = await self._withdraw(ih, shared.meta)  # first, so no one is sent to us for it
-        self._unshare(ih)
-        return f"stopped seeding {shared.meta.name}: {told}; the file stays at {shared.path}"
-
     def _unshare(self, ih: bytes) -> None:
         self.seeder.remove(ih)
         self.torrents.pop(ih, None)
         self._save_seeding()  # not shared again after a restart
         self._release_unused()
 
-    def remove(self, query: str, delete: bool = False) -> Deferred[str]:
-        return ensureDeferred(self._remove(query, delete))
+    def pause(self, query: str) -> Deferred[str]:
+        return ensureDeferred(self._operate("pause", query))
 
-    async def _remove(self, query: str, delete: bool) -> str:
+    def resume(self, query: str) -> Deferred[str]:
+        return ensureDeferred(self._operate("resume", query))
+
+    def cancel(self, query: str, delete: bool = False) -> Deferred[str]:
+        return ensureDeferred(self._operate("cancel", query, delete))
+
+    def stop_seeding(self, query: str) -> Deferred[str]:
+        return ensureDeferred(self._operate("stop-seeding", query))
+
+    def remove(self, query: str, delete: bool = False) -> Deferred[str]:
+        return ensureDeferred(self._operate("remove", query, delete))
+
+    async def _operate(self, verb: str, query: str, delete: bool = False) -> str:
+        """Carry out what operator.plan decides for *verb* on the torrent *query* names; what happened, for people."""
         ih = self._find(query)
-        shared = self.seeder.files.get(ih)
-        if shared is not None and shared.complete and ih not in self.jobs:
-            meta, path = shared.meta, shared.path
-            if delete and not inside(self.folder, path):
-                raise CommandFailed(f"refusing to delete {path}: it is outside this node's folder {self.folder}"
-                                    " (remove it without --delete-data, then delete it yourself)")
-            told = await self._withdraw(ih, meta)
-            self._unshare(ih)
-            if not delete:
-                return f"removed {meta.name}: {told}; no longer seeded; the file stays at {path}"
-            try:
-                await self.run_blocking(delete_data, path)
-            except OSError as e:
-                raise CommandFailed(f"removed {meta.name} ({told}) but cannot delete {path}: {e.strerror or e}") from None
-            return f"removed {meta.name}: {told}; deleted {path}"
-        job = self.jobs.get(ih)
-        if job is not None:
-            meta = job.meta
-            await self._halt(job, f"{meta.name}: removed by the operator")
-        else:
-            meta = self.held[ih].meta
-        self.held.pop(ih, None)
-        told = await self._withdraw(ih, meta)
+        job, held, shared = self.jobs.get(ih), self.held.get(ih), self.seeder.files.get(ih)
+        where = DOWNLOADING if job is not None else held.state if held is not None else SEEDING
+        source = job or held
+        meta = source.meta if source is not None else self.seeder.files[ih].meta
+        path = shared.path if shared is not None and where == SEEDING else None
+        try:
+            actions = plan(verb, where, meta.name, delete)
+        except Refused as e:
+            raise CommandFailed(str(e)) from None
+        if path is not None and any(isinstance(a, DeleteData) for a in actions) and not inside(self.folder, path):
+            raise CommandFailed(f"refusing to delete {path}: it is outside this node's folder {self.folder}"
+                                " (remove it without --delete-data, then delete it yourself)")
+        said: list[str] = []
+        for action in actions:
+            if isinstance(action, Nothing):
+                return action.text
+            if isinstance(action, Halt) and job is not None:
+                await self._halt(job, action.why)
+            elif isinstance(action, Withdraw):
+                said.append(await self._withdraw(ih, meta))
+            elif isinstance(action, Hold) and source is not None:
+                self._hold(ih, meta, source.torrent, source.torrent_path, action.state)
+                kept = self.held[ih].done
+                said.append(f"{kept} of {meta.length} bytes verified are kept in {INCOMPLETE}/; nothing is sent or"
+                            " served" if action.state == PAUSED else
+                            f"{kept} of {meta.length} bytes verified are kept in {INCOMPLETE}/ (download it again"
+                            " to resume)")
+            elif isinstance(action, Start) and (again := self._unhold(ih)) is not None:
+                self._start_job(again.meta, again.torrent, again.torrent_path)
+                said.append(f"it goes on from the {again.done} of {meta.length} bytes verified before (checked"
+                            " again first); `list` shows it")
+            elif isinstance(action, ForgetPartial):
+                self.held.pop(ih, None)
+                await self.run_blocking(forget_partial, self.folder, ih, action.keep_pieces)
+                said.append(f"forgotten; its verified pieces stay in {INCOMPLETE}/ for a later download of it"
+                            if action.keep_pieces else "its partial data is deleted")
+            elif isinstance(action, Unshare):
+                self._unshare(ih)
+                said.append("no longer seeded")
+            elif isinstance(action, DeleteData) and path is not None:
+                try:
+                    await self.run_blocking(delete_data, path)
+                except OSError as e:
+                    raise CommandFailed(f"{meta.name}: {'; '.join(said)}; but cannot delete {path}:"
+                                        f" {e.strerror or e}") from None
+                said.append(f"deleted {path}")
+        if path is not None and not delete and verb in ("stop-seeding", "remove"):
+            said.append(f"the file stays at {path}")
         self._release_unused()
-        await self.run_blocking(forget_partial, self.folder, ih, not delete)
-        kept = ("its partial data is deleted" if delete else
-                f"its verified pieces stay in {INCOMPLETE}/ for a later download of it")
-        return f"removed {meta.name}: {told}; forgotten, {kept}"
+        return f"{PAST[verb]} {meta.name}: {'; '.join(said)}"
 
     def exit(self) -> Deferred[str]:
         """Leave the tracker (EXIT), then stop; the answer says whether the tracker acknowledged it."""
