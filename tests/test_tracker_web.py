@@ -12,12 +12,17 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from treq.testing import StubTreq
+from twisted.internet.defer import fail
+from twisted.internet.task import Clock
 
 from p2ptorrent.config import Config
 from p2ptorrent.tracker import view
 from p2ptorrent.tracker.changes import apply
 from p2ptorrent.tracker.events import EVENTS_KEPT, EventRing
+from p2ptorrent.tracker.http import TrackerHTTP
 from p2ptorrent.tracker.metrics import CONTENT_TYPE_LATEST
+from p2ptorrent.tracker.sqlite_store import SqliteStore
 from p2ptorrent.tracker.state import Exit, Own, Register, SwarmState
 from trackerkit import CFG, H1, H2, URL, Harness, result
 
@@ -288,3 +293,46 @@ def test_each_tracker_has_its_own_registry(tmp_path: Path) -> None:
     one.join(1)
     assert requests(metrics(one), "REGISTER") == 1
     assert requests(metrics(two), "REGISTER") == 0
+
+
+# ---------------------------------------------------------------- the SQLite store (the default): commits
+
+
+class SqliteTracker:
+    """TrackerHTTP on the SQLite store, on a Clock (a reactor without threads: each commit runs in-line)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.clock = Clock()
+        self.store = SqliteStore(folder, self.clock)
+        self.web = TrackerHTTP(SwarmState(CFG, random.Random(3)), self.store, self.clock, CFG)
+        self.stub = StubTreq(self.web.resource())
+
+    def call(self, method: str, path: str, doc: Any = None) -> tuple[int, bytes]:
+        d = self.stub.request(method, URL.rstrip("/") + path, data=None if doc is None else json.dumps(doc).encode())
+        self.clock.advance(0)  # the group commit starts at the next turn of the reactor
+        self.stub.flush()
+        response = result(d)
+        return response.code, result(response.content())
+
+
+def samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+
+
+def test_sqlite_commits_are_counted_and_timed_and_the_page_reads_the_state(tmp_path: Path) -> None:
+    t = SqliteTracker(tmp_path)
+    code, body = t.call("POST", "/", {"mode": 0, "node_id": 1, "port": 9001})
+    assert code == 200
+    m = samples(t.call("GET", "/metrics")[1])
+    assert m[("p2ptracker_saves_total", (("outcome", "ok"),))] == 1
+    assert m[("p2ptracker_save_seconds_count", ())] == 1
+    assert requests(m, "REGISTER") == 1
+    assert [n["node_id"] for n in json.loads(t.call("GET", "/api/nodes")[1])["nodes"]] == [1]
+    # A commit that fails: the request is answered 503 and counted as an error, the save as failed.
+    t.store.write = lambda rows: fail(OSError(28, "No space left on device"))  # type: ignore[method-assign]
+    code, _ = t.call("POST", "/", {"mode": 0, "node_id": 2, "port": 9002})
+    assert code == 503
+    m = samples(t.call("GET", "/metrics")[1])
+    assert m[("p2ptracker_saves_total", (("outcome", "error"),))] == 1
+    assert requests(m, "REGISTER", "error") == 1

@@ -460,9 +460,10 @@ class TrackerHTTP:
         return self._current(request, render)
 
     @app.route("/api/events", methods=["GET"])
-    def api_events(self, request: IRequest) -> bytes:
+    def api_events(self, request: IRequest) -> bytes | Deferred[bytes]:
         """The recent events, newest first."""
-        return _json(request, 200, {"ok": True, "events": view.events(self.events, self.reactor.seconds())})
+        return self._current(request, lambda r: _json(r, 200, {
+            "ok": True, "events": view.events(self.events, self.reactor.seconds())}))
 
     @app.route("/metrics", methods=["GET"])
     def prometheus(self, request: IRequest) -> bytes:
