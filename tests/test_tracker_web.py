@@ -192,6 +192,19 @@ def test_view_caps_rows_and_counts_the_total_without_sorting_the_swarm() -> None
         assert set(row) == {"node_id", "host", "port", "files", "frequency", "last_seen", "last_seen_ago"}
 
 
+def test_the_page_asks_the_state_for_its_rows_only() -> None:
+    """At 100k nodes the page reads 200 of them (and the counts), never the whole swarm."""
+    state = _state(100_000)
+    asked: list[tuple[str, int, int]] = []
+    for name in ("recent_nodes", "recent_files"):
+        real = getattr(state, name)
+        setattr(state, name, lambda offset, limit, real=real, name=name: asked.append((name, offset, limit))
+                or real(offset, limit))
+    doc = view.page(state, EventRing(), 0.0, view.Paging(), 5, clients=0)
+    assert asked == [("recent_nodes", 0, 200), ("recent_files", 0, 200)]
+    assert (doc["nodes"]["total"], len(doc["nodes"]["nodes"]), doc["nodes"]["pages"]) == (100_000, 200, 500)
+
+
 def test_view_page_holds_nodes_files_events_and_the_refresh() -> None:
     state = _state(3)
     ring = EventRing()
