@@ -59,7 +59,7 @@ from p2ptorrent.tracker.changes import Outcome, apply
 from p2ptorrent.tracker.events import EventRing
 from p2ptorrent.tracker.metrics import CONTENT_TYPE_LATEST, TrackerMetrics
 from p2ptorrent.tracker.redis_store import RedisSwarm
-from p2ptorrent.tracker.sqlite_store import SNAPSHOT_INTERVAL, GroupCommit, SqliteStore
+from p2ptorrent.tracker.sqlite_store import SNAPSHOT_INTERVAL, GroupCommit, Rows, SqliteStore
 from p2ptorrent.tracker.store import JsonStore
 
 #: Refusals logged one by one per address between two liveness checks; the rest are only counted
@@ -76,7 +76,8 @@ TEMPLATES = Environment(loader=PackageLoader("p2ptorrent.tracker", "templates"),
 
 
 class TrackerHTTP:
-    """``POST /`` runs one tracker request, ``GET /`` answers a summary."""
+    """``POST /`` runs one tracker request; ``GET /`` answers a summary (JSON) or the web page (a browser);
+    ``/api/*`` the page's data as JSON (view.py) and ``/metrics`` Prometheus's scrape (metrics.py)."""
 
     app = Klein()
     log = Logger()
@@ -140,7 +141,7 @@ class TrackerHTTP:
             "p2ptracker_open_connections": self.open_connections(),
         }
 
-    def _timed_write(self, rows: Any) -> Deferred[None]:
+    def _timed_write(self, rows: Rows) -> Deferred[None]:
         """The SQLite store's commit, timed for the metrics."""
         assert isinstance(self.store, SqliteStore)
         started = self.reactor.seconds()
