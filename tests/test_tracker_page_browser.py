@@ -114,3 +114,11 @@ def test_the_page_lists_the_swarm_refreshes_itself_and_shows_hostile_names_as_te
     if wanted:
         shutil.copyfile(shot, wanted)
     print(f"screenshot: {shot}")
+
+    # A file's info hash leads to its owners, the partial one with its progress.
+    page.get_by_role("link", name="ab" * 20).click()
+    owners = page.locator("#owners")
+    expect(owners).to_contain_text("127.0.0.1:9001")
+    expect(owners).to_contain_text("900 of 2916 pieces")
+    expect(owners).to_contain_text("30.9 %")
+    expect(page.locator("h1")).to_have_text("ubuntu-24.04-desktop-amd64.iso")

@@ -349,3 +349,33 @@ def test_sqlite_commits_are_counted_and_timed_and_the_page_reads_the_state(tmp_p
     m = samples(t.call("GET", "/metrics")[1])
     assert m[("p2ptracker_saves_total", (("outcome", "error"),))] == 1
     assert requests(m, "REGISTER", "error") == 1
+
+
+# ---------------------------------------------------------------- one file's page
+
+
+def test_a_files_page_lists_its_owners_with_their_progress(tracker: Harness) -> None:
+    swarm(tracker)
+    code, body, response = get(tracker, "/", BROWSER_ACCEPT)
+    assert f'href="/files/{H1}"'.encode() in body
+    code, body, response = get(tracker, f"/files/{H1}")
+    page = body.decode()
+    assert (code, content_type(response)) == (200, "text/html; charset=utf-8")
+    assert "<h1 class=\"name\">movie.mkv</h1>" in page and "3.0 MiB" in page
+    assert "the whole file" in page and "1 of 3 pieces" in page and 'value="33.3"' in page
+    assert page.count("<tr><td class=\"num\">") == 2  # node 1 and node 2
+
+
+def test_a_files_page_shows_a_hostile_name_as_text(tracker: Harness) -> None:
+    swarm(tracker)
+    code, body, _ = get(tracker, f"/files/{H2}")
+    assert code == 200 and b"<script>" not in body
+    assert b"&lt;script&gt;window.__pwned=1&lt;/script&gt;&amp;amp;" in body
+
+
+def test_a_files_page_for_an_unknown_file_is_404_and_a_malformed_hash_400(tracker: Harness) -> None:
+    swarm(tracker)
+    code, body, response = get(tracker, "/files/" + "ef" * 20)
+    assert (code, content_type(response)) == (404, "text/html; charset=utf-8") and b"ef" * 20 in body
+    code, body, _ = get(tracker, "/files/%3Cscript%3E")
+    assert code == 400 and b"<script>" not in body

@@ -428,12 +428,8 @@ class TrackerHTTP:
         args = cast(Any, request).args
         doc = view.page(self.state, self.events, self.reactor.seconds(), view.paging(args),
                         view.refresh_seconds(args), len(self.clients))
-        body = TEMPLATES.get_template("tracker.html").render(doc).encode("utf-8")
-        request.setResponseCode(200)
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        request.setHeader(b"content-length", b"%d" % len(body))
         request.setHeader(b"vary", b"Accept")
-        return body
+        return _html(request, 200, TEMPLATES.get_template("tracker.html").render(doc))
 
     @app.route("/api/nodes", methods=["GET"])
     def api_nodes(self, request: IRequest) -> bytes | Deferred[bytes]:
@@ -446,6 +442,20 @@ class TrackerHTTP:
         """A page of known files, newest first."""
         return self._current(request, lambda r: _json(r, 200, {
             "ok": True, **view.files(self.state, view.paging(cast(Any, r).args))}))
+
+    @app.route("/files/<string:info_hash>", methods=["GET"])
+    def file_page(self, request: IRequest, info_hash: str) -> bytes | Deferred[bytes]:
+        """One file's page: its owners, partial ones with their progress (HTML; the same as JSON at /api/files/HASH)."""
+
+        def render(r: IRequest) -> bytes:
+            wanted = view.info_hash_of(info_hash)
+            args = cast(Any, r).args
+            doc = view.file(self.state, wanted, view.paging(args))
+            if doc is None:
+                return _html(r, 404, TEMPLATES.get_template("missing.html").render(info_hash=wanted))
+            return _html(r, 200, TEMPLATES.get_template("file.html").render(file=doc, refresh=view.refresh_seconds(args)))
+
+        return self._current(request, render)
 
     @app.route("/api/files/<string:info_hash>", methods=["GET"])
     def api_file(self, request: IRequest, info_hash: str) -> bytes | Deferred[bytes]:
@@ -726,6 +736,14 @@ def _viewed(request: IRequest, render: Callable[[IRequest], bytes]) -> bytes:
         return render(request)
     except view.BadQuery as e:
         return _json(request, 400, {"ok": False, "error": str(e)})
+
+
+def _html(request: IRequest, status: int, text: str) -> bytes:
+    body = text.encode("utf-8")
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"text/html; charset=utf-8")
+    request.setHeader(b"content-length", b"%d" % len(body))
+    return body
 
 
 def _json(request: IRequest, status: int, doc: dict[str, Any]) -> bytes:
