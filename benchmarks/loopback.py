@@ -15,8 +15,9 @@ its start, so start-up and seeding are included) are read; "dl cpu" is the
 CPU each process spent while the download command ran.
 
 One row per run, then the medians.  MB/s counts 1e6 bytes.  `--chunk N` sets
-CHUNK_PIECES_SIZE to N and BUFFER_SIZE to N + 32 on every node (the default
-is 7216 / 9216).
+CHUNK_PIECES_SIZE to N and BUFFER_SIZE to N plus a block's header (wire.BLOCK_OVERHEAD)
+on every node; without it the nodes run with their defaults (CHUNK_PIECES_SIZE 1400,
+BUFFER_SIZE 9216).
 """
 
 from __future__ import annotations

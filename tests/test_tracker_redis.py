@@ -254,6 +254,41 @@ def test_a_node_joins_through_one_tracker_and_is_found_through_the_other(tracker
     assert state.node_ids() == [2] and counts["changes"] >= 8
 
 
+def _get(port: int, path: str, accept: str = "application/json") -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Accept": accept})
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def test_every_tracker_of_a_shared_swarm_shows_it_on_its_page_api_and_metrics(trackers: Trackers) -> None:
+    trackers.start_tracker("a")
+    trackers.start_tracker("b")
+    a, b = trackers.api("a"), trackers.api("b")
+    h = info_hash(7)
+    token = a.ok({"mode": 0, "node_id": 1, "port": 6001})["token"]
+    b.ok({"mode": 1, "node_id": 1, "token": token, "info_hash": h, "name": "<b>film</b>.mkv", "length": 1234})
+    for name in ("a", "b"):
+        port = trackers.ports[name]
+        nodes = json.loads(_get(port, "/api/nodes")[1])
+        assert [(n["node_id"], n["port"], n["files"]) for n in nodes["nodes"]] == [(1, 6001, 1)]
+        file = json.loads(_get(port, f"/api/files/{h}")[1])
+        assert (file["name"], file["complete"], [o["node_id"] for o in file["owners"]["owners"]]) == (
+            "<b>film</b>.mkv", 1, [1])
+        # The events come from the shared log: both trackers saw the join and the new file.
+        events = json.loads(_get(port, "/api/events")[1])["events"]
+        assert [e["kind"] for e in events] == ["file", "join"]
+        code, page = _get(port, "/", "text/html")
+        assert code == 200 and "&lt;b&gt;film&lt;/b&gt;.mkv" in page and token not in page
+        metrics = _get(port, "/metrics")[1]
+        assert "p2ptracker_nodes 1.0" in metrics and "p2ptracker_files 1.0" in metrics
+    assert 'p2ptracker_requests_total{mode="REGISTER",outcome="ok"} 1.0' in _get(trackers.ports["a"], "/metrics")[1]
+    assert 'p2ptracker_requests_total{mode="OWN",outcome="ok"} 1.0' in _get(trackers.ports["b"], "/metrics")[1]
+
+
 def test_a_tracker_killed_under_load_loses_nothing_it_acknowledged(trackers: Trackers) -> None:
     """Load through a; a is killed with SIGKILL at seeded random moments and started again, three times.
 

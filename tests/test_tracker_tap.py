@@ -13,6 +13,7 @@ import pytest_twisted
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IServiceMaker
 from twisted.internet.defer import Deferred
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python import usage
@@ -262,6 +263,11 @@ async def test_over_real_tcp(tmp_path: Path) -> None:
 
         response = await http.get(url + "/")
         assert json.loads(await response.content()) == {"ok": True, "nodes": 1, "files": 1}
+        # /metrics counts the open connections through the site (at least the one asking).
+        response = await http.get(url + "/metrics")
+        gauges = {s.name: s.value for f in text_string_to_metric_families((await response.content()).decode())
+                  for s in f.samples}
+        assert gauges["p2ptracker_open_connections"] >= 1 and gauges["p2ptracker_nodes"] == 1
         await client.exit()
     finally:
         await service.stopService()

@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass, fields, replace
 from typing import Any, Union
 
+from p2ptorrent.tracker.events import EventRing
 from p2ptorrent.tracker.state import (
     Exit,
     Own,
@@ -80,12 +81,27 @@ class Change:
 
 
 def apply(state: SwarmState, request: Changing | Check | Drop, host: str | None, now: float,
-          fresh_token: str | None = None) -> Outcome:
+          fresh_token: str | None = None, events: EventRing | None = None) -> Outcome:
     """Apply one change; raises :class:`TrackerError` (and changes nothing) if the rules refuse it.
 
     A Check only counts the check: the nodes it made due are dropped by
     later Drop changes (or, on one tracker, by ``state.drop_silent`` in slices).
+    What the change did goes into *events* (the web page's recent events).
     """
+    new_file = None
+    if events is not None and isinstance(request, Own) and not state.has_file(request.info_hash):
+        new_file = request.name
+    outcome = _apply(state, request, host, now, fresh_token)
+    if events is not None:
+        if isinstance(request, Drop):
+            events.dropped(outcome if isinstance(outcome, list) else [], now)
+        else:
+            events.note(request, outcome, now, new_file)
+    return outcome
+
+
+def _apply(state: SwarmState, request: Changing | Check | Drop, host: str | None, now: float,
+           fresh_token: str | None) -> Outcome:
     if isinstance(request, Register):
         if host is None:
             raise TrackerError(400, "cannot tell the address of this connection")
@@ -107,10 +123,10 @@ def apply(state: SwarmState, request: Changing | Check | Drop, host: str | None,
     return None
 
 
-def apply_change(state: SwarmState, change: Change) -> Outcome:
+def apply_change(state: SwarmState, change: Change, events: EventRing | None = None) -> Outcome:
     """Apply a change read from the log (see :func:`apply`)."""
     fresh = TokenDigest(change.fresh_digest) if change.fresh_digest is not None else None
-    return apply(state, change.request, change.host, change.now, fresh)
+    return apply(state, change.request, change.host, change.now, fresh, events)
 
 
 def to_change(request: Changing | Check | Drop, host: str | None, now: float, fresh_token: str | None = None) -> Change:

@@ -14,8 +14,9 @@ import ipaddress
 import json
 import random
 from collections import Counter
-from typing import Any, cast
+from typing import Any, Callable, cast
 
+from jinja2 import Environment, PackageLoader, select_autoescape
 from klein import Klein
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -53,9 +54,12 @@ from p2ptorrent.tracker.bep import (
     parse_announce,
     parse_scrape,
 )
+from p2ptorrent.tracker import view
 from p2ptorrent.tracker.changes import Outcome, apply
+from p2ptorrent.tracker.events import EventRing
+from p2ptorrent.tracker.metrics import CONTENT_TYPE_LATEST, TrackerMetrics
 from p2ptorrent.tracker.redis_store import RedisSwarm
-from p2ptorrent.tracker.sqlite_store import SNAPSHOT_INTERVAL, GroupCommit, SqliteStore
+from p2ptorrent.tracker.sqlite_store import SNAPSHOT_INTERVAL, GroupCommit, Rows, SqliteStore
 from p2ptorrent.tracker.store import JsonStore
 
 #: Refusals logged one by one per address between two liveness checks; the rest are only counted
@@ -66,9 +70,14 @@ REFUSAL_HOSTS_TRACKED = 1024
 #: Node ids the info line of a liveness check names (the rest are counted, and logged at debug).
 DROPPED_IDS_LOGGED = 20
 
+#: The web page's templates, shipped as package data; autoescape on, so a file named ``<script>`` is text.
+TEMPLATES = Environment(loader=PackageLoader("p2ptorrent.tracker", "templates"), autoescape=select_autoescape(
+    default=True, default_for_string=True))
+
 
 class TrackerHTTP:
-    """``POST /`` runs one tracker request, ``GET /`` answers a summary."""
+    """``POST /`` runs one tracker request; ``GET /`` answers a summary (JSON) or the web page (a browser);
+    ``/api/*`` the page's data as JSON (view.py) and ``/metrics`` Prometheus's scrape (metrics.py)."""
 
     app = Klein()
     log = Logger()
@@ -86,8 +95,6 @@ class TrackerHTTP:
         #: With the SQLite store: answers wait for the commit that holds their change (see sqlite_store.py).
         self.commit: GroupCommit | None = None
         self._snapshots: LoopingCall | None = None
-        if isinstance(store, SqliteStore):
-            self.commit = GroupCommit(state, store.write, lambda f: reactor.callLater(0, f))
         #: Heartbeats and dropped nodes come by the thousand: their debug lines are not even built at other levels.
         self._log_every_request = settings.LOG_LEVEL == "debug"
         # Per address since the last liveness check: refusals logged, and refusals only counted.
@@ -108,9 +115,42 @@ class TrackerHTTP:
         )
         self._expiring: IDelayedCall | None = None
         self._clients_expired = 0
+        #: Joins, exits, drops, new files: the web page's recent events (with Redis: the store's, filled as
+        #: the log is applied, so every tracker of the swarm shows the same).
+        self.events = self.shared.events if self.shared is not None else EventRing()
+        #: Open HTTP connections (the site's count, set by the tap once the site exists).
+        self.open_connections: Callable[[], int] = lambda: 0
+        self.metrics = TrackerMetrics(self._gauges)
+        if self.shared is not None:
+            self.shared.on_saved = self.metrics.saved
+        if isinstance(store, SqliteStore):
+            self.commit = GroupCommit(state, self._timed_write, lambda f: reactor.callLater(0, f))
 
     def resource(self) -> IResource:
         return TrackerResource(self, self.app.resource())
+
+    def _gauges(self) -> dict[str, float]:
+        """The metrics read when Prometheus scrapes (O(files) for the owners, never O(nodes))."""
+        summary = self.state.summary()
+        owners, partial = self.state.ownerships()
+        return {
+            "p2ptracker_nodes": summary["nodes"], "p2ptracker_files": summary["files"],
+            "p2ptracker_owners": owners, "p2ptracker_partial_owners": partial,
+            "p2ptracker_bittorrent_clients": len(self.clients),
+            "p2ptracker_bittorrent_torrents": self.clients.torrents(),
+            "p2ptracker_open_connections": self.open_connections(),
+        }
+
+    def _timed_write(self, rows: Rows) -> Deferred[None]:
+        """The SQLite store's commit, timed for the metrics."""
+        assert isinstance(self.store, SqliteStore)
+        started = self.reactor.seconds()
+
+        def done(result: Any) -> Any:
+            self.metrics.saved(not isinstance(result, Failure), self.reactor.seconds() - started)
+            return result
+
+        return self.store.write(rows).addBoth(done)
 
     # ---- life cycle (called by the service in tap.py)
 
@@ -201,12 +241,15 @@ class TrackerHTTP:
         revision = self.state.revision
         if revision == self._saved_revision:
             return
+        started = self.reactor.seconds()
         try:
             nodes_doc, files_doc = self.state.snapshot()
             self.store.save(nodes_doc, files_doc)
         except Exception:
+            self.metrics.saved(False, self.reactor.seconds() - started)
             self.log.failure("could not save the tracker database in {folder}", folder=str(self.store.folder))
             return
+        self.metrics.saved(True, self.reactor.seconds() - started)
         self._saved_revision = revision
 
     def check_liveness(self) -> None:
@@ -239,6 +282,7 @@ class TrackerHTTP:
         self._dropping = None
         try:
             dropped = self.state.drop_silent(self.settings.TRACKER_DROP_SLICE)
+            self.events.dropped(dropped, self.reactor.seconds())
             for node_id in dropped if self._log_every_request else ():
                 self.log.debug(
                     "dropped node {node_id}: no REGISTER across {checks} liveness checks",
@@ -260,6 +304,7 @@ class TrackerHTTP:
 
     def _log_dropped(self, dropped: list[int]) -> None:
         dropped = sorted(dropped)
+        self.metrics.dropped.inc(len(dropped))
         if dropped:
             more = len(dropped) - DROPPED_IDS_LOGGED
             self.log.info(
@@ -293,29 +338,49 @@ class TrackerHTTP:
     def post(self, request: IRequest) -> bytes | Deferred[bytes]:
         host: str | None = None
         parsed: Request | None = None
+        started = self.reactor.seconds()
         try:
             host = _client_host(request)
             body = self._read_body(request)
             parsed = parse_request(body, self.settings)
             if self.shared is not None:
-                return self._shared(request, parsed, host)
+                return self._shared(request, parsed, host, started)
             answer = self._dispatch(parsed, host)
         except TrackerError as e:
             self._log_refusal(parsed, host, e)
+            self._observe(parsed, None, "refused", started)
             return _json(request, e.status, {"ok": False, "error": e.message})
         except Exception:
             self.log.failure("failed on a request from {host}", host=host)
+            self._observe(parsed, None, "error", started)
             return _json(request, 500, {"ok": False, "error": "internal error in the tracker"})
         # Answered once the change is saved: an acknowledged change survives a kill -9.
         done = self.durable()
         if done.called and not self.commit:
+            self._observe(parsed, answer, "ok", started)
             return _json(request, 200, {"ok": True, **answer})
-        return done.addCallbacks(
-            lambda _: _json(request, 200, {"ok": True, **answer}),
-            lambda _: _json(request, 503, {"ok": False, "error": "the tracker could not save this change: try again"}),
-        )
 
-    def _shared(self, request: IRequest, parsed: Request, host: str | None) -> Deferred[bytes]:
+        def saved(_: Any) -> bytes:
+            self._observe(parsed, answer, "ok", started)
+            return _json(request, 200, {"ok": True, **answer})
+
+        def unsaved(_: Any) -> bytes:
+            self._observe(parsed, answer, "error", started)
+            return _json(request, 503, {"ok": False, "error": "the tracker could not save this change: try again"})
+
+        return done.addCallbacks(saved, unsaved)
+
+    def _observe(self, req: Request | None, answer: dict[str, Any] | None, outcome: str, started: float) -> None:
+        """Count and time one node request for the metrics (a REGISTER of a known node is a heartbeat)."""
+        if req is None:
+            mode = "invalid"
+        elif isinstance(req, Register) and answer is not None and answer.get("new") is False:
+            mode = "heartbeat"
+        else:
+            mode = type(req).__name__.upper()
+        self.metrics.request(mode, outcome, self.reactor.seconds() - started)
+
+    def _shared(self, request: IRequest, parsed: Request, host: str | None, started: float) -> Deferred[bytes]:
         """A request on the Redis store: a change is answered once this tracker applied it from the shared log;
         a NEED once this tracker applied every change logged before it."""
         assert self.shared is not None
@@ -334,19 +399,91 @@ class TrackerHTTP:
                               mode=type(parsed).__name__.upper(), why=failure.getErrorMessage())
                 error = TrackerError(503, "the tracker could not confirm this change with its store: try again")
             self._log_refusal(parsed, host, error)
+            self._observe(parsed, None, "error" if error.status >= 500 else "refused", started)
             return _json(request, error.status, {"ok": False, "error": error.message})
 
-        return d.addCallbacks(lambda answer: _json(request, 200, {"ok": True, **answer}), refused)
+        def answered(answer: dict[str, Any]) -> bytes:
+            self._observe(parsed, answer, "ok", started)
+            return _json(request, 200, {"ok": True, **answer})
+
+        return d.addCallbacks(answered, refused)
 
     @app.route("/", methods=["GET"])
     def get(self, request: IRequest) -> bytes | Deferred[bytes]:
+        """The summary in JSON, as always; the web page for a client that prefers HTML (a browser)."""
+        if view.wants_html(_header(request, b"accept")):
+            return self._current(request, self._page)
+        return self._current(request, lambda r: _json(r, 200, {"ok": True, **self.state.summary()}))
+
+    def _current(self, request: IRequest, render: Callable[[IRequest], bytes]) -> bytes | Deferred[bytes]:
+        """*render* now, or on a shared swarm once this tracker applied every change logged before the request."""
         if self.shared is None:
-            return _json(request, 200, {"ok": True, **self.state.summary()})
-        # On a shared swarm: as of every change logged before the request.
+            return _viewed(request, render)
         return self.shared.caught_up().addCallbacks(
-            lambda _: _json(request, 200, {"ok": True, **self.state.summary()}),
+            lambda _: _viewed(request, render),
             lambda f: _json(request, 503, {"ok": False, "error": "the tracker could not reach its store: try again"}),
         )
+
+    def _page(self, request: IRequest) -> bytes:
+        args = cast(Any, request).args
+        doc = view.page(self.state, self.events, self.reactor.seconds(), view.paging(args),
+                        view.refresh_seconds(args), len(self.clients))
+        request.setHeader(b"vary", b"Accept")
+        return _html(request, 200, TEMPLATES.get_template("tracker.html").render(doc))
+
+    @app.route("/api/nodes", methods=["GET"])
+    def api_nodes(self, request: IRequest) -> bytes | Deferred[bytes]:
+        """A page of live nodes (``?page=``, ``?limit=``), last heartbeat first."""
+        return self._current(request, lambda r: _json(r, 200, {
+            "ok": True, **view.nodes(self.state, self.reactor.seconds(), view.paging(cast(Any, r).args))}))
+
+    @app.route("/api/files", methods=["GET"])
+    def api_files(self, request: IRequest) -> bytes | Deferred[bytes]:
+        """A page of known files, newest first."""
+        return self._current(request, lambda r: _json(r, 200, {
+            "ok": True, **view.files(self.state, view.paging(cast(Any, r).args))}))
+
+    @app.route("/files/<string:info_hash>", methods=["GET"])
+    def file_page(self, request: IRequest, info_hash: str) -> bytes | Deferred[bytes]:
+        """One file's page: its owners, partial ones with their progress (HTML; the same as JSON at /api/files/HASH)."""
+
+        def render(r: IRequest) -> bytes:
+            wanted = view.info_hash_of(info_hash)
+            args = cast(Any, r).args
+            doc = view.file(self.state, wanted, view.paging(args))
+            if doc is None:
+                return _html(r, 404, TEMPLATES.get_template("missing.html").render(info_hash=wanted))
+            return _html(r, 200, TEMPLATES.get_template("file.html").render(file=doc, refresh=view.refresh_seconds(args)))
+
+        return self._current(request, render)
+
+    @app.route("/api/files/<string:info_hash>", methods=["GET"])
+    def api_file(self, request: IRequest, info_hash: str) -> bytes | Deferred[bytes]:
+        """One file and a page of its owners with their progress: 400 for a malformed hash, 404 unknown."""
+
+        def render(r: IRequest) -> bytes:
+            wanted = view.info_hash_of(info_hash)
+            doc = view.file(self.state, wanted, view.paging(cast(Any, r).args))
+            if doc is None:
+                return _json(r, 404, {"ok": False, "error": f"no file with info hash {wanted}"})
+            return _json(r, 200, {"ok": True, **doc})
+
+        return self._current(request, render)
+
+    @app.route("/api/events", methods=["GET"])
+    def api_events(self, request: IRequest) -> bytes | Deferred[bytes]:
+        """The recent events, newest first."""
+        return self._current(request, lambda r: _json(r, 200, {
+            "ok": True, "events": view.events(self.events, self.reactor.seconds())}))
+
+    @app.route("/metrics", methods=["GET"])
+    def prometheus(self, request: IRequest) -> bytes:
+        """Prometheus's scrape (metrics.py)."""
+        body = self.metrics.exposition()
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return body
 
     @app.handle_errors(MethodNotAllowed)
     def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
@@ -365,6 +502,7 @@ class TrackerHTTP:
         """BEP 3 announce: always 200 and bencoded, a refusal as ``failure reason``."""
         host = _client_host(request)
         self._requests["ANNOUNCE"] += 1
+        started = self.reactor.seconds()
         try:
             req = parse_announce(cast(Any, request).args, host)
             clients = self.clients
@@ -374,10 +512,13 @@ class TrackerHTTP:
             else:
                 body = encode_announce(clients.announce(req, self.reactor.seconds()), req)
         except BepRefusal as e:
+            self.metrics.request("announce", "refused", self.reactor.seconds() - started)
             return self._bep_refusal(request, "ANNOUNCE", host, str(e))
         except Exception:
             self.log.failure("failed on an announce from {host}", host=host)
+            self.metrics.request("announce", "error", self.reactor.seconds() - started)
             return _bencoded(request, encode_failure("internal error in the tracker"))  # BEP 3: never a 5xx
+        self.metrics.request("announce", "ok", self.reactor.seconds() - started)
         if self._log_every_request:
             self.log.debug("announce from {host}:{port} for {info_hash} ({event})", host=host, port=req.port,
                            info_hash=req.info_hash.hex(), event=req.event or "interval")
@@ -386,14 +527,18 @@ class TrackerHTTP:
     def scrape(self, request: IRequest) -> bytes:
         """BEP 48 scrape of the info hashes named (BitTorrent clients only: nodes are not counted)."""
         self._requests["SCRAPE"] += 1
+        started = self.reactor.seconds()
         try:
             hashes = parse_scrape(cast(Any, request).args)
             body = encode_scrape(self.clients.scrape(hashes))
         except BepRefusal as e:
+            self.metrics.request("scrape", "refused", self.reactor.seconds() - started)
             return self._bep_refusal(request, "SCRAPE", _client_host(request), str(e))
         except Exception:
             self.log.failure("failed on a scrape")
+            self.metrics.request("scrape", "error", self.reactor.seconds() - started)
             return _bencoded(request, encode_failure("internal error in the tracker"))
+        self.metrics.request("scrape", "ok", self.reactor.seconds() - started)
         return _bencoded(request, body)
 
     def _bep_refusal(self, request: IRequest, kind: str, host: str | None, reason: str) -> bytes:
@@ -405,6 +550,8 @@ class TrackerHTTP:
         """A request answered outside HTTP (BEP 15 datagrams, udp.py), in the next liveness check's counts line."""
         self._requests[kind] += 1
         self._refused += refused
+        # "UDP ANNOUNCE" -> udp_announce (not timed: answered as the datagram is read)
+        self.metrics.request(kind.lower().replace(" ", "_"), "refused" if refused else "ok")
 
     def _expire_clients(self) -> None:
         """Forget BitTorrent clients that stopped announcing, a TRACKER_DROP_SLICE at a time per turn."""
@@ -437,7 +584,8 @@ class TrackerHTTP:
 
     def _dispatch(self, req: Request, host: str | None) -> dict[str, Any]:
         self._requests[type(req).__name__.upper()] += 1
-        outcome = None if isinstance(req, Need) else apply(self.state, req, host, self.reactor.seconds())
+        outcome = None if isinstance(req, Need) else apply(self.state, req, host, self.reactor.seconds(),
+                                                           events=self.events)
         return self._answer(req, outcome, host)
 
     def _answer(self, req: Request, outcome: Outcome, host: str | None) -> dict[str, Any]:
@@ -575,6 +723,27 @@ def _client_host(request: IRequest) -> str | None:
     if not trusted:
         return peer
     return client_address(peer, request.requestHeaders.getRawHeaders(b"x-forwarded-for"), trusted)
+
+
+def _header(request: IRequest, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return None if value is None else value.decode("latin-1")
+
+
+def _viewed(request: IRequest, render: Callable[[IRequest], bytes]) -> bytes:
+    """A read-only view, or 400 JSON for a bad query (a page number, a malformed info hash)."""
+    try:
+        return render(request)
+    except view.BadQuery as e:
+        return _json(request, 400, {"ok": False, "error": str(e)})
+
+
+def _html(request: IRequest, status: int, text: str) -> bytes:
+    body = text.encode("utf-8")
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"text/html; charset=utf-8")
+    request.setHeader(b"content-length", b"%d" % len(body))
+    return body
 
 
 def _json(request: IRequest, status: int, doc: dict[str, Any]) -> bytes:

@@ -60,6 +60,7 @@ from p2ptorrent.tracker.changes import (
     encode,
     to_change,
 )
+from p2ptorrent.tracker.events import EventRing
 from p2ptorrent.tracker.state import TOKEN_BYTES, Register, Registration, SwarmState, TrackerError, proposed_token
 
 #: Every key the store uses starts with this.
@@ -272,6 +273,10 @@ class RedisSwarm:
         #: Nodes dropped by checks this tracker appended, since the caller last took the count.
         self.dropped = 0
         self.on_dropped: Callable[[list[int]], None] = lambda ids: None
+        #: Told of each write of the rows: whether it worked, and how long it took (the tracker's metrics).
+        self.on_saved: Callable[[bool, float], None] = lambda ok, seconds: None
+        #: The recent events of the swarm, as this tracker applies the log (the web page shows them).
+        self.events = EventRing()
 
     # ---- life cycle
 
@@ -566,7 +571,7 @@ class RedisSwarm:
             self._settle(seq, mine, Failure(TrackerError(500, "this change could not be read back")))
             return False
         try:
-            outcome: Outcome | Failure = apply_change(self.state, change)
+            outcome: Outcome | Failure = apply_change(self.state, change, self.events)
         except TrackerError as e:
             outcome = Failure(e)
         request = change.request
@@ -678,6 +683,7 @@ class RedisSwarm:
             self._unsaved = (set(), set(), set())
         stage = [f"{PREFIX}stage:{self.origin}:{k}" for k in ("nodes", "epochs", "files")]
         written = False
+        started = self.reactor.seconds()
         try:
             if not (nodes or files or epochs or full):
                 return
@@ -696,8 +702,13 @@ class RedisSwarm:
             file_lines = "\n".join(f"{h}\t{_row(state.file_entry(h))}" for h in late_files)
             args = [self.applied, self._applied_id, state.checks, RETENTION_MS, node_lines, marks, file_lines,
                     "1" if full else "0"]
-            result = await self._pool.eval(SAVE, keys=[META, NODES, EPOCHS, FILES, LOG, *stage], args=args)
+            try:
+                result = await self._pool.eval(SAVE, keys=[META, NODES, EPOCHS, FILES, LOG, *stage], args=args)
+            except Exception:
+                self.on_saved(False, self.reactor.seconds() - started)
+                raise
             written = str(result) == "1"
+            self.on_saved(True, self.reactor.seconds() - started)
         finally:
             self._saving = False
             if written:

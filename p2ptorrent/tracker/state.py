@@ -20,6 +20,7 @@ import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
+from itertools import islice
 from typing import Any, Iterable, Mapping, TypedDict, TypeGuard, Union
 
 from p2ptorrent.config import MAX_NODE_ID, Config
@@ -348,6 +349,29 @@ class OwnerInfo:
 
 
 @dataclass(frozen=True)
+class NodeRow:
+    """A live node as the web page shows it (no token, no digest)."""
+
+    node_id: int
+    host: str
+    port: int
+    frequency: int
+    files: int
+    last_seen: float
+
+
+@dataclass(frozen=True)
+class FileRow:
+    """A known file as the web page shows it: how many owners have it whole, and how many in part."""
+
+    info_hash: str
+    name: str
+    length: int
+    complete: int
+    partial: int
+
+
+@dataclass(frozen=True)
 class NeedResult:
     info_hash: str
     name: str | None
@@ -490,6 +514,9 @@ class SwarmState:
         node = self._nodes.get(node_id)
         return None if node is None else OwnerInfo(node["node_id"], node["host"], node["port"], node["frequency"])
 
+    def has_file(self, info_hash: str) -> bool:
+        return info_hash in self._files
+
     def owners(self, info_hash: str) -> frozenset[int]:
         file = self._files.get(info_hash)
         return frozenset() if file is None else frozenset(file.owners)
@@ -515,6 +542,49 @@ class SwarmState:
 
     def summary(self) -> dict[str, int]:
         return {"nodes": len(self._nodes), "files": len(self._files)}
+
+    # ---- reading for the web page and the metrics (view.py): a page costs its rows, never the whole swarm
+
+    def recent_nodes(self, offset: int, limit: int) -> list[NodeRow]:
+        """Live nodes, last REGISTER first (the order the state keeps them in: no sort over 100k nodes)."""
+        rows = []
+        for node in islice(reversed(self._nodes.values()), offset, offset + limit):
+            node_id = node["node_id"]
+            # (the node's index also holds files it only gave or got credits for)
+            owned = sum(1 for h in self._files_of.get(node_id, ()) if node_id in self._files[h].owners)
+            rows.append(NodeRow(node_id, node["host"], node["port"], node["frequency"], owned, node["last_seen"]))
+        return rows
+
+    def recent_files(self, offset: int, limit: int) -> list[FileRow]:
+        """Known files, newest first (the order they became known in)."""
+        return [_file_row(f) for f in islice(reversed(self._files.values()), offset, offset + limit)]
+
+    def file_row(self, info_hash: str) -> FileRow | None:
+        file = self._files.get(info_hash)
+        return None if file is None else _file_row(file)
+
+    def file_owners(self, info_hash: str, offset: int, limit: int) -> list[OwnerInfo]:
+        """A page of a file's owners, partial ones with their progress (in the owner set's order)."""
+        file = self._files.get(info_hash)
+        if file is None:
+            return []
+        owners = []
+        for owner in islice(file.owners, offset, offset + limit):
+            n = self._nodes[owner]
+            progress = file.partial.get(owner)
+            if progress is None:
+                owners.append(OwnerInfo(owner, n["host"], n["port"], n["frequency"]))
+            else:
+                owners.append(OwnerInfo(owner, n["host"], n["port"], n["frequency"], True, *progress))
+        return owners
+
+    def ownerships(self) -> tuple[int, int]:
+        """(owners, partial owners) summed over files: O(files), for a metrics scrape, not for requests."""
+        owners = partial = 0
+        for file in self._files.values():
+            owners += len(file.owners)
+            partial += len(file.partial)
+        return owners, partial
 
     def nodes_from(self, host: str) -> int:
         """How many live node records have this address."""
@@ -929,6 +999,10 @@ class SwarmState:
             if file.empty():
                 del self._files[info_hash]
         self.revision += 1
+
+
+def _file_row(f: _File) -> FileRow:
+    return FileRow(f.info_hash, f.name, f.length, len(f.owners) - len(f.partial), len(f.partial))
 
 
 def _node_entry(n: _Node) -> dict[str, Any]:

@@ -378,6 +378,7 @@ def _build(config: Options | dict[str, Any], reactor: Any) -> TrackerService:
     # The cap in all is set again at start, once the open-file limit is raised.
     policy = ConnectionPolicy.from_settings(settings)
     site = TrackerSite(tracker.resource(), settings.TRACKER_MAX_BODY, policy=policy, reactor=reactor)
+    tracker.open_connections = lambda: site.limits.count
     endpoint: IStreamServerEndpoint
     if config.get("reuse-port"):
         endpoint = ReusePortEndpoint(reactor, *config["bind"])
