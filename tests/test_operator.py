@@ -5,6 +5,7 @@ download mid-way for as long as the test looks, however fast the machine."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,23 @@ def test_each_verb_plans_its_actions_in_order_from_where_the_torrent_is() -> Non
                         ("stop-seeding", PAUSED)):
         with pytest.raises(Refused):
             plan(verb, where, "x")
+
+
+def test_a_pending_withdrawal_is_kept_on_disk_and_a_newer_own_replaces_it(tmp_path: Path) -> None:
+    from p2ptorrent.node.outbox import Outbox
+
+    path = tmp_path / ".outbox.json"
+    box = Outbox(path)
+    box.add_own("aa" * 20, "a.bin", 10)
+    box.add_withdraw("aa" * 20)  # the OWN not sent yet is dropped: withdrawn instead
+    assert (box.owns, box.withdraws, len(box)) == ({}, {"aa" * 20}, 1)
+    assert Outbox(path).withdraws == {"aa" * 20}
+    box.add_own("aa" * 20, "a.bin", 10)  # shared again: announced, not withdrawn
+    assert box.withdraws == set() and Outbox(path).withdraws == set()
+    box.add_withdraw("bb" * 20)
+    box.withdraw_done("bb" * 20)
+    box.own_done("aa" * 20)
+    assert len(box) == 0 and not path.exists()
 
 
 def test_upload_rates_need_two_marks_and_count_only_what_went_out_between() -> None:
@@ -256,3 +274,23 @@ async def test_remove_forgets_a_download_and_keeps_its_pieces_for_a_later_downlo
     share_everything()
     done = await node.download(str(torrent), lambda p: None)
     assert f"{SIZE - half} bytes fetched now" in done, done
+
+@pytest_twisted.ensureDeferred
+async def test_a_withdrawal_the_tracker_missed_is_sent_when_it_answers_again(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, extra=["--node-interval", "0.5"])
+    try:
+        [seeder], _, torrent = await _seeders(cluster, 1, MIB)
+        ih = read_torrent(str(torrent)).info_hash_hex
+        port = cluster.tracker_port
+        await defer.maybeDeferred(cluster.services[0].stopService)
+        said = await seeder.stop_seeding("data.bin")
+        assert said.startswith("stopped seeding data.bin: not withdrawn yet: ") and \
+            "it will be when the tracker answers; no longer seeded" in said, said
+        outbox = seeder.folder / ".outbox.json"
+        assert json.loads(outbox.read_text())["withdraw"] == [ih]  # kept across a restart of the node too
+        await cluster.start_tracker(port)  # the same database: it still holds node 1 as the file's owner
+        state = cluster.services[-1].tracker.state
+        await _until(lambda: not outbox.exists() and 1 not in state.owners(ih), "the withdrawal to reach the tracker")
+        assert 1 in state.node_ids()
+    finally:
+        await cluster.stop()

@@ -1,10 +1,12 @@
-"""What the tracker has not acknowledged yet: OWN of complete files and UPDATE credits.
+"""What the tracker has not acknowledged yet: OWN of complete files, UPDATE credits, and withdrawals.
 
 A node that finishes a download, or shares a file, while the tracker is down
 must not lose the announcement or the credit it owes its uploaders.  Each is
 put here first, kept in ``<node folder>/.outbox.json`` (so a restart keeps
 it), sent, and removed only once the tracker answered.  The node sends what
-is left whenever a heartbeat gets through again.
+is left whenever a heartbeat gets through again.  A withdrawal (the operator paused, cancelled,
+stopped seeding or removed a file) waits here the same way, so a tracker that was down when it was
+made does not go on sending peers to a node that no longer serves the file.
 """
 
 from __future__ import annotations
@@ -41,14 +43,27 @@ class Outbox:
         self.path = path
         self.owns: dict[str, PendingOwn] = {}
         self.updates: dict[str, PendingUpdate] = {}
+        #: Info hashes to WITHDRAW (in hex).
+        self.withdraws: set[str] = set()
         self._load()
 
     def __len__(self) -> int:
-        return len(self.owns) + len(self.updates)
+        return len(self.owns) + len(self.updates) + len(self.withdraws)
 
     def add_own(self, info_hash_hex: str, name: str, length: int) -> None:
         self.owns[info_hash_hex] = PendingOwn(info_hash_hex, name, length)
+        self.withdraws.discard(info_hash_hex)  # shared again: the newer word wins
         self._save()
+
+    def add_withdraw(self, info_hash_hex: str) -> None:
+        self.owns.pop(info_hash_hex, None)
+        self.withdraws.add(info_hash_hex)
+        self._save()
+
+    def withdraw_done(self, info_hash_hex: str) -> None:
+        if info_hash_hex in self.withdraws:
+            self.withdraws.discard(info_hash_hex)
+            self._save()
 
     def add_update(self, info_hash_hex: str, uploaders: list[int]) -> None:
         if uploaders:
@@ -88,14 +103,18 @@ class Outbox:
             except (KeyError, TypeError, ValueError):
                 continue
             self.updates[update.info_hash_hex] = update
+        for entry in doc.get("withdraw", []) if isinstance(doc, dict) else []:
+            if isinstance(entry, str):
+                self.withdraws.add(entry)
 
     def _save(self) -> None:
         doc: dict[str, Any] = {
             "own": [{"info_hash": o.info_hash_hex, "name": o.name, "length": o.length} for o in self.owns.values()],
             "update": [{"info_hash": u.info_hash_hex, "uploaders": list(u.uploaders)} for u in self.updates.values()],
+            "withdraw": sorted(self.withdraws),
         }
         try:
-            if not self.owns and not self.updates:
+            if not len(self):
                 self.path.unlink(missing_ok=True)
             else:
                 atomic_write(self.path, json.dumps(doc).encode())

@@ -571,8 +571,9 @@ class Node(FolderDaemon):
         outbox = link.outbox
         link.flushing = True
         try:
-            self.log.info("telling the tracker at {url} what it missed: {owns} OWN, {updates} UPDATE",
-                          url=link.name, owns=len(outbox.owns), updates=len(outbox.updates))
+            self.log.info("telling the tracker at {url} what it missed: {owns} OWN, {updates} UPDATE, {withdraws}"
+                          " WITHDRAW", url=link.name, owns=len(outbox.owns), updates=len(outbox.updates),
+                          withdraws=len(outbox.withdraws))
             for own in list(outbox.owns.values()):
                 shared = self.seeder.files.get(bytes.fromhex(own.info_hash_hex))
                 if shared is None or not shared.complete:
@@ -580,6 +581,17 @@ class Node(FolderDaemon):
                     continue
                 if not await self._own(shared.meta):
                     return  # the tracker is away again: the next heartbeat retries
+            for ih in sorted(outbox.withdraws):
+                if bytes.fromhex(ih) in self.seeder.files or bytes.fromhex(ih) in self.jobs:
+                    outbox.withdraw_done(ih)  # ours again since (shared, or downloading): nothing to withdraw
+                    continue
+                try:
+                    await link.client.withdraw(ih)
+                except TrackerRefused as e:  # one it will never take: dropped, not retried for ever
+                    self.log.warn("WITHDRAW {hash} refused: {why}", hash=ih, why=e)
+                except TrackerClientError:
+                    return  # the tracker is away again: the next heartbeat retries
+                outbox.withdraw_done(ih)
             for update in list(outbox.updates.values()):
                 shared = self.seeder.files.get(bytes.fromhex(update.info_hash_hex))
                 meta = shared.meta if shared is not None else None
@@ -1182,18 +1194,24 @@ class Node(FolderDaemon):
         }
 
     async def _withdraw(self, info_hash: bytes, meta: Metainfo) -> str:
-        """WITHDRAW at the torrent's tracker, and forget any OWN not sent yet: what the tracker said, for people."""
+        """WITHDRAW at the torrent's tracker, through the outbox (kept until acknowledged, sent again when the
+        tracker answers after a miss), in place of any OWN not sent yet: what the tracker said, for people."""
+        ih = meta.info_hash_hex
         for link in list(self.links.values()):
-            link.outbox.forget(meta.info_hash_hex)
+            link.outbox.forget(ih)
         if not self.links:
             return "not withdrawn yet: the node has no tracker link"
+        link = self._link_of(meta)
+        link.outbox.add_withdraw(ih)
         try:
-            d = self._link_of(meta).client.withdraw(meta.info_hash_hex)
+            d = link.client.withdraw(ih)
             d.addTimeout(EXIT_TIMEOUT, self.reactor)
             await d
         except Exception as e:
-            self.log.warn("{name}: WITHDRAW not acknowledged: {why}", name=meta.name, why=e)
-            return f"not withdrawn yet: {e or type(e).__name__}; the tracker forgets it when it forgets this node"
+            self.log.warn("{name}: WITHDRAW not acknowledged: {why}; sent again when the tracker answers",
+                          name=meta.name, why=e)
+            return f"not withdrawn yet: {e or type(e).__name__}; it will be when the tracker answers"
+        link.outbox.withdraw_done(ih)
         return "withdrawn at the tracker"
 
     async def _halt(self, job: _Job, why: str) -> None:
