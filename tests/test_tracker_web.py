@@ -379,3 +379,35 @@ def test_a_files_page_for_an_unknown_file_is_404_and_a_malformed_hash_400(tracke
     assert (code, content_type(response)) == (404, "text/html; charset=utf-8") and b"ef" * 20 in body
     code, body, _ = get(tracker, "/files/%3Cscript%3E")
     assert code == 400 and b"<script>" not in body
+
+
+# ---------------------------------------------------------------- why a node withdrew
+
+
+def test_a_withdrawal_with_a_reason_is_an_event_that_names_the_file_and_what_the_operator_did(tracker: Harness) -> None:
+    tokens = swarm(tracker)
+    before = tracker.state.snapshot()
+    for bad in ("pausd", 3, None, ["paused"]):
+        code, answer = tracker.post({"mode": 1, "node_id": 2, "token": tokens[2], "info_hash": H1, "withdraw": True,
+                                     "reason": bad})
+        assert (code, answer["ok"]) == (400, False) and "'reason'" in answer["error"], bad
+        assert tracker.state.snapshot() == before
+    tracker.ok({"mode": 1, "node_id": 2, "token": tokens[2], "info_hash": H1, "withdraw": True, "reason": "paused"})
+    tracker.ok({"mode": 1, "node_id": 3, "token": tokens[3], "info_hash": H2, "withdraw": True,
+                "reason": "stopped seeding"})
+    tracker.ok({"mode": 1, "node_id": 1, "token": tokens[1], "info_hash": H1, "withdraw": True, "reason": ""})
+    texts = [e["text"] for e in json.loads(get(tracker, "/api/events")[1])["events"][:3]]
+    assert texts == ["node 1 withdrew movie.mkv", f"node 3 stopped seeding {HOSTILE}", "node 2 paused movie.mkv"]
+    page = get(tracker, "/", BROWSER_ACCEPT)[1]
+    assert b"node 2 paused movie.mkv" in page and b"<script>" not in page
+    assert not tracker.state.owners(H1)  # a paused node is sent to nobody
+
+
+def test_a_withdrawal_reason_survives_the_change_log() -> None:
+    from p2ptorrent.tracker.changes import Change, decode, encode
+    from p2ptorrent.tracker.state import Withdraw
+
+    change = Change(Withdraw(2, None, H1, "paused"), None, 7.0, None)
+    assert decode(encode(change)).request == Withdraw(2, None, H1, "paused")
+    old = encode(Change(Withdraw(2, None, H1), None, 7.0, None)).replace(',"reason":""', "")
+    assert decode(old).request == Withdraw(2, None, H1)  # one written before reasons existed

@@ -91,6 +91,9 @@ def apply(state: SwarmState, request: Changing | Check | Drop, host: str | None,
     new_file = None
     if events is not None and isinstance(request, Own) and not state.has_file(request.info_hash):
         new_file = request.name
+    elif events is not None and isinstance(request, Withdraw):
+        row = state.file_row(request.info_hash)  # its name, for the event, before it may be forgotten
+        new_file = row.name if row is not None else None
     outcome = _apply(state, request, host, now, fresh_token)
     if events is not None:
         if isinstance(request, Drop):

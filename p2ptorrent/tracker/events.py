@@ -20,6 +20,11 @@ from p2ptorrent.tracker.state import Exit, Own, OwnChange, Register, Registratio
 EVENTS_KEPT = 200
 #: Node ids one drop event names (the rest are counted).
 DROPPED_IDS_NAMED = 10
+#: A withdrawal's event, by the reason the node gave (state.WITHDRAW_REASONS).
+_WITHDRAWN = {
+    "paused": "paused {what}", "cancelled": "cancelled {what}", "stopped seeding": "stopped seeding {what}",
+    "removed": "removed {what}", "failed": "withdrew {what}: its download failed",
+}
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,8 @@ class EventRing:
         self._events.append(Event(self.seq, at, kind, text, node_id, info_hash))
 
     def note(self, request: Any, outcome: Any, now: float, new_file: str | None = None) -> None:
-        """The event an applied change makes, if any (*new_file*: the name of a file this OWN made known).
+        """The event an applied change makes, if any (*new_file*: the name of a file this OWN made known, or
+        of the file a withdrawal names).
 
         Heartbeats, progress and known ownerships make none: they come by the
         thousand and say nothing new.
@@ -85,8 +91,10 @@ class EventRing:
                 self.add(now, "own", f"node {request.node_id} now shares {request.name}",
                          node_id=request.node_id, info_hash=request.info_hash)
         elif isinstance(request, Withdraw) and outcome is True:
-            self.add(now, "withdraw", f"node {request.node_id} withdrew a file",
-                     node_id=request.node_id, info_hash=request.info_hash)
+            what = new_file if new_file is not None else "a file"
+            text = _WITHDRAWN.get(request.reason, "withdrew {what}").format(what=what)
+            self.add(now, "withdraw", f"node {request.node_id} {text}", node_id=request.node_id,
+                     info_hash=request.info_hash)
         elif isinstance(request, Exit):
             self.add(now, "exit", f"node {request.node_id} left", node_id=request.node_id)
 

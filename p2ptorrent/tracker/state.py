@@ -82,13 +82,22 @@ class Own:
         return self.have is not None and self.pieces is not None and self.have < self.pieces
 
 
+#: Why a node withdraws, when it says (OWN's optional ``reason``): what its operator did, for the tracker's events.
+WITHDRAW_REASONS = ("paused", "cancelled", "stopped seeding", "removed", "failed")
+
+
 @dataclass(frozen=True)
 class Withdraw:
-    """OWN with ``withdraw: true``: the node no longer has any of the file (a download failed or was stopped)."""
+    """OWN with ``withdraw: true``: the node no longer has any of the file (a download failed or was stopped).
+
+    *reason* (one of :data:`WITHDRAW_REASONS`, or empty) only names the event: a paused node is withdrawn
+    like any other, so NEED never sends anyone to a node that serves nothing.
+    """
 
     node_id: int
     token: str | None
     info_hash: str
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -155,7 +164,7 @@ def parse_request(body: bytes, settings: Config) -> Request:
     info_hash = _info_hash(doc)
     if mode == "OWN":
         if _withdraw(doc):
-            return Withdraw(node_id, token, info_hash)
+            return Withdraw(node_id, token, info_hash, _reason(doc))
         name, length = _name(doc), _integer(doc, "length", 0, MAX_LENGTH)
         return Own(node_id, token, info_hash, name, length, *_progress(doc))
     if mode == "NEED":
@@ -252,6 +261,14 @@ def _withdraw(doc: Mapping[str, Any]) -> bool:
         # node listed as an owner of pieces it has deleted.
         raise TrackerError(400, "field 'withdraw' cannot come with 'have' or 'pieces'")
     return value
+
+
+def _reason(doc: Mapping[str, Any]) -> str:
+    """A withdrawal's optional ``reason``: one of WITHDRAW_REASONS (anything else is refused, not shown)."""
+    value = doc.get("reason", "")
+    if value not in WITHDRAW_REASONS and value != "":
+        raise TrackerError(400, f"field 'reason' must be one of {', '.join(WITHDRAW_REASONS)}")
+    return str(value)
 
 
 def _progress(doc: Mapping[str, Any]) -> tuple[int | None, int | None]:
