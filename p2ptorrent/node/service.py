@@ -73,6 +73,7 @@ from p2ptorrent.node.tracker_link import RememberingClient, TrackerLink, link_fi
 from p2ptorrent.node.trackers import Failover, node_url, tracker_tiers
 from p2ptorrent.atomicfile import atomic_write
 from p2ptorrent.node.choker import Choker
+from p2ptorrent.node.ratelimit import TokenBucket
 from p2ptorrent.node.writer import PieceWriter, ThreadedWriter
 
 SEEDING_FILE = ".seeding.json"
@@ -248,6 +249,9 @@ class Node(FolderDaemon):
         self.choker = Choker(settings.UPLOAD_SLOTS, random.Random())
         self.seeder = Seeder.from_settings(os.urandom(32), settings, slots=self.choker)
         self.protocol = NodeProtocol(self.seeder, reactor, settings.BUFFER_SIZE, settings.SOCKET_BUFFER)
+        #: The download limit (MAX_DOWNLOAD_RATE), one for all downloads: their block requests spend it.
+        self.download_pace = TokenBucket(min_burst=settings.CHUNK_PIECES_SIZE)
+        self.download_pace.set_rate(settings.MAX_DOWNLOAD_RATE, reactor.seconds())
         #: Every download under way, from its first check of the disk to its end: the one registry.
         self.jobs: dict[bytes, _Job] = {}
         #: Those fetching, as the protocol routes blocks to them: a view of the jobs, never a copy.
@@ -937,7 +941,8 @@ class Node(FolderDaemon):
         job.download = Download(
             meta, job.part, self.protocol, partial(self._need, job), self.reactor, self.settings,
             self.node_id, Hooks(progress=job.progress, announce=announce, writer=self.make_writer,
-                                uploaded=(lambda: shared.uploaded) if shared is not None else None),
+                                uploaded=(lambda: shared.uploaded) if shared is not None else None,
+                                pace=self.download_pace),
         )
         self.log.info("download of {name} ({size} bytes, {hash}) started", name=meta.name, size=meta.length, hash=meta.info_hash_hex)
         try:
@@ -1029,6 +1034,8 @@ class Node(FolderDaemon):
             # Kernel batching (GSO, GRO) in use and how much it batched; datagrams the kernel dropped because
             # our receive buffer was full.
             "batching": self.udp.batching_status(),
+            # Rate limits now, bytes a second (0: none): MAX_UPLOAD_RATE, MAX_DOWNLOAD_RATE, or `limit`.
+            "limits": self.limits(),
         }
 
     def _tracker_name(self, info_hash: bytes) -> str:
@@ -1055,6 +1062,23 @@ class Node(FolderDaemon):
             "resumed_bytes": resumed.bytes,
             "resumed_pieces": resumed.pieces,
         }
+
+    def limits(self) -> dict[str, int]:
+        """The upload and download limits now, bytes a second (0: none)."""
+        return {"upload": int(self.seeder.upload.rate), "download": int(self.download_pace.rate)}
+
+    def limit(self, up: int | None, down: int | None) -> str:
+        """Change the node's rate limits live (None leaves one as it is); what they are now, for people."""
+        now = self.reactor.seconds()
+        if up is not None:
+            self.seeder.upload.set_rate(up, now)
+        if down is not None:
+            self.download_pace.set_rate(down, now)
+        limits = self.limits()
+        if up is not None or down is not None:
+            self.log.info("rate limits now: upload {up}, download {down}", up=rate_text(limits["upload"]),
+                          down=rate_text(limits["download"]))
+        return f"upload limit {rate_text(limits['upload'])}, download limit {rate_text(limits['download'])}"
 
     def exit(self) -> Deferred[str]:
         """Leave the tracker (EXIT), then stop; the answer says whether the tracker acknowledged it."""
@@ -1117,6 +1141,16 @@ def verified_text(meta: Metainfo) -> str:
     if meta.sha256 is not None:
         return f"all {meta.num_pieces} pieces (SHA-1) and the whole {whole} (SHA-256) verified"
     return f"all {meta.num_pieces} pieces verified (SHA-1; the torrent has no whole-{whole} SHA-256)"
+
+
+def rate_text(rate: int) -> str:
+    """A limit for people: ``20 MiB/s (20971520 bytes/s)``, or ``none``."""
+    if not rate:
+        return "none"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if rate >= size:
+            return f"{rate / size:g} {unit}/s ({rate} bytes/s)"
+    return f"{rate} bytes/s"
 
 
 def log_path(settings: Config, node_id: int) -> Path:

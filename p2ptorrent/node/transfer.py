@@ -630,11 +630,19 @@ class Transfer:
         self.remove_peer(addr)
 
     # ---- requests out
-    def requests(self, now: float, only: Addr | None = None) -> list[tuple[PeerState, int, list[tuple[int, int, int]]]]:
-        """Fill the peers' windows; return the batches of (piece, offset, length) to send, each with its nonce."""
+    def requests(
+        self, now: float, only: Addr | None = None, limit: int | None = None,
+    ) -> list[tuple[PeerState, int, list[tuple[int, int, int]]]]:
+        """Fill the peers' windows; return the batches of (piece, offset, length) to send, each with its nonce.
+
+        *limit*: ask for at most this many blocks now (the node's download limit paces requests: a block
+        asked is a block coming, so arrival keeps to the rate while windows and loss detection work as ever).
+        """
         out = []
         peers = [self.peers[only]] if only is not None and only in self.peers else list(self.peers.values())
         room = self.budget - self.outstanding()
+        if limit is not None:
+            room = min(room, limit)
         for peer in peers:
             if peer.choked:
                 continue
