@@ -42,6 +42,7 @@ from p2ptorrent.commands import (
     control_socket_path,
     control_target,
     default_control_endpoint,
+    limit_values,
     parse_command,
     suggest,
 )
@@ -75,6 +76,9 @@ commands:
   download MAGNET    the same from a magnet link ('magnet:?xt=urn:btih:...': quote it) or an info hash
   status             show the node's id, address, seeded files and downloads
   exit               tell the tracker the node leaves, and stop the node
+  limit --up SIZE --down SIZE
+                     set the node's upload and download limits, bytes a second in all
+                     (20MiB, 512KiB; 0: none); either may be left out; alone: show them
   help               show this help (no node needed)
   torrent -setMode send FILE | download TORRENT | status | exit | help
                      the same commands in the original grammar
@@ -146,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the node's control endpoint if it was started with --control,"
         " e.g. unix:path=/tmp/p2pnode-1.sock (default: DIR/N/.control.sock)",
     )
+    parser.add_argument("--up", metavar="SIZE", help="with limit: the upload limit, bytes a second (20MiB; 0: none)")
+    parser.add_argument("--down", metavar="SIZE", help="with limit: the download limit, bytes a second (0: none)")
     parser.add_argument("command", nargs="*", metavar="COMMAND ...", help=argparse.SUPPRESS)
     return parser
 
@@ -202,6 +208,9 @@ def command_from_words(words: Sequence[str]) -> Command:
         if meant is not None:
             raise CommandError(f"unknown command {words[0]!r}: did you mean {meant!r}?")
         raise CommandError(f"unknown command {words[0]!r}: use send FILE, download TORRENT, status, exit or help")
+    if verb == "limit":
+        limit_values(" ".join(args))  # up=SIZE down=SIZE, refused here with the reason
+        return Command(verb, " ".join(args) or None)
     if verb in ("status", "exit", HELP):
         if args:
             raise CommandError(f"{verb} takes no argument, got {' '.join(args)!r}")
@@ -212,6 +221,17 @@ def command_from_words(words: Sequence[str]) -> Command:
     if len(args) > 1 and not original:
         raise CommandError(f"{verb} takes one {what}, got {len(args)}: quote a path that contains spaces")
     return Command(verb, " ".join(args))
+
+
+def _limit_options(command: Command, up: str | None, down: str | None) -> Command:
+    """``limit --up 20MiB --down 0``: the options as the grammar's words (``up=20MiB down=0``)."""
+    if command.verb != "limit":
+        raise CommandError("--up and --down go with the limit command: limit --up 20MiB --down 0")
+    words = [w for w in (command.argument or "").split()]
+    words += [f"{name}={value}" for name, value in (("up", up), ("down", down)) if value is not None]
+    text = " ".join(words)
+    limit_values(text)
+    return Command("limit", text)
 
 
 @dataclass(frozen=True)
@@ -240,6 +260,8 @@ def prepare(argv: Sequence[str] | None = None) -> Request:
         parser.error(f"--node must be a node id (0 or more), got {args.node}")
     try:
         command = command_from_words(args.command)
+        if args.up is not None or args.down is not None:
+            command = _limit_options(command, args.up, args.down)
     except CommandError as e:
         parser.error(str(e))
     if command.verb == HELP:

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from p2ptorrent.config import Config
 
 #: What a node can be told to do.
-VERBS = ("send", "download", "exit", "status")
+VERBS = ("send", "download", "exit", "status", "limit")
 #: The command that lists the commands: answered without touching the node's work.
 HELP = "help"
 USAGE = (
     "usage: torrent -setMode send <file> | torrent -setMode download <torrent file | magnet link | info hash>"
-    " | torrent -setMode status | torrent -setMode exit | help"
+    " | torrent -setMode status | torrent -setMode exit | torrent -setMode limit [up=SIZE] [down=SIZE] | help"
 )
 #: What ``help`` answers on a node's stdin and control socket.
 HELP_TEXT = """\
@@ -41,6 +41,10 @@ commands, one a line:
                                       the torrent is fetched from the file's owners and saved in the node's folder
   torrent -setMode status             what the node shares and downloads
   torrent -setMode exit               tell the tracker the node leaves, and stop the node
+  torrent -setMode limit up=20MiB down=0
+                                      set the node's upload and download limits (bytes a second in all:
+                                      KiB, MiB, GiB are 1024-based, KB, MB, GB 1000-based; 0: no limit);
+                                      either may be left out; with neither, say what the limits are
   help                                this list
   (a FILE or TORRENT without a folder is looked for in the node's folder first)"""
 
@@ -121,6 +125,9 @@ def parse_command(line: str) -> Command:
             raise CommandError(f"unknown mode {_clip(mode)!r}: did you mean {meant!r}?")
         raise bad(f"unknown mode {_clip(mode)!r}")
     rest = (m.group("rest") or "").strip()
+    if verb == "limit":
+        limit_values(rest)  # refused here, with the reason, if it does not follow the grammar
+        return Command(verb, rest or None)
     if verb in ("exit", "status", HELP):
         if rest:
             raise bad(f"{verb} takes no argument, got {_clip(rest)!r}")
@@ -139,6 +146,29 @@ def parse_command(line: str) -> Command:
         if not rest:
             raise bad(f"{verb} needs a non-empty path")
     return Command(verb, rest)
+
+
+#: The words ``limit`` takes: ``up=SIZE`` for the upload limit, ``down=SIZE`` for the download limit.
+LIMIT_WORDS = ("up", "down")
+
+
+def limit_values(text: str | None) -> dict[str, int]:
+    """``up=20MiB down=0`` as ``{"up": 20971520, "down": 0}`` (bytes a second; either may be missing)."""
+    from p2ptorrent.config import parse_rate  # (humanfriendly is imported only for a limit)
+
+    values: dict[str, int] = {}
+    for word in (text or "").split():
+        name, sep, size = word.partition("=")
+        name = name.lower().lstrip("-")
+        if not sep or name not in LIMIT_WORDS:
+            raise CommandError(f"limit takes up=SIZE and down=SIZE (e.g. up=20MiB down=0), got {_clip(word)!r}")
+        if name in values:
+            raise CommandError(f"limit: {name}= given twice")
+        try:
+            values[name] = parse_rate(size)
+        except ValueError as e:
+            raise CommandError(f"limit {name}=: {e}") from None
+    return values
 
 
 def suggest(word: str, choices: Iterable[str]) -> str | None:

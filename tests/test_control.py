@@ -77,6 +77,10 @@ class RecordingNode:
         self.calls.append(("exit",))
         return self._pending()
 
+    def limit(self, up: int | None, down: int | None) -> str:
+        self.calls.append(("limit", up, down))
+        return f"up {up}, down {down}"
+
 
 @pytest.fixture
 def node() -> RecordingNode:
@@ -198,6 +202,16 @@ def test_dispatch(node: RecordingNode) -> None:
     node.pending[2].callback(None)
     assert "stopping" in str(d.result)
     assert node.calls == [("send", "/a b"), ("download", "/t.torrent"), ("status",), ("exit",)]
+
+
+def test_dispatch_limit_reads_the_sizes_and_refuses_a_bad_one(node: RecordingNode) -> None:
+    d = dispatch(node, Command("limit", "up=20MiB down=0"), lambda p: None)
+    assert d.result == "up 20971520, down 0"
+    assert dispatch(node, Command("limit"), lambda p: None).result == "up None, down None"
+    failures: list[Any] = []
+    dispatch(node, Command("limit", "up=fast"), lambda p: None).addErrback(failures.append)
+    assert "20MiB" in str(failures[0].value)
+    assert node.calls == [("limit", 20971520, 0), ("limit", None, None)]
 
 
 def test_dispatch_help_leaves_the_node_alone(node: RecordingNode) -> None:
