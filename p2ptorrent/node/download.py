@@ -56,6 +56,8 @@ class Download:
         self.stats = Stats(self.hooks.uploaded)
         self.result: Deferred[DownloadResult] = Deferred()
         self.phase = Phase.RUNNING
+        #: Assembled pieces that failed their hash (the metrics count them).
+        self.pieces_failed = 0
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
 
@@ -199,6 +201,7 @@ class Download:
         if isinstance(outcome, PieceVerified):
             self._on_piece(outcome)
         elif isinstance(outcome, PieceFailed):
+            self.pieces_failed += 1
             self.log.warn("{name}: piece {piece} failed verification (data from {peers}); fetching it again",
                           name=self.meta.name, piece=outcome.piece, peers=self._ids(outcome.sources))
             self._send_requests()

@@ -73,6 +73,7 @@ from p2ptorrent.node.tracker_link import RememberingClient, TrackerLink, link_fi
 from p2ptorrent.node.trackers import Failover, node_url, tracker_tiers
 from p2ptorrent.atomicfile import atomic_write
 from p2ptorrent.node.choker import Choker
+from p2ptorrent.node.metrics import DownloadTotals, MetricsService
 from p2ptorrent.node.ratelimit import TokenBucket
 from p2ptorrent.node.writer import PieceWriter, ThreadedWriter
 
@@ -283,6 +284,12 @@ class Node(FolderDaemon):
         self.udp = UDPService(reactor, self.protocol, interface, port, settings.AVAILABLE_PORTS_RANGE, settings.BUFFER_SIZE,
                               bool(settings.UDP_BATCHING))
         self.udp.setServiceParent(self)
+        #: What ended downloads did (the metrics' counters include them); the /metrics page if asked for.
+        self.download_totals = DownloadTotals()
+        self.metrics: MetricsService | None = None
+        if settings.METRICS_PORT:
+            self.metrics = MetricsService(reactor, self, settings.METRICS_PORT, settings.METRICS_INTERFACE)
+            self.metrics.setServiceParent(self)
 
     # ---- life
     def open(self) -> None:
@@ -295,6 +302,8 @@ class Node(FolderDaemon):
         usable_folder(self.settings.logs_dir, "log folder")
         self.lock.acquire()
         self.udp.open()
+        if self.metrics is not None:
+            self.metrics.open()
 
     def startService(self) -> None:
         super().startService()  # the folder and port claimed (FolderDaemon), then the log file, the UDP port
@@ -949,6 +958,8 @@ class Node(FolderDaemon):
             return await job.download.start()
         except DownloadError as e:
             raise CommandFailed(str(e)) from None
+        finally:
+            self.download_totals.ended(job.download)
 
     def _need(self, job: _Job) -> Deferred[list[Owner]]:
         """NEED at the torrent's tracker, the next one if it fails (each once); the job says when it moves on."""
