@@ -7,8 +7,8 @@ here, on the standard library alone.
 
 The original grammar is ``torrent -setMode send <file>``, ``torrent -setMode
 download <torrent file>`` and ``torrent -setMode exit``, plus our ``status``
-(``download`` also takes a magnet link or a bare info hash)
-and ``help`` (also typed alone: ``help``), which lists the commands.  A
+(``download`` also takes a magnet link or a bare info hash), ``limit up=SIZE
+down=SIZE`` (the node's rate limits, changed live) and ``help`` (also typed alone: ``help``), which lists the commands.  A
 mistyped command or mode is answered with the nearest one ("did you mean").
 Endpoint descriptions follow Twisted's string syntax (``unix:path=...``,
 ``tcp:host=...:port=...``); we read the few forms a control client needs.

@@ -5,6 +5,7 @@ The loopback test (real nodes, real sockets) is in test_ratelimit_loopback.py.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 
@@ -18,13 +19,15 @@ from p2ptorrent.config import ConfigError, load, parse_rate
 from p2ptorrent.metainfo import Metainfo, make_torrent
 from p2ptorrent.node.download import Download
 from p2ptorrent.node.links import Hooks
+from p2ptorrent.node.pieces import Geometry
 from p2ptorrent.node.ratelimit import BURST_SECONDS, TokenBucket
 from p2ptorrent.node.serving import Seeder
 from p2ptorrent.node.storage import PartFile
+from p2ptorrent.node.transfer import Transfer
 from swarm import Swarm
 
 KIB = 1024
-A = ("10.0.0.1", 7001)
+A, B = ("10.0.0.1", 7001), ("10.0.0.2", 7002)
 
 
 # ---- the bucket
@@ -146,6 +149,22 @@ def test_the_seeder_sends_the_first_blocks_its_upload_bucket_allows_and_nothing_
     assert len(_ask(seeder, meta, 2, 0.25)) == 2  # refilled at 40 000 bytes/s
     seeder.upload.set_rate(0, 0.25)  # `limit --up 0`
     assert len(_ask(seeder, meta, 4, 0.25)) == 8
+
+
+# ---- the scheduler under a download limit
+
+def test_requests_under_a_limit_ask_no_more_blocks_and_the_peers_take_turns() -> None:
+    data = random.Random(1).randbytes(40 * 4000)
+    geo = Geometry(len(data), 4000, 1000)
+    hashes = b"".join(hashlib.sha1(data[i : i + 4000]).digest() for i in range(0, len(data), 4000))
+    t = Transfer(geo, hashes, max_batch=8)
+    t.add_peer(A, 1, b"a" * 8, 0.0)
+    t.add_peer(B, 2, b"b" * 8, 0.0)
+    first = t.requests(0.0, limit=5)
+    assert sum(len(batch) for _, _, batch in first) == 5 and {p.addr for p, _, _ in first} == {B}
+    second = t.requests(0.0, limit=5)
+    assert sum(len(batch) for _, _, batch in second) == 5 and {p.addr for p, _, _ in second} == {A}
+    assert t.requests(0.0, limit=0) == []
 
 
 # ---- both limits in virtual time: the download's pacing, the seeder's bucket

@@ -233,6 +233,8 @@ class Transfer:
         self.rejected = 0
         #: The nonces of peers dropped (or greeted again) while their answers may still come, and until when.
         self.retired: dict[Addr, tuple[float, dict[int, float]]] = {}
+        #: Which peer asks first under a download limit (rotated each time).
+        self._turn = 0
 
     def mark_have(self, pieces: Iterable[int]) -> None:
         """Pieces already verified on disk (a resumed download): never ask for them."""
@@ -643,6 +645,9 @@ class Transfer:
         room = self.budget - self.outstanding()
         if limit is not None:
             room = min(room, limit)
+            if len(peers) > 1:  # a turn each at going first, so the limit is shared among the peers
+                self._turn = (self._turn + 1) % len(peers)
+                peers = peers[self._turn :] + peers[: self._turn]
         for peer in peers:
             if peer.choked:
                 continue
