@@ -284,6 +284,16 @@ def test_stdin_errors_and_blank_lines(node: RecordingNode) -> None:
     assert lines(transport) == ["ERROR: tracker unreachable second line"]
 
 
+def test_stdin_limit(node: RecordingNode) -> None:
+    proto, transport, _ = stdin_control(node)
+    proto.dataReceived(b"torrent -setMode limit up=20MiB down=0\n")
+    assert lines(transport) == ["OK: up 20971520, down 0"]
+    proto.dataReceived(b"torrent -setMode limit up=quick\n")
+    [line] = lines(transport)
+    assert line.startswith("ERROR: limit up=: expected a size such as 20MiB")
+    assert node.calls == [("limit", 20971520, 0)]
+
+
 def test_stdin_help(node: RecordingNode) -> None:
     """The command list on its own lines, answered by the front end: the node (and so the tracker) never hears of it."""
     proto, transport, _ = stdin_control(node)

@@ -147,6 +147,11 @@ def test_the_seeder_sends_the_first_blocks_its_upload_bucket_allows_and_nothing_
     assert seeder.counts["limited:upload rate"] == 6
     assert _ask(seeder, meta, 2, 0.0) == []  # nothing left: silence, no ERROR
     assert len(_ask(seeder, meta, 2, 0.25)) == 2  # refilled at 40 000 bytes/s
+    # Its bucket empty, the seeder still answers INFO and HAVE: a limited node is met and asked as ever.
+    [info] = [wire.decode(d) for d in seeder.on_info(wire.InfoRequest(8, meta.info_hash), A, 0.25)[1]]
+    assert isinstance(info, wire.InfoResponse) and info.status == wire.OK
+    have = wire.HaveRequest(meta.info_hash, seeder.cookie(A), 9, 0, meta.num_pieces, 0)
+    assert isinstance(wire.decode(next(iter(seeder.on_have(have, A, 100, 0.25)[1]))), wire.Have)
     seeder.upload.set_rate(0, 0.25)  # `limit --up 0`
     assert len(_ask(seeder, meta, 4, 0.25)) == 8
 
