@@ -87,6 +87,25 @@ def test_over_any_run_a_bucket_grants_at_most_rate_times_time_plus_its_burst(rat
     assert granted <= rate * now + b.burst + 1e-6
 
 
+def test_who_asks_lately_shares_the_bucket_evenly_however_often_each_asks() -> None:
+    b = TokenBucket(min_burst=1)
+    b.set_rate(1000, 0.0)
+    assert b.share("a", 0.0) == 250
+    assert b.share("b", 0.0) == 125  # two now: half the burst each
+    b.spend(125, 0.0, "b")
+    taken = {"a": 0.0, "b": 0.0}
+    for step in range(1, 81):  # "a" asks every 5 ms and takes all it may; "b" every 40 ms
+        now = step * 0.005
+        for who in ("a", "b") if step % 8 == 0 else ("a",):
+            got = b.share(who, now)
+            b.spend(got, now, who)
+            taken[who] += got
+    assert taken["a"] + taken["b"] <= 1000 * 0.4 + 250
+    assert taken["b"] == pytest.approx(1000 * 0.4 / 2)  # its half of the rate
+    assert abs(taken["a"] - taken["b"]) <= 125 + 1e-6  # apart from the share of the burst "a" saved
+    assert b.share("b", 1.0) == 250  # "a" has not asked for a while: all of it
+
+
 # ---- sizes and the grammar
 
 def test_sizes_read_with_their_units() -> None:

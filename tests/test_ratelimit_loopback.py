@@ -93,3 +93,33 @@ async def test_download_limit_set_live_holds_and_the_control_socket_answers(clus
     reply = await deferToThread(request, status.target, status.command.line(), lambda p: None)
     assert reply["ok"] and reply["result"]["limits"] == {"upload": 0, "download": LIMIT}
     assert time.monotonic() - began < 5.0  # (a guard against a stall, not a speed test)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_download_limit_is_the_nodes_across_its_downloads(cluster: Cluster) -> None:
+    await cluster.start_tracker()
+    seeder = cluster.node(1)
+    await _registered(seeder)
+    for name in ("a.bin", "b.bin"):
+        _file(cluster.tmp / "nf" / "1" / name, SIZE, seed=len(name) + ord(name[0]))
+        await seeder.send(name)
+    cluster.extra = ["--max-download-rate", "512KiB"]
+    downloader = cluster.node(2)
+    await _registered(downloader)
+    for name in ("a.bin", "b.bin"):
+        d = downloader.download(str(cluster.tmp / "nf" / "1" / f"{name}.torrent"), lambda p: None)
+        d.addErrback(lambda _: None)  # stopped with the cluster
+    await _until(lambda: len(downloader.downloads) == 2 and all(
+        sum(p.bytes for p in d.transfer.peers.values()) for d in downloader.downloads.values()), "both downloads")
+    downloads = list(downloader.downloads.values())
+
+    def each() -> list[int]:
+        return [sum(p.bytes for p in d.transfer.peers.values()) + d.stats.dropped_bytes for d in downloads]
+
+    before = each()
+    got = await _rate(lambda: _received(downloader))
+    moved = [after - first for after, first in zip(each(), before, strict=True)]
+    print(f"two downloads limited to {LIMIT} B/s together: {got:.0f} B/s received ({got / LIMIT:.3f} of the limit),"
+          f" shared {moved}")
+    assert LIMIT * 0.5 <= got <= LIMIT * 1.10
+    assert min(moved) >= 0.3 * sum(moved)  # shared, not taken by one

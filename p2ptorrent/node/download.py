@@ -239,12 +239,12 @@ class Download:
         info_hash, now, pace = self.meta.info_hash, self.clock.seconds(), self.hooks.pace
         limit = None
         if pace is not None and pace.limited:  # the node's download limit: ask for no more than it allows now
-            limit = int(pace.available(now) // self.transfer.geo.chunk)
+            limit = int(pace.share(self, now) // self.transfer.geo.chunk)
             if limit <= 0:
                 return
         for peer, nonce, batch in self.transfer.requests(now, only, limit):
             if pace is not None:
-                pace.spend(sum(length for _, _, length in batch), now)
+                pace.spend(sum(length for _, _, length in batch), now, self)
             self.network.send(wire.encode_block_request(info_hash, peer.cookie, nonce, batch), peer.addr)
 
     def _report_progress(self, force: bool = False) -> None:

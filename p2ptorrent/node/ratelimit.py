@@ -13,10 +13,13 @@ pass, 2.5% above the rate over 10 s.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Hashable
 
 #: Seconds of its rate a bucket may save (see the module docstring).
 BURST_SECONDS = 0.25
+#: Who took from a bucket within this many seconds shares it evenly (see TokenBucket.share).
+SHARE_SECONDS = 0.1
 
 
 @dataclass
@@ -28,6 +31,8 @@ class TokenBucket:
     min_burst: float = 0.0
     tokens: float = 0.0
     last: float | None = None
+    #: Who asked for a share lately: its own share saved, and when it last asked.
+    users: dict[Hashable, list[float]] = field(default_factory=dict, repr=False)
 
     @property
     def limited(self) -> bool:
@@ -44,12 +49,38 @@ class TokenBucket:
         self._refill(now)
         return self.tokens
 
-    def spend(self, amount: float, now: float) -> None:
-        """*amount* bytes went (or were asked for): the bucket never goes below empty."""
+    def share(self, who: Hashable, now: float) -> float:
+        """Bytes *who* may take now: with n users (those that asked within SHARE_SECONDS), each has a bucket
+        of its own filling at rate/n up to burst/n, and never more than the whole bucket holds.
+
+        Without it the one that asks most often (a download whose blocks keep arriving) would take
+        everything as soon as it is there, and another would starve.  Spend with ``spend(amount, now, who)``.
+        """
+        if self.rate <= 0:
+            return float("inf")
+        users = self.users
+        entry = users.get(who)
+        if len(users) > 1 or entry is None:
+            for gone in [u for u, (_, seen) in users.items() if now - seen > SHARE_SECONDS and u != who]:
+                del users[gone]
+        n = len(users) + (entry is None)
+        each_rate, each_burst = self.rate / n, self.burst / n
+        if entry is None:
+            entry = users[who] = [each_burst, now]
+        else:
+            entry[0] = min(each_burst, entry[0] + max(0.0, now - entry[1]) * each_rate)
+            entry[1] = max(entry[1], now)
+        return min(entry[0], self.available(now))
+
+    def spend(self, amount: float, now: float, who: Hashable = None) -> None:
+        """*amount* bytes went (or were asked for), by *who* if it took a share: never below empty."""
         if self.rate <= 0:
             return
         self._refill(now)
         self.tokens = max(0.0, self.tokens - amount)
+        entry = self.users.get(who) if who is not None else None
+        if entry is not None:
+            entry[0] = max(0.0, entry[0] - amount)
 
     def take(self, sizes: list[int], now: float) -> int:
         """How many of *sizes* (bytes each, in order) may go now; those are spent."""
