@@ -123,3 +123,17 @@ async def test_the_download_limit_is_the_nodes_across_its_downloads(cluster: Clu
           f" shared {moved}")
     assert LIMIT * 0.5 <= got <= LIMIT * 1.10
     assert min(moved) >= 0.3 * sum(moved)  # shared, not taken by one
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_upload_limit_is_the_nodes_across_its_peers(cluster: Cluster) -> None:
+    seeder, first, _ = await _pair(cluster, ["--max-upload-rate", "512KiB"])
+    second = cluster.node(3)
+    await _registered(second)
+    d = second.download(str(cluster.tmp / "nf" / "1" / "data.bin.torrent"), lambda p: None)
+    d.addErrback(lambda _: None)  # stopped with the cluster
+    await _until(lambda: _received(second) > 0, "the second downloader's first blocks")
+    sent = await _rate(lambda: _uploaded(seeder))
+    # (The two also trade pieces with each other, which the seeder's limit does not touch.)
+    print(f"upload limited to {LIMIT} B/s, two downloaders: {sent:.0f} B/s sent ({sent / LIMIT:.3f} of the limit)")
+    assert LIMIT * 0.5 <= sent <= LIMIT * 1.10
