@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import socket
+from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import psutil
@@ -14,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, reactor
 
 from p2ptorrent.node import tap as node_tap
-from p2ptorrent.node.metrics import MetricsService
+from p2ptorrent.node.download import Phase
+from p2ptorrent.node.metrics import DownloadTotals, MetricsService, registry_for
 from p2ptorrent.node.service import Node
 from p2ptorrent.startup import StartupError
 from test_loopback import MIB, Cluster, _file, _registered
@@ -53,6 +56,41 @@ async def _scrape(port: int) -> dict[str, Any]:
             else:
                 samples[s.name] = s.value
     return samples
+
+
+def _fake_download(phase: Phase, pieces: int) -> Any:
+    peer = SimpleNamespace(bytes=1000 * pieces)
+    return SimpleNamespace(
+        phase=phase, pieces_failed=1, writer=SimpleNamespace(queued=lambda: 2),
+        transfer=SimpleNamespace(retransmits=5, peers={("10.0.0.1", 1): peer}),
+        stats=SimpleNamespace(pieces_from={("10.0.0.1", 1): pieces}, dropped_bytes=0),
+    )
+
+
+def test_an_ended_download_still_listed_is_counted_once() -> None:
+    """Between its end and the tracker's answer a download stays listed; its figures are in the totals."""
+    ended, running = _fake_download(Phase.ENDED, 3), _fake_download(Phase.RUNNING, 4)
+    totals = DownloadTotals()
+    totals.ended(ended)
+    node = SimpleNamespace(
+        protocol=SimpleNamespace(received=10, sent=20, bytes_received=1, bytes_sent=2,
+                                 counts=Counter({"rejected": 1, "rejected:stranger": 1, "limited:upload rate": 7})),
+        downloads={b"a": ended, b"b": running}, download_totals=totals,
+        seeder=SimpleNamespace(files={}), choker=SimpleNamespace(unchoked=set()),
+        limits=lambda: {"upload": 5, "download": 0},
+    )
+    from prometheus_client import generate_latest
+
+    samples = {(s.name, tuple(s.labels.values())): s.value
+               for f in text_string_to_metric_families(generate_latest(registry_for(node)).decode())
+               for s in f.samples}
+    assert samples[(P + "pieces_verified_total", ())] == 7
+    assert samples[(P + "pieces_failed_total", ())] == 2
+    assert samples[(P + "retransmissions_total", ())] == 10
+    assert samples[(P + "downloads", ())] == 1 and samples[(P + "writer_queue", ())] == 2
+    assert samples[(P + "refused_datagrams_total", ("stranger",))] == 1
+    assert samples[(P + "limited_total", ("upload rate",))] == 7
+    assert samples[(P + "upload_limit_bytes_per_second", ())] == 5
 
 
 def test_options_and_settings() -> None:

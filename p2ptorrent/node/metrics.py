@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from p2ptorrent.node.download import Phase
 from p2ptorrent.startup import StartupError
 
 if TYPE_CHECKING:  # (prometheus_client is imported only when a node serves metrics)
@@ -87,7 +88,9 @@ class NodeCollector:
                 limited.add_metric([key[8:]], value)
         yield refused
         yield limited
-        running = [d for d in node.downloads.values()]
+        # An ended download's figures are in the totals already (it may stay listed while the node tells the
+        # tracker it finished): counted once.
+        running = [d for d in node.downloads.values() if d.phase is not Phase.ENDED]
         totals = Counter(node.download_totals.counts)
         for d in running:
             totals.update(download_counts(d))
