@@ -80,7 +80,7 @@ commands:
                      set the node's upload and download limits, bytes a second in all
                      (20MiB, 512KiB; 0: none); either may be left out; alone: show them
   help               show this help (no node needed)
-  torrent -setMode send FILE | download TORRENT | status | exit | help
+  torrent -setMode send FILE | download TORRENT | status | exit | limit up=SIZE down=SIZE | help
                      the same commands in the original grammar
 
 Options may go before or after the command (download x.torrent --node 3);
