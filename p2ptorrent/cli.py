@@ -46,6 +46,7 @@ from p2ptorrent.commands import (
     control_socket_path,
     control_target,
     default_control_endpoint,
+    limit_values,
     parse_command,
     suggest,
 )
@@ -89,8 +90,11 @@ commands:
                      partial data; only inside the node's folder)
   --json             with status, list or info: the node's answer as JSON, for scripts
   exit               tell the tracker the node leaves, and stop the node
+  limit --up SIZE --down SIZE
+                     set the node's upload and download limits, bytes a second in all
+                     (20MiB, 512KiB; 0: none); either may be left out; alone: show them
   help               show this help (no node needed)
-  torrent -setMode send FILE | download TORRENT | status | exit | help
+  torrent -setMode send FILE | download TORRENT | status | exit | limit up=SIZE down=SIZE | help
   torrent -setMode list | info NAME | pause NAME | cancel NAME [--delete-data] | ...
                      the same commands in the original grammar
 
@@ -163,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print the node's answer as JSON (status, list, info)")
     parser.add_argument("--delete-data", action="store_true", help="cancel, remove: delete the data too")
+    parser.add_argument("--up", metavar="SIZE", help="with limit: the upload limit, bytes a second (20MiB; 0: none)")
+    parser.add_argument("--down", metavar="SIZE", help="with limit: the download limit, bytes a second (0: none)")
     parser.add_argument("command", nargs="*", metavar="COMMAND ...", help=argparse.SUPPRESS)
     return parser
 
@@ -220,6 +226,9 @@ def command_from_words(words: Sequence[str]) -> Command:
         if meant is not None:
             raise CommandError(f"unknown command {words[0]!r}: did you mean {meant!r}?")
         raise CommandError(f"unknown command {words[0]!r}: use send FILE, download TORRENT, status, exit or help")
+    if verb == "limit":
+        limit_values(" ".join(args))  # up=SIZE down=SIZE, refused here with the reason
+        return Command(verb, " ".join(args) or None)
     if verb in (*BARE_VERBS, HELP):
         if args:
             raise CommandError(f"{verb} takes no argument, got {' '.join(args)!r}")
@@ -230,6 +239,17 @@ def command_from_words(words: Sequence[str]) -> Command:
     if len(args) > 1 and not original:
         raise CommandError(f"{verb} takes one {what}, got {len(args)}: quote a path that contains spaces")
     return Command(verb, " ".join(args))
+
+
+def _limit_options(command: Command, up: str | None, down: str | None) -> Command:
+    """``limit --up 20MiB --down 0``: the options as the grammar's words (``up=20MiB down=0``)."""
+    if command.verb != "limit":
+        raise CommandError("--up and --down go with the limit command: limit --up 20MiB --down 0")
+    words = [w for w in (command.argument or "").split()]
+    words += [f"{name}={value}" for name, value in (("up", up), ("down", down)) if value is not None]
+    text = " ".join(words)
+    limit_values(text)
+    return Command("limit", text)
 
 
 @dataclass(frozen=True)
@@ -260,6 +280,8 @@ def prepare(argv: Sequence[str] | None = None) -> Request:
         parser.error(f"--node must be a node id (0 or more), got {args.node}")
     try:
         command = command_from_words(args.command)
+        if args.up is not None or args.down is not None:
+            command = _limit_options(command, args.up, args.down)
     except CommandError as e:
         parser.error(str(e))
     if command.verb == HELP:

@@ -7,8 +7,8 @@ here, on the standard library alone.
 
 The original grammar is ``torrent -setMode send <file>``, ``torrent -setMode
 download <torrent file>`` and ``torrent -setMode exit``, plus our ``status``
-(``download`` also takes a magnet link or a bare info hash)
-and ``help`` (also typed alone: ``help``), which lists the commands.  A
+(``download`` also takes a magnet link or a bare info hash), ``limit up=SIZE
+down=SIZE`` (the node's rate limits, changed live) and ``help`` (also typed alone: ``help``), which lists the commands.  A
 mistyped command or mode is answered with the nearest one ("did you mean").
 Endpoint descriptions follow Twisted's string syntax (``unix:path=...``,
 ``tcp:host=...:port=...``); we read the few forms a control client needs.
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from p2ptorrent.config import Config
 
 #: What a node can be told to do.
-VERBS = ("send", "download", "exit", "status")
+VERBS = ("send", "download", "exit", "status", "limit")
 #: The operator's views and verbs: `list` takes nothing, the others a torrent's name or info hash (or a
 #: unique prefix of it); `cancel` and `remove` also take --delete-data.
 OPERATOR_VERBS = ("list", "info", "pause", "resume", "cancel", "stop-seeding", "remove")
@@ -38,7 +38,7 @@ DELETING_VERBS = ("cancel", "remove")
 HELP = "help"
 USAGE = (
     "usage: torrent -setMode send <file> | torrent -setMode download <torrent file | magnet link | info hash>"
-    " | torrent -setMode status | torrent -setMode exit | help"
+    " | torrent -setMode status | torrent -setMode exit | torrent -setMode limit [up=SIZE] [down=SIZE] | help"
     " | torrent -setMode list | torrent -setMode info|pause|resume|stop-seeding NAME"
     " | torrent -setMode cancel|remove NAME [--delete-data]"
 )
@@ -60,6 +60,10 @@ commands, one a line:
   torrent -setMode stop-seeding NAME  withdraw at the tracker, stop serving; the file stays
   torrent -setMode remove NAME        withdraw, stop, forget the torrent (--delete-data after NAME: delete
                                       the file or folder and partial data, inside the node's folder only)
+  torrent -setMode limit up=20MiB down=0
+                                      set the node's upload and download limits (bytes a second in all:
+                                      KiB, MiB, GiB are 1024-based, KB, MB, GB 1000-based; 0: no limit);
+                                      either may be left out; with neither, say what the limits are
   help                                this list
   (a FILE or TORRENT without a folder is looked for in the node's folder first; NAME is a torrent's
    name, its info hash or a unique prefix of it)"""
@@ -146,6 +150,9 @@ def parse_command(line: str) -> Command:
             raise CommandError(f"unknown mode {_clip(mode)!r}: did you mean {meant!r}?")
         raise bad(f"unknown mode {_clip(mode)!r}")
     rest = (m.group("rest") or "").strip()
+    if verb == "limit":
+        limit_values(rest)  # refused here, with the reason, if it does not follow the grammar
+        return Command(verb, rest or None)
     delete_data = False
     if verb in DELETING_VERBS and (rest == DELETE_DATA or rest.endswith(" " + DELETE_DATA)):
         delete_data, rest = True, rest[: -len(DELETE_DATA)].strip()
@@ -168,6 +175,29 @@ def parse_command(line: str) -> Command:
         if not rest:
             raise bad(f"{verb} needs a non-empty path")
     return Command(verb, rest, delete_data)
+
+
+#: The words ``limit`` takes: ``up=SIZE`` for the upload limit, ``down=SIZE`` for the download limit.
+LIMIT_WORDS = ("up", "down")
+
+
+def limit_values(text: str | None) -> dict[str, int]:
+    """``up=20MiB down=0`` as ``{"up": 20971520, "down": 0}`` (bytes a second; either may be missing)."""
+    from p2ptorrent.config import parse_rate  # (humanfriendly is imported only for a limit)
+
+    values: dict[str, int] = {}
+    for word in (text or "").split():
+        name, sep, size = word.partition("=")
+        name = name.lower().lstrip("-")
+        if not sep or name not in LIMIT_WORDS:
+            raise CommandError(f"limit takes up=SIZE and down=SIZE (e.g. up=20MiB down=0), got {_clip(word)!r}")
+        if name in values:
+            raise CommandError(f"limit: {name}= given twice")
+        try:
+            values[name] = parse_rate(size)
+        except ValueError as e:
+            raise CommandError(f"limit {name}=: {e}") from None
+    return values
 
 
 def suggest(word: str, choices: Iterable[str]) -> str | None:

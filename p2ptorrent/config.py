@@ -159,6 +159,15 @@ class Config:
     #: Most BitTorrent clients the tracker holds in all (each torrent a client announces counts once);
     #: an announce that would add one more is refused.
     BT_MAX_PEERS: int = 1_000_000
+    #: Bytes a second a node uploads in all (blocks sent to every peer together; a token bucket); 0: no limit.
+    #: Also human sizes in the settings file and on the command line: 20MiB, 512KiB, 1.5MB (see parse_rate).
+    MAX_UPLOAD_RATE: int = 0
+    #: Bytes a second a node downloads in all (its downloads pace their block requests to it); 0: no limit.
+    MAX_DOWNLOAD_RATE: int = 0
+    #: TCP port of the node's Prometheus ``/metrics`` page; 0: none (the default: no port is opened).
+    METRICS_PORT: int = 0
+    #: Address the metrics page listens on: loopback unless asked otherwise.
+    METRICS_INTERFACE: str = "127.0.0.1"
 
     # ---- derived values
     @property
@@ -306,6 +315,11 @@ def _problems(c: Config) -> list[str]:
         errs.append(f"BT_MAX_NUMWANT must be 1-1000, got {c.BT_MAX_NUMWANT}")
     if c.BT_MAX_PEERS < 1:
         errs.append(f"BT_MAX_PEERS must be at least 1, got {c.BT_MAX_PEERS}")
+    for name in ("MAX_UPLOAD_RATE", "MAX_DOWNLOAD_RATE"):
+        if getattr(c, name) < 0:
+            errs.append(f"{name} must be 0 (no limit) or a number of bytes a second, got {getattr(c, name)}")
+    if not 0 <= c.METRICS_PORT <= 65535:
+        errs.append(f"METRICS_PORT must be 0 (no metrics page) or 1-65535, got {c.METRICS_PORT}")
     modes = c.tracker_requests_mode
     want = set(_modes())
     if set(modes) != want:
@@ -363,6 +377,8 @@ def _coerce(name: str, value: Any) -> Any:
                 value = value.replace(",", "-").split("-")
             lo, hi = value
             return (_int(lo), _int(hi))
+        if name in RATE_SETTINGS and isinstance(value, str):
+            return parse_rate(value)
         if name == "LOG_LEVEL" and isinstance(value, str):
             return value.strip().lower()  # INFO and info alike
         if kind.startswith("dict"):
@@ -386,6 +402,28 @@ def _coerce(name: str, value: Any) -> Any:
         why = f"expected {form}" if form else str(e)
         raise ConfigError(f"bad value for {name}: {given!r} ({why})") from None
     raise ConfigError(f"cannot set {name}")  # pragma: no cover - every field is covered above
+
+
+#: Settings in bytes a second that also take human sizes.
+RATE_SETTINGS = ("MAX_UPLOAD_RATE", "MAX_DOWNLOAD_RATE")
+
+
+def parse_rate(text: str) -> int:
+    """Bytes a second from ``20MiB``, ``512 KiB/s``, ``1.5MB``, ``0`` or ``1048576`` (ValueError if none).
+
+    humanfriendly's ``parse_size`` reads the units: KiB, MiB, GiB are powers of 1024, and KB, MB, GB
+    (and K, M, G) powers of 1000, as their names say, so nobody has to guess which one was meant.
+    """
+    from humanfriendly import InvalidSize, parse_size  # type: ignore[import-untyped]  # only for a size given as text
+
+    words = text.strip()
+    if words.lower().endswith("/s"):
+        words = words[:-2].strip()
+    try:
+        size = parse_size(words)
+    except InvalidSize:
+        raise ValueError(f"expected a size such as 20MiB, 512KiB or 0, got {text!r}") from None
+    return int(size)
 
 
 def _int(value: Any) -> int:

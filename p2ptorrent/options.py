@@ -37,6 +37,10 @@ NAMED_SETTINGS = {
     "tracker-interval": "TRACKER_TIME_INTERVAL",
     "log-level": "LOG_LEVEL",
     "store": "TRACKER_STORE",
+    # (a node's only)
+    "max-upload-rate": "MAX_UPLOAD_RATE",
+    "max-download-rate": "MAX_DOWNLOAD_RATE",
+    "metrics-port": "METRICS_PORT",
 }
 
 

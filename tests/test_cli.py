@@ -88,6 +88,10 @@ class ScriptedNode:
         self.calls.append(("exit",))
         return succeed(None)
 
+    def limit(self, up: int | None, down: int | None) -> str:
+        self.calls.append(("limit", up, down))
+        return f"upload limit {up}, download limit {down}"
+
 
 @pytest.fixture
 def short_dir() -> Iterator[Path]:
@@ -357,6 +361,34 @@ async def test_status_and_exit(listening: tuple[ScriptedNode, Path]) -> None:
     code, out, _ = await run_cli(["--node-files-dir", str(folder), "torrent", "-setMode", "exit"])
     assert code == EXIT_OK and "stopping" in out
     assert node.calls == [("status",), ("status",), ("exit",)]
+
+
+def test_limit_takes_options_or_the_grammar_words() -> None:
+    assert prepare(["--node", "2", "limit", "--up", "20MiB", "--down", "0"]).command == Command("limit", "up=20MiB down=0")
+    assert prepare(["limit", "down=1MB"]).command == Command("limit", "down=1MB")
+    assert prepare(["torrent", "-setMode", "limit", "up=1k"]).command == Command("limit", "up=1k")
+    assert prepare(["limit"]).command == Command("limit")
+    assert Command("limit", "up=20MiB down=0").line() == "torrent -setMode limit up=20MiB down=0"
+
+
+@pytest.mark.parametrize(
+    ("argv", "why"),
+    [(["status", "--up", "1MiB"], "--up and --down go with the limit command"),
+     (["limit", "--up", "fast"], "expected a size"),
+     (["limit", "sideways=1"], "limit takes up=SIZE")],
+)
+def test_limit_refuses(argv: list[str], why: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        prepare(argv)
+    assert e.value.code == 2 and why in capsys.readouterr().err
+
+
+@pytest_twisted.ensureDeferred
+async def test_limit_reaches_the_node(listening: tuple[ScriptedNode, Path]) -> None:
+    node, folder = listening
+    code, out, _ = await run_cli(["--node-files-dir", str(folder), "limit", "--up", "20MiB", "--down", "0"])
+    assert code == EXIT_OK and out == "upload limit 20971520, download limit 0\n"
+    assert node.calls == [("limit", 20971520, 0)]
 
 
 @pytest_twisted.ensureDeferred

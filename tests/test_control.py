@@ -77,6 +77,10 @@ class RecordingNode:
         self.calls.append(("exit",))
         return self._pending()
 
+    def limit(self, up: int | None, down: int | None) -> str:
+        self.calls.append(("limit", up, down))
+        return f"up {up}, down {down}"
+
 
 @pytest.fixture
 def node() -> RecordingNode:
@@ -200,6 +204,16 @@ def test_dispatch(node: RecordingNode) -> None:
     assert node.calls == [("send", "/a b"), ("download", "/t.torrent"), ("status",), ("exit",)]
 
 
+def test_dispatch_limit_reads_the_sizes_and_refuses_a_bad_one(node: RecordingNode) -> None:
+    d = dispatch(node, Command("limit", "up=20MiB down=0"), lambda p: None)
+    assert d.result == "up 20971520, down 0"
+    assert dispatch(node, Command("limit"), lambda p: None).result == "up None, down None"
+    failures: list[Any] = []
+    dispatch(node, Command("limit", "up=fast"), lambda p: None).addErrback(failures.append)
+    assert "20MiB" in str(failures[0].value)
+    assert node.calls == [("limit", 20971520, 0), ("limit", None, None)]
+
+
 def test_dispatch_help_leaves_the_node_alone(node: RecordingNode) -> None:
     d = dispatch(node, Command("help"), lambda p: None)
     assert d.result == HELP_TEXT
@@ -268,6 +282,16 @@ def test_stdin_errors_and_blank_lines(node: RecordingNode) -> None:
     proto.dataReceived(b"torrent -setMode send y\n")
     node.pending[1].errback(RuntimeError("tracker unreachable\nsecond line"))
     assert lines(transport) == ["ERROR: tracker unreachable second line"]
+
+
+def test_stdin_limit(node: RecordingNode) -> None:
+    proto, transport, _ = stdin_control(node)
+    proto.dataReceived(b"torrent -setMode limit up=20MiB down=0\n")
+    assert lines(transport) == ["OK: up 20971520, down 0"]
+    proto.dataReceived(b"torrent -setMode limit up=quick\n")
+    [line] = lines(transport)
+    assert line.startswith("ERROR: limit up=: expected a size such as 20MiB")
+    assert node.calls == [("limit", 20971520, 0)]
 
 
 def test_stdin_help(node: RecordingNode) -> None:

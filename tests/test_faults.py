@@ -177,8 +177,8 @@ def test_slow_owner_does_not_hold_the_download_back(tmp_path: Path, monkeypatch:
     most = [0]
     real_requests = Transfer.requests
 
-    def watched(self: Transfer, now: float, only: Any = None) -> Any:
-        out = real_requests(self, now, only)
+    def watched(self: Transfer, now: float, only: Any = None, limit: int | None = None) -> Any:
+        out = real_requests(self, now, only, limit)
         most[0] = max([most[0], *(len(h) for h in self.requesters.values())])
         return out
 

@@ -34,7 +34,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from p2ptorrent.commands import HELP, HELP_TEXT, USAGE, Command, CommandError, parse_command
+from p2ptorrent.commands import HELP, HELP_TEXT, USAGE, Command, CommandError, limit_values, parse_command
 from p2ptorrent.node.access import is_loopback, peer_refusal
 
 #: Longest request line the control socket and stdin accept (paths are < 4 KiB).
@@ -72,6 +72,9 @@ class INodeCommands(Interface):
 
     def status() -> dict[str, Any]:
         """A JSON-able snapshot: node id, address, files seeded, downloads in progress."""
+
+    def limit(up: int | None, down: int | None) -> str:
+        """Set the upload and/or download limit (bytes a second, 0: none; None: unchanged); say what they are now."""
 
     def exit() -> Deferred[str]:
         """Tell the tracker we leave (EXIT), then stop the node; fires with what the tracker said, for people.
@@ -143,6 +146,12 @@ def dispatch(commands: INodeCommands, command: Command, progress: Progress) -> D
         return maybeDeferred(commands.download, argument, progress)
     if command.verb == "status":
         return maybeDeferred(commands.status)
+    if command.verb == "limit":
+        try:
+            values = limit_values(argument)
+        except CommandError as e:
+            return fail(e)
+        return maybeDeferred(commands.limit, values.get("up"), values.get("down"))
     if command.verb == "list" or command.verb in METHODS:
         return _operator(commands, command)
     if command.verb == "exit":

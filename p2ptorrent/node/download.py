@@ -56,6 +56,8 @@ class Download:
         self.stats = Stats(self.hooks.uploaded)
         self.result: Deferred[DownloadResult] = Deferred()
         self.phase = Phase.RUNNING
+        #: Assembled pieces that failed their hash (the metrics count them).
+        self.pieces_failed = 0
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
 
@@ -199,6 +201,7 @@ class Download:
         if isinstance(outcome, PieceVerified):
             self._on_piece(outcome)
         elif isinstance(outcome, PieceFailed):
+            self.pieces_failed += 1
             self.log.warn("{name}: piece {piece} failed verification (data from {peers}); fetching it again",
                           name=self.meta.name, piece=outcome.piece, peers=self._ids(outcome.sources))
             self._send_requests()
@@ -233,8 +236,15 @@ class Download:
             self._report_progress()
 
     def _send_requests(self, only: Any = None) -> None:
-        info_hash = self.meta.info_hash
-        for peer, nonce, batch in self.transfer.requests(self.clock.seconds(), only):
+        info_hash, now, pace = self.meta.info_hash, self.clock.seconds(), self.hooks.pace
+        limit = None
+        if pace is not None and pace.limited:  # the node's download limit: ask for no more than it allows now
+            limit = int(pace.share(self, now) // self.transfer.geo.chunk)
+            if limit <= 0:
+                return
+        for peer, nonce, batch in self.transfer.requests(now, only, limit):
+            if pace is not None:
+                pace.spend(sum(length for _, _, length in batch), now, self)
             self.network.send(wire.encode_block_request(info_hash, peer.cookie, nonce, batch), peer.addr)
 
     def _report_progress(self, force: bool = False) -> None:

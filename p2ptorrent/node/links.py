@@ -14,6 +14,7 @@ from typing import Any, Callable, Protocol
 from twisted.internet.defer import Deferred
 
 from p2ptorrent import wire
+from p2ptorrent.node.ratelimit import TokenBucket
 from p2ptorrent.node.storage import PartFile, StorageError
 from p2ptorrent.node.writer import InlineWriter, PieceWriter
 
@@ -36,3 +37,5 @@ class Hooks:
     writer: Callable[[PartFile, Callable[[StorageError], None]], PieceWriter] = InlineWriter
     wallclock: Callable[[], float] = time.monotonic
     rng: random.Random | None = None
+    #: The node's download limit, shared by its downloads: block requests spend it (None: no limit).
+    pace: TokenBucket | None = None

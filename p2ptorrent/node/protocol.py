@@ -114,6 +114,8 @@ class NodeProtocol(DatagramProtocol):
         self.counts: Counter[str] = seeder.counts
         self.received = 0  # plain ints: counted on the hot path
         self.sent = 0
+        self.bytes_received = 0  # (payload bytes, for the metrics)
+        self.bytes_sent = 0
         self._next_summary = 0.0
         #: info hash -> until when blocks for that ended download count as late (see ended()).
         self._ended: dict[bytes, float] = {}
@@ -135,6 +137,7 @@ class NodeProtocol(DatagramProtocol):
         try:
             self.transport.write(datagram, addr)
             self.sent += 1
+            self.bytes_sent += len(datagram)
         except OSError as e:
             # A full send buffer or an unreachable address loses this datagram,
             # as the network might: the requester's timeouts cover it.
@@ -169,6 +172,8 @@ class NodeProtocol(DatagramProtocol):
             return
         sent, lost = write_many(run, addr)
         self.sent += sent
+        # Which ones were lost is not said: a run is sent in order, so count the first *sent*.
+        self.bytes_sent += sum(len(d) for d in (run if not lost else run[:sent]))
         if lost:
             self.counts["send_errors"] += lost
 
@@ -256,6 +261,7 @@ class NodeProtocol(DatagramProtocol):
 
     def _receive(self, view: memoryview, addr: Any) -> None:
         self.received += 1
+        self.bytes_received += len(view)
         head = wire.peek_block(view) if len(view) <= self.max_datagram else None
         if head is not None:
             sink = self.downloads.get(head[0])

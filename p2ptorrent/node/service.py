@@ -81,6 +81,8 @@ from p2ptorrent.node.operator import (
 )
 from p2ptorrent.node.serving import WATCH_SECONDS
 from p2ptorrent.node.download import Phase
+from p2ptorrent.node.metrics import DownloadTotals, MetricsService
+from p2ptorrent.node.ratelimit import TokenBucket
 from p2ptorrent.node.writer import PieceWriter, ThreadedWriter
 
 SEEDING_FILE = ".seeding.json"
@@ -263,6 +265,9 @@ class Node(FolderDaemon):
         self.choker = Choker(settings.UPLOAD_SLOTS, random.Random())
         self.seeder = Seeder.from_settings(os.urandom(32), settings, slots=self.choker)
         self.protocol = NodeProtocol(self.seeder, reactor, settings.BUFFER_SIZE, settings.SOCKET_BUFFER)
+        #: The download limit (MAX_DOWNLOAD_RATE), one for all downloads: their block requests spend it.
+        self.download_pace = TokenBucket(min_burst=settings.CHUNK_PIECES_SIZE)
+        self.download_pace.set_rate(settings.MAX_DOWNLOAD_RATE, reactor.seconds())
         #: Every download under way, from its first check of the disk to its end: the one registry.
         self.jobs: dict[bytes, _Job] = {}
         #: Downloads the operator paused or cancelled: not running, their verified pieces kept (see operator.py).
@@ -301,6 +306,12 @@ class Node(FolderDaemon):
         meter = TimerService(1.0, self._mark_uploads)
         meter.clock = reactor
         meter.setServiceParent(self)
+        #: What ended downloads did (the metrics' counters include them); the /metrics page if asked for.
+        self.download_totals = DownloadTotals()
+        self.metrics: MetricsService | None = None
+        if settings.METRICS_PORT:
+            self.metrics = MetricsService(reactor, self, settings.METRICS_PORT, settings.METRICS_INTERFACE)
+            self.metrics.setServiceParent(self)
 
     # ---- life
     def open(self) -> None:
@@ -313,6 +324,8 @@ class Node(FolderDaemon):
         usable_folder(self.settings.logs_dir, "log folder")
         self.lock.acquire()
         self.udp.open()
+        if self.metrics is not None:
+            self.metrics.open()
 
     def startService(self) -> None:
         super().startService()  # the folder and port claimed (FolderDaemon), then the log file, the UDP port
@@ -985,13 +998,16 @@ class Node(FolderDaemon):
         job.download = Download(
             meta, job.part, self.protocol, partial(self._need, job), self.reactor, self.settings,
             self.node_id, Hooks(progress=job.progress, announce=announce, writer=self.make_writer,
-                                uploaded=(lambda: shared.uploaded) if shared is not None else None),
+                                uploaded=(lambda: shared.uploaded) if shared is not None else None,
+                                pace=self.download_pace),
         )
         self.log.info("download of {name} ({size} bytes, {hash}) started", name=meta.name, size=meta.length, hash=meta.info_hash_hex)
         try:
             return await job.download.start()
         except DownloadError as e:
             raise CommandFailed(str(e)) from None
+        finally:
+            self.download_totals.ended(job.download)
 
     def _need(self, job: _Job) -> Deferred[list[Owner]]:
         """NEED at the torrent's tracker, the next one if it fails (each once); the job says when it moves on."""
@@ -1081,6 +1097,8 @@ class Node(FolderDaemon):
             "held": [{"name": h.meta.name, "info_hash": ih.hex(), "state": h.state, "done": h.done,
                       "total": h.meta.length} for ih, h in self.held.items()],
             "upload_rate": round(sum(self.uploads.rate(ih) for ih in self.seeder.files)),
+            # Rate limits now, bytes a second (0: none): MAX_UPLOAD_RATE, MAX_DOWNLOAD_RATE, or `limit`.
+            "limits": self.limits(),
         }
 
     def _tracker_name(self, info_hash: bytes) -> str:
@@ -1321,6 +1339,22 @@ class Node(FolderDaemon):
             said.append(f"the file stays at {path}")
         self._release_unused()
         return f"{PAST[verb]} {meta.name}: {'; '.join(said)}"
+    def limits(self) -> dict[str, int]:
+        """The upload and download limits now, bytes a second (0: none)."""
+        return {"upload": int(self.seeder.upload.rate), "download": int(self.download_pace.rate)}
+
+    def limit(self, up: int | None, down: int | None) -> str:
+        """Change the node's rate limits live (None leaves one as it is); what they are now, for people."""
+        now = self.reactor.seconds()
+        if up is not None:
+            self.seeder.upload.set_rate(up, now)
+        if down is not None:
+            self.download_pace.set_rate(down, now)
+        limits = self.limits()
+        if up is not None or down is not None:
+            self.log.info("rate limits now: upload {up}, download {down}", up=rate_text(limits["upload"]),
+                          down=rate_text(limits["download"]))
+        return f"upload limit {rate_text(limits['upload'])}, download limit {rate_text(limits['download'])}"
 
     def exit(self) -> Deferred[str]:
         """Leave the tracker (EXIT), then stop; the answer says whether the tracker acknowledged it."""
@@ -1383,6 +1417,16 @@ def verified_text(meta: Metainfo) -> str:
     if meta.sha256 is not None:
         return f"all {meta.num_pieces} pieces (SHA-1) and the whole {whole} (SHA-256) verified"
     return f"all {meta.num_pieces} pieces verified (SHA-1; the torrent has no whole-{whole} SHA-256)"
+
+
+def rate_text(rate: int) -> str:
+    """A limit for people: ``20 MiB/s (20971520 bytes/s)``, or ``none``."""
+    if not rate:
+        return "none"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if rate >= size:
+            return f"{rate / size:g} {unit}/s ({rate} bytes/s)"
+    return f"{rate} bytes/s"
 
 
 def log_path(settings: Config, node_id: int) -> Path:

@@ -34,6 +34,17 @@ What a peer can make us send:
   a request is dropped, which a real downloader takes as loss and slows
   down.  Blocks are read and sent one at a time, so a request for 256
   blocks never holds 256 blocks in memory.
+* Block bytes at most ``MAX_UPLOAD_RATE`` a second in all, when the node
+  is given an upload limit (one token bucket, :mod:`ratelimit`; ``limit``
+  changes it live).  A request is answered with its first blocks that the
+  bucket allows, and the rest is simply not sent: nothing is queued, so
+  memory stays flat whatever is asked.  Silence is what keeps the asker's
+  loss detection sane: a peer answers in order, so blocks it asked for
+  later that do arrive show the tail as lost at once (it asks again, and a
+  run of loss halves its window, as a policed TCP flow would), and a
+  request that got nothing back times out and backs off.  The bucket saves
+  ``ratelimit.BURST_SECONDS`` of its rate to cover that timeout.  INFO, HAVE
+  and ERROR answers are small and never limited by it.
 * Pieces of a torrent's info dict (METADATA_REQ, for a peer that has only a
   magnet link) only with the cookie, like blocks, and at most
   ``METADATA_ANSWERS_PER_SECOND`` a second per address: an info dict is a
@@ -67,6 +78,7 @@ from p2ptorrent import wire
 from p2ptorrent.config import Config
 from p2ptorrent.metainfo import Metainfo
 from p2ptorrent.node.files import ContentFiles
+from p2ptorrent.node.ratelimit import TokenBucket
 
 #: INFO answers a second to one address, and how many it may save up: a
 #: download sends one INFO per owner (three tries at most), so this is
@@ -181,6 +193,7 @@ class Seeder:
         blocks_per_second: int = Config.MAX_BLOCKS_PER_SECOND_PER_PEER,
         table_size: int = Config.PEER_TABLE_SIZE,
         slots: UploadSlots | None = None,
+        upload_rate: int = Config.MAX_UPLOAD_RATE,
     ) -> None:
         self.secret = secret
         #: Upload slots (see choker.py); None serves every peer that asks.
@@ -194,6 +207,9 @@ class Seeder:
         self.info_answers = RateTable(INFO_ANSWERS_PER_SECOND, INFO_ANSWER_BURST, table_size)
         self.errors = RateTable(ERRORS_PER_SECOND, ERROR_BURST, table_size)
         self.metadata_answers = RateTable(METADATA_ANSWERS_PER_SECOND, METADATA_ANSWER_BURST, table_size)
+        #: The node's upload limit (MAX_UPLOAD_RATE, bytes of blocks a second to everyone; 0: none).
+        self.upload = TokenBucket(min_burst=max_block)
+        self.upload.set_rate(upload_rate, 0.0)
         #: Per info hash, the addresses that asked HAVE lately (cookie-checked): when, and the nonce of their
         #: latest HAVE_REQ (0: none yet), which the news we push them carries.
         self.watchers: dict[bytes, OrderedDict[Any, tuple[float, int]]] = {}
@@ -209,6 +225,7 @@ class Seeder:
             blocks_per_second=settings.MAX_BLOCKS_PER_SECOND_PER_PEER,
             table_size=settings.PEER_TABLE_SIZE,
             slots=slots,
+            upload_rate=settings.MAX_UPLOAD_RATE,
         )
 
     def add(self, meta: Metainfo, path: Path) -> SharedFile:
@@ -364,7 +381,16 @@ class Seeder:
         granted = self.blocks.take(addr, wanted, now, force=not self._contended(addr, now))
         if granted < wanted:
             self.counts["limited:blocks"] += wanted - granted
-        replies = self._read(shared, msg.info_hash, msg.nonce, blocks[:granted] if granted < wanted else blocks)
+            blocks = blocks[:granted]
+        if self.upload.rate > 0:
+            # The node's upload limit: the first blocks its bucket allows; the rest is not sent (module docstring).
+            allowed = self.upload.take([b[2] for b in blocks], now)
+            if allowed < len(blocks):
+                self.counts["limited:upload rate"] += len(blocks) - allowed
+                blocks = blocks[:allowed]
+                if not blocks:
+                    return None, offer
+        replies = self._read(shared, msg.info_hash, msg.nonce, blocks)
         return None, (itertools.chain(offer, replies) if offer else replies)
 
     def on_metadata(self, msg: wire.MetadataRequest, addr: Any, size: int, now: float = 0.0) -> Reply:

@@ -35,6 +35,9 @@ class Options(SettingsOptions):
         ["port", "p", "0", "UDP port to listen on (default 0: a free one in AVAILABLE_PORTS_RANGE)."],
         ["advertise-port", None, "0", "UDP port to tell the tracker, if a NAT maps it (default: the one listened on)."],
         ["control", None, None, "Twisted endpoint for commands (default: unix:address=node_files/<id>/.control.sock:mode=600)."],
+        ["max-upload-rate", None, None, "Upload limit in all, bytes a second: 20MiB, 512KiB, 0 = none (MAX_UPLOAD_RATE)."],
+        ["max-download-rate", None, None, "Download limit in all, bytes a second, as above (MAX_DOWNLOAD_RATE)."],
+        ["metrics-port", None, None, "TCP port of the Prometheus /metrics page, 0 = none (METRICS_PORT, default 0)."],
     ]
     optFlags = [["no-stdin", None, "Do not read commands from stdin even in the foreground."]]
 

@@ -233,6 +233,8 @@ class Transfer:
         self.rejected = 0
         #: The nonces of peers dropped (or greeted again) while their answers may still come, and until when.
         self.retired: dict[Addr, tuple[float, dict[int, float]]] = {}
+        #: Which peer asks first under a download limit (rotated each time).
+        self._turn = 0
 
     def mark_have(self, pieces: Iterable[int]) -> None:
         """Pieces already verified on disk (a resumed download): never ask for them."""
@@ -630,11 +632,22 @@ class Transfer:
         self.remove_peer(addr)
 
     # ---- requests out
-    def requests(self, now: float, only: Addr | None = None) -> list[tuple[PeerState, int, list[tuple[int, int, int]]]]:
-        """Fill the peers' windows; return the batches of (piece, offset, length) to send, each with its nonce."""
+    def requests(
+        self, now: float, only: Addr | None = None, limit: int | None = None,
+    ) -> list[tuple[PeerState, int, list[tuple[int, int, int]]]]:
+        """Fill the peers' windows; return the batches of (piece, offset, length) to send, each with its nonce.
+
+        *limit*: ask for at most this many blocks now (the node's download limit paces requests: a block
+        asked is a block coming, so arrival keeps to the rate while windows and loss detection work as ever).
+        """
         out = []
         peers = [self.peers[only]] if only is not None and only in self.peers else list(self.peers.values())
         room = self.budget - self.outstanding()
+        if limit is not None:
+            room = min(room, limit)
+            if len(peers) > 1:  # a turn each at going first, so the limit is shared among the peers
+                self._turn = (self._turn + 1) % len(peers)
+                peers = peers[self._turn :] + peers[: self._turn]
         for peer in peers:
             if peer.choked:
                 continue

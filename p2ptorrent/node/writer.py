@@ -115,6 +115,10 @@ class ThreadedWriter:
         if self.error is None and not self._closed:
             self._queue.put((piece, data, expected, checked))
 
+    def queued(self) -> int:
+        """Pieces waiting for the thread (the metrics' writer queue depth)."""
+        return self._queue.qsize()
+
     def finish(self) -> Deferred[Path]:
         d: Deferred[Path] = Deferred()
         self._closed = True
