@@ -117,6 +117,11 @@ def _tracker(cluster: Cluster) -> Any:
     return cluster.services[0].tracker.state
 
 
+def _events(cluster: Cluster) -> list[str]:
+    """The tracker's recent events, newest first, as its web page shows them."""
+    return [e.text for e in cluster.services[0].tracker.events.newest(50)]
+
+
 def _row(node: Node, name: str) -> dict[str, Any]:
     [row] = [r for r in node.transfers()["transfers"] if r["name"] == name]
     return row
@@ -156,6 +161,7 @@ async def test_pause_withdraws_sends_nothing_survives_a_restart_and_resume_fetch
     [failed] = ended
     assert isinstance(failed, Failure) and failed.getErrorMessage() == "data.bin: paused by the operator"
     assert 2 not in state.owners(meta.info_hash_hex)  # no one is sent to it
+    assert "node 2 paused data.bin" in _events(cluster)  # the tracker was told why
     assert meta.info_hash not in node.seeder.files and meta.info_hash not in node.downloads  # nothing served or fetched
     sent = node.protocol.sent
     row = _row(node, "data.bin")
@@ -234,6 +240,7 @@ async def test_stop_seeding_and_remove_withdraw_first_and_delete_only_inside_the
     path = cluster.tmp / "nf" / "1" / "data.bin"
     assert said == f"stopped seeding data.bin: withdrawn at the tracker; no longer seeded; the file stays at {path}"
     assert 1 not in state.owners(meta.info_hash_hex) and path.exists()
+    assert _events(cluster)[0] == "node 1 stopped seeding data.bin"
     assert seeder.transfers() == {"transfers": []}
     assert "data.bin" not in (cluster.tmp / "nf" / "1" / ".seeding.json").read_text()  # not shared after a restart
 
@@ -242,6 +249,7 @@ async def test_stop_seeding_and_remove_withdraw_first_and_delete_only_inside_the
     said = await seeder.remove("data.bin", delete=True)
     assert said == f"removed data.bin: withdrawn at the tracker; no longer seeded; deleted {path}", said
     assert not path.exists() and 1 not in state.owners(meta.info_hash_hex)
+    assert _events(cluster)[0] == "node 1 removed data.bin"
 
     # Outside the node's folder: refused, and nothing is withdrawn or deleted.
     outside = tmp_path / "elsewhere.bin"

@@ -1049,7 +1049,7 @@ class Node(FolderDaemon):
         self.seeder.remove(meta.info_hash)
         if self._stopping or not self.links:
             return  # EXIT tells the tracker we are gone
-        d = self._link_of(meta).client.withdraw(meta.info_hash_hex)
+        d = self._link_of(meta).client.withdraw(meta.info_hash_hex, "failed")
         d.addErrback(lambda f: self.log.warn("tracker not told we no longer have {name}: {why}",
                                              name=meta.name, why=f.getErrorMessage()))
 
@@ -1211,9 +1211,10 @@ class Node(FolderDaemon):
             "peers": len(self._watching(ih)),
         }
 
-    async def _withdraw(self, info_hash: bytes, meta: Metainfo) -> str:
+    async def _withdraw(self, info_hash: bytes, meta: Metainfo, reason: str = "") -> str:
         """WITHDRAW at the torrent's tracker, through the outbox (kept until acknowledged, sent again when the
-        tracker answers after a miss), in place of any OWN not sent yet: what the tracker said, for people."""
+        tracker answers after a miss), in place of any OWN not sent yet: what the tracker said, for people.
+        *reason* names the tracker's event ("node 2 paused big.iso")."""
         ih = meta.info_hash_hex
         for link in list(self.links.values()):
             link.outbox.forget(ih)
@@ -1222,7 +1223,7 @@ class Node(FolderDaemon):
         link = self._link_of(meta)
         link.outbox.add_withdraw(ih)
         try:
-            d = link.client.withdraw(ih)
+            d = link.client.withdraw(ih, reason)
             d.addTimeout(EXIT_TIMEOUT, self.reactor)
             await d
         except Exception as e:
@@ -1308,7 +1309,7 @@ class Node(FolderDaemon):
             if isinstance(action, Halt) and job is not None:
                 await self._halt(job, action.why)
             elif isinstance(action, Withdraw):
-                said.append(await self._withdraw(ih, meta))
+                said.append(await self._withdraw(ih, meta, PAST[verb]))
             elif isinstance(action, Hold) and source is not None:
                 self._hold(ih, meta, source.torrent, source.torrent_path, action.state)
                 kept = self.held[ih].done

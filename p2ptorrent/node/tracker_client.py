@@ -170,13 +170,17 @@ class TrackerClient:
             fields["have"], fields["pieces"] = have, pieces
         return self._registered_call("OWN", fields).addCallback(lambda _: None)
 
-    def withdraw(self, info_hash_hex: str) -> Deferred[None]:
-        """Tell the tracker we no longer have any of this file (a download failed or was stopped)."""
+    def withdraw(self, info_hash_hex: str, reason: str = "") -> Deferred[None]:
+        """Tell the tracker we no longer have any of this file (a download failed or was stopped); *reason*
+        (``paused``, ``cancelled``, ``stopped seeding``, ``removed``, ``failed``) names its event there."""
         info_hash = _info_hash(info_hash_hex)
         if self.token is None:
             # Never registered by this client: the tracker holds no ownership of ours.
             return succeed(None)
-        d = self._registered_call("OWN", {"info_hash": info_hash, "withdraw": True})
+        fields: dict[str, Any] = {"info_hash": info_hash, "withdraw": True}
+        if reason:
+            fields["reason"] = reason
+        d = self._registered_call("OWN", fields)
         return d.addCallback(lambda _: None)
 
     def need(self, info_hash_hex: str) -> Deferred[list[Owner]]:
