@@ -247,6 +247,7 @@ def render_status(status: dict[str, Any], width: int) -> str:
         ("Downloading", f"{len(downloading)}"),
         ("Held", f"{len(status.get('held', []))} paused or cancelled" if status.get("held") else None),
         ("Rates", f"down {rate(down)}, up {rate(up)}"),
+        ("Limits", _limits(status.get("limits"))),
         ("Upload slots", ", ".join(map(str, status.get("upload_slots", []))) or "none in use"),
         ("Datagrams", f"{datagrams.get('received', 0)} received, {datagrams.get('sent', 0)} sent"),
     ]
@@ -254,6 +255,14 @@ def render_status(status: dict[str, Any], width: int) -> str:
         if value not in (None, ""):
             details.add_row(key, str(value))
     return _text(_console(width), details)
+
+
+def _limits(limits: Any) -> str | None:
+    """``up 20.0 MiB/s, down none`` (MAX_UPLOAD_RATE, MAX_DOWNLOAD_RATE or ``limit``; 0 is none)."""
+    if not isinstance(limits, dict):
+        return None
+    return ", ".join(f"{way} {rate(limits.get(key)) if limits.get(key) else 'none'}"
+                     for way, key in (("up", "upload"), ("down", "download")))
 
 
 # ---- the progress line

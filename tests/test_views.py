@@ -141,3 +141,11 @@ def test_the_rate_starts_honest_after_attaching_to_a_download_half_done() -> Non
 def test_the_progress_words_use_the_same_units() -> None:
     assert progress_text(12 * MIB, 100 * MIB, 2 * MIB, 3) == "12.0 MiB / 100.0 MiB, 2.0 MiB/s, ETA 44 seconds, 3 peers"
     assert progress_text(0, None, None, 1) == "0 B, - /s, 1 peer"
+
+
+def test_status_says_the_rate_limits() -> None:
+    from p2ptorrent.views import render_status
+
+    text = render_status({"node_id": 2, "udp_port": 6881, "limits": {"upload": 20 * 2**20, "download": 0}}, 80)
+    assert "Limits        up 20.0 MiB/s, down none" in text
+    assert "Limits" not in render_status({"node_id": 2, "udp_port": 6881}, 80)

@@ -274,19 +274,21 @@ class StdinControl(LineReceiver):
                 self._say(f"{label}: {format_progress(p)}")
 
         d = dispatch(self._commands, command, progress)
-        if command.verb in ("list", "info"):
+        if command.verb in ("list", "info", "status"):
             d.addCallback(self._table, command.verb)
         d.addCallbacks(self._done, self._failed, errbackArgs=(command,))
 
     def _table(self, result: Any, verb: str) -> None:
-        """`list` and `info` print the CLI's tables, one line each, the first marked as usual (as ``help``)."""
+        """`list`, `info` and `status` print the CLI's tables, one line each, the first marked as usual (as
+        ``help``); scripts read the JSON through the control socket (``p2ptorrent status --json``)."""
         from p2ptorrent import views
 
         try:
             width = int(os.environ.get("COLUMNS", "")) or views.NODE_COLUMNS
         except ValueError:
             width = views.NODE_COLUMNS
-        text = (views.render_list if verb == "list" else views.render_info)(result, width)
+        render = {"list": views.render_list, "info": views.render_info, "status": views.render_status}[verb]
+        text = render(result, width)
         for i, line in enumerate(text.splitlines()):
             self._say(("OK: " if i == 0 else "") + line)
 
