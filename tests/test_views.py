@@ -149,3 +149,29 @@ def test_status_says_the_rate_limits() -> None:
     text = render_status({"node_id": 2, "udp_port": 6881, "limits": {"upload": 20 * 2**20, "download": 0}}, 80)
     assert "Limits        up 20.0 MiB/s, down none" in text
     assert "Limits" not in render_status({"node_id": 2, "udp_port": 6881}, 80)
+
+
+def test_info_shows_each_peers_rate_from_us_as_well_as_to_us() -> None:
+    """Swarming: a peer we download from may download from us too; `info` gives both rates."""
+    from types import SimpleNamespace
+
+    from p2ptorrent.node.report import Stats
+    from p2ptorrent.views import render_info
+
+    a, b = ("10.0.0.1", 6881), ("10.0.0.2", 6881)
+    sent: dict[object, int] = {a: 0}
+    peers = {a: SimpleNamespace(node_id=1, addr=a, has=None, choked=False, bytes=0),
+             b: SimpleNamespace(node_id=2, addr=b, has=[1, 0], choked=True, bytes=0)}
+    transfer = SimpleNamespace(peers=peers, remaining=2)
+    stats = Stats(lambda: sum(sent.values()), lambda: sent)
+    for second in range(4):
+        stats.mark(float(second), transfer)  # type: ignore[arg-type]
+        peers[a].bytes += 3 * 2**20
+        sent[a] += 2**20
+    status = stats.swarm_status(transfer, 2)  # type: ignore[arg-type]
+    one, two = status["peer_details"]
+    assert (one["rate_from"], one["rate_to"], one["bytes_to"]) == (3 * 2**20, 2**20, 3 * 2**20)
+    assert (two["rate_from"], two["rate_to"], two["bytes_to"]) == (0, 0, 0)
+    text = render_info({"transfer": {"name": "x", "info_hash": "ab" * 20, "state": "downloading", "done": 1,
+                                     "total": 2, **status}}, 120)
+    assert "3.0 MiB/s" in text and "1.0 MiB/s" in text

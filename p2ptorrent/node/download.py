@@ -53,7 +53,7 @@ class Download:
         self.writer: PieceWriter | None = None
         #: Each owner fetched from: its share of the work, fired when the download ends.
         self.shares: dict[Any, Deferred[ShareReport]] = {}
-        self.stats = Stats(self.hooks.uploaded)
+        self.stats = Stats(self.hooks.uploaded, self.hooks.sent_to)
         self.result: Deferred[DownloadResult] = Deferred()
         self.phase = Phase.RUNNING
         #: Assembled pieces that failed their hash (the metrics count them).

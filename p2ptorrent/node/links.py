@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from twisted.internet.defer import Deferred
 
@@ -34,6 +34,8 @@ class Hooks:
     announce: Callable[[int], None] | None = None
     #: Bytes of this file we served so far (the upload rate in status).
     uploaded: Callable[[], int] | None = None
+    #: Bytes of this file we served to each address lately (each peer's rate to it in `info`).
+    sent_to: Callable[[], Mapping[Any, int]] | None = None
     writer: Callable[[PartFile, Callable[[StorageError], None]], PieceWriter] = InlineWriter
     wallclock: Callable[[], float] = time.monotonic
     rng: random.Random | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from p2ptorrent.node.session import where
 from p2ptorrent.node.transfer import Transfer
@@ -49,8 +49,9 @@ class DownloadResult:
 class Stats:
     """Counters for status and the log; none of them steers the download."""
 
-    def __init__(self, uploaded: Callable[[], int] | None) -> None:
+    def __init__(self, uploaded: Callable[[], int] | None, sent_to: Callable[[], Mapping[Any, int]] | None = None) -> None:
         self.uploaded = uploaded
+        self.sent_to = sent_to
         #: Verified pieces each owner sent blocks of (the UPDATE credits).
         self.pieces_from: dict[Any, int] = {}
         #: Bytes from owners since dropped (they still count in the download rate).
@@ -59,6 +60,8 @@ class Stats:
         self.marks: deque[tuple[float, int, int]] = deque(maxlen=RATE_MARKS)
         #: (time, bytes received from each peer), with the marks above: each peer's rate in `info`.
         self.peer_marks: deque[tuple[float, dict[Any, int]]] = deque(maxlen=RATE_MARKS)
+        #: (time, bytes sent to each peer), likewise: each peer's rate from us (they download from us too).
+        self.sent_marks: deque[tuple[float, dict[Any, int]]] = deque(maxlen=RATE_MARKS)
         self.next_mark = 0.0
         #: Pieces verified since the last log line, by sending node: logged once a second, not once a piece.
         self.pieces_log: dict[int, list[int]] = {}
@@ -73,6 +76,8 @@ class Stats:
         received = sum(p.bytes for p in transfer.peers.values()) + self.dropped_bytes
         self.marks.append((now, received, self.uploaded() if self.uploaded is not None else 0))
         self.peer_marks.append((now, {addr: p.bytes for addr, p in transfer.peers.items()}))
+        if self.sent_to is not None:
+            self.sent_marks.append((now, dict(self.sent_to())))
 
     def verified(self, piece: int, sources: Iterable[Any], node_ids: Iterable[int]) -> None:
         """A piece verified: credit its senders (UPDATE), and note it for the log."""
@@ -126,6 +131,8 @@ class Stats:
                     "bytes_from": p.bytes,
                     "pieces_from": self.pieces_from.get(p.addr, 0),
                     "rate_from": round(self._peer_rate(p.addr)),
+                    "bytes_to": self.sent_marks[-1][1].get(p.addr, 0) if self.sent_marks else 0,
+                    "rate_to": round(_rate(self.sent_marks, p.addr)),
                 }
                 for p in sorted(transfer.peers.values(), key=lambda p: p.node_id)
             ],
@@ -134,12 +141,17 @@ class Stats:
 
     def _peer_rate(self, addr: Any) -> float:
         """Bytes a second from one peer over the marks held (0 until two marks)."""
-        if len(self.peer_marks) < 2:
-            return 0.0
-        (then, before), (now, after) = self.peer_marks[0], self.peer_marks[-1]
-        if now <= then or addr not in after:
-            return 0.0
-        return max(0, after[addr] - before.get(addr, 0)) / (now - then)
+        return _rate(self.peer_marks, addr)
+
+
+def _rate(marks: deque[tuple[float, dict[Any, int]]], addr: Any) -> float:
+    """Bytes a second of one address's count over the marks held (0 until two marks)."""
+    if len(marks) < 2:
+        return 0.0
+    (then, before), (now, after) = marks[0], marks[-1]
+    if now <= then or addr not in after:
+        return 0.0
+    return max(0, after[addr] - before.get(addr, 0)) / (now - then)
 
 
 def result_of(results: list[tuple[bool, Any]], path: Any, length: int, seconds: float, transfer: Transfer) -> DownloadResult:

@@ -999,6 +999,7 @@ class Node(FolderDaemon):
             meta, job.part, self.protocol, partial(self._need, job), self.reactor, self.settings,
             self.node_id, Hooks(progress=job.progress, announce=announce, writer=self.make_writer,
                                 uploaded=(lambda: shared.uploaded) if shared is not None else None,
+                                sent_to=(lambda: shared.sent_to) if shared is not None else None,
                                 pace=self.download_pace),
         )
         self.log.info("download of {name} ({size} bytes, {hash}) started", name=meta.name, size=meta.length, hash=meta.info_hash_hex)

@@ -132,6 +132,8 @@ class SharedFile:
     levels: bytearray | None = None
     at_level: Counter[int] = field(default_factory=Counter)
     min_level: int = 0
+    #: Bytes sent to each address lately (the WATCHERS_PER_FILE most recent): each peer's rate in `info`.
+    sent_to: OrderedDict[Any, int] = field(default_factory=OrderedDict)
 
     @property
     def complete(self) -> bool:
@@ -390,7 +392,7 @@ class Seeder:
                 blocks = blocks[:allowed]
                 if not blocks:
                     return None, offer
-        replies = self._read(shared, msg.info_hash, msg.nonce, blocks)
+        replies = self._read(shared, msg.info_hash, msg.nonce, blocks, addr)
         return None, (itertools.chain(offer, replies) if offer else replies)
 
     def on_metadata(self, msg: wire.MetadataRequest, addr: Any, size: int, now: float = 0.0) -> Reply:
@@ -451,11 +453,20 @@ class Seeder:
         self._last_served, self._last_served_at = addr, now
         return now <= self._contended_until
 
-    def _read(self, shared: SharedFile, info_hash: bytes, nonce: int, blocks: Sequence[tuple[int, int, int]]) -> Iterator[bytes]:
+    def _read(
+        self, shared: SharedFile, info_hash: bytes, nonce: int, blocks: Sequence[tuple[int, int, int]], addr: Any,
+    ) -> Iterator[bytes]:
         """Each block as a datagram, read from disk when the protocol is ready to send it: a run of blocks
         that follow each other in the file with one ``pread`` (at most READ_RUN bytes at a time)."""
         piece_length = shared.meta.piece_length
         levels = shared.levels
+        sent_to = shared.sent_to
+        if addr in sent_to:
+            sent_to.move_to_end(addr)
+        else:
+            sent_to[addr] = 0
+            if len(sent_to) > WATCHERS_PER_FILE:
+                sent_to.popitem(last=False)
         i, n = 0, len(blocks)
         while i < n:
             piece, offset, length = blocks[i]
@@ -484,6 +495,7 @@ class Seeder:
                 start = piece * piece_length + offset - at
                 shared.uploaded += length
                 shared.blocks_served += 1
+                sent_to[addr] = sent_to.get(addr, 0) + length
                 if levels is not None:
                     _count_upload(shared, piece, length)
                 yield wire.encode_block(info_hash, nonce, piece, offset, view[start : start + length])
