@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 
 LOCK_FILE = ".lock"
 
@@ -186,3 +186,25 @@ def claim_under_twistd(options: Any, command: str, folder: Path, pidfile: Path, 
         except StartupError as e:
             raise fail_to_start(command, e) from None
     return taken
+
+
+class ListeningService(Service):
+    """A service that claims its port in :meth:`open` (before twistd forks, or as it starts) and lets it go
+    as it stops; a subclass's ``open`` sets ``listening`` or raises StartupError saying which and why."""
+
+    listening: Any = None
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def startService(self) -> None:
+        self.open()
+        super().startService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.listening is not None:
+            d = self.listening.stopListening()
+            self.listening = None
+            return d
+        return None

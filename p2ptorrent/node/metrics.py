@@ -17,14 +17,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
-from twisted.application.service import Service
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from p2ptorrent.node.download import Phase
-from p2ptorrent.startup import StartupError
+from p2ptorrent.startup import ListeningService, StartupError
 
 if TYPE_CHECKING:  # (prometheus_client is imported only when a node serves metrics)
     from prometheus_client import CollectorRegistry
@@ -141,7 +140,7 @@ class MetricsPage(Resource):
         return generate_latest(self.registry)
 
 
-class MetricsService(Service):
+class MetricsService(ListeningService):
     """Listen for scrapes on METRICS_INTERFACE:METRICS_PORT; a port that cannot open stops the node's start."""
 
     log = Logger()
@@ -168,15 +167,3 @@ class MetricsService(Service):
             raise StartupError(f"cannot serve metrics on {self.interface}:{self.port}: {why}") from None
         host = self.listening.getHost()
         self.log.info("metrics at http://{host}:{port}/metrics", host=host.host, port=host.port)
-
-    def startService(self) -> None:
-        self.open()
-        super().startService()
-
-    def stopService(self) -> Any:
-        super().stopService()
-        if self.listening is not None:
-            d = self.listening.stopListening()
-            self.listening = None
-            return d
-        return None

@@ -41,7 +41,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Callable, TypeVar
 
 from twisted.application.internet import TimerService
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet.defer import (
     Deferred, DeferredList, FirstError, ensureDeferred, gatherResults, maybeDeferred,
 )
@@ -54,7 +54,7 @@ from zope.interface import implementer
 
 from p2ptorrent.config import Config
 from p2ptorrent.logfile import LogFileService
-from p2ptorrent.startup import FolderDaemon, FolderLock, StartupError, usable_folder
+from p2ptorrent.startup import FolderDaemon, FolderLock, ListeningService, StartupError, usable_folder
 from p2ptorrent.magnet import is_info_hash, is_magnet, parse_magnet
 from p2ptorrent.metainfo import Metainfo, MetainfoError, make_torrent, read_torrent, read_torrent_file, torrent_from_info
 from p2ptorrent.node.control import INodeCommands, IOperatorCommands
@@ -97,7 +97,7 @@ class CommandFailed(Exception):
     """A command could not be carried out; str() is the reason, for people."""
 
 
-class UDPService(Service):
+class UDPService(ListeningService):
     """Listen on a UDP port: the one asked for, or a free one in AVAILABLE_PORTS_RANGE."""
 
     log = Logger()
@@ -145,18 +145,6 @@ class UDPService(Service):
     def batching_status(self) -> dict[str, Any]:
         status = getattr(self.listening, "batching_status", None)
         return status() if status is not None else {"gso": False, "gro": False}
-
-    def startService(self) -> None:
-        self.open()
-        super().startService()
-
-    def stopService(self) -> Any:
-        super().stopService()
-        if self.listening is not None:
-            d = self.listening.stopListening()
-            self.listening = None
-            return d
-        return None
 
 
 @dataclass(frozen=True)
