@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -60,6 +59,7 @@ from p2ptorrent.tracker.changes import (
     encode,
     to_change,
 )
+from p2ptorrent.startup import StartupError
 from p2ptorrent.tracker.events import EventRing
 from p2ptorrent.tracker.state import TOKEN_BYTES, Register, Registration, SwarmState, TrackerError, proposed_token
 
@@ -197,33 +197,62 @@ class RedisAddress:
         return f"redis://{host}:{self.port}/{self.db}"
 
 
+def _client(address: RedisAddress, timeout: float) -> Any:
+    import redis
+
+    return redis.Redis(host=address.host, port=address.port, db=address.db, password=address.password,
+                       socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True)
+
+
 def ping(address: RedisAddress, timeout: float = 5.0) -> None:
-    """Check that Redis answers (before twistd forks, so a tracker that cannot reach it says so and exits).
+    """Check that Redis answers; OSError saying why if not."""
+    import redis
 
-    Raises OSError saying why."""
-    with socket.create_connection((address.host, address.port), timeout=timeout) as s:
-        s.settimeout(timeout)
-        if address.password is not None:
-            s.sendall(_resp("AUTH", address.password))
-            _expect_ok(s, "AUTH")
-        s.sendall(_resp("PING"))
-        reply = s.recv(256)
-        if not reply.startswith(b"+PONG"):
-            raise OSError(f"not a Redis server, or it refused: {reply[:80]!r}")
+    client = _client(address, timeout)
+    try:
+        client.ping()
+    except redis.RedisError as e:
+        raise OSError(str(e) or type(e).__name__) from None
+    finally:
+        client.close()
 
 
-def _resp(*words: str) -> bytes:
-    out = [b"*%d\r\n" % len(words)]
-    for word in words:
-        data = word.encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
+class RulesDiffer(StartupError):
+    """The swarm in Redis runs with other shared settings than this tracker's."""
 
 
-def _expect_ok(s: socket.socket, what: str) -> None:
-    reply = s.recv(256)
-    if not reply.startswith(b"+OK"):
-        raise OSError(f"{what} refused: {reply[:80]!r}")
+def rules_text(settings: Config) -> str:
+    """The shared settings (SHARED_SETTINGS) and the change format, as every tracker of one swarm writes them."""
+    return json.dumps(
+        {"format": CHANGE_FORMAT, **{name: getattr(settings, name) for name in SHARED_SETTINGS}}, sort_keys=True,
+    )
+
+
+def rules_differ(theirs: str, ours: str) -> str:
+    return (f"the swarm in Redis runs with {theirs}, this tracker with {ours}: every tracker of one swarm"
+            " needs the same settings (or another Redis database)")
+
+
+def check_store(address: RedisAddress, settings: Config, timeout: float = 5.0) -> None:
+    """Before twistd forks: Redis answers, and the swarm there runs with this tracker's rules (the first
+    tracker of a swarm writes them), so a tracker that cannot join says why and exits with status 1.
+
+    Raises OSError if Redis cannot be reached or refuses, RulesDiffer if the rules differ.  redis-py's
+    blocking client, here only: the tracker's own traffic is txredisapi's, on the reactor.
+    """
+    import redis
+
+    client = _client(address, timeout)
+    ours = rules_text(settings)
+    try:
+        client.hsetnx(META, "rules", ours)
+        theirs = client.hget(META, "rules")
+    except redis.RedisError as e:
+        raise OSError(str(e) or type(e).__name__) from None
+    finally:
+        client.close()
+    if theirs != ours:
+        raise RulesDiffer(rules_differ(str(theirs), ours))
 
 
 class RedisSwarm:
@@ -281,8 +310,9 @@ class RedisSwarm:
     # ---- life cycle
 
     def check_reachable(self) -> None:
-        """Raise OSError if Redis does not answer a PING (called before the reactor runs)."""
-        ping(self.address)
+        """Raise OSError if Redis does not answer, RulesDiffer if its swarm has other rules (before the
+        reactor runs: see check_store)."""
+        check_store(self.address, self.settings)
 
     def start(self) -> Deferred[None]:
         """Connect, check the shared settings, read the rows and follow the log; fires ``ready``."""
@@ -334,20 +364,14 @@ class RedisSwarm:
             self.reactor.stop()
 
     def _check_rules(self) -> Deferred[None]:
-        rules = json.dumps(
-            {"format": CHANGE_FORMAT, **{name: getattr(self.settings, name) for name in SHARED_SETTINGS}},
-            sort_keys=True,
-        )
+        """The same check as check_store, for a swarm started on a running reactor (in-process use)."""
+        rules = rules_text(self.settings)
         d = self._pool.execute_command("HSETNX", META, "rules", rules)
         d.addCallback(lambda _: self._pool.execute_command("HGET", META, "rules"))
 
         def compare(theirs: str) -> None:
-            if theirs == rules:
-                return
-            raise RuntimeError(
-                f"the swarm in Redis runs with {theirs}, this tracker with {rules}: every tracker of one swarm"
-                " needs the same settings (or another Redis database)"
-            )
+            if theirs != rules:
+                raise RuntimeError(rules_differ(theirs, rules))
 
         return d.addCallback(compare)
 
