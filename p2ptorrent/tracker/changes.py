@@ -103,11 +103,18 @@ def apply(state: SwarmState, request: Changing | Check | Drop, host: str | None,
     return outcome
 
 
+def check_address(request: Any, host: str | None) -> None:
+    """A REGISTER needs the connection's address (the one the tracker records): refused without it.  Checked
+    here, and by a tracker on Redis before it logs the change, so that no such change enters the log."""
+    if isinstance(request, Register) and host is None:
+        raise TrackerError(400, "cannot tell the address of this connection")
+
+
 def _apply(state: SwarmState, request: Changing | Check | Drop, host: str | None, now: float,
            fresh_token: str | None) -> Outcome:
     if isinstance(request, Register):
-        if host is None:
-            raise TrackerError(400, "cannot tell the address of this connection")
+        check_address(request, host)
+        assert host is not None
         return state.register(request.node_id, host, request.port, request.token, now, fresh_token)
     if isinstance(request, Own):
         return state.own(request.node_id, request.token, request.info_hash, request.name, request.length,

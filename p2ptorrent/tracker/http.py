@@ -55,7 +55,7 @@ from p2ptorrent.tracker.bep import (
     parse_scrape,
 )
 from p2ptorrent.tracker import view
-from p2ptorrent.tracker.changes import Outcome, apply
+from p2ptorrent.tracker.changes import Outcome, apply, check_address
 from p2ptorrent.tracker.events import EventRing
 from p2ptorrent.tracker.metrics import CONTENT_TYPE_LATEST, TrackerMetrics
 from p2ptorrent.tracker.redis_store import RedisSwarm
@@ -388,8 +388,7 @@ class TrackerHTTP:
         if isinstance(parsed, Need):
             d = self.shared.caught_up().addCallback(lambda _: self._answer(parsed, None, host))
         else:
-            if isinstance(parsed, Register) and host is None:
-                raise TrackerError(400, "cannot tell the address of this connection")
+            check_address(parsed, host)
             d = self.shared.change(parsed, host).addCallback(lambda outcome: self._answer(parsed, outcome, host))
 
         def refused(failure: Failure) -> bytes:
