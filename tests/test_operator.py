@@ -73,11 +73,13 @@ def test_a_pending_withdrawal_is_kept_on_disk_and_a_newer_own_replaces_it(tmp_pa
     path = tmp_path / ".outbox.json"
     box = Outbox(path)
     box.add_own("aa" * 20, "a.bin", 10)
-    box.add_withdraw("aa" * 20)  # the OWN not sent yet is dropped: withdrawn instead
-    assert (box.owns, box.withdraws, len(box)) == ({}, {"aa" * 20}, 1)
-    assert Outbox(path).withdraws == {"aa" * 20}
+    box.add_withdraw("aa" * 20, "paused")  # the OWN not sent yet is dropped: withdrawn instead
+    assert (box.owns, box.withdraws, len(box)) == ({}, {"aa" * 20: "paused"}, 1)
+    assert Outbox(path).withdraws == {"aa" * 20: "paused"}  # the reason too, for the tracker's event
     box.add_own("aa" * 20, "a.bin", 10)  # shared again: announced, not withdrawn
-    assert box.withdraws == set() and Outbox(path).withdraws == set()
+    assert box.withdraws == {} and Outbox(path).withdraws == {}
+    path.write_text('{"withdraw": ["cc' + "cc" * 19 + '"]}')  # written before withdrawals had reasons
+    assert Outbox(path).withdraws == {"cc" * 20: ""}
     box.add_withdraw("bb" * 20)
     box.withdraw_done("bb" * 20)
     box.own_done("aa" * 20)
@@ -295,10 +297,12 @@ async def test_a_withdrawal_the_tracker_missed_is_sent_when_it_answers_again(tmp
         assert said.startswith("stopped seeding data.bin: not withdrawn yet: ") and \
             "it will be when the tracker answers; no longer seeded" in said, said
         outbox = seeder.folder / ".outbox.json"
-        assert json.loads(outbox.read_text())["withdraw"] == [ih]  # kept across a restart of the node too
+        # Kept across a restart of the node too, with what the operator did.
+        assert json.loads(outbox.read_text())["withdraw"] == [{"info_hash": ih, "reason": "stopped seeding"}]
         await cluster.start_tracker(port)  # the same database: it still holds node 1 as the file's owner
         state = cluster.services[-1].tracker.state
         await _until(lambda: not outbox.exists() and 1 not in state.owners(ih), "the withdrawal to reach the tracker")
         assert 1 in state.node_ids()
+        assert "node 1 stopped seeding data.bin" in [e.text for e in cluster.services[-1].tracker.events.newest(20)]
     finally:
         await cluster.stop()

@@ -43,8 +43,8 @@ class Outbox:
         self.path = path
         self.owns: dict[str, PendingOwn] = {}
         self.updates: dict[str, PendingUpdate] = {}
-        #: Info hashes to WITHDRAW (in hex).
-        self.withdraws: set[str] = set()
+        #: Info hashes to WITHDRAW (in hex), each with the reason the tracker is told ("" for none).
+        self.withdraws: dict[str, str] = {}
         self._load()
 
     def __len__(self) -> int:
@@ -52,17 +52,16 @@ class Outbox:
 
     def add_own(self, info_hash_hex: str, name: str, length: int) -> None:
         self.owns[info_hash_hex] = PendingOwn(info_hash_hex, name, length)
-        self.withdraws.discard(info_hash_hex)  # shared again: the newer word wins
+        self.withdraws.pop(info_hash_hex, None)  # shared again: the newer word wins
         self._save()
 
-    def add_withdraw(self, info_hash_hex: str) -> None:
+    def add_withdraw(self, info_hash_hex: str, reason: str = "") -> None:
         self.owns.pop(info_hash_hex, None)
-        self.withdraws.add(info_hash_hex)
+        self.withdraws[info_hash_hex] = reason
         self._save()
 
     def withdraw_done(self, info_hash_hex: str) -> None:
-        if info_hash_hex in self.withdraws:
-            self.withdraws.discard(info_hash_hex)
+        if self.withdraws.pop(info_hash_hex, None) is not None:
             self._save()
 
     def add_update(self, info_hash_hex: str, uploaders: list[int]) -> None:
@@ -104,14 +103,16 @@ class Outbox:
                 continue
             self.updates[update.info_hash_hex] = update
         for entry in doc.get("withdraw", []) if isinstance(doc, dict) else []:
-            if isinstance(entry, str):
-                self.withdraws.add(entry)
+            if isinstance(entry, str):  # written before withdrawals had reasons
+                self.withdraws[entry] = ""
+            elif isinstance(entry, dict) and isinstance(entry.get("info_hash"), str):
+                self.withdraws[entry["info_hash"]] = str(entry.get("reason") or "")
 
     def _save(self) -> None:
         doc: dict[str, Any] = {
             "own": [{"info_hash": o.info_hash_hex, "name": o.name, "length": o.length} for o in self.owns.values()],
             "update": [{"info_hash": u.info_hash_hex, "uploaders": list(u.uploaders)} for u in self.updates.values()],
-            "withdraw": sorted(self.withdraws),
+            "withdraw": [{"info_hash": ih, "reason": why} for ih, why in sorted(self.withdraws.items())],
         }
         try:
             if not len(self):

@@ -582,12 +582,12 @@ class Node(FolderDaemon):
                     continue
                 if not await self._own(shared.meta):
                     return  # the tracker is away again: the next heartbeat retries
-            for ih in sorted(outbox.withdraws):
+            for ih, reason in sorted(outbox.withdraws.items()):
                 if bytes.fromhex(ih) in self.seeder.files or bytes.fromhex(ih) in self.jobs:
                     outbox.withdraw_done(ih)  # ours again since (shared, or downloading): nothing to withdraw
                     continue
                 try:
-                    await link.client.withdraw(ih)
+                    await link.client.withdraw(ih, reason)
                 except TrackerRefused as e:  # one it will never take: dropped, not retried for ever
                     self.log.warn("WITHDRAW {hash} refused: {why}", hash=ih, why=e)
                 except TrackerClientError:
@@ -1210,7 +1210,7 @@ class Node(FolderDaemon):
         if not self.links:
             return "not withdrawn yet: the node has no tracker link"
         link = self._link_of(meta)
-        link.outbox.add_withdraw(ih)
+        link.outbox.add_withdraw(ih, reason)
         try:
             d = link.client.withdraw(ih, reason)
             d.addTimeout(EXIT_TIMEOUT, self.reactor)
