@@ -352,8 +352,14 @@ async def test_a_magnet_link_asks_the_tracker_its_tr_names_and_its_torrent_keeps
     await _registered(node)
     notes: list[str] = []
     link = f"magnet:?xt=urn:btih:{meta.info_hash_hex}&dn=m.bin&tr={b.url}/announce"
-    said = await node.download(link, lambda p: notes.append(p["note"]) if "note" in p else None)
+    downloading = defer.ensureDeferred(node.download(link, lambda p: notes.append(p["note"]) if "note" in p else None))
+    # Asking B for the owners (the first thing it waits for): `list` shows it, with the link's name.
+    [row] = node.transfers()["transfers"]
+    assert (row["name"], row["state"], row["info_hash"], row["total"]) == ("m.bin", "fetching metadata",
+                                                                          meta.info_hash_hex, None)
+    said = await downloading
     assert "downloaded m.bin" in said and "announced to the tracker" in said, said
+    assert [(r["name"], r["state"]) for r in node.transfers()["transfers"]] == [("m.bin", "seeding")]
     assert _sha(node.folder / "m.bin") == _sha(path)
     saved = read_torrent(str(node.folder / "m.bin.torrent"))
     assert (saved.info_hash, saved.announce) == (meta.info_hash, f"{b.url}/announce")

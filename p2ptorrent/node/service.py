@@ -260,6 +260,8 @@ class Node(FolderDaemon):
         self.jobs: dict[bytes, _Job] = {}
         #: Downloads the operator paused or cancelled: not running, their verified pieces kept (see operator.py).
         self.held: dict[bytes, Held] = {}
+        #: Magnet links whose torrent is being fetched (asking the tracker, then the owners): name, owners.
+        self.wanted: dict[bytes, tuple[str, int]] = {}
         #: Upload rates of what the node seeds, for `list`.
         self.uploads = UploadMeter()
         #: Those fetching, as the protocol routes blocks to them: a view of the jobs, never a copy.
@@ -761,16 +763,22 @@ class Node(FolderDaemon):
             progress({"note": "waiting for the torrent's metadata, already being fetched"})
             return await running.wait()
         progress({"note": f"asking the tracker for the owners of {wanted.name}"})
+        self.wanted[ih] = (wanted.name, 0)  # listed by `list` until its download starts (or it fails)
         try:
-            owners = await self._at_tracker(wanted, lambda client: client.need(ih.hex()),
-                                            lambda text: progress({"note": text}))
-        except TrackerClientError as e:
-            raise CommandFailed(f"cannot ask a tracker for the owners of {ih.hex()}: {e}") from None
-        running = self.protocol.fetches.get(ih)  # one may have started while we asked
-        if isinstance(running, MetadataFetcher):
-            return await running.wait()
-        fetch = MetadataFetch(ih, [((o.host, o.port), o.node_id) for o in owners], request_timeout=self.settings.REQUEST_TIMEOUT)
-        return await MetadataFetcher(fetch, self.protocol, self.reactor, lambda text: progress({"note": text})).start()
+            try:
+                owners = await self._at_tracker(wanted, lambda client: client.need(ih.hex()),
+                                                lambda text: progress({"note": text}))
+            except TrackerClientError as e:
+                raise CommandFailed(f"cannot ask a tracker for the owners of {ih.hex()}: {e}") from None
+            running = self.protocol.fetches.get(ih)  # one may have started while we asked
+            if isinstance(running, MetadataFetcher):
+                return await running.wait()
+            self.wanted[ih] = (wanted.name, len(owners))
+            fetch = MetadataFetch(ih, [((o.host, o.port), o.node_id) for o in owners],
+                                  request_timeout=self.settings.REQUEST_TIMEOUT)
+            return await MetadataFetcher(fetch, self.protocol, self.reactor, lambda text: progress({"note": text})).start()
+        finally:
+            self.wanted.pop(ih, None)
 
     def _save_torrent(self, meta: Metainfo, torrent: bytes) -> Path:
         """Write a torrent made from a magnet link into the node's folder, never over another torrent."""
@@ -1139,7 +1147,16 @@ class Node(FolderDaemon):
         rows = [self._job_row(job) for job in self.jobs.values()]
         rows += [self._held_row(ih, h) for ih, h in self.held.items() if ih not in self.jobs]
         rows += [self._seed_row(ih) for ih, f in self.seeder.files.items() if f.complete and ih not in self.jobs]
+        rows += [self._wanted_row(ih, name, owners) for ih, (name, owners) in self.wanted.items() if ih not in self.jobs]
         return {"transfers": rows}
+
+    def _wanted_row(self, ih: bytes, name: str, owners: int) -> dict[str, Any]:
+        return {
+            "info_hash": ih.hex(), "name": name, "files": None, "state": "fetching metadata",
+            "detail": f"fetching the torrent of a magnet link from {owners} owners" if owners else
+            "asking the tracker for the owners of a magnet link",
+            "done": 0, "total": None, "download_rate": None, "upload_rate": None, "uploaded": 0, "peers": owners,
+        }
 
     def info(self, query: str) -> dict[str, Any]:
         """`info NAME|HASH`: one transfer's row, its details and its peers."""
