@@ -403,6 +403,19 @@ def _hash_file(f: BinaryIO, hasher: _PieceHasher) -> None:
 
 # ---- parsing
 
+def _decode_dict(data: bytes, what: str) -> dict[Any, Any]:
+    """*data* as a bencoded dictionary, or MetainfoError naming *what* it should have been."""
+    try:
+        top = bdecode(data)
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:
+        # RecursionError: fastbencode's pure-Python fallback recurses per nesting
+        # level; the compiled decoder (the one normally loaded) does not.
+        raise MetainfoError(f"{what} is not valid bencode: {e}") from None
+    if not isinstance(top, dict):
+        raise MetainfoError(f"{what} must be a bencoded dictionary, got {_kind(top)}")
+    return top
+
+
 def parse(data: bytes) -> Metainfo:
     """Decode and check a ``.torrent``; every problem is a :class:`MetainfoError`."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -412,14 +425,7 @@ def parse(data: bytes) -> Metainfo:
         raise MetainfoError(f"torrent is too large: over {MAX_TORRENT_SIZE // MIB} MiB")
     if not data:
         raise MetainfoError("torrent is empty")
-    try:
-        top = bdecode(data)
-    except (ValueError, TypeError, OverflowError, RecursionError) as e:
-        # RecursionError: fastbencode's pure-Python fallback recurses per nesting
-        # level; the compiled decoder (the one normally loaded) does not.
-        raise MetainfoError(f"torrent is not valid bencode: {e}") from None
-    if not isinstance(top, dict):
-        raise MetainfoError(f"torrent must be a bencoded dictionary, got {_kind(top)}")
+    top = _decode_dict(data, "torrent")
 
     announce = _text(_field(top, b"announce", bytes, "announce"), "announce")
     announce_list = _announce_list(top.get(b"announce-list"))
@@ -616,12 +622,7 @@ def torrent_from_info(info_bytes: bytes, announce: str, announce_list: Sequence[
     The info dict goes in as it came, so the torrent's info hash is the one it was fetched for (the caller
     checked its SHA-1); :func:`parse` then makes every check a torrent from a file gets (names, paths, sizes).
     """
-    try:
-        info = bdecode(info_bytes)
-    except (ValueError, TypeError, OverflowError, RecursionError) as e:
-        raise MetainfoError(f"the info dictionary is not valid bencode: {e}") from None
-    if not isinstance(info, dict):
-        raise MetainfoError(f"the info dictionary must be a bencoded dictionary, got {_kind(info)}")
+    info = _decode_dict(info_bytes, "the info dictionary")
     torrent: dict[bytes, Any] = {b"announce": announce.encode("utf-8"), b"info": info}
     tiers = [[url.encode("utf-8") for url in tier] for tier in announce_list if tier]
     if tiers:
